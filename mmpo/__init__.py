@@ -1,0 +1,2 @@
+"""mmpo: multimodal preference optimization (DPO, mDPO, MFPO, NaPO, SymMPO) in plain PyTorch."""
+__version__ = "0.1.0"

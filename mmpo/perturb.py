@@ -1,0 +1,109 @@
+"""Image perturbations that build the dispreferred image m' of mDPO, MFPO, NaPO and SymMPO.
+
+Every function takes a float image ``(C, H, W)`` or a batch ``(B, C, H, W)``, keeps its dtype
+and device, and draws its randomness from an explicit ``torch.Generator`` so that one m' can be
+reproduced exactly (the policy and the reference must see the same m' in a step).
+Self-contained: torch only.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _batched(img: torch.Tensor):
+    """(C, H, W) -> (1, C, H, W) and a function to undo it."""
+    if img.dim() == 3:
+        return img.unsqueeze(0), lambda x: x.squeeze(0)
+    if img.dim() == 4:
+        return img, lambda x: x
+    raise ValueError(f"expected an image (C, H, W) or a batch (B, C, H, W), got shape {tuple(img.shape)}")
+
+
+def _uniform(lo: float, hi: float, generator) -> float:
+    return lo + (hi - lo) * torch.rand((), generator=generator).item()
+
+
+def crop_box(h: int, w: int, area=(0.01, 0.2), ratio=(3 / 4, 4 / 3), generator=None):
+    """A random box (top, left, height, width) covering a fraction ``area`` of an h x w image,
+    with aspect ratio (width / height) in ``ratio``: torchvision's RandomResizedCrop sampling,
+    ten tries, then the largest centred box that fits both bounds."""
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = _uniform(*area, generator) * h * w
+        r = math.exp(_uniform(*log_r, generator))
+        cw, ch = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (), generator=generator))
+            left = int(torch.randint(0, w - cw + 1, (), generator=generator))
+            return top, left, ch, cw
+    side = max(1, round(math.sqrt(area[1] * h * w)))
+    ch, cw = min(h, side), min(w, side)
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def random_crop(img: torch.Tensor, area=(0.01, 0.2), ratio=(3 / 4, 4 / 3), generator=None):
+    """mDPO's corrupted image: keep a random crop of ``area`` (fraction of the image) and resize
+    it back to the input size, so the answer y_w is no longer fully supported by the image.
+    The released code uses RandomResizedCrop(scale=(0.01, 0.2)); Table 3 also tries (0.2, 0.5).
+    A batch gets one independent box per image."""
+    x, unbatch = _batched(img)
+    _, _, h, w = x.shape
+    out = []
+    for one in x:  # one: (C, H, W)
+        top, left, ch, cw = crop_box(h, w, area, ratio, generator)
+        patch = one[:, top:top + ch, left:left + cw].unsqueeze(0).float()  # (1, C, ch, cw)
+        out.append(F.interpolate(patch, size=(h, w), mode="bilinear", align_corners=False))
+    return unbatch(torch.cat(out).to(img.dtype))
+
+
+def alpha_bar(steps: int = 1000) -> torch.Tensor:
+    """Cumulative signal fraction abar_t of the noise schedule of visual contrastive decoding
+    (VCD, Leng et al. 2024), which MFPO cites: beta_t = sigmoid(linspace(-6, 6, T)) *
+    (5e-3 - 1e-5) + 1e-5, abar_t = prod_{s<=t} (1 - beta_s). Shape (steps,), float64."""
+    betas = torch.sigmoid(torch.linspace(-6, 6, steps, dtype=torch.float64)) * (5e-3 - 1e-5) + 1e-5
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def diffusion_noise(img: torch.Tensor, t: int = 500, mask=None, generator=None, steps: int = 1000):
+    """Forward diffusion to step t: m' = sqrt(abar_t) * x + sqrt(1 - abar_t) * eps, eps ~ N(0, I).
+
+    MFPO noises only the key regions of the image (``mask`` (H, W) or (B, H, W) in [0, 1],
+    blended as mask * noised + (1 - mask) * x); no mask is global noise (its fallback, and the
+    ablation of Table 8). t indexes the schedule from 0 as in VCD; t=500 of 1000 is the best
+    setting, sqrt(abar) ~ 0.86. Apply it to an image scaled to [-1, 1] as diffusion models do.
+    """
+    x, unbatch = _batched(img)
+    if not 0 <= t < steps:
+        raise ValueError(f"diffusion step t={t} is outside [0, {steps})")
+    ab = alpha_bar(steps)[t].item()
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    eps = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, dtype)
+    noised = math.sqrt(ab) * x.to(dtype) + math.sqrt(1 - ab) * eps  # (B, C, H, W)
+    if mask is not None:
+        m = torch.as_tensor(mask, dtype=dtype, device=x.device)
+        m = m.unsqueeze(-3) if m.dim() == 3 else m  # (B, 1, H, W) or (H, W)
+        # pixels outside the mask are returned bit for bit, not recomputed through the blend
+        noised = torch.where(m > 0, m * noised + (1 - m) * x.to(dtype), x.to(dtype))
+    return unbatch(noised.to(img.dtype))
+
+
+def random_region_mask(h: int, w: int, fraction: float = 0.2, generator=None) -> torch.Tensor:
+    """A rectangle covering ``fraction`` of an h x w image at a random place and aspect ratio
+    in [1/2, 2]: MFPO's "random 20%" ablation (Table 8), noising a region that is not the
+    key object. Returns a float mask (H, W) of 0 and 1."""
+    area = fraction * h * w
+    r = math.exp(_uniform(math.log(0.5), math.log(2.0), generator))
+    cw = max(1, min(w, round(math.sqrt(area * r))))
+    ch = max(1, min(h, round(area / cw)))
+    top = int(torch.randint(0, h - ch + 1, (), generator=generator))
+    left = int(torch.randint(0, w - cw + 1, (), generator=generator))
+    mask = torch.zeros(h, w)
+    mask[top:top + ch, left:left + cw] = 1.0
+    return mask
+
+
+def blank(img: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """An image of the same shape filled with ``value`` (0 black, 1 white for [0, 1] images):
+    NaPO's image-free generation of language-biased answers, SymMPO's "black" ablation."""
+    return torch.full_like(img, value)

@@ -1,0 +1,117 @@
+"""The corrupted-image generators: statistics, masks, reproducibility, shapes and dtypes."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmpo import perturb as P
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_crop_box_area_and_ratio_within_bounds():
+    g = gen(1)
+    for _ in range(300):
+        top, left, ch, cw = P.crop_box(96, 128, area=(0.01, 0.2), generator=g)
+        frac = ch * cw / (96 * 128)
+        # rounding to whole pixels moves the area a little off the sampled fraction
+        assert 0.008 <= frac <= 0.21
+        assert 3 / 4 - 0.1 <= cw / ch <= 4 / 3 + 0.1
+        assert 0 <= top and top + ch <= 96 and 0 <= left and left + cw <= 128
+
+
+def test_random_crop_is_the_resized_box():
+    img = torch.rand(3, 32, 48)
+    top, left, ch, cw = P.crop_box(32, 48, area=(0.2, 0.5), generator=gen(7))
+    want = F.interpolate(img[None, :, top:top + ch, left:left + cw], size=(32, 48), mode="bilinear")[0]
+    out = P.random_crop(img, area=(0.2, 0.5), generator=gen(7))
+    assert out.shape == img.shape
+    assert torch.allclose(out, want)
+
+
+def test_random_crop_batch_gets_independent_boxes_and_keeps_dtype():
+    img = torch.rand(1, 3, 32, 32).repeat(4, 1, 1, 1).to(torch.bfloat16)
+    out = P.random_crop(img, generator=gen(3))
+    assert out.dtype == torch.bfloat16 and out.shape == img.shape
+    assert not torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, g: P.random_crop(x, generator=g),
+    lambda x, g: P.diffusion_noise(x, t=500, generator=g),
+])
+def test_same_seed_same_output(fn):
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(fn(x, gen(5)), fn(x, gen(5)))
+    assert not torch.equal(fn(x, gen(5)), fn(x, gen(6)))
+
+
+def test_alpha_bar_matches_vcd_schedule():
+    ab = P.alpha_bar(1000)
+    betas = [1 / (1 + math.exp(-(-6 + 12 * i / 999))) * (5e-3 - 1e-5) + 1e-5 for i in range(3)]
+    assert ab[2].item() == pytest.approx((1 - betas[0]) * (1 - betas[1]) * (1 - betas[2]), rel=1e-12)
+    assert math.sqrt(ab[500].item()) == pytest.approx(0.86, abs=0.005)
+    assert torch.all(ab[1:] < ab[:-1])  # more noise at every step
+
+
+def test_diffusion_noise_variance_matches_schedule():
+    t = 500
+    ab = P.alpha_bar()[t].item()
+    x = torch.full((3, 256, 256), 0.5)
+    out = P.diffusion_noise(x, t=t, generator=gen(0))
+    assert out.mean().item() == pytest.approx(math.sqrt(ab) * 0.5, abs=0.005)
+    assert out.var().item() == pytest.approx(1 - ab, rel=0.01)
+
+
+def test_diffusion_noise_masked_only_inside():
+    x = torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(32, 32)
+    mask[4:20, 8:24] = 1
+    out = P.diffusion_noise(x, t=999, mask=mask, generator=gen(2))
+    outside = mask == 0
+    assert torch.equal(out[..., outside], x[..., outside])
+    assert (out[..., ~outside] - x[..., ~outside]).abs().mean() > 0.3
+
+
+def test_diffusion_noise_per_image_masks_and_dtype():
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    masks = torch.zeros(2, 8, 8)
+    masks[0, :4] = 1  # top half of the first image, nothing of the second
+    out = P.diffusion_noise(x, mask=masks, generator=gen(0))
+    assert out.dtype == torch.float64
+    assert torch.equal(out[1], x[1]) and torch.equal(out[0, :, 4:], x[0, :, 4:])
+    assert not torch.equal(out[0, :, :4], x[0, :, :4])
+
+
+def test_diffusion_noise_rejects_bad_step():
+    with pytest.raises(ValueError, match="t=1000"):
+        P.diffusion_noise(torch.zeros(3, 4, 4), t=1000)
+
+
+def test_random_region_mask_fraction():
+    g = gen(4)
+    for _ in range(50):
+        m = P.random_region_mask(64, 64, fraction=0.2, generator=g)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        assert m.mean().item() == pytest.approx(0.2, abs=0.02)
+    a = P.random_region_mask(64, 64, generator=gen(9))
+    assert torch.equal(a, P.random_region_mask(64, 64, generator=gen(9)))
+
+
+def test_blank_keeps_shape_dtype():
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float16)
+    w = P.blank(x, 1.0)
+    assert w.shape == x.shape and w.dtype == torch.float16 and bool((w == 1).all())
+    assert bool((P.blank(x[0]) == 0).all())
+
+
+def test_single_image_and_batch_agree():
+    x = torch.rand(3, 16, 16)
+    single = P.diffusion_noise(x, generator=gen(0))
+    batch = P.diffusion_noise(x[None], generator=gen(0))[0]
+    assert torch.equal(single, batch)
+    with pytest.raises(ValueError, match="expected an image"):
+        P.random_crop(torch.zeros(16, 16))
