@@ -1,0 +1,126 @@
+"""The training configuration: one dataclass, filled from the command line.
+
+Each field is a flag (``batch_size`` -> ``--batch-size``); its help text is the field's
+metadata. Fields left at None are resolved from the objective's paper (``resolve``), and the
+resolved values are what ``OUT/config.json`` records.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo", choices=("dpo", "mdpo", "mfpo", "napo", "symmpo"))
+    data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
+    model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl (random, built from config)")
+    out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
+    trust_remote_code: bool = opt(False, "let transformers run the model repository's own code")
+    # schedule
+    epochs: int = opt(3, "passes over the data (mDPO: 3, NaPO: 4)")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run all epochs)")
+    batch_size: int = opt(8, "examples per micro-batch (per rank)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    lr: float = opt(None, "peak learning rate (default: the paper's; 1e-3 for tiny-* models)")
+    warmup: float = opt(0.1, "warmup fraction of the steps, then cosine decay to 0")
+    weight_decay: float = opt(None, "AdamW weight decay (default: 0 for dpo/mdpo/mfpo, 0.01 for napo/symmpo)")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0: off)")
+    max_length: int = opt(1024, "prompt + image + response tokens; responses are truncated, prompts never")
+    # objective options (METHODS.md)
+    beta: float = opt(0.1, "inverse temperature of the implicit reward")
+    mdpo_delta: float = opt(0.0, "mDPO anchor value delta")
+    mdpo_conditional: bool = opt(True, "mDPO conditional image term (--no-mdpo-conditional to ablate)")
+    mdpo_anchor: bool = opt(True, "mDPO reward anchor (--no-mdpo-anchor to ablate)")
+    mdpo_rejected_anchor: bool = opt(False, "mDPO Table 4 anchor on the rejected reward")
+    mdpo_corrupt_anchor: bool = opt(False, "mDPO Table 4 anchor on the chosen_on_corrupt reward")
+    mfpo_eta: float = opt(0.0, "MFPO margin eta (eq. 7)")
+    mfpo_weights: str = opt("1,1,1", "MFPO weights of the text, image and margin terms")
+    napo_q: float = opt(None, "NaPO fixed q (default: dynamic)")
+    napo_q_form: str = opt("code", "NaPO dynamic q form: code | paper", choices=("code", "paper"))
+    napo_weights: str = opt("0.04,0.48,0.48", "NaPO weights g_l,g_lb,g_vb, or 'dynamic' (eq. 13)")
+    napo_alpha: str = opt("0.5,0.01", "NaPO alpha of the language- and vision-biased q")
+    symmpo_lam: float = opt(0.5, "SymMPO weight of the symmetric pair term")
+    symmpo_gamma: float = opt(1e-4, "SymMPO weight of the margin-consistency term")
+    symmpo_eta: float = opt(1.0, "SymMPO weight of the anchor term")
+    symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
+    symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
+    # corrupted image m'
+    corruption: str = opt(None, "how m' is made when the data has no corrupt_image: crop (mDPO) | noise (MFPO); symmpo uses contrast_image")
+    noise_step: int = opt(500, "diffusion step t of MFPO's noise (of 1000)")
+    # model and memory
+    lora_rank: int = opt(64, "LoRA rank r (0: full fine-tuning)")
+    lora_alpha: float = opt(128.0, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_targets: str = opt("", "comma-separated regexes of Linear names (default: every Linear of the language model)")
+    dtype: str = opt("fp32", "fp32 | bf16 (bf16 autocast, fp32 master weights)", choices=("fp32", "bf16"))
+    activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass")
+    ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")
+    # run
+    seed: int = opt(0, "seed of the model init (tiny-*), data order, dropout and m'")
+    resume: str = opt("", "continue the killed run in this output directory")
+    save_every: int = opt(50, "checkpoint every N steps (0: only at the end)")
+    log_every: int = opt(1, "write metrics.jsonl every N steps")
+    num_workers: int = opt(0, "DataLoader worker processes")
+    merge: bool = opt(False, "also write OUT/merged: the adapters folded into a full model")
+    max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row")
+
+    def objective_options(self) -> dict:
+        floats = lambda s: tuple(float(x) for x in s.split(","))  # noqa: E731
+        if self.objective == "dpo":
+            return {"beta": self.beta}
+        if self.objective == "mdpo":
+            return {"beta": self.beta, "delta": self.mdpo_delta, "conditional": self.mdpo_conditional,
+                    "anchor": self.mdpo_anchor, "rejected_anchor": self.mdpo_rejected_anchor,
+                    "corrupt_anchor": self.mdpo_corrupt_anchor}
+        if self.objective == "mfpo":
+            return {"beta": self.beta, "eta": self.mfpo_eta, "weights": floats(self.mfpo_weights)}
+        if self.objective == "napo":
+            weights = "dynamic" if self.napo_weights == "dynamic" else floats(self.napo_weights)
+            return {"beta": self.beta, "weights": weights, "q": self.napo_q, "q_form": self.napo_q_form,
+                    "alpha": floats(self.napo_alpha)}
+        return {"beta": self.beta, "lam": self.symmpo_lam, "gamma": self.symmpo_gamma, "eta": self.symmpo_eta,
+                "delta": self.symmpo_delta, "margin_form": self.symmpo_margin_form}
+
+
+PAPER_LR = {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7, "symmpo": 5e-6}
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the None fields with each paper's defaults."""
+    if cfg.lr is None:
+        # the papers' rates are for 7B models; a tiny random model needs far larger steps
+        cfg.lr = 1e-3 if cfg.model.startswith("tiny-") else PAPER_LR[cfg.objective]
+    if cfg.weight_decay is None:
+        cfg.weight_decay = 0.01 if cfg.objective in ("napo", "symmpo") else 0.0
+    if cfg.corruption is None:
+        cfg.corruption = {"symmpo": "contrast", "mfpo": "noise"}.get(cfg.objective, "crop")
+    return cfg
+
+
+class ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump, caught by train.py
+        raise ArgumentError(message)
+
+
+def parse_args(argv=None) -> Config:
+    p = _Parser(prog="train.py", description="Multimodal preference optimization of a vision-language model.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kw = {"help": f.metadata["help"], "default": f.default}
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        p.add_argument(flag, type=typ, **kw)
+    return Config(**vars(p.parse_args(argv)))

@@ -1,0 +1,350 @@
+"""Preference data: JSON Lines in, tokenized multi-view batches out.
+
+One example a line::
+
+    {"id": "0", "image": "img/0.png", "prompt": "What color is the square?",
+     "chosen": "The square is red.", "rejected": "The square is blue."}
+
+``image`` is relative to the JSONL file's folder unless absolute; ``question`` is an alias of
+``prompt``. Optional: ``corrupt_image`` (m' for mDPO/MFPO; made on the fly when absent),
+``contrast_image`` + ``contrast_chosen`` (SymMPO), ``lang_biased`` + ``vision_biased`` (NaPO),
+``difficulty`` (curriculum). Every row is checked when the file is opened; all problems are
+reported together, each as ``file:line: field 'x': what is wrong``.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mmpo import perturb
+
+# view -> (which image, which response field). "corrupt" is m': corrupt_image, a perturbation
+# made on the fly, or SymMPO's contrast_image.
+VIEWS = {
+    "chosen": ("image", "chosen"),
+    "rejected": ("image", "rejected"),
+    "chosen_on_corrupt": ("corrupt", "chosen"),
+    "contrast_on_image": ("image", "contrast_chosen"),
+    "contrast_on_corrupt": ("corrupt", "contrast_chosen"),
+    "lang_biased": ("image", "lang_biased"),
+    "vision_biased": ("image", "vision_biased"),
+}
+TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
+IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image")
+CORRUPTIONS = ("crop", "noise", "contrast")
+
+
+class DataError(Exception):
+    """Bad input data; ``messages`` holds one line per problem (file, line, field)."""
+
+    def __init__(self, messages: list[str] | str):
+        if isinstance(messages, str):  # re-raised from a DataLoader worker: keep the last line
+            lines = [ln for ln in messages.splitlines() if ln.strip()]
+            messages = [lines[-1].split("DataError: ", 1)[-1]] if lines else []
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+def load_image(path: str) -> Image.Image:
+    """Open any image as RGB: palette, alpha, grayscale, CMYK and 16-bit images included."""
+    img = Image.open(path)
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.convert("I").point(lambda v: v / 256).convert("L")  # 16-bit -> 8-bit
+    elif img.mode == "F":
+        img = img.point(lambda v: v * 255).convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+        return background
+    return img.convert("RGB")
+
+
+def required_fields(views, corruption: str) -> set[str]:
+    need = {"image", "prompt"}
+    for v in views:
+        slot, response = VIEWS[v]
+        need.add(response)
+        if slot == "corrupt" and corruption == "contrast":
+            need.add("contrast_image")
+    return need
+
+
+def read_rows(path: str, required: set[str]) -> list[dict]:
+    """Read and check every row; raise DataError listing every problem."""
+    errors, rows, seen = [], [], {}
+    base = os.path.dirname(os.path.abspath(path))
+    if not os.path.isfile(path):
+        raise DataError([f"{path}: no such file"])
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for ln, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        where = f"{path}:{ln}"
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            errors.append(f"{where}: invalid JSON ({e.msg}, column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")
+            continue
+        if "prompt" not in row and "question" in row:
+            row["prompt"] = row.pop("question")
+        bad = False
+        for name in sorted(required | (set(row) & set(TEXT_FIELDS + IMAGE_FIELDS))):
+            value = row.get(name)
+            if value is None:
+                if name in required:
+                    errors.append(f"{where}: field '{name}': missing")
+                    bad = True
+                continue
+            if not isinstance(value, str) or not value.strip():
+                errors.append(f"{where}: field '{name}': must be a non-empty string")
+                bad = True
+                continue
+            if name in IMAGE_FIELDS:
+                full = value if os.path.isabs(value) else os.path.join(base, value)
+                problem = _check_image(full)
+                if problem:
+                    errors.append(f"{where}: field '{name}': {problem}: {full}")
+                    bad = True
+                row[name] = full
+        if "difficulty" in row and not isinstance(row["difficulty"], (int, float)):
+            errors.append(f"{where}: field 'difficulty': must be a number")
+            bad = True
+        row["id"] = str(row.get("id", ln))
+        if row["id"] in seen:
+            errors.append(f"{where}: field 'id': duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            bad = True
+        seen[row["id"]] = ln
+        row["line"] = ln
+        if not bad:
+            rows.append(row)
+    if errors:
+        raise DataError(errors)
+    if not rows:
+        raise DataError([f"{path}: no examples"])
+    return rows
+
+
+def _check_image(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return "image file not found"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"cannot decode image ({type(e).__name__})"
+    return None
+
+
+def stable_seed(*parts) -> int:
+    """A seed from (run seed, example id) that is the same in every process and every epoch."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator, noise_step: int = 500) -> Image.Image:
+    """m' from m on the fly: mDPO's random crop or MFPO's global diffusion noise."""
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
+    x = x.permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
+    if kind == "crop":
+        y = perturb.random_crop(x, generator=generator)
+    elif kind == "noise":
+        y = (perturb.diffusion_noise(x * 2 - 1, t=noise_step, generator=generator) + 1) / 2
+    else:
+        raise ValueError(f"unknown corruption {kind!r}")
+    y = (y.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    return Image.frombytes("RGB", (img.width, img.height), y.numpy().tobytes())
+
+
+@dataclass
+class Example:
+    """One tokenized example: a prompt per image, a response per field, image tensors."""
+    id: str
+    prompt_ids: list[torch.Tensor]  # per image: (P,)
+    prompt_extra: list[dict]  # per image: other per-token processor outputs, each (P,)
+    image_inputs: list[dict]  # per image: processor image outputs, leading dim for this image
+    responses: dict[str, torch.Tensor] = field(default_factory=dict)  # field -> (R,)
+    skip: str | None = None
+
+
+class PreferenceDataset(torch.utils.data.Dataset):
+    def __init__(self, path: str, processor, views, *, corruption: str = "crop", seed: int = 0,
+                 max_length: int = 1024, noise_step: int = 500):
+        if corruption not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {corruption!r}: choose one of {', '.join(CORRUPTIONS)}")
+        self.path, self.processor, self.views = path, processor, tuple(views)
+        self.corruption, self.seed, self.max_length, self.noise_step = corruption, seed, max_length, noise_step
+        self.rows = read_rows(path, required_fields(self.views, corruption))
+        self.needs_corrupt = any(VIEWS[v][0] == "corrupt" for v in self.views)
+        self.fields = sorted({VIEWS[v][1] for v in self.views})
+
+    def __len__(self):
+        return len(self.rows)
+
+    def images(self, row) -> list[Image.Image]:
+        """[m] or [m, m'] for this row; m' is reproducible from (seed, id)."""
+        img = load_image(row["image"])
+        if not self.needs_corrupt:
+            return [img]
+        if self.corruption == "contrast":
+            return [img, load_image(row["contrast_image"])]
+        if row.get("corrupt_image"):
+            return [img, load_image(row["corrupt_image"])]
+        g = torch.Generator().manual_seed(stable_seed(self.seed, row["id"]))
+        return [img, corrupt_image(img, self.corruption, g, self.noise_step)]
+
+    def prompt_text(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def __getitem__(self, i) -> Example:
+        row = self.rows[i]
+        tok = self.processor.tokenizer
+        text = self.prompt_text(row["prompt"])
+        ex = Example(row["id"], [], [], [])
+        try:
+            images = self.images(row)
+        except (OSError, ValueError) as e:
+            raise DataError([f"{self.path}:{row['line']}: field 'image': cannot load image ({e})"]) from None
+        for img in images:
+            enc = self.processor(text=[text], images=[img], return_tensors="pt")
+            ids = enc.pop("input_ids")[0]
+            enc.pop("attention_mask", None)
+            ex.prompt_ids.append(ids)
+            ex.prompt_extra.append({k: v[0] for k, v in enc.items() if v.dim() == 2 and v.shape[1] == len(ids)
+                                    and not k.startswith("pixel")})
+            ex.image_inputs.append({k: v for k, v in enc.items() if k not in ex.prompt_extra[-1]})
+        longest_prompt = max(len(p) for p in ex.prompt_ids)
+        if longest_prompt >= self.max_length:
+            ex.skip = f"{self.path}:{row['line']}: prompt and image take {longest_prompt} tokens, max_length is {self.max_length}"
+            return ex
+        budget = self.max_length - longest_prompt
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        for name in self.fields:
+            ids = tok(row[name], add_special_tokens=False)["input_ids"] + eos
+            ex.responses[name] = torch.tensor(ids[:budget], dtype=torch.long)  # responses are truncated, prompts never
+        return ex
+
+
+@dataclass
+class Batch:
+    """Every view of every example, rows view-major (row = view_index * n_examples + example).
+
+    The prompt is left-padded and the response right-padded, so all responses start at column
+    ``prompt_len``: logits are then computed for columns [prompt_len - 1, end - 1) only.
+    """
+    ids: list[str]
+    views: tuple[str, ...]
+    input_ids: torch.Tensor  # (N, P + R)
+    attention_mask: torch.Tensor  # (N, P + R)
+    response_mask: torch.Tensor  # (N, R) True at real response tokens
+    prompt_len: int  # P
+    image_index: torch.Tensor  # (N,) index into images
+    images: list[dict]  # distinct images, each the processor's image tensors for it
+    extra: dict = field(default_factory=dict)  # other per-token inputs (e.g. mm_token_type_ids), (N, P + R)
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def split(self, logps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N,) per-row values -> {view: (n_examples,)}."""
+        return dict(zip(self.views, logps.view(len(self.views), len(self.ids)).unbind(0)))
+
+
+def collate(examples: list[Example], views, pad_id: int) -> Batch:
+    skipped = [e.skip for e in examples if e.skip]
+    examples = [e for e in examples if not e.skip]
+    n_img = [len(e.image_inputs) for e in examples]
+    offsets = [sum(n_img[:i]) for i in range(len(examples))]
+    images = [inp for e in examples for inp in e.image_inputs]
+    rows = []  # (prompt ids, prompt extra, response ids, image index)
+    for v in views:
+        slot, response = VIEWS[v]
+        k = 0 if slot == "image" else 1
+        for e, off in zip(examples, offsets):
+            rows.append((e.prompt_ids[k], e.prompt_extra[k], e.responses[response], off + k))
+    P = max((len(r[0]) for r in rows), default=0)
+    R = max((len(r[2]) for r in rows), default=0)
+    N = len(rows)
+    input_ids = torch.full((N, P + R), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(N, P + R, dtype=torch.long)
+    response_mask = torch.zeros(N, R, dtype=torch.bool)
+    extra_keys = sorted(rows[0][1]) if rows else []
+    extra = {k: torch.zeros(N, P + R, dtype=rows[0][1][k].dtype) for k in extra_keys}
+    for i, (p, p_extra, r, _) in enumerate(rows):
+        input_ids[i, P - len(p):P] = p
+        input_ids[i, P:P + len(r)] = r
+        attention_mask[i, P - len(p):P + len(r)] = 1
+        response_mask[i, :len(r)] = True
+        for k in extra_keys:
+            extra[k][i, P - len(p):P] = p_extra[k]
+    image_index = torch.tensor([r[3] for r in rows], dtype=torch.long)
+    return Batch([e.id for e in examples], tuple(views), input_ids, attention_mask, response_mask, P,
+                 image_index, images, extra, skipped)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(stable_seed(seed, "epoch", epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) -> str:
+    """A preference dataset you must look at to get right: a colored square on a noisy
+    background, "What color is the square?". Every color is the chosen answer for some images
+    and the rejected one for others, so the text alone cannot tell chosen from rejected.
+    Carries every optional field, so all five objectives train on it. Returns the JSONL path."""
+    colors = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
+              "yellow": (230, 210, 20), "purple": (140, 40, 170), "white": (245, 245, 245)}
+    names = sorted(colors)
+    path = os.path.join(out_dir, "data.jsonl")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(exclude=()):
+        choices = [c for c in names if c not in exclude]
+        return choices[int(torch.randint(len(choices), (), generator=g))]
+
+    def draw(name, color):
+        bg = (torch.rand(3, generator=g) * 80 + 40).to(torch.uint8)
+        pix = bg.view(1, 1, 3).repeat(size, size, 1)
+        pix += (torch.rand(size, size, 1, generator=g) * 20).to(torch.uint8)
+        side = int(torch.randint(size // 3, size // 2 + 1, (), generator=g))
+        top, left = (int(torch.randint(0, size - side + 1, (), generator=g)) for _ in range(2))
+        pix[top:top + side, left:left + side] = torch.tensor(colors[color], dtype=torch.uint8)
+        Image.frombytes("RGB", (size, size), pix.numpy().tobytes()).save(os.path.join(out_dir, "images", name))
+        return f"images/{name}"
+
+    lines = []
+    for i in range(n):
+        c = pick()
+        c_contrast = pick(exclude=(c,))
+        answer = "The square is {}.".format
+        lines.append(json.dumps({
+            "id": f"syn-{i}", "image": draw(f"{i}.png", c), "prompt": "What color is the square?",
+            "chosen": answer(c), "rejected": answer(pick(exclude=(c,))),
+            "contrast_image": draw(f"{i}-contrast.png", c_contrast), "contrast_chosen": answer(c_contrast),
+            "lang_biased": answer(pick(exclude=(c,))), "vision_biased": "A picture of a square.",
+        }))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Full global batches per epoch (the last partial one is dropped, so every rank and
+    every step sees a batch of the same size)."""
+    return n // global_batch

@@ -1,0 +1,82 @@
+"""Summed response log-probabilities of every view of a batch, in one forward pass.
+
+Two savings over scoring each view separately:
+- each distinct image goes through the vision tower once, even when several views share it
+  (chosen, rejected, lang_biased... all see m), via transformers' ``mm_encoder_outputs``;
+- logits are computed only at response positions (``logits_to_keep``), never for the prompt
+  or the image tokens, so their memory does not grow with the number of image tokens.
+"""
+import inspect
+
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from mmpo.data import Batch
+
+
+def _cat_images(images: list[dict]) -> dict:
+    """Concatenate per-image processor outputs along their leading dim."""
+    return {k: torch.cat([im[k] for im in images]) for k in images[0]} if images else {}
+
+
+def _to(inputs: dict, device) -> dict:
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def supports_fused_images(model) -> bool:
+    """Whether the model takes precomputed image features (``mm_encoder_outputs``)."""
+    return hasattr(model, "get_image_features") and "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+
+
+def encode_images(model, batch: Batch):
+    """Features of each distinct image of the batch: a list of (tokens_i, hidden) tensors."""
+    inputs = _to(_cat_images(batch.images), model.device)
+    out = model.get_image_features(**inputs, return_dict=True)
+    return list(out.pooler_output)
+
+
+def _needs_own_positions(model) -> bool:
+    # Models with multimodal rotary positions (Qwen2-VL...) compute them from the attention mask
+    # themselves; the others count positions from 0 at the first column, which left padding
+    # would shift, so we hand them positions that start at each row's first real token.
+    inner = getattr(model, "model", model)
+    return not (hasattr(inner, "compute_3d_position_ids") or hasattr(inner, "get_rope_index"))
+
+
+def sequence_logps(model, batch: Batch, image_features=None):
+    """Summed log pi(response | image, prompt) of every row of ``batch``.
+
+    Args:
+        model: an image-text-to-text model (possibly LoRA-wrapped or FSDP-sharded).
+        batch: a ``mmpo.data.Batch``.
+        image_features: the output of ``encode_images`` to reuse (e.g. the vision tower is
+            frozen, so the policy and the reference share it); computed here when None.
+    Returns:
+        logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
+    """
+    device = model.device
+    input_ids = batch.input_ids.to(device)
+    attention_mask = batch.attention_mask.to(device)
+    kwargs = _to(batch.extra, device)
+    if _needs_own_positions(model):
+        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    rows_images = [batch.images[i] for i in batch.image_index.tolist()]
+    if supports_fused_images(model):
+        if image_features is None:
+            image_features = encode_images(model, batch)
+        per_row = [image_features[i] for i in batch.image_index.tolist()]
+        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
+        # non-pixel image inputs (e.g. image_grid_thw) still place the image tokens
+        kwargs.update(_to({k: v for k, v in _cat_images(rows_images).items() if not k.startswith("pixel")}, device))
+    else:
+        kwargs.update(_to(_cat_images(rows_images), device))  # plain path: every row's image re-encoded
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    # logits at column j predict the token at j + 1: keep columns P-1 .. P+R-2
+    keep = torch.arange(P - 1, P + R - 1, device=device)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False, **kwargs)
+    logits = out.logits.float()  # (N, R, V)
+    targets = input_ids[:, P:P + R]  # (N, R)
+    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)
+    mask = batch.response_mask.to(device)
+    return (token_logps * mask).sum(-1), mask.sum(-1)

@@ -1,0 +1,143 @@
+"""LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685), written here, saved as peft saves it.
+
+W x + (alpha / r) * B A dropout(x), with A (r, in) random and B (out, r) zero, so a fresh
+adapter changes nothing. Under LoRA the reference model is the same model with its adapters
+switched off (``disabled``): no second copy of the weights.
+
+The module layout follows peft's (``q_proj.base_layer``, ``q_proj.lora_A``, ``q_proj.lora_B``)
+and ``save_adapter`` writes ``adapter_model.safetensors`` + ``adapter_config.json`` with peft's
+key names (``base_model.model.<path>.lora_A.weight``), so ``peft.PeftModel.from_pretrained``
+loads what we train.
+"""
+import contextlib
+import json
+import math
+import os
+import re
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from mmpo.models import language_model
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        self.base_layer = base
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # peft's default init
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / r
+        self.disabled = False
+
+    def forward(self, x):
+        out = self.base_layer(x)
+        if self.disabled:
+            return out
+        return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
+
+
+def default_targets(model) -> list[str]:
+    """Every Linear of the language model except lm_head (which is outside it): the vision tower
+    and the projector stay frozen (mDPO's released setting)."""
+    lm = language_model(model)
+    prefix = {id(m): n for n, m in model.named_modules()}[id(lm)]
+    return [f"{prefix}.{n}" for n, m in lm.named_modules() if isinstance(m, nn.Linear)]
+
+
+def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, targets=None) -> list[str]:
+    """Freeze the model and wrap the target Linears with adapters. ``targets``: None for
+    ``default_targets``, or regular expressions matched (re.search) against module names.
+    Returns the wrapped module names."""
+    if targets is None:
+        names = default_targets(model)
+    else:
+        names = [n for n, m in model.named_modules()
+                 if isinstance(m, nn.Linear) and any(re.search(p, n) for p in targets)]
+    if not names:
+        raise ValueError(f"no Linear module matches the LoRA targets {targets}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": names}
+    return names
+
+
+def lora_layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+@contextlib.contextmanager
+def disabled(model):
+    """The reference model under LoRA: the same weights with every adapter switched off."""
+    layers = [m for _, m in lora_layers(model)]
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
+
+
+def adapter_state_dict(model, state_dict=None) -> dict[str, torch.Tensor]:
+    """The adapter weights under peft's key names. ``state_dict`` may be a full (e.g. gathered
+    from FSDP) state dict of the model; by default the model's own."""
+    sd = model.state_dict() if state_dict is None else state_dict
+    return {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in sd.items()
+            if ".lora_A." in k or ".lora_B." in k}
+
+
+def save_adapter(model, path: str, base_model: str = "", state_dict=None):
+    os.makedirs(path, exist_ok=True)
+    save_file(adapter_state_dict(model, state_dict), os.path.join(path, "adapter_model.safetensors"))
+    cfg = model.lora_config
+    config = {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
+        "r": cfg["r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
+        "target_modules": cfg["target_modules"], "bias": "none", "fan_in_fan_out": False,
+        "modules_to_save": None, "init_lora_weights": True, "inference_mode": True,
+        "use_rslora": False, "use_dora": False, "layers_to_transform": None, "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def load_adapter(model, path: str, dropout: float | None = None):
+    """Wrap ``model`` as the saved adapter says and load its weights (inverse of save_adapter)."""
+    with open(os.path.join(path, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    targets = ["^" + re.escape(n) + "$" for n in cfg["target_modules"]]
+    add_lora(model, cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"] if dropout is None else dropout, targets)
+    weights = load_file(os.path.join(path, "adapter_model.safetensors"))
+    state = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
+    missing = set(k for k in model.state_dict() if ".lora_" in k) - set(state)
+    if missing:
+        raise ValueError(f"{path}: adapter lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+@torch.no_grad()
+def merge(model):
+    """Fold every adapter into its base weight and remove the wrappers: a plain model again,
+    ready for ``save_pretrained``."""
+    for name, layer in lora_layers(model):
+        base = layer.base_layer
+        base.weight += layer.delta_weight().to(base.weight.dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, base)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model

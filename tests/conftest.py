@@ -1,0 +1,52 @@
+import json
+import os
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mmpo.data import make_synthetic  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """16 examples of the built-in synthetic dataset (every optional field present)."""
+    return make_synthetic(str(tmp_path_factory.mktemp("synthetic")), n=16, seed=0)
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """A few small images of different colors in tmp_path/img."""
+    d = tmp_path / "img"
+    d.mkdir()
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]):
+        Image.new("RGB", (32, 32), color).save(d / f"{i}.png")
+    return d
+
+
+@pytest.fixture(scope="session")
+def easy_data(tmp_path_factory):
+    """An easy dataset: the chosen and rejected answers differ the same way everywhere, so
+    every objective's reward accuracy climbs within a few steps."""
+    d = tmp_path_factory.mktemp("easy")
+    rows = []
+    for i in range(32):
+        Image.new("RGB", (32, 32), (20 * (i % 8), 100, 200)).save(d / f"{i}.png")
+        Image.new("RGB", (32, 32), (200, 20 * (i % 8), 30)).save(d / f"c{i}.png")
+        rows.append({"id": f"e{i}", "image": f"{i}.png", "prompt": "Describe it.", "chosen": "A blue picture.",
+                     "rejected": "zzz qqq", "contrast_image": f"c{i}.png", "contrast_chosen": "A red picture.",
+                     "lang_biased": "xxx yyy", "vision_biased": "www vvv"})
+    return write_jsonl(d / "data.jsonl", rows)

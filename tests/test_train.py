@@ -1,0 +1,170 @@
+"""train.py end to end on tiny models: every objective learns, resume is exact, the reference
+cache matches live passes, a saved model trains through --model DIR, bad input fails cleanly."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from conftest import ROOT, write_jsonl
+from mmpo import checkpoint
+from mmpo.models import tiny_model
+
+FAST = ["--batch-size", "4", "--save-every", "0", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0"]
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_ok(*args):
+    assert train.run([str(a) for a in args]) == 0
+
+
+@pytest.mark.parametrize("objective,extra", [
+    ("dpo", []), ("mdpo", []), ("mfpo", []), ("napo", ["--lora-rank", "0", "--lr", "3e-4"]),
+    ("symmpo", ["--lora-rank", "0", "--lr", "3e-4"]),
+])
+def test_every_objective_learns_the_easy_preference(objective, extra, easy_data, tmp_path):
+    run_ok("--objective", objective, "--data", easy_data, "--out", tmp_path, "--max-steps", 6, *FAST, *extra)
+    rows = metrics(tmp_path)
+    assert len(rows) == 6 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    # policy == reference at step 1: every margin is exactly 0, so no pair is "won" yet
+    assert rows[0]["rewards/accuracies"] == 0.0
+    assert rows[-1]["rewards/accuracies"] == 1.0
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert os.path.isfile(tmp_path / "final" / ("adapter_model.safetensors" if not extra else "model.safetensors"))
+    cfg = json.load(open(tmp_path / "config.json"))
+    assert cfg["objective"] == objective and cfg["corruption"] == {"symmpo": "contrast", "mfpo": "noise"}.get(objective, "crop")
+
+
+def test_metrics_and_config_are_written(easy_data, tmp_path):
+    run_ok("--data", easy_data, "--out", tmp_path, "--max-steps", 2, "--log-every", 2, *FAST)
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [2]
+    for key in ("loss", "lr", "samples_per_s", "grad_norm", "rewards/chosen", "rewards/image_accuracies", "logps/rejected"):
+        assert key in rows[0]
+    cfg = json.load(open(tmp_path / "config.json"))
+    assert cfg["lr"] == 1e-3 and cfg["weight_decay"] == 0.0 and cfg["lora_rank"] == 8
+
+
+@pytest.mark.parametrize("lora_rank", ["8", "0"])
+def test_resume_after_a_kill_is_exact(easy_data, tmp_path, monkeypatch, lora_rank):
+    args = ["--data", easy_data, "--max-steps", "6", "--batch-size", "4", "--lora-rank", lora_rank,
+            "--lora-dropout", "0.1", "--grad-accum", "2", "--save-every", "3"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_ok(*args, "--out", straight)
+
+    real_save = checkpoint.save
+
+    def save_then_die(out, step, *a, **kw):
+        real_save(out, step, *a, **kw)
+        if step == 3:
+            raise KeyboardInterrupt  # the process dies right after its step-3 checkpoint
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run([*args, "--out", str(killed)])
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.latest(str(killed)).endswith("checkpoint-3") and len(metrics(killed)) == 3
+    run_ok("--resume", killed)
+
+    a, b = metrics(straight), metrics(killed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        ra.pop("samples_per_s"), rb.pop("samples_per_s")
+        assert ra == rb
+    wa = load_file(os.path.join(checkpoint.latest(str(straight)), "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
+    wb = load_file(os.path.join(checkpoint.latest(str(killed)), "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_reference_cache_matches_live_and_is_rebuilt_when_stale(easy_data, tmp_path, capsys):
+    live, cached = tmp_path / "live", tmp_path / "cached"
+    cache = tmp_path / "ref.safetensors"
+    common = ["--data", easy_data, "--max-steps", "3", "--batch-size", "4", "--lora-rank", "0", "--lr", "3e-4"]
+    run_ok(*common, "--out", live)
+    run_ok(*common, "--out", cached, "--ref-cache", cache)
+    for ra, rb in zip(metrics(live), metrics(cached)):
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5)
+        assert ra["rewards/margins"] == pytest.approx(rb["rewards/margins"], abs=1e-5)
+    stamp = os.path.getmtime(cache)
+    run_ok(*common, "--out", tmp_path / "again", "--ref-cache", cache)
+    assert os.path.getmtime(cache) == stamp  # a matching cache is reused, not recomputed
+    assert "rebuilding" not in capsys.readouterr().out
+
+    changed = tmp_path / "changed.jsonl"
+    rows = [json.loads(line) for line in open(easy_data)]
+    rows[0]["chosen"] = "A different answer."
+    for r in rows:
+        for k in ("image", "contrast_image"):
+            r[k] = os.path.join(os.path.dirname(easy_data), r[k])
+    write_jsonl(changed, rows)
+    run_ok(*common[2:], "--data", changed, "--out", tmp_path / "changed", "--ref-cache", cache)
+    assert "does not match this model and data: rebuilding" in capsys.readouterr().out
+    assert os.path.getmtime(cache) != stamp
+
+
+def test_a_saved_model_trains_through_model_dir(easy_data, tmp_path):
+    model, proc = tiny_model("tiny-qwen2vl", seed=1)
+    model.save_pretrained(tmp_path / "m")
+    proc.save_pretrained(tmp_path / "m")
+    run_ok("--model", tmp_path / "m", "--data", easy_data, "--out", tmp_path / "run", "--max-steps", 2, *FAST,
+           "--merge")
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["lr"] == 1e-5  # a real model gets the paper's learning rate
+    adapter = json.load(open(tmp_path / "run" / "final" / "adapter_config.json"))
+    assert adapter["base_model_name_or_path"] == str(tmp_path / "m")
+    assert os.path.isfile(tmp_path / "run" / "merged" / "model.safetensors")
+
+
+def test_nonfinite_losses_skip_steps_then_stop(easy_data, tmp_path, monkeypatch, capsys):
+    import mmpo.objectives as O
+    real = O.compute
+    monkeypatch.setattr(train, "compute", lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
+    code = train.run(["--data", easy_data, "--out", str(tmp_path), "--max-steps", "5", "--max-nonfinite", "3", *FAST])
+    err = capsys.readouterr()
+    assert code == 2
+    assert "step 1: non-finite loss, step skipped (1 in a row)" in err.out + err.err
+    assert "3 non-finite losses in a row" in err.err
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    good = {"image": "img/0.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"}
+    rows = [good, "{oops", {**good, "rejected": ""}, {**good, "image": "img/none.png"}, {**good, "image": "broken.jpg"}]
+    rows += [{**good, "id": f"ex{i}"} for i in range(30)] + [{**good, "id": "ex3"}]  # a duplicate id on line 36
+    rows += ["not json"] * 20
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    r = cli("--data", path, "--out", tmp_path / "o")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"error: {path}:2: invalid JSON")
+    assert lines[1] == f"error: {path}:3: field 'rejected': must be a non-empty string"
+    assert lines[2].startswith(f"error: {path}:4: field 'image': image file not found")
+    assert lines[3].startswith(f"error: {path}:5: field 'image': cannot decode image")
+    assert lines[4] == f"error: {path}:36: field 'id': duplicate id 'ex3' (first on line 9)"
+    assert len(lines) == 21 and lines[-1] == "... and 5 more errors"  # the first 20, then a count
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--objective", "ppo"], "argument --objective: invalid choice: 'ppo'"),
+    (["--data", "/nonexistent/d.jsonl"], "error: /nonexistent/d.jsonl: no such file"),
+    (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: cannot load"),
+    (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),
+])
+def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
+    r = cli(*args, "--out", tmp_path / "o")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
