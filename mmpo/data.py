@@ -202,6 +202,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return [img, corrupt_image(img, self.corruption, g, self.noise_step)]
 
     def prompt_text(self, prompt: str) -> str:
+        if not getattr(self.processor, "chat_template", None):  # a base model: image token, then the text
+            return f"{getattr(self.processor, 'image_token', '<image>')}\n{prompt}"
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 

@@ -68,7 +68,8 @@ def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, ta
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+        base = getattr(parent, child)
+        setattr(parent, child, LoRALinear(base, r, alpha, dropout).train(base.training))
     model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": names}
     return names
 

@@ -57,6 +57,7 @@ def test_save_load_roundtrip_and_peft_layout(batch_and_model, tmp_path):
     batch, model = batch_and_model
     model.eval()
     lora.add_lora(model, r=4, alpha=8, dropout=0.1)
+    assert not any(layer.training for _, layer in lora.lora_layers(model))  # eval model: dropout off
     perturb_adapters(model)
     with torch.no_grad():
         want = sequence_logps(model, batch)[0]

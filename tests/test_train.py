@@ -168,3 +168,21 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bf16_autocast_with_activation_checkpointing(easy_data, tmp_path):
+    run_ok("--data", easy_data, "--out", tmp_path, "--max-steps", 2, "--dtype", "bf16", "--activation-checkpointing", *FAST)
+    rows = metrics(tmp_path)
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert rows[1]["rewards/chosen"] != 0.0  # the step changed the policy
+
+
+def test_overlong_samples_are_reported_skipped_and_counted(tmp_path, image_dir, capsys):
+    rows = [{"id": f"r{i}", "image": f"img/{i % 4}.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"} for i in range(8)]
+    rows[5]["prompt"] = "a very long question " * 10
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    run_ok("--data", path, "--out", tmp_path / "o", "--epochs", 1, "--max-length", 80, *FAST)
+    out = capsys.readouterr().out
+    assert f"skipped: {path}:6: prompt and image take" in out and "max_length is 80" in out
+    assert "1 over-long samples skipped" in out
+    assert len(metrics(tmp_path / "o")) == 2  # both steps still trained on the other examples
