@@ -33,6 +33,7 @@ class Config:
     # objective options (METHODS.md)
     beta: float = opt(0.1, "inverse temperature of the implicit reward")
     mdpo_delta: float = opt(0.0, "mDPO anchor value delta")
+    mdpo_response: bool = opt(True, "mDPO response (DPO) term (--no-mdpo-response to ablate)")
     mdpo_conditional: bool = opt(True, "mDPO conditional image term (--no-mdpo-conditional to ablate)")
     mdpo_anchor: bool = opt(True, "mDPO reward anchor (--no-mdpo-anchor to ablate)")
     mdpo_rejected_anchor: bool = opt(False, "mDPO Table 4 anchor on the rejected reward")
@@ -49,7 +50,8 @@ class Config:
     symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
     symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
     # corrupted image m'
-    corruption: str = opt(None, "how m' is made when the data has no corrupt_image: crop (mDPO) | noise (MFPO); symmpo uses contrast_image")
+    corruption: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | contrast (SymMPO: contrast_image)",
+                          choices=("crop", "noise", "contrast"))
     noise_step: int = opt(500, "diffusion step t of MFPO's noise (of 1000)")
     # model and memory
     lora_rank: int = opt(64, "LoRA rank r (0: full fine-tuning)")
@@ -69,19 +71,27 @@ class Config:
     max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row")
 
     def objective_options(self) -> dict:
-        floats = lambda s: tuple(float(x) for x in s.split(","))  # noqa: E731
+        def floats(s: str, n: int, flag: str):
+            try:
+                values = tuple(float(x) for x in s.split(","))
+            except ValueError:
+                values = ()
+            if len(values) != n:
+                raise ArgumentError(f"{flag}: expected {n} comma-separated numbers, got {s!r}")
+            return values
         if self.objective == "dpo":
             return {"beta": self.beta}
         if self.objective == "mdpo":
-            return {"beta": self.beta, "delta": self.mdpo_delta, "conditional": self.mdpo_conditional,
+            return {"beta": self.beta, "delta": self.mdpo_delta, "response": self.mdpo_response,
+                    "conditional": self.mdpo_conditional,
                     "anchor": self.mdpo_anchor, "rejected_anchor": self.mdpo_rejected_anchor,
                     "corrupt_anchor": self.mdpo_corrupt_anchor}
         if self.objective == "mfpo":
-            return {"beta": self.beta, "eta": self.mfpo_eta, "weights": floats(self.mfpo_weights)}
+            return {"beta": self.beta, "eta": self.mfpo_eta, "weights": floats(self.mfpo_weights, 3, "--mfpo-weights")}
         if self.objective == "napo":
-            weights = "dynamic" if self.napo_weights == "dynamic" else floats(self.napo_weights)
+            weights = "dynamic" if self.napo_weights == "dynamic" else floats(self.napo_weights, 3, "--napo-weights")
             return {"beta": self.beta, "weights": weights, "q": self.napo_q, "q_form": self.napo_q_form,
-                    "alpha": floats(self.napo_alpha)}
+                    "alpha": floats(self.napo_alpha, 2, "--napo-alpha")}
         return {"beta": self.beta, "lam": self.symmpo_lam, "gamma": self.symmpo_gamma, "eta": self.symmpo_eta,
                 "delta": self.symmpo_delta, "margin_form": self.symmpo_margin_form}
 

@@ -162,6 +162,7 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
     (["--data", "/nonexistent/d.jsonl"], "error: /nonexistent/d.jsonl: no such file"),
     (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: cannot load"),
     (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),
+    (["--objective", "mfpo", "--mfpo-weights", "1,x"], "error: --mfpo-weights: expected 3 comma-separated numbers"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     r = cli(*args, "--out", tmp_path / "o")
