@@ -55,13 +55,14 @@ def byte_tokenizer(specials: list[str], image_token: str) -> PreTrainedTokenizer
     return fast
 
 
-def _tiny_llava(seed: int):
+def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | None = None):
+    """A ~3M-parameter LLaVA: CLIP vision tower + Llama. ``size``/``patch``/``vocab_size`` give
+    it a real model's proportions for benchmarks (LLaVA-1.5: 336, 14, 32000)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    size, patch = 32, 8
     tok = byte_tokenizer(["<s>", "</s>", "<pad>", "<image>"], "<image>")
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                               image_size=size, patch_size=patch, projection_dim=64)
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+    text = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                        tie_word_embeddings=False)
@@ -108,7 +109,7 @@ def _tiny_qwen2vl(seed: int):
 
 def tiny_model(name: str, seed: int = 0):
     """A tiny random VLM and its processor, built from config classes (no files, no network)."""
-    builders = {"tiny-llava": _tiny_llava, "tiny-qwen2vl": _tiny_qwen2vl}
+    builders = {"tiny-llava": tiny_llava, "tiny-qwen2vl": _tiny_qwen2vl}
     if name not in builders:
         raise ValueError(f"unknown tiny model {name!r}: choose one of {', '.join(builders)}")
     model, processor = builders[name](seed)
