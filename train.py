@@ -1,10 +1,11 @@
 """Multimodal preference optimization of a vision-language model, in one flat loop.
 
-    python train.py                                   # mDPO, tiny LLaVA, built-in synthetic data
+    python train.py                                        # mDPO, tiny LLaVA, built-in synthetic data
     python train.py --objective symmpo --model llava-hf/llava-1.5-7b-hf --data prefs.jsonl
+    torchrun --nproc_per_node 8 train.py ...               # FSDP2 over 8 GPUs (gloo on CPU)
 
 Every option: ``python train.py --help`` (mmpo/config.py). Reads top to bottom: configuration,
-model, data, reference, optimizer, the loop, checkpoints.
+data, model, reference, optimizer, the loop, the final model.
 """
 import copy
 import json
@@ -17,13 +18,12 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from mmpo import checkpoint, lora
+from mmpo import checkpoint, distributed, lora, reference
 from mmpo.config import ArgumentError, Config, parse_args, resolve
 from mmpo.data import DataError, PreferenceDataset, collate, epoch_order, make_synthetic, steps_per_epoch
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
-from mmpo import reference
 
 
 class UserError(Exception):
@@ -32,22 +32,38 @@ class UserError(Exception):
 
 def main(cfg: Config):
     # ---- configuration ------------------------------------------------------------------
+    d = distributed.setup()
     if cfg.resume:
         saved = os.path.join(cfg.resume, "config.json")
         if not os.path.isfile(saved):
             raise UserError(f"--resume {cfg.resume}: no config.json there, nothing to resume")
         with open(saved) as f:
             cfg = Config(**{**json.load(f), "resume": cfg.resume, "out": cfg.resume})
+        ckpt = checkpoint.latest(cfg.out)
+        if ckpt:  # on another number of processes, keep the global batch by scaling the accumulation
+            with open(os.path.join(ckpt, "trainer_state.json")) as f:
+                saved_world = json.load(f)["world_size"]
+            if saved_world != d.world:
+                if (cfg.grad_accum * saved_world) % d.world:
+                    raise UserError(f"--resume {cfg.resume}: a global batch of {cfg.batch_size * cfg.grad_accum * saved_world}"
+                                    f" cannot be split over {d.world} processes of batch {cfg.batch_size}")
+                cfg.grad_accum = cfg.grad_accum * saved_world // d.world
     cfg = resolve(cfg)
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "config.json"), "w") as f:
-        json.dump(vars(cfg), f, indent=1)
-    torch.manual_seed(cfg.seed)
     views = OBJECTIVES[cfg.objective].views
     options = cfg.objective_options()
+    if d.main:
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(vars(cfg), f, indent=1)
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding
 
     # ---- data: every row is checked before any model is loaded -------------------------
-    data_path = cfg.data or make_synthetic(os.path.join(cfg.out, "synthetic"), seed=cfg.seed)
+    data_path = cfg.data
+    if not data_path:
+        data_path = os.path.join(cfg.out, "synthetic", "data.jsonl")
+        if d.main:
+            make_synthetic(os.path.dirname(data_path), seed=cfg.seed)
+        distributed.barrier(d)
     dataset = PreferenceDataset(data_path, None, views, corruption=cfg.corruption, seed=cfg.seed,
                                 max_length=cfg.max_length, noise_step=cfg.noise_step)
 
@@ -59,9 +75,12 @@ def main(cfg: Config):
     base_model = cfg.model
     if cfg.model.startswith("tiny-"):  # save it, so the adapter has a base anyone can load
         base_model = os.path.abspath(os.path.join(cfg.out, "base_model"))
-        if not os.path.isdir(base_model):
+        if d.main and not os.path.isdir(base_model):
             model.save_pretrained(base_model)
             processor.save_pretrained(base_model)
+    dataset.processor = processor
+    tok = processor.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     freeze_vision_tower(model)
     frozen_ref = None
     if cfg.lora_rank > 0:
@@ -70,29 +89,42 @@ def main(cfg: Config):
     elif not cfg.ref_cache:
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
+        if enable:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(d.device)
+    if d.enabled:  # FSDP2: each block, then the root; the frozen reference is sharded the same way
+        distributed.shard(model, d, bf16=cfg.dtype == "bf16")
+        if frozen_ref is not None:
+            distributed.shard(frozen_ref.to(d.device), d, bf16=cfg.dtype == "bf16")
+    elif frozen_ref is not None:
+        frozen_ref.to(d.device)
     model.train()
-    dataset.processor = processor
-    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else processor.tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     # the vision tower and projector are frozen under LoRA: image features are shared by the
     # policy and reference passes, so each image is encoded once per step, not twice
     share_features = supports_fused_images(model) and image_path_frozen(model)
 
-    global_batch = cfg.batch_size * cfg.grad_accum
+    # ---- the data order: global batches that do not depend on the number of processes ----
+    global_batch = cfg.batch_size * cfg.grad_accum * d.world
     per_epoch = steps_per_epoch(len(dataset), global_batch)
     if per_epoch == 0:
         raise UserError(f"{data_path}: {len(dataset)} examples, fewer than one global batch of {global_batch}")
     total_steps = per_epoch * cfg.epochs if cfg.max_steps < 0 else cfg.max_steps
 
     def loader(step0: int):
-        """Micro-batches from optimizer step ``step0`` on: the order depends only on (seed, epoch)."""
+        """This rank's micro-batches from optimizer step ``step0`` on. Step k takes the k-th
+        global batch of the epoch's permutation; its m-th micro-batch is the m-th slice of
+        batch_size * world examples, of which each rank scores its own batch_size."""
         def micro_batches():
             for step in range(step0, total_steps):
                 epoch, k = divmod(step, per_epoch)
                 order = epoch_order(len(dataset), cfg.seed, epoch)[k * global_batch:(k + 1) * global_batch]
+                per_micro = cfg.batch_size * d.world
                 for m in range(cfg.grad_accum):
-                    yield order[m * cfg.batch_size:(m + 1) * cfg.batch_size]
+                    yield distributed.rank_slice(order[m * per_micro:(m + 1) * per_micro], d)
         # an own generator: creating the loader must not draw from the global RNG (exact resume)
         return torch.utils.data.DataLoader(dataset, batch_sampler=list(micro_batches()), num_workers=cfg.num_workers,
                                            collate_fn=lambda ex: collate(ex, views, pad_id),
@@ -106,12 +138,13 @@ def main(cfg: Config):
         fp = reference.fingerprint(cfg.model, model, data_path, settings)
         ref_table = reference.load_cache(cfg.ref_cache, fp)
         if ref_table is None:
-            if os.path.exists(cfg.ref_cache):
+            if d.main and os.path.exists(cfg.ref_cache):
                 print(f"reference cache {cfg.ref_cache} does not match this model and data: rebuilding it")
-            everything = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=lambda ex: collate(ex, views, pad_id))
+            share = reference.rank_share(len(dataset), cfg.batch_size, d)
+            everything = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=cfg.num_workers,
+                                                     collate_fn=lambda ex: collate(ex, views, pad_id))
             model.eval()
-            ref_table = reference.build_cache(cfg.ref_cache, fp, model, frozen_ref, everything, views)
+            ref_table = reference.build_cache(cfg.ref_cache, fp, model, frozen_ref, everything, views, d)
             model.train()
 
     def ref_logps(batch, features):
@@ -132,31 +165,33 @@ def main(cfg: Config):
     step, nonfinite, skipped_total = 0, 0, 0
     ckpt = checkpoint.latest(cfg.out) if cfg.resume else None
     if ckpt:
-        state = checkpoint.load(ckpt, model, optimizer, scheduler)
+        state = checkpoint.load(ckpt, model, optimizer, scheduler, d)
         step, nonfinite, skipped_total = state["step"], state["nonfinite"], state["skipped"]
-        print(f"resumed from {ckpt} at step {step}")
-    # a fresh run starts a fresh log; a resumed one drops what the killed run logged past its checkpoint
-    checkpoint.truncate_metrics(os.path.join(cfg.out, "metrics.jsonl"), step)
+        if d.main:
+            print(f"resumed from {ckpt} at step {step}")
+    if d.main:  # a fresh run starts a fresh log; a resumed one drops what a killed run logged past its checkpoint
+        checkpoint.truncate_metrics(os.path.join(cfg.out, "metrics.jsonl"), step)
 
     def save():
         checkpoint.save(cfg.out, step, model, optimizer, scheduler,
-                        {"nonfinite": nonfinite, "skipped": skipped_total, "base_model": base_model})
+                        {"nonfinite": nonfinite, "skipped": skipped_total, "base_model": base_model}, d)
 
     # ---- the loop ----------------------------------------------------------------------
-    autocast = torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
-    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
-    bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.objective}", dynamic_ncols=True)
+    # bf16: FSDP's mixed-precision policy when sharded, autocast in a single process
+    autocast = torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
+                              enabled=cfg.dtype == "bf16" and not d.enabled)
+    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if d.main else None
+    bar = tqdm(total=total_steps, initial=step, desc=cfg.objective, dynamic_ncols=True, disable=not d.main)
     batches = iter(loader(step))
     t0, samples = time.perf_counter(), 0
     while step < total_steps:
         sums, n_micro, loss_ok = {}, 0, True
         for _ in range(cfg.grad_accum):
             batch = next(batches)
-            if batch.skipped:
-                skipped_total += len(batch.skipped)
-                for msg in batch.skipped:
-                    tqdm.write(f"skipped: {msg}")
-            if not len(batch):
+            skipped_total += len(batch.skipped)
+            for msg in batch.skipped:
+                tqdm.write(f"skipped: {msg}")
+            if not distributed.all_ranks_have(len(batch), d):  # every rank runs every forward, or none does
                 continue
             with autocast:
                 features = None
@@ -168,24 +203,26 @@ def main(cfg: Config):
             loss, metrics = compute(cfg.objective, batch.split(policy_logps), batch.split(ref),
                                     batch.split(lengths.float()), **options)
             loss = loss.mean()
-            if not torch.isfinite(loss):
+            if not distributed.all_ranks_have(int(torch.isfinite(loss)), d):
                 loss_ok = False
                 break
             (loss / cfg.grad_accum).backward()
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_micro += 1
-            samples += len(batch)
+            samples += len(batch) * d.world
         if not loss_ok:
             nonfinite += 1
             optimizer.zero_grad(set_to_none=True)
-            tqdm.write(f"step {step + 1}: non-finite loss, step skipped ({nonfinite} in a row)")
+            if d.main:
+                tqdm.write(f"step {step + 1}: non-finite loss, step skipped ({nonfinite} in a row)")
             if nonfinite >= cfg.max_nonfinite:
                 raise UserError(f"{nonfinite} non-finite losses in a row: lower --lr, or check the data; "
                                 f"the last good checkpoint is in {cfg.out}")
-        else:
+        elif n_micro:
             nonfinite = 0
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
@@ -193,53 +230,72 @@ def main(cfg: Config):
         step += 1
         bar.update(1)
         if n_micro and loss_ok:
-            row = {"step": step, "lr": lr, **{k: v / n_micro for k, v in sums.items()},
+            row = {"step": step, "lr": lr, **distributed.mean_over_ranks({k: v / n_micro for k, v in sums.items()}, d),
                    "grad_norm": float(grad_norm), "samples_per_s": samples / (time.perf_counter() - t0)}
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
                             sps=f"{row['samples_per_s']:.1f}")
-            if step % cfg.log_every == 0 or step == total_steps:
+            if d.main and (step % cfg.log_every == 0 or step == total_steps):
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
             save()
     bar.close()
-    metrics_file.close()
 
-    # ---- final model --------------------------------------------------------------------
+    # ---- the final model: for use elsewhere (checkpoints are for resuming) ---------------
     final = os.path.join(cfg.out, "final")
     if cfg.lora_rank > 0:
-        lora.save_adapter(model, final, base_model=base_model)
+        weights = checkpoint.full_trainable_state(model)  # every rank takes part in the gather
+        if d.main:
+            checkpoint.save_weights(model, final, weights, base_model)
     else:
-        model.save_pretrained(final)
-    processor.save_pretrained(final)
-    if cfg.merge and cfg.lora_rank > 0:
-        merged = os.path.join(cfg.out, "merged")
-        lora.merge(model).save_pretrained(merged)
-        processor.save_pretrained(merged)
-    if skipped_total:
-        print(f"{skipped_total} over-long samples skipped (see the messages above)")
-    print(f"done: {step} steps. metrics: {os.path.join(cfg.out, 'metrics.jsonl')}  model: {final}")
+        full = checkpoint.full_state(model)
+        if d.main:
+            plain = model
+            if d.enabled:  # a sharded model cannot save_pretrained itself: load the gathered weights into a plain copy
+                plain = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)[0]
+                plain.load_state_dict(full)
+            plain.save_pretrained(final)
+    if d.main:
+        metrics_file.close()
+        processor.save_pretrained(final)
+        if cfg.merge and cfg.lora_rank > 0:
+            merged = os.path.join(cfg.out, "merged")
+            fresh = load_model(base_model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)[0]
+            lora.merge(lora.load_adapter(fresh, final)).save_pretrained(merged)
+            processor.save_pretrained(merged)
+        if skipped_total:
+            print(f"{skipped_total} over-long samples skipped (see the messages above)")
+        print(f"done: {step} steps. metrics: {os.path.join(cfg.out, 'metrics.jsonl')}  model: {final}")
+    distributed.barrier(d)
 
 
 def run(argv=None) -> int:
+    """train.py's command line; user errors become one line on stderr and exit status 2."""
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    speak = os.environ.get("RANK", "0") == "0"
     try:
         main(parse_args(argv))
     except ArgumentError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        if speak:
+            print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     except DataError as e:
-        for msg in e.messages[:20]:
-            print(f"error: {msg}", file=sys.stderr)
-        if len(e.messages) > 20:
-            print(f"... and {len(e.messages) - 20} more errors", file=sys.stderr)
+        if speak:
+            for msg in e.messages[:20]:
+                print(f"error: {msg}", file=sys.stderr)
+            if len(e.messages) > 20:
+                print(f"... and {len(e.messages) - 20} more errors", file=sys.stderr)
         return 2
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if speak:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    code = run()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(code)

@@ -1,83 +1,91 @@
-"""Checkpoints: safetensors + a small JSON, written atomically, enough for an exact resume.
+"""Checkpoints: written atomically, enough for an exact resume, with one or many processes.
 
-``OUT/checkpoint-<step>/`` holds the trainable weights (a peft-format adapter under LoRA,
-``trainable.safetensors`` otherwise), the optimizer state, the RNG states and ``trainer_state.json`` (step,
-scheduler, counters). A checkpoint is written under a temporary name and renamed into place,
-then ``OUT/latest`` is replaced (also by rename) to name it: a run killed at any moment leaves
-the previous checkpoint intact.
+``OUT/checkpoint-<step>/`` holds
+- ``dcp/``: the training state (trainable weights and optimizer) in torch.distributed.checkpoint
+  format, each rank writing its own shards; DCP reshards on load, so a run can resume on another
+  number of processes;
+- the consolidated trainable weights for use elsewhere, written by rank 0: a peft-format adapter
+  under LoRA, ``trainable.safetensors`` otherwise;
+- ``rng-<rank>.safetensors`` and ``trainer_state.json`` (step, scheduler, counters).
+It is written under a temporary name and renamed into place, then ``OUT/latest`` is replaced
+(also by rename) to name it: a run killed at any moment leaves the previous checkpoint intact.
 """
 import json
 import os
 import shutil
+import warnings
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
 
 from mmpo import lora
+from mmpo.distributed import Dist, barrier
 
-
-def _flatten_optimizer(state: dict) -> tuple[dict, dict]:
-    tensors, scalars = {}, {}
-    for idx, per_param in state["state"].items():
-        for key, value in per_param.items():
-            if torch.is_tensor(value):
-                tensors[f"{idx}/{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}/{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state: dict = {}
-    for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, key = flat.split("/", 1)
-        state.setdefault(int(idx), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+# frozen weights (the base model under LoRA) are reloaded from the model, never checkpointed
+TRAINABLE = StateDictOptions(ignore_frozen_params=True, strict=False)
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def rng_state() -> dict[str, torch.Tensor]:
     out = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"cuda{i}"] = s
+        out["cuda"] = torch.cuda.get_rng_state()
     return out
 
 
 def set_rng_state(states: dict[str, torch.Tensor]):
     torch.set_rng_state(states["torch"])
-    if torch.cuda.is_available():
-        cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    if torch.cuda.is_available() and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"])
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def full_trainable_state(model) -> dict[str, torch.Tensor]:
+    """Every trainable weight, gathered whole onto the CPU (a collective under FSDP)."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_model_state_dict(model, options=opts)
 
 
-def save(out: str, step: int, model, optimizer, scheduler, state: dict, keep: int = 2):
-    """Write OUT/checkpoint-<step> atomically and point OUT/latest at it."""
+def full_state(model) -> dict[str, torch.Tensor]:
+    """Every weight, frozen ones included, gathered whole onto the CPU (for save_pretrained)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_weights(model, path: str, state: dict, base_model: str):
+    """The consolidated trainable weights: an adapter under LoRA, else trainable.safetensors."""
+    os.makedirs(path, exist_ok=True)
+    if getattr(model, "lora_config", None):
+        lora.save_adapter(model, path, base_model=base_model, state_dict=state)
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, "trainable.safetensors"))
+
+
+def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist = Dist(), keep: int = 2):
+    """Write OUT/checkpoint-<step> atomically (every rank calls this) and point OUT/latest at it."""
     name = f"checkpoint-{step}"
     final, tmp = os.path.join(out, name), os.path.join(out, f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    if getattr(model, "lora_config", None):  # the adapter alone, in peft's format
-        lora.save_adapter(model, tmp, base_model=state.get("base_model", ""))
-    else:
-        save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
-    save_file(rng_state(), os.path.join(tmp, "rng.safetensors"))
-    meta = dict(state, step=step, optimizer=opt_meta, scheduler=scheduler.state_dict())
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _write_atomic(os.path.join(out, "latest"), name)
-    old = sorted((d for d in os.listdir(out) if d.startswith("checkpoint-") and d != name),
-                 key=lambda d: int(d.split("-")[1]))
-    for d in old[:max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    if d.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier(d)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(tmp, "dcp"))
+    save_file(rng_state(), os.path.join(tmp, f"rng-{d.rank}.safetensors"))
+    full = full_trainable_state(model)
+    if d.main:
+        save_weights(model, tmp, full, state.get("base_model", ""))
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump(dict(state, step=step, world_size=d.world, scheduler=scheduler.state_dict()), f, indent=1)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(os.path.join(out, "latest"), name)
+        old = sorted((x for x in os.listdir(out) if x.startswith("checkpoint-") and x != name),
+                     key=lambda x: int(x.split("-")[1]))
+        for x in old[:max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(os.path.join(out, x), ignore_errors=True)
+    barrier(d)
     return final
 
 
@@ -99,25 +107,19 @@ def latest(out: str) -> str | None:
     return ckpt if os.path.isdir(ckpt) else None
 
 
-def load(ckpt: str, model, optimizer, scheduler) -> dict:
+def load(ckpt: str, model, optimizer, scheduler, d: Dist = Dist()) -> dict:
     """Restore weights, optimizer, scheduler and RNG from ``ckpt``; return trainer_state."""
-    if os.path.isfile(os.path.join(ckpt, "adapter_model.safetensors")):
-        weights = {k.removeprefix("base_model.model."): v
-                   for k, v in load_file(os.path.join(ckpt, "adapter_model.safetensors")).items()}
-    else:
-        weights = load_file(os.path.join(ckpt, "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing:
-        raise ValueError(f"{ckpt}: checkpoint does not match the model (e.g. {missing[0]} missing)")
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
+    dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(ckpt, "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=TRAINABLE)
     with open(os.path.join(ckpt, "trainer_state.json")) as f:
         meta = json.load(f)
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(os.path.join(ckpt, "optimizer.safetensors")), meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
-    set_rng_state(load_file(os.path.join(ckpt, "rng.safetensors")))
+    rng = os.path.join(ckpt, f"rng-{d.rank}.safetensors")
+    if meta["world_size"] == d.world:
+        set_rng_state(load_file(rng))
+    elif d.main:  # the data order is the same; only dropout's random stream starts afresh
+        print(f"resuming a {meta['world_size']}-process checkpoint on {d.world}: RNG streams are re-seeded")
     return meta
 
 

@@ -15,8 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from mmpo import lora
+from mmpo import distributed, lora
 from mmpo.data import Batch
+from mmpo.distributed import Dist
 from mmpo.logps import sequence_logps
 
 
@@ -58,22 +59,37 @@ def load_cache(path: str, fp: str):
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
 
 
-def build_cache(path: str, fp: str, policy, frozen, loader, views, show: bool = True) -> dict:
-    """Score every example once with the reference and save; returns the lookup table."""
-    ids, rows = [], []
-    for batch in tqdm(loader, desc="reference cache", disable=not show):
-        if not len(batch):
+def rank_share(n: int, batch_size: int, d: Dist) -> list[list[int]]:
+    """This rank's batches of a pass over all n examples. Every rank gets the same number of
+    batches (the last ones wrap around to the start), as FSDP needs every rank in every forward."""
+    per_rank = -(-n // d.world)
+    mine = [(d.rank + k * d.world) % n for k in range(per_rank)]
+    return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
+
+
+def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist()) -> dict:
+    """Score every example once with the reference (each rank its share), gather the scores on
+    every rank, save them (rank 0), and return the lookup table."""
+    table = {}
+    for batch in tqdm(loader, desc="reference cache", disable=not d.main):
+        if not distributed.all_ranks_have(len(batch), d):
             continue
         logps = batch.split(live_logps(policy, frozen, batch).float().cpu())
-        ids += batch.ids
-        rows.append(torch.stack([logps[v] for v in views], dim=1))  # (b, n_views)
-    table = torch.cat(rows) if rows else torch.zeros(0, len(views))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file({"logps": table.contiguous()}, tmp,
-              metadata={"fingerprint": fp, "ids": json.dumps(ids), "views": json.dumps(list(views))})
-    os.replace(tmp, path)
-    return {(i, v): table[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
+        for v in views:
+            table.update({(i, v): x for i, x in zip(batch.ids, logps[v].tolist())})
+    if d.enabled:
+        parts = [None] * d.world
+        torch.distributed.all_gather_object(parts, table)
+        table = {k: v for part in parts for k, v in part.items()}
+    if d.main:
+        ids = sorted({i for i, _ in table})
+        logps = torch.tensor([[table[(i, v)] for v in views] for i in ids])  # (n_examples, n_views)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        save_file({"logps": logps}, tmp, metadata={"fingerprint": fp, "ids": json.dumps(ids), "views": json.dumps(list(views))})
+        os.replace(tmp, path)
+    distributed.barrier(d)
+    return table
 
 
 def cached_logps(table: dict, batch: Batch) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""Data-parallel training with PyTorch's own FSDP2 (``fully_shard``), from torchrun's environment.
+
+    torchrun --nproc_per_node 8 train.py ...      # NCCL on GPUs, gloo on CPU
+
+One process without torchrun runs exactly as before: every helper here is a no-op then.
+Sharding is bottom-up, as torchtune does it: each transformer block of the language model and
+of the vision tower (the classes the model lists in ``_no_split_modules``) becomes an FSDP unit,
+then the root takes what is left (embeddings, projector, lm_head).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup() -> Dist:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_*)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return Dist(rank, world, local_rank, device)
+
+
+def barrier(d: Dist):
+    if d.enabled:
+        dist.barrier()
+
+
+def mean_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
+    """Average a dict of floats over all ranks (equal-sized shards give the global mean)."""
+    if not d.enabled or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / d.world).tolist()))
+
+
+def all_ranks_have(n: int, d: Dist) -> bool:
+    """True when every rank has n > 0 (under FSDP all ranks must run every forward together)."""
+    if not d.enabled:
+        return n > 0
+    t = torch.tensor([n], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.item() > 0
+
+
+def block_classes(model) -> set[str]:
+    """Class names of the units to shard: the model's ``_no_split_modules``."""
+    names = set()
+    for module in model.modules():
+        names |= set(getattr(module, "_no_split_modules", None) or [])
+    return names
+
+
+def shard(model, d: Dist, bf16: bool = False):
+    """fully_shard every block, then the root; bf16 compute with fp32 reductions when asked.
+    Parameters stay fp32 (the optimizer's master copy); FSDP casts them for compute."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    classes = block_classes(model)
+    blocks = [m for m in model.modules() if type(m).__name__ in classes]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} lists no blocks in _no_split_modules: cannot shard it")
+    for block in blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    # image features are computed outside forward (once per step): let FSDP gather for it too
+    if hasattr(model, "get_image_features"):
+        register_fsdp_forward_method(model, "get_image_features")
+    return model
+
+
+def rank_slice(indices: list[int], d: Dist) -> list[int]:
+    """This rank's contiguous share of a list whose length is a multiple of the world size."""
+    n = len(indices) // d.world
+    return indices[d.rank * n:(d.rank + 1) * n]
