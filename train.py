@@ -183,7 +183,7 @@ def main(cfg: Config):
     metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if d.main else None
     bar = tqdm(total=total_steps, initial=step, desc=cfg.objective, dynamic_ncols=True, disable=not d.main)
     batches = iter(loader(step))
-    t0, samples = time.perf_counter(), 0
+    t0, samples, tokens = time.perf_counter(), 0, 0
     while step < total_steps:
         sums, n_micro, loss_ok = {}, 0, True
         for _ in range(cfg.grad_accum):
@@ -211,6 +211,7 @@ def main(cfg: Config):
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_micro += 1
             samples += len(batch) * d.world
+            tokens += int(batch.attention_mask.sum()) * d.world
         if not loss_ok:
             nonfinite += 1
             optimizer.zero_grad(set_to_none=True)
@@ -231,7 +232,8 @@ def main(cfg: Config):
         bar.update(1)
         if n_micro and loss_ok:
             row = {"step": step, "lr": lr, **distributed.mean_over_ranks({k: v / n_micro for k, v in sums.items()}, d),
-                   "grad_norm": float(grad_norm), "samples_per_s": samples / (time.perf_counter() - t0)}
+                   "grad_norm": float(grad_norm), "samples_per_s": samples / (time.perf_counter() - t0),
+                   "tokens_per_s": tokens / (time.perf_counter() - t0)}
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
                             sps=f"{row['samples_per_s']:.1f}")
             if d.main and (step % cfg.log_every == 0 or step == total_steps):

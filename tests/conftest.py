@@ -50,3 +50,18 @@ def easy_data(tmp_path_factory):
                      "rejected": "zzz qqq", "contrast_image": f"c{i}.png", "contrast_chosen": "A red picture.",
                      "lang_biased": "xxx yyy", "vision_biased": "www vvv"})
     return write_jsonl(d / "data.jsonl", rows)
+
+
+def metrics(out):
+    """The rows of OUT/metrics.jsonl."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def assert_identical_runs(straight, resumed, steps):
+    """Every logged number of the two runs is equal, bit for bit, except wall-clock rates."""
+    a, b = metrics(straight), metrics(resumed)
+    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    timing = ("samples_per_s", "tokens_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in b]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 import train
-from conftest import ROOT
+from conftest import ROOT, assert_identical_runs, metrics
 from mmpo import checkpoint, lora
 from mmpo.data import PreferenceDataset, collate
 from mmpo.logps import sequence_logps
@@ -43,11 +43,6 @@ def torchrun(jobs, tmp):
         with open(os.path.join(out, f"{i}-{rank}.json")) as f:
             return json.load(f)
     return result
-
-
-def metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def weights(out):
@@ -152,11 +147,7 @@ def resumed(tmp_path_factory, easy_data):
 
 def test_resume_from_a_sharded_checkpoint_is_exact(resumed):
     straight, killed, _ = resumed
-    a, b = metrics(straight), metrics(killed)
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    for ra, rb in zip(a, b):
-        ra.pop("samples_per_s"), rb.pop("samples_per_s")
-        assert ra == rb
+    assert_identical_runs(straight, killed, 6)
     wa, wb = weights(straight), weights(killed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     ckpt = checkpoint.latest(killed)

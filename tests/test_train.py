@@ -10,16 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, assert_identical_runs, metrics, write_jsonl
 from mmpo import checkpoint
 from mmpo.models import tiny_model
 
 FAST = ["--batch-size", "4", "--save-every", "0", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0"]
-
-
-def metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def run_ok(*args):
@@ -73,11 +68,7 @@ def test_resume_after_a_kill_is_exact(easy_data, tmp_path, monkeypatch, lora_ran
     assert checkpoint.latest(str(killed)).endswith("checkpoint-3") and len(metrics(killed)) == 3
     run_ok("--resume", killed)
 
-    a, b = metrics(straight), metrics(killed)
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    for ra, rb in zip(a, b):
-        ra.pop("samples_per_s"), rb.pop("samples_per_s")
-        assert ra == rb
+    assert_identical_runs(straight, killed, 6)
     wa = load_file(os.path.join(checkpoint.latest(str(straight)), "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
     wb = load_file(os.path.join(checkpoint.latest(str(killed)), "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
