@@ -18,9 +18,9 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from mmpo import checkpoint, distributed, lora, reference
+from mmpo import checkpoint, curriculum, distributed, lora, reference
 from mmpo.config import ArgumentError, Config, parse_args, resolve
-from mmpo.data import DataError, PreferenceDataset, collate, epoch_order, make_synthetic, steps_per_epoch
+from mmpo.data import DataError, PreferenceDataset, collate, make_synthetic, plan
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
@@ -51,6 +51,9 @@ def main(cfg: Config):
     cfg = resolve(cfg)
     views = OBJECTIVES[cfg.objective].views
     options = cfg.objective_options()
+    if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.lora_rank > 0 or cfg.ref_cache):
+        raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard, full fine-tuning (--lora-rank 0) "
+                        "and a live reference (no --ref-cache)")
     if d.main:
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
@@ -109,24 +112,27 @@ def main(cfg: Config):
 
     # ---- the data order: global batches that do not depend on the number of processes ----
     global_batch = cfg.batch_size * cfg.grad_accum * d.world
-    per_epoch = steps_per_epoch(len(dataset), global_batch)
-    if per_epoch == 0:
-        raise UserError(f"{data_path}: {len(dataset)} examples, fewer than one global batch of {global_batch}")
-    total_steps = per_epoch * cfg.epochs if cfg.max_steps < 0 else cfg.max_steps
+    stages = [list(range(len(dataset)))]
+    if cfg.curriculum == "easy-to-hard":  # MFPO: easy, medium, hard thirds by the model's entropy
+        fp = reference.fingerprint(cfg.model, model, data_path, {"score": "entropy", "max_length": cfg.max_length})
+        scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad_id, fp, d)
+        stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
+    steps = plan(stages, cfg.epochs, global_batch, cfg.seed)
+    if not steps:
+        raise UserError(f"{data_path}: {len(dataset)} examples, fewer than one global batch of {global_batch} per stage")
+    total_steps = len(steps) if cfg.max_steps < 0 else cfg.max_steps
+    if total_steps > len(steps):
+        raise UserError(f"--max-steps {cfg.max_steps} is more than {cfg.epochs} epochs hold ({len(steps)} steps): raise --epochs")
+    stage_starts = {next(i for i, (s, _) in enumerate(steps) if s == k): k for k in range(1, len(stages))}
 
     def loader(step0: int):
-        """This rank's micro-batches from optimizer step ``step0`` on. Step k takes the k-th
-        global batch of the epoch's permutation; its m-th micro-batch is the m-th slice of
-        batch_size * world examples, of which each rank scores its own batch_size."""
-        def micro_batches():
-            for step in range(step0, total_steps):
-                epoch, k = divmod(step, per_epoch)
-                order = epoch_order(len(dataset), cfg.seed, epoch)[k * global_batch:(k + 1) * global_batch]
-                per_micro = cfg.batch_size * d.world
-                for m in range(cfg.grad_accum):
-                    yield distributed.rank_slice(order[m * per_micro:(m + 1) * per_micro], d)
+        """This rank's micro-batches from optimizer step ``step0`` on: the m-th micro-batch of a
+        step is the m-th slice of batch_size * world examples, of which each rank takes its own."""
+        per_micro = cfg.batch_size * d.world
+        micro = [distributed.rank_slice(batch[m * per_micro:(m + 1) * per_micro], d)
+                 for _, batch in steps[step0:total_steps] for m in range(cfg.grad_accum)]
         # an own generator: creating the loader must not draw from the global RNG (exact resume)
-        return torch.utils.data.DataLoader(dataset, batch_sampler=list(micro_batches()), num_workers=cfg.num_workers,
+        return torch.utils.data.DataLoader(dataset, batch_sampler=micro, num_workers=cfg.num_workers,
                                            collate_fn=lambda ex: collate(ex, views, pad_id),
                                            generator=torch.Generator())
 
@@ -140,7 +146,7 @@ def main(cfg: Config):
         if ref_table is None:
             if d.main and os.path.exists(cfg.ref_cache):
                 print(f"reference cache {cfg.ref_cache} does not match this model and data: rebuilding it")
-            share = reference.rank_share(len(dataset), cfg.batch_size, d)
+            share = distributed.rank_share(len(dataset), cfg.batch_size, d)
             everything = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=cfg.num_workers,
                                                      collate_fn=lambda ex: collate(ex, views, pad_id))
             model.eval()
@@ -169,6 +175,17 @@ def main(cfg: Config):
         step, nonfinite, skipped_total = state["step"], state["nonfinite"], state["skipped"]
         if d.main:
             print(f"resumed from {ckpt} at step {step}")
+    def refresh_reference(at: int):
+        """Iterative alignment: the policy of this stage boundary becomes the reference."""
+        with torch.no_grad():
+            for p_ref, p in zip(frozen_ref.parameters(), model.parameters()):  # same structure, same shards
+                p_ref.copy_(p)
+        checkpoint.save_reference(os.path.join(cfg.out, f"reference-{at}.safetensors"), model, d)
+
+    if cfg.refresh_ref_per_stage and ckpt:  # the reference of the stage the run was killed in
+        passed = [b for b in stage_starts if b < step]
+        if passed:
+            checkpoint.load_reference(os.path.join(cfg.out, f"reference-{max(passed)}.safetensors"), frozen_ref)
     if d.main:  # a fresh run starts a fresh log; a resumed one drops what a killed run logged past its checkpoint
         checkpoint.truncate_metrics(os.path.join(cfg.out, "metrics.jsonl"), step)
 
@@ -185,6 +202,8 @@ def main(cfg: Config):
     batches = iter(loader(step))
     t0, samples, tokens = time.perf_counter(), 0, 0
     while step < total_steps:
+        if cfg.refresh_ref_per_stage and step in stage_starts:
+            refresh_reference(step)
         sums, n_micro, loss_ok = {}, 0, True
         for _ in range(cfg.grad_accum):
             batch = next(batches)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+                                                     set_model_state_dict, set_state_dict)
 
 from mmpo import lora
 from mmpo.distributed import Dist, barrier
@@ -121,6 +121,19 @@ def load(ckpt: str, model, optimizer, scheduler, d: Dist = Dist()) -> dict:
     elif d.main:  # the data order is the same; only dropout's random stream starts afresh
         print(f"resuming a {meta['world_size']}-process checkpoint on {d.world}: RNG streams are re-seeded")
     return meta
+
+
+def save_reference(path: str, model, d: Dist = Dist()):
+    """The policy's trainable weights at a curriculum stage boundary: the reference from then on."""
+    full = full_trainable_state(model)
+    if d.main:
+        save_file({k: v.contiguous() for k, v in full.items()}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    barrier(d)
+
+
+def load_reference(path: str, frozen_ref):
+    set_model_state_dict(frozen_ref, load_file(path), options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def truncate_metrics(path: str, step: int):

@@ -21,7 +21,7 @@ class Config:
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
     trust_remote_code: bool = opt(False, "let transformers run the model repository's own code")
     # schedule
-    epochs: int = opt(3, "passes over the data (mDPO: 3, NaPO: 4)")
+    epochs: int = opt(3, "passes over the data (mDPO: 3, NaPO: 4); with a curriculum, over each stage")
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run all epochs)")
     batch_size: int = opt(8, "examples per micro-batch (per rank)")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
@@ -53,6 +53,10 @@ class Config:
     corruption: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | contrast (SymMPO: contrast_image)",
                           choices=("crop", "noise", "contrast"))
     noise_step: int = opt(500, "diffusion step t of MFPO's noise (of 1000)")
+    # curriculum (MFPO sec. 3.3)
+    curriculum: str = opt("none", "none | easy-to-hard: train on thirds of the data by the model's entropy on the chosen answer",
+                          choices=("none", "easy-to-hard"))
+    refresh_ref_per_stage: bool = opt(False, "make the current policy the reference at each curriculum stage (full fine-tuning)")
     # model and memory
     lora_rank: int = opt(64, "LoRA rank r (0: full fine-tuning)")
     lora_alpha: float = opt(128.0, "LoRA alpha")

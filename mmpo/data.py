@@ -11,6 +11,7 @@ One example a line::
 ``difficulty`` (curriculum). Every row is checked when the file is opened; all problems are
 reported together, each as ``file:line: field 'x': what is wrong``.
 """
+import copy
 import hashlib
 import json
 import os
@@ -164,6 +165,15 @@ def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator, noise
     return Image.frombytes("RGB", (img.width, img.height), y.numpy().tobytes())
 
 
+def chat_prompt(processor, prompt: str, with_image: bool = True) -> str:
+    """The model's own chat format for one user turn (image, then text), ready for the answer."""
+    if not getattr(processor, "chat_template", None):  # a base model: image token, then the text
+        image = getattr(processor, "image_token", "<image>") + "\n" if with_image else ""
+        return image + prompt
+    content = ([{"type": "image"}] if with_image else []) + ([{"type": "text", "text": prompt}] if prompt else [])
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
 @dataclass
 class Example:
     """One tokenized example: a prompt per image, a response per field, image tensors."""
@@ -183,8 +193,18 @@ class PreferenceDataset(torch.utils.data.Dataset):
         self.path, self.processor, self.views = path, processor, tuple(views)
         self.corruption, self.seed, self.max_length, self.noise_step = corruption, seed, max_length, noise_step
         self.rows = read_rows(path, required_fields(self.views, corruption))
+        self._set_views(self.views)
+
+    def _set_views(self, views):
+        self.views = tuple(views)
         self.needs_corrupt = any(VIEWS[v][0] == "corrupt" for v in self.views)
         self.fields = sorted({VIEWS[v][1] for v in self.views})
+
+    def with_views(self, views) -> "PreferenceDataset":
+        """The same rows scored as other views (e.g. only ``chosen``, for difficulty scores)."""
+        other = copy.copy(self)
+        other._set_views(views)
+        return other
 
     def __len__(self):
         return len(self.rows)
@@ -201,16 +221,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(stable_seed(self.seed, row["id"]))
         return [img, corrupt_image(img, self.corruption, g, self.noise_step)]
 
-    def prompt_text(self, prompt: str) -> str:
-        if not getattr(self.processor, "chat_template", None):  # a base model: image token, then the text
-            return f"{getattr(self.processor, 'image_token', '<image>')}\n{prompt}"
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-
     def __getitem__(self, i) -> Example:
         row = self.rows[i]
         tok = self.processor.tokenizer
-        text = self.prompt_text(row["prompt"])
+        text = chat_prompt(self.processor, row["prompt"])
         ex = Example(row["id"], [], [], [])
         try:
             images = self.images(row)
@@ -346,7 +360,16 @@ def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) ->
     return path
 
 
-def steps_per_epoch(n: int, global_batch: int) -> int:
-    """Full global batches per epoch (the last partial one is dropped, so every rank and
-    every step sees a batch of the same size)."""
-    return n // global_batch
+def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> list[tuple[int, list[int]]]:
+    """Every optimizer step's (stage, global batch of dataset indices), in training order.
+
+    Each stage (the whole data, or the curriculum's easy / medium / hard thirds) is trained for
+    ``epochs`` passes, each a permutation fixed by (seed, stage, epoch). The last partial batch of
+    a pass is dropped, so every step and every rank sees a full batch.
+    """
+    steps = []
+    for s, subset in enumerate(stages):
+        for e in range(epochs):
+            order = [subset[i] for i in epoch_order(len(subset), seed, (s, e))]
+            steps += [(s, order[k * global_batch:(k + 1) * global_batch]) for k in range(len(subset) // global_batch)]
+    return steps

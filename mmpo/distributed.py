@@ -97,3 +97,20 @@ def rank_slice(indices: list[int], d: Dist) -> list[int]:
     """This rank's contiguous share of a list whose length is a multiple of the world size."""
     n = len(indices) // d.world
     return indices[d.rank * n:(d.rank + 1) * n]
+
+
+def rank_share(n: int, batch_size: int, d: Dist) -> list[list[int]]:
+    """This rank's batches of one pass over n examples. Every rank gets the same number of
+    batches (the last ones wrap around to the start), as FSDP needs every rank in every forward."""
+    per_rank = -(-n // d.world)
+    mine = [(d.rank + k * d.world) % n for k in range(per_rank)]
+    return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
+
+
+def merge_dicts(part: dict, d: Dist) -> dict:
+    """The union of every rank's dict (each rank scored its share of the examples)."""
+    if not d.enabled:
+        return part
+    parts = [None] * d.world
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}

@@ -44,17 +44,8 @@ def _needs_own_positions(model) -> bool:
     return not (hasattr(inner, "compute_3d_position_ids") or hasattr(inner, "get_rope_index"))
 
 
-def sequence_logps(model, batch: Batch, image_features=None):
-    """Summed log pi(response | image, prompt) of every row of ``batch``.
-
-    Args:
-        model: an image-text-to-text model (possibly LoRA-wrapped or FSDP-sharded).
-        batch: a ``mmpo.data.Batch``.
-        image_features: the output of ``encode_images`` to reuse (e.g. the vision tower is
-            frozen, so the policy and the reference share it); computed here when None.
-    Returns:
-        logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
-    """
+def response_logits(model, batch: Batch, image_features=None):
+    """Logits at the response positions only: ``(N, R, V)`` float32, and the targets ``(N, R)``."""
     device = model.device
     input_ids = batch.input_ids.to(device)
     attention_mask = batch.attention_mask.to(device)
@@ -75,8 +66,32 @@ def sequence_logps(model, batch: Batch, image_features=None):
     # logits at column j predict the token at j + 1: keep columns P-1 .. P+R-2
     keep = torch.arange(P - 1, P + R - 1, device=device)
     out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False, **kwargs)
-    logits = out.logits.float()  # (N, R, V)
-    targets = input_ids[:, P:P + R]  # (N, R)
+    return out.logits.float(), input_ids[:, P:P + R]
+
+
+def sequence_logps(model, batch: Batch, image_features=None):
+    """Summed log pi(response | image, prompt) of every row of ``batch``.
+
+    Args:
+        model: an image-text-to-text model (possibly LoRA-wrapped or FSDP-sharded).
+        batch: a ``mmpo.data.Batch``.
+        image_features: the output of ``encode_images`` to reuse (e.g. the vision tower is
+            frozen, so the policy and the reference share it); computed here when None.
+    Returns:
+        logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
+    """
+    logits, targets = response_logits(model, batch, image_features)  # (N, R, V), (N, R)
     token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)
-    mask = batch.response_mask.to(device)
+    mask = batch.response_mask.to(token_logps.device)
     return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+@torch.no_grad()
+def response_entropy(model, batch: Batch) -> torch.Tensor:
+    """Mean over response tokens of the predictive entropy H = -sum_v p log p, per row ``(N,)``
+    (MFPO's difficulty score: how unsure the model is while reading the answer)."""
+    logits, _ = response_logits(model, batch)
+    logp = F.log_softmax(logits, dim=-1)
+    h = -(logp.exp() * logp).sum(-1)  # (N, R)
+    mask = batch.response_mask.to(h.device)
+    return (h * mask).sum(-1) / mask.sum(-1).clamp_min(1)

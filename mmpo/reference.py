@@ -59,14 +59,6 @@ def load_cache(path: str, fp: str):
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
 
 
-def rank_share(n: int, batch_size: int, d: Dist) -> list[list[int]]:
-    """This rank's batches of a pass over all n examples. Every rank gets the same number of
-    batches (the last ones wrap around to the start), as FSDP needs every rank in every forward."""
-    per_rank = -(-n // d.world)
-    mine = [(d.rank + k * d.world) % n for k in range(per_rank)]
-    return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
-
-
 def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist()) -> dict:
     """Score every example once with the reference (each rank its share), gather the scores on
     every rank, save them (rank 0), and return the lookup table."""
@@ -77,10 +69,7 @@ def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dis
         logps = batch.split(live_logps(policy, frozen, batch).float().cpu())
         for v in views:
             table.update({(i, v): x for i, x in zip(batch.ids, logps[v].tolist())})
-    if d.enabled:
-        parts = [None] * d.world
-        torch.distributed.all_gather_object(parts, table)
-        table = {k: v for part in parts for k, v in part.items()}
+    table = distributed.merge_dicts(table, d)
     if d.main:
         ids = sorted({i for i, _ in table})
         logps = torch.tensor([[table[(i, v)] for v in views] for i in ids])  # (n_examples, n_views)

@@ -1,0 +1,207 @@
+"""Building MFPO, NaPO and SymMPO data: keywords, regions, generated negatives, retrieval, resume."""
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_jsonl
+from mmpo import prepare
+from mmpo.keywords import rank_keywords, words
+from mmpo.models import tiny_detector, tiny_segmenter
+from mmpo.regions import Grounding, region_mask
+
+FAST = ["--max-new-tokens", "4", "--batch-size", "2"]
+
+
+def test_keywords_pick_the_object_nouns():
+    text = "A brown dog sits on a red sofa next to a lamp"
+    top = rank_keywords(text, k=10)
+    assert top[:3] == ["dog", "sofa", "lamp"]
+    assert "sits" not in top and "next" not in top and "brown" not in top
+    assert rank_keywords(text, k=3) == rank_keywords(text, k=3)  # deterministic
+    # repeated and central words rank first; word vectors shift the ranking but keep it nouns
+    assert rank_keywords("A cat and a dog. The cat sleeps near the dog and the cat purrs.", k=1) == ["cat"]
+    vec = {w: torch.tensor([1.0, float(i)]) for i, w in enumerate(words(text))}
+    assert set(rank_keywords(text, k=3, vectors=vec.__getitem__)) == {"dog", "sofa", "lamp"}
+    assert rank_keywords("It is on the left.", k=3) == []
+
+
+@pytest.fixture(scope="module")
+def grounding():
+    det, det_proc = tiny_detector()
+    seg, seg_proc = tiny_segmenter()
+    return Grounding(det, det_proc, seg, seg_proc, threshold=0.0)
+
+
+def fixed_boxes(monkeypatch, processor, boxes):
+    """A random detector finds nothing meaningful: its real forward runs, its answer is replaced."""
+    calls = []
+
+    def post(outputs, threshold, target_sizes):
+        calls.append(outputs.logits.shape)
+        return [{"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.ones(len(boxes)),
+                 "labels": torch.zeros(len(boxes), dtype=torch.long)}]
+    monkeypatch.setattr(processor, "post_process_grounded_object_detection", post)
+    return calls
+
+
+def test_region_mask_stays_inside_the_detected_box(grounding, monkeypatch):
+    img = Image.new("RGB", (48, 40), (120, 60, 30))
+    calls = fixed_boxes(monkeypatch, grounding.detector_processor, [[8.0, 4.0, 30.0, 28.0]])
+    mask = region_mask(grounding, img, ["dog"])
+    assert len(calls) == 1  # the detector ran
+    box = torch.zeros(40, 48)
+    box[4:28, 8:30] = 1
+    assert mask.shape == (40, 48) and mask.sum() > 0
+    assert (mask * (1 - box)).sum() == 0  # nothing outside the box
+    boxes_only = Grounding(grounding.detector, grounding.detector_processor, threshold=0.0)
+    assert torch.equal(region_mask(boxes_only, img, ["dog"]), box)  # no segmenter: the box itself
+    fixed_boxes(monkeypatch, grounding.detector_processor, [])
+    assert region_mask(grounding, img, ["dog"]) is None  # nothing found: the caller noises everything
+
+
+def test_real_detector_path_returns_boxes_in_the_image(grounding):
+    img = Image.new("RGB", (48, 40), (200, 20, 20))
+    from mmpo.regions import detect
+    boxes = detect(grounding, img, ["dog", "lamp"])
+    assert boxes.dim() == 2 and boxes.shape[1] == 4
+    assert (boxes[:, 0::2] <= 48).all() and (boxes[:, 1::2] <= 40).all() and (boxes >= 0).all()
+
+
+@pytest.fixture
+def plain_data(tmp_path):
+    """Six rows with no optional fields; rows 0 and 1 are near-duplicates (planted)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    colors = [(200, 30, 30), (202, 32, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
+    rows = []
+    for i, c in enumerate(colors):
+        img = Image.new("RGB", (32, 32), c)
+        img.paste((255, 255, 255), (4 + i, 4, 12 + i, 12))
+        img.save(d / f"{i}.png")
+        rows.append({"id": f"p{i}", "image": f"{i}.png", "prompt": "Describe it.", "chosen": f"A dog on sofa {i}.",
+                     "rejected": "zzz"})
+    path = write_jsonl(d / "data.jsonl", rows)
+    return path
+
+
+def read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_napo_rows_get_model_answers(plain_data, tmp_path):
+    before = digest(plain_data)
+    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "a"), *FAST]) == 0
+    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "b"), *FAST]) == 0
+    a, b = read(tmp_path / "a" / "data.jsonl"), read(tmp_path / "b" / "data.jsonl")
+    assert len(a) == 6 and a == b  # greedy: the same answers every time
+    assert all(r["lang_biased"] and r["vision_biased"] for r in a)
+    assert all(os.path.isabs(r["image"]) for r in a)
+    assert digest(plain_data) == before  # the input is never modified
+
+
+def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
+    assert prepare.run(["symmpo", "--data", plain_data, "--out", str(tmp_path / "s"), *FAST]) == 0
+    rows = {r["id"]: r for r in read(tmp_path / "s" / "data.jsonl")}
+    for r in rows.values():
+        assert os.path.realpath(r["contrast_image"]) != os.path.realpath(r["image"])  # never itself
+        assert r["contrast_chosen"]
+    assert rows["p0"]["contrast_image"].endswith("/1.png")  # the planted near-duplicate
+    assert rows["p1"]["contrast_image"].endswith("/0.png")
+    # a user's contrast answer is kept untouched; ablations build m' from m
+    given = read(plain_data)
+    given[0]["contrast_chosen"] = "Kept as written."
+    for r in given:
+        r["image"] = os.path.join(os.path.dirname(plain_data), r["image"])
+    path = write_jsonl(tmp_path / "given.jsonl", given)
+    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "b"), "--contrast", "black", *FAST]) == 0
+    out = read(tmp_path / "b" / "data.jsonl")
+    assert out[0]["contrast_chosen"] == "Kept as written."
+    black = Image.open(tmp_path / "b" / out[1]["contrast_image"])
+    assert black.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_mfpo_noises_key_regions(plain_data, tmp_path):
+    det, det_proc = tiny_detector()
+    seg, seg_proc = tiny_segmenter()
+    for name, (m, p) in {"det": (det, det_proc), "seg": (seg, seg_proc)}.items():
+        m.save_pretrained(tmp_path / name)
+        p.save_pretrained(tmp_path / name)
+    def run(out, threshold):
+        assert prepare.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / out), "--detector", str(tmp_path / "det"),
+                            "--segmenter", str(tmp_path / "seg"), "--threshold", threshold, *FAST]) == 0
+        return read(tmp_path / out / "data.jsonl")
+
+    def pixels(path):
+        return torch.tensor(list(Image.open(path).tobytes()), dtype=torch.float).view(32, 32, 3)
+    # scores never exceed 1: nothing is found, every row falls back to noise on the whole image
+    rows = run("none", "1.01")
+    assert len(rows) == 6 and all(r["keywords"] == ["dog", "sofa"] and r["region"] == "global" for r in rows)
+    for r in rows:
+        assert (pixels(r["image"]) - pixels(tmp_path / "none" / r["corrupt_image"])).abs().mean() > 5
+    # threshold 0: the random detector finds boxes; only pixels inside them change
+    rows = run("all", "0.0")
+    grounded = [r for r in rows if r["region"] == "grounded"]
+    assert grounded
+    for r in grounded:
+        changed = (pixels(r["image"]) != pixels(tmp_path / "all" / r["corrupt_image"])).any(-1)
+        assert 0 < changed.float().mean() < 1
+    assert prepare.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / "r"), "--regions", "random",
+                        "--no-word-vectors", *FAST]) == 0
+    r0 = read(tmp_path / "r" / "data.jsonl")[0]
+    orig = torch.tensor(list(Image.open(r0["image"]).tobytes())).view(32, 32, 3)
+    noised = torch.tensor(list(Image.open(tmp_path / "r" / r0["corrupt_image"]).tobytes())).view(32, 32, 3)
+    changed = (orig != noised).any(-1).float().mean().item()
+    assert 0.1 < changed < 0.3  # a random 20% of the image
+
+
+@pytest.mark.parametrize("method", ["napo", "mfpo"])
+def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method):
+    extra = ["--regions", "global"] if method == "mfpo" else []
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    assert prepare.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
+    build = {"napo": "napo_rows", "mfpo": "mfpo_rows"}[method]
+    real, calls = getattr(prepare, build), []
+
+    def die_on_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(prepare, build, die_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.run([method, "--data", plain_data, "--out", killed, *FAST, *extra])
+    monkeypatch.setattr(prepare, build, real)
+    with open(os.path.join(killed, "data.jsonl"), "a") as f:
+        f.write('{"id": "p2", "ima')  # a row cut short by the kill
+    assert len(read_ok(os.path.join(killed, "data.jsonl"))) == 2
+    assert prepare.run([method, "--data", plain_data, "--out", killed, *FAST, *extra]) == 0
+    assert read(os.path.join(killed, "data.jsonl")) == read(os.path.join(straight, "data.jsonl"))
+    if method == "mfpo":
+        for r in read(os.path.join(straight, "data.jsonl")):
+            assert digest(os.path.join(straight, r["corrupt_image"])) == digest(os.path.join(killed, r["corrupt_image"]))
+
+
+def read_ok(path):
+    out = []
+    for line in open(path):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_bad_rows_are_one_line_errors(tmp_path, image_dir, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"image": "img/0.png", "prompt": "Q", "chosen": "a"}, "{bad"])
+    assert prepare.run(["napo", "--data", path, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}:1: field 'rejected': missing", f"error: {path}:2: invalid JSON (Expecting property name enclosed in double quotes, column 2)"]
