@@ -50,8 +50,8 @@ class Config:
     symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
     symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
     # corrupted image m'
-    corruption: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | contrast (SymMPO: contrast_image)",
-                          choices=("crop", "noise", "contrast"))
+    corruption: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | blank | contrast (SymMPO: contrast_image)",
+                          choices=("crop", "noise", "blank", "contrast"))
     noise_step: int = opt(500, "diffusion step t of MFPO's noise (of 1000)")
     # curriculum (MFPO sec. 3.3)
     curriculum: str = opt("none", "none | easy-to-hard: train on thirds of the data by the model's entropy on the chosen answer",

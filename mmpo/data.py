@@ -30,12 +30,13 @@ VIEWS = {
     "chosen_on_corrupt": ("corrupt", "chosen"),
     "contrast_on_image": ("image", "contrast_chosen"),
     "contrast_on_corrupt": ("corrupt", "contrast_chosen"),
+    "rejected_on_corrupt": ("corrupt", "rejected"),
     "lang_biased": ("image", "lang_biased"),
     "vision_biased": ("image", "vision_biased"),
 }
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
 IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image")
-CORRUPTIONS = ("crop", "noise", "contrast")
+CORRUPTIONS = ("crop", "noise", "blank", "contrast")
 
 
 class DataError(Exception):
@@ -152,13 +153,15 @@ def stable_seed(*parts) -> int:
 
 
 def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator, noise_step: int = 500) -> Image.Image:
-    """m' from m on the fly: mDPO's random crop or MFPO's global diffusion noise."""
+    """m' from m on the fly: mDPO's random crop, MFPO's global diffusion noise, or a black image."""
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
     x = x.permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
     if kind == "crop":
         y = perturb.random_crop(x, generator=generator)
     elif kind == "noise":
         y = (perturb.diffusion_noise(x * 2 - 1, t=noise_step, generator=generator) + 1) / 2
+    elif kind == "blank":
+        y = perturb.blank(x)
     else:
         raise ValueError(f"unknown corruption {kind!r}")
     y = (y.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
@@ -187,11 +190,12 @@ class Example:
 
 class PreferenceDataset(torch.utils.data.Dataset):
     def __init__(self, path: str, processor, views, *, corruption: str = "crop", seed: int = 0,
-                 max_length: int = 1024, noise_step: int = 500):
+                 max_length: int = 1024, noise_step: int = 500, prefer_field: bool = True):
         if corruption not in CORRUPTIONS:
             raise ValueError(f"unknown corruption {corruption!r}: choose one of {', '.join(CORRUPTIONS)}")
         self.path, self.processor, self.views = path, processor, tuple(views)
         self.corruption, self.seed, self.max_length, self.noise_step = corruption, seed, max_length, noise_step
+        self.prefer_field = prefer_field  # use a row's corrupt_image when it has one
         self.rows = read_rows(path, required_fields(self.views, corruption))
         self._set_views(self.views)
 
@@ -216,7 +220,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
             return [img]
         if self.corruption == "contrast":
             return [img, load_image(row["contrast_image"])]
-        if row.get("corrupt_image"):
+        if self.prefer_field and row.get("corrupt_image"):
             return [img, load_image(row["corrupt_image"])]
         g = torch.Generator().manual_seed(stable_seed(self.seed, row["id"]))
         return [img, corrupt_image(img, self.corruption, g, self.noise_step)]
