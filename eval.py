@@ -14,10 +14,10 @@ import os
 import sys
 
 import torch
-import transformers
 from tqdm import tqdm
 
-from mmpo import hallucination, lora
+from mmpo import cli, hallucination, lora
+from mmpo.cli import UserError
 from mmpo.data import DataError, PreferenceDataset, collate, load_image, read_rows
 from mmpo.generate import answer
 from mmpo.logps import sequence_logps
@@ -25,10 +25,6 @@ from mmpo.models import load_model
 
 EXTRA_NEGATIVES = {"lang_biased": "lang_biased", "vision_biased": "vision_biased", "contrast_on_image": "contrast_chosen"}
 BENCH_FIELDS = {"chair": ("image", "prompt", "objects"), "pope": ("image", "question", "answer")}
-
-
-class UserError(Exception):
-    pass
 
 
 # ---- models ------------------------------------------------------------------------------
@@ -256,24 +252,7 @@ def main(args) -> dict:
 
 
 def run(argv=None) -> int:
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    args = build_parser().parse_args(argv)
-    try:
-        main(args)
-    except DataError as e:
-        for msg in e.messages[:20]:
-            print(f"error: {msg}", file=sys.stderr)
-        if len(e.messages) > 20:
-            print(f"... and {len(e.messages) - 20} more errors", file=sys.stderr)
-        return 2
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(lambda: main(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

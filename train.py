@@ -15,19 +15,15 @@ import sys
 import time
 
 import torch
-import transformers
 from tqdm import tqdm
 
-from mmpo import checkpoint, curriculum, distributed, lora, reference
-from mmpo.config import ArgumentError, Config, parse_args, resolve
-from mmpo.data import DataError, PreferenceDataset, collate, make_synthetic, plan
+from mmpo import checkpoint, cli, curriculum, distributed, lora, reference
+from mmpo.cli import UserError
+from mmpo.config import Config, parse_args, resolve
+from mmpo.data import PreferenceDataset, collate, make_synthetic, plan
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported in one line, exit status 2."""
 
 
 def main(cfg: Config):
@@ -292,27 +288,7 @@ def main(cfg: Config):
 
 def run(argv=None) -> int:
     """train.py's command line; user errors become one line on stderr and exit status 2."""
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    speak = os.environ.get("RANK", "0") == "0"
-    try:
-        main(parse_args(argv))
-    except ArgumentError as e:
-        if speak:
-            print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        if speak:
-            for msg in e.messages[:20]:
-                print(f"error: {msg}", file=sys.stderr)
-            if len(e.messages) > 20:
-                print(f"... and {len(e.messages) - 20} more errors", file=sys.stderr)
-        return 2
-    except UserError as e:
-        if speak:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(lambda: main(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from mmpo.cli import UserError as ArgumentError
+
 
 def opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -113,10 +115,6 @@ def resolve(cfg: Config) -> Config:
     if cfg.corruption is None:
         cfg.corruption = {"symmpo": "contrast", "mfpo": "noise"}.get(cfg.objective, "crop")
     return cfg
-
-
-class ArgumentError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,7 +20,7 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from mmpo import perturb
+from mmpo import cli, perturb
 from mmpo.data import DataError, load_image, read_rows, stable_seed
 from mmpo.generate import answer
 from mmpo.keywords import embedding_vectors, rank_keywords
@@ -266,23 +266,13 @@ def main(args) -> dict:
 
 
 def run(argv=None) -> int:
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     args = build_parser().parse_args(argv)
-    try:
+
+    def go():
         stats = main(args)
-    except DataError as e:
-        for msg in e.messages[:20]:
-            print(f"error: {msg}", file=sys.stderr)
-        if len(e.messages) > 20:
-            print(f"... and {len(e.messages) - 20} more errors", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"{args.method}: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.items())) +
-          f" -> {os.path.join(args.out, 'data.jsonl')}")
-    return 0
+        print(f"{args.method}: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats.items())) +
+              f" -> {os.path.join(args.out, 'data.jsonl')}")
+    return cli.run(go)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """MFPO's easy-to-hard curriculum: entropy scores, stages, training order, reference refresh."""
-import json
 import os
 
 import pytest

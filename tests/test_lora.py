@@ -1,6 +1,5 @@
 """LoRA: the adapters-off model is the base model; save/load and merge keep outputs; peft layout."""
 import json
-import os
 
 import pytest
 import torch
