@@ -22,7 +22,7 @@ from mmpo.cli import UserError
 from mmpo.config import Config, parse_args, resolve
 from mmpo.data import PreferenceDataset, collate, make_synthetic, plan
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
-from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
+from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
 
 
@@ -72,7 +72,7 @@ def main(cfg: Config):
     except (OSError, ValueError) as e:
         raise UserError(f"--model {cfg.model}: cannot load ({str(e).splitlines()[0]})") from None
     base_model = cfg.model
-    if cfg.model.startswith("tiny-"):  # save it, so the adapter has a base anyone can load
+    if cfg.model in TINY_MODELS:  # save it, so the adapter has a base anyone can load
         base_model = os.path.abspath(os.path.join(cfg.out, "base_model"))
         if d.main and not os.path.isdir(base_model):
             model.save_pretrained(base_model)

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from mmpo.cli import UserError as ArgumentError
+from mmpo.models import TINY_MODELS
 
 
 def opt(default, help: str, **kw):
@@ -109,7 +110,7 @@ def resolve(cfg: Config) -> Config:
     """Fill the None fields with each paper's defaults."""
     if cfg.lr is None:
         # the papers' rates are for 7B models; a tiny random model needs far larger steps
-        cfg.lr = 1e-3 if cfg.model.startswith("tiny-") else PAPER_LR[cfg.objective]
+        cfg.lr = 1e-3 if cfg.model in TINY_MODELS else PAPER_LR[cfg.objective]
     if cfg.weight_decay is None:
         cfg.weight_decay = 0.01 if cfg.objective in ("napo", "symmpo") else 0.0
     if cfg.corruption is None:
