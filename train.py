@@ -77,6 +77,7 @@ def main(cfg: Config):
         if d.main and not os.path.isdir(base_model):
             model.save_pretrained(base_model)
             processor.save_pretrained(base_model)
+    model_fp = reference.model_fingerprint(cfg.model, model) if cfg.ref_cache or cfg.curriculum != "none" else ""
     dataset.processor = processor
     tok = processor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -110,7 +111,7 @@ def main(cfg: Config):
     global_batch = cfg.batch_size * cfg.grad_accum * d.world
     stages = [list(range(len(dataset)))]
     if cfg.curriculum == "easy-to-hard":  # MFPO: easy, medium, hard thirds by the model's entropy
-        fp = reference.fingerprint(cfg.model, model, data_path, {"score": "entropy", "max_length": cfg.max_length})
+        fp = reference.fingerprint(model_fp, data_path, {"score": "entropy", "max_length": cfg.max_length})
         scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad_id, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
     steps = plan(stages, cfg.epochs, global_batch, cfg.seed)
@@ -137,7 +138,7 @@ def main(cfg: Config):
     if cfg.ref_cache:
         settings = {"views": views, "seed": cfg.seed, "corruption": cfg.corruption, "noise_step": cfg.noise_step,
                     "max_length": cfg.max_length}
-        fp = reference.fingerprint(cfg.model, model, data_path, settings)
+        fp = reference.fingerprint(model_fp, data_path, settings)
         ref_table = reference.load_cache(cfg.ref_cache, fp)
         if ref_table is None:
             if d.main and os.path.exists(cfg.ref_cache):

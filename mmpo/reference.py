@@ -31,12 +31,25 @@ def live_logps(policy, frozen, batch: Batch, image_features=None) -> torch.Tenso
         return sequence_logps(policy, batch, image_features)[0]
 
 
-def fingerprint(model_name: str, model, data_path: str, settings: dict) -> str:
-    """What the reference log-probs depend on: the initial model, the data file (and its
-    images' paths), and how views are built (seed, corruption, lengths...)."""
+@torch.no_grad()
+def model_fingerprint(name: str, model) -> str:
+    """The initial model's identity: its name, config, and a checksum of every weight (the sum
+    and sum of squares of each tensor), so new weights under an old config are noticed too.
+    Call it before adapters are added or weights sharded."""
     h = hashlib.sha256()
-    h.update(model_name.encode())
+    h.update(name.encode())
     h.update(model.config.to_json_string(use_diff=False).encode())
+    for n, p in model.state_dict().items():
+        x = p.detach().double()
+        h.update(f"{n}:{tuple(p.shape)}:{x.sum().item():.12e}:{x.pow(2).sum().item():.12e}".encode())
+    return h.hexdigest()
+
+
+def fingerprint(model_fp: str, data_path: str, settings: dict) -> str:
+    """What reference log-probs (or difficulty scores) depend on: the initial model, the data
+    file (which names its images), and how views are built (seed, corruption, lengths...)."""
+    h = hashlib.sha256()
+    h.update(model_fp.encode())
     with open(data_path, "rb") as f:
         h.update(f.read())
     h.update(json.dumps(settings, sort_keys=True).encode())

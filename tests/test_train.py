@@ -100,6 +100,18 @@ def test_reference_cache_matches_live_and_is_rebuilt_when_stale(easy_data, tmp_p
     assert os.path.getmtime(cache) != stamp
 
 
+def test_reference_cache_notices_new_weights_under_the_same_config(easy_data, tmp_path, capsys):
+    cache, model_dir = tmp_path / "ref.safetensors", tmp_path / "m"
+    args = ["--data", easy_data, "--max-steps", "1", "--batch-size", "4", "--lora-rank", "0", "--model", model_dir,
+            "--ref-cache", cache]
+    for seed, out in ((0, "a"), (1, "b")):  # the same directory, the same config, other weights
+        model, proc = tiny_model("tiny-llava", seed=seed)
+        model.save_pretrained(model_dir)
+        proc.save_pretrained(model_dir)
+        run_ok(*args, "--out", tmp_path / out)
+    assert "does not match this model and data: rebuilding" in capsys.readouterr().out
+
+
 def test_a_saved_model_trains_through_model_dir(easy_data, tmp_path):
     model, proc = tiny_model("tiny-qwen2vl", seed=1)
     model.save_pretrained(tmp_path / "m")
