@@ -116,6 +116,18 @@ def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
         assert r["contrast_chosen"]
     assert rows["p0"]["contrast_image"].endswith("/1.png")  # the planted near-duplicate
     assert rows["p1"]["contrast_image"].endswith("/0.png")
+    # the same with a separate image model (a CLIP) for retrieval
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, vocab_size=300),
+                                vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16))
+    clip.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clip")
+    assert prepare.run(["symmpo", "--data", plain_data, "--out", str(tmp_path / "c"), "--embedder", str(tmp_path / "clip"),
+                        *FAST]) == 0
+    assert read(tmp_path / "c" / "data.jsonl")[0]["contrast_image"].endswith("/1.png")
     # a user's contrast answer is kept untouched; ablations build m' from m
     given = read(plain_data)
     given[0]["contrast_chosen"] = "Kept as written."

@@ -190,3 +190,9 @@ def test_overlong_samples_are_reported_skipped_and_counted(tmp_path, image_dir, 
     assert f"skipped: {path}:6: prompt and image take" in out and "max_length is 80" in out
     assert "1 over-long samples skipped" in out
     assert len(metrics(tmp_path / "o")) == 2  # both steps still trained on the other examples
+
+
+def test_loader_workers_change_nothing(easy_data, tmp_path):
+    for workers in ("0", "2"):
+        run_ok("--data", easy_data, "--out", tmp_path / workers, "--max-steps", 3, "--num-workers", workers, *FAST)
+    assert_identical_runs(tmp_path / "0", tmp_path / "2", 3)
