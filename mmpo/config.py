@@ -20,7 +20,7 @@ def opt(default, help: str, **kw):
 class Config:
     objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo", choices=("dpo", "mdpo", "mfpo", "napo", "symmpo"))
     data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
-    model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl (random, built from config)")
+    model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
     trust_remote_code: bool = opt(False, "let transformers run the model repository's own code")
     # schedule

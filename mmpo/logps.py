@@ -15,9 +15,24 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from mmpo.data import Batch
 
 
+def _pad_to(t: torch.Tensor, shape) -> torch.Tensor:
+    if tuple(t.shape[1:]) == tuple(shape):
+        return t
+    out = t.new_zeros((t.shape[0], *shape))
+    out[(slice(None), *(slice(0, n) for n in t.shape[1:]))] = t
+    return out
+
+
 def _cat_images(images: list[dict]) -> dict:
-    """Concatenate per-image processor outputs along their leading dim."""
-    return {k: torch.cat([im[k] for im in images]) for k in images[0]} if images else {}
+    """Concatenate per-image processor outputs along their leading dim. Tiled images (LLaVA-NeXT,
+    Idefics3) can differ in their number of tiles: they are zero-padded as the processors do
+    within one call, and the models skip the padding (by image_sizes, or all-zero tiles)."""
+    out = {}
+    for k in images[0] if images else ():
+        ts = [im[k] for im in images]
+        shape = [max(n) for n in zip(*(t.shape[1:] for t in ts))]
+        out[k] = torch.cat([_pad_to(t, shape) for t in ts])
+    return out
 
 
 def _to(inputs: dict, device) -> dict:

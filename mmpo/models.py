@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
 
-TINY_MODELS = ("tiny-llava", "tiny-qwen2vl")
+TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
 
 # A minimal chat template: user turn with the image, then the assistant's turn.
 # transformers renders templates with trim_blocks, hence the explicit {{ '\n' }}.
@@ -107,9 +107,31 @@ def _tiny_qwen2vl(seed: int):
     return model, processor
 
 
+def _tiny_idefics3(seed: int):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+    specials = ["<s>", "</s>", "<pad>", "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
+    tok = byte_tokenizer(specials, "<image>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    text = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=4, max_position_embeddings=512, pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"],
+                eos_token_id=ids["</s>"], tie_word_embeddings=False)
+    config = Idefics3Config(vision_config=vision, text_config=text, image_token_id=ids["<image>"], scale_factor=2,
+                            tie_word_embeddings=False, pad_token_id=ids["<pad>"])
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config)
+    # one 32 px tile, no splitting: 16 patches, pixel-shuffled by 2 into 4 image tokens
+    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
+                                             max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                                  chat_template=tok.chat_template)
+    return model, processor
+
+
 def tiny_model(name: str, seed: int = 0):
     """A tiny random VLM and its processor, built from config classes (no files, no network)."""
-    builders = {"tiny-llava": tiny_llava, "tiny-qwen2vl": _tiny_qwen2vl}
+    builders = {"tiny-llava": tiny_llava, "tiny-qwen2vl": _tiny_qwen2vl, "tiny-idefics3": _tiny_idefics3}
     if name not in builders:
         raise ValueError(f"unknown tiny model {name!r}: choose one of {', '.join(builders)}")
     model, processor = builders[name](seed)

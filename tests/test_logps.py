@@ -41,7 +41,7 @@ def separate_logps(model, batch):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
 def test_fused_equals_separate_forwards(name, varied):
     model, proc = tiny_model(name)
     model.eval()
@@ -56,11 +56,11 @@ def test_fused_equals_separate_forwards(name, varied):
     assert lengths.tolist() == batch.response_mask.sum(1).tolist()
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
 def test_vision_tower_runs_once_per_distinct_image(name, synthetic):
     model, proc = tiny_model(name)
     model.eval()
-    tower = getattr(model.model, "vision_tower", None) or model.model.visual
+    tower = next(getattr(model.model, n) for n in ("vision_tower", "visual", "vision_model") if hasattr(model.model, n))
     calls = []
     tower.register_forward_hook(lambda m, i, o: calls.append(1))
     ds = PreferenceDataset(synthetic, proc, ALL_VIEWS, corruption="contrast")
@@ -102,3 +102,15 @@ def test_logits_only_at_response_positions(synthetic):
     R = batch.response_mask.shape[1]
     assert shapes == [(4, R, model.config.text_config.vocab_size)]
     assert R < batch.prompt_len  # 16 image tokens + prompt are never projected to the vocabulary
+
+
+def test_images_with_different_tile_counts_are_zero_padded():
+    from mmpo.logps import _cat_images
+    a = {"pixel_values": torch.ones(1, 2, 3, 4, 4), "pixel_attention_mask": torch.ones(1, 2, 4, 4, dtype=torch.bool)}
+    b = {"pixel_values": torch.full((1, 5, 3, 4, 4), 2.0), "pixel_attention_mask": torch.ones(1, 5, 4, 4, dtype=torch.bool)}
+    out = _cat_images([a, b])
+    assert out["pixel_values"].shape == (2, 5, 3, 4, 4) and out["pixel_attention_mask"].dtype == torch.bool
+    assert out["pixel_values"][0, :2].eq(1).all() and out["pixel_values"][0, 2:].eq(0).all()
+    assert out["pixel_attention_mask"][0, 2:].sum() == 0 and out["pixel_values"][1].eq(2).all()
+    same = _cat_images([{"x": torch.zeros(1, 3, 4, 4)}, {"x": torch.ones(1, 3, 4, 4)}])["x"]
+    assert same.shape == (2, 3, 4, 4)  # equal shapes: a plain concatenation
