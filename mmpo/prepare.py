@@ -21,6 +21,7 @@ import transformers
 from tqdm import tqdm
 
 from mmpo import cli, perturb
+from mmpo.cli import UserError
 from mmpo.data import DataError, load_image, read_rows, stable_seed
 from mmpo.generate import answer
 from mmpo.keywords import embedding_vectors, rank_keywords
@@ -194,7 +195,8 @@ def build_parser():
     p.add_argument("method", choices=("mfpo", "napo", "symmpo"))
     p.add_argument("--data", required=True, help="input preference JSONL (never modified)")
     p.add_argument("--out", required=True, help="output directory: data.jsonl and images/")
-    p.add_argument("--model", default="tiny-llava", help="the base VLM (napo, symmpo; mfpo: word vectors)")
+    p.add_argument("--model", default=None,
+                   help="the base VLM: it answers (napo, symmpo) and lends its word vectors (mfpo, optional); tiny-llava to try")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -206,7 +208,6 @@ def build_parser():
     p.add_argument("--detector", default="google/owlv2-base-patch16-ensemble", help="mfpo: open-vocabulary detector")
     p.add_argument("--segmenter", default="facebook/sam-vit-base", help="mfpo: segmenter ('' for boxes only)")
     p.add_argument("--threshold", type=float, default=0.1, help="mfpo: detection score threshold")
-    p.add_argument("--no-word-vectors", action="store_true", help="mfpo: rank keywords by position only")
     p.add_argument("--lang-image", choices=("none", "white", "black"), default="none",
                    help="napo: language-biased answers without an image, or with a blank one")
     p.add_argument("--contrast", choices=("neighbor", "noised", "cropped", "black"), default="neighbor",
@@ -226,11 +227,13 @@ def main(args) -> dict:
     todo = [r for r in rows if r["id"] not in done]
     stats = Counter()
     ctx = {}
-    if todo and (args.method in ("napo", "symmpo") or not args.no_word_vectors):
+    if args.method in ("napo", "symmpo") and not args.model:
+        raise UserError(f"{args.method} needs --model: the base model whose answers it records")
+    if todo and args.model:
         ctx["model"], ctx["processor"] = load_model(args.model, trust_remote_code=args.trust_remote_code, seed=args.seed)
         ctx["model"].eval()
     if todo and args.method == "mfpo":
-        if not args.no_word_vectors:
+        if args.model:  # without a model, keywords are ranked by position alone
             ctx["vectors"] = embedding_vectors(ctx["model"], ctx["processor"].tokenizer)
         if args.regions == "grounded":
             from mmpo.regions import load_grounding

@@ -13,7 +13,7 @@ from mmpo.keywords import rank_keywords, words
 from mmpo.models import tiny_detector, tiny_segmenter
 from mmpo.regions import Grounding, region_mask
 
-FAST = ["--max-new-tokens", "4", "--batch-size", "2"]
+FAST = ["--model", "tiny-llava", "--max-new-tokens", "4", "--batch-size", "2"]
 
 
 def test_keywords_pick_the_object_nouns():
@@ -167,7 +167,7 @@ def test_mfpo_noises_key_regions(plain_data, tmp_path):
         changed = (pixels(r["image"]) != pixels(tmp_path / "all" / r["corrupt_image"])).any(-1)
         assert 0 < changed.float().mean() < 1
     assert prepare.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / "r"), "--regions", "random",
-                        "--no-word-vectors", *FAST]) == 0
+                        "--batch-size", "2"]) == 0  # no --model: keywords by position alone
     r0 = read(tmp_path / "r" / "data.jsonl")[0]
     orig = torch.tensor(list(Image.open(r0["image"]).tobytes())).view(32, 32, 3)
     noised = torch.tensor(list(Image.open(tmp_path / "r" / r0["corrupt_image"]).tobytes())).view(32, 32, 3)
@@ -214,6 +214,11 @@ def read_ok(path):
 
 def test_bad_rows_are_one_line_errors(tmp_path, image_dir, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [{"image": "img/0.png", "prompt": "Q", "chosen": "a"}, "{bad"])
-    assert prepare.run(["napo", "--data", path, "--out", str(tmp_path / "o")]) == 2
+    assert prepare.run(["napo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {path}:1: field 'rejected': missing", f"error: {path}:2: invalid JSON (Expecting property name enclosed in double quotes, column 2)"]
+
+
+def test_napo_needs_a_model(plain_data, tmp_path, capsys):
+    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "error: napo needs --model: the base model whose answers it records"
