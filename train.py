@@ -47,9 +47,8 @@ def main(cfg: Config):
     cfg = resolve(cfg)
     views = OBJECTIVES[cfg.objective].views
     options = cfg.objective_options()
-    if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.lora_rank > 0 or cfg.ref_cache):
-        raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard, full fine-tuning (--lora-rank 0) "
-                        "and a live reference (no --ref-cache)")
+    if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
+        raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
     if d.main:
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
@@ -85,7 +84,7 @@ def main(cfg: Config):
     frozen_ref = None
     if cfg.lora_rank > 0:
         targets = [t for t in cfg.lora_targets.split(",") if t] or None
-        lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
+        lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets, snapshot=cfg.refresh_ref_per_stage)
     elif not cfg.ref_cache:
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.activation_checkpointing:
@@ -173,16 +172,24 @@ def main(cfg: Config):
         if d.main:
             print(f"resumed from {ckpt} at step {step}")
     def refresh_reference(at: int):
-        """Iterative alignment: the policy of this stage boundary becomes the reference."""
-        with torch.no_grad():
-            for p_ref, p in zip(frozen_ref.parameters(), model.parameters()):  # same structure, same shards
-                p_ref.copy_(p)
+        """Iterative alignment: the policy of this stage boundary becomes the reference (under
+        LoRA, a frozen snapshot of the adapters; else the frozen copy takes the weights)."""
+        if frozen_ref is None:
+            lora.take_snapshot(model)
+        else:
+            with torch.no_grad():
+                for p_ref, p in zip(frozen_ref.parameters(), model.parameters()):  # same structure, same shards
+                    p_ref.copy_(p)
         checkpoint.save_reference(os.path.join(cfg.out, f"reference-{at}.safetensors"), model, d)
 
     if cfg.refresh_ref_per_stage and ckpt:  # the reference of the stage the run was killed in
         passed = [b for b in stage_starts if b < step]
         if passed:
-            checkpoint.load_reference(os.path.join(cfg.out, f"reference-{max(passed)}.safetensors"), frozen_ref)
+            path = os.path.join(cfg.out, f"reference-{max(passed)}.safetensors")
+            if frozen_ref is None:
+                checkpoint.load_reference(path, model, lora.snapshot_names)
+            else:
+                checkpoint.load_reference(path, frozen_ref)
     if d.main:  # a fresh run starts a fresh log; a resumed one drops what a killed run logged past its checkpoint
         checkpoint.truncate_metrics(os.path.join(cfg.out, "metrics.jsonl"), step)
 

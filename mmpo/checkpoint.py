@@ -132,8 +132,9 @@ def save_reference(path: str, model, d: Dist = Dist()):
     barrier(d)
 
 
-def load_reference(path: str, frozen_ref):
-    set_model_state_dict(frozen_ref, load_file(path), options=StateDictOptions(full_state_dict=True, strict=False))
+def load_reference(path: str, module, rename=lambda sd: sd):
+    """Restore a stage's reference weights into ``module`` (``rename`` maps their names)."""
+    set_model_state_dict(module, rename(load_file(path)), options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def truncate_metrics(path: str, step: int):

@@ -59,7 +59,7 @@ class Config:
     # curriculum (MFPO sec. 3.3)
     curriculum: str = opt("none", "none | easy-to-hard: train on thirds of the data by the model's entropy on the chosen answer",
                           choices=("none", "easy-to-hard"))
-    refresh_ref_per_stage: bool = opt(False, "make the current policy the reference at each curriculum stage (full fine-tuning)")
+    refresh_ref_per_stage: bool = opt(False, "make the current policy the reference at each curriculum stage")
     # model and memory
     lora_rank: int = opt(64, "LoRA rank r (0: full fine-tuning)")
     lora_alpha: float = opt(128.0, "LoRA alpha")

@@ -23,7 +23,7 @@ from mmpo.models import language_model
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, snapshot: bool = False):
         super().__init__()
         self.base_layer = base
         self.lora_A = nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
@@ -33,10 +33,18 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
         self.disabled = False
+        if snapshot:  # a frozen copy of the adapter: the reference after a curriculum stage
+            self.ref_A = nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+            self.ref_B = nn.Linear(r, base.out_features, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+            for w in (self.ref_A.weight, self.ref_B.weight):
+                nn.init.zeros_(w)
+                w.requires_grad_(False)
 
     def forward(self, x):
         out = self.base_layer(x)
         if self.disabled:
+            if hasattr(self, "ref_A"):
+                return out + self.ref_B(self.ref_A(x)) * self.scaling
             return out
         return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
@@ -52,10 +60,12 @@ def default_targets(model) -> list[str]:
     return [f"{prefix}.{n}" for n, m in lm.named_modules() if isinstance(m, nn.Linear)]
 
 
-def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, targets=None) -> list[str]:
+def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, targets=None,
+             snapshot: bool = False) -> list[str]:
     """Freeze the model and wrap the target Linears with adapters. ``targets``: None for
     ``default_targets``, or regular expressions matched (re.search) against module names.
-    Returns the wrapped module names."""
+    ``snapshot`` gives each adapter a frozen copy that ``disabled`` then applies (see
+    ``take_snapshot``). Returns the wrapped module names."""
     if targets is None:
         names = default_targets(model)
     else:
@@ -69,7 +79,7 @@ def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, ta
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
-        setattr(parent, child, LoRALinear(base, r, alpha, dropout).train(base.training))
+        setattr(parent, child, LoRALinear(base, r, alpha, dropout, snapshot).train(base.training))
     model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": names}
     return names
 
@@ -80,7 +90,8 @@ def lora_layers(model):
 
 @contextlib.contextmanager
 def disabled(model):
-    """The reference model under LoRA: the same weights with every adapter switched off."""
+    """The reference model under LoRA: the same weights with every adapter switched off (or,
+    after ``take_snapshot``, replaced by its frozen snapshot)."""
     layers = [m for _, m in lora_layers(model)]
     for m in layers:
         m.disabled = True
@@ -89,6 +100,19 @@ def disabled(model):
     finally:
         for m in layers:
             m.disabled = False
+
+
+@torch.no_grad()
+def take_snapshot(model):
+    """The adapters as they are now become the reference (MFPO's iterative alignment)."""
+    for _, layer in lora_layers(model):
+        layer.ref_A.weight.copy_(layer.lora_A.weight)
+        layer.ref_B.weight.copy_(layer.lora_B.weight)
+
+
+def snapshot_names(adapter: dict) -> dict:
+    """Adapter weights renamed onto their snapshots (lora_A -> ref_A), e.g. to restore one."""
+    return {k.replace(".lora_A.", ".ref_A.").replace(".lora_B.", ".ref_B."): v for k, v in adapter.items()}
 
 
 def adapter_state_dict(model, state_dict=None) -> dict[str, torch.Tensor]:

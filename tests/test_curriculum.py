@@ -52,9 +52,10 @@ def test_plan_trains_stages_in_order():
     assert sorted(i for _, b in steps[:2] for i in b) == [0, 1, 2, 3]  # each epoch of a stage sees it whole
 
 
-def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, monkeypatch):
-    args = ["--data", easy_data, "--curriculum", "easy-to-hard", "--refresh-ref-per-stage", "--lora-rank", "0",
-            "--lr", "3e-4", "--epochs", "1", "--batch-size", "4", "--save-every", "3"]
+@pytest.mark.parametrize("lora", [["--lora-rank", "0", "--lr", "3e-4"], ["--lora-rank", "8", "--lora-dropout", "0"]])
+def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, monkeypatch, lora):
+    args = ["--data", easy_data, "--curriculum", "easy-to-hard", "--refresh-ref-per-stage", *lora,
+            "--epochs", "1", "--batch-size", "4", "--save-every", "3"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     assert train.run([*args, "--out", straight]) == 0
     rows = metrics(straight)
@@ -77,5 +78,7 @@ def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, m
     assert_identical_runs(straight, killed, 6)
 
 
-def test_refresh_needs_full_finetuning():
-    assert train.run(["--curriculum", "easy-to-hard", "--refresh-ref-per-stage", "--lora-rank", "8"]) == 2
+def test_refresh_needs_a_curriculum_and_a_live_reference(capsys):
+    assert train.run(["--refresh-ref-per-stage"]) == 2
+    assert train.run(["--curriculum", "easy-to-hard", "--refresh-ref-per-stage", "--ref-cache", "x"]) == 2
+    assert capsys.readouterr().err.count("--refresh-ref-per-stage needs --curriculum easy-to-hard") == 2
