@@ -196,3 +196,18 @@ def test_loader_workers_change_nothing(easy_data, tmp_path):
     for workers in ("0", "2"):
         run_ok("--data", easy_data, "--out", tmp_path / workers, "--max-steps", 3, "--num-workers", workers, *FAST)
     assert_identical_runs(tmp_path / "0", tmp_path / "2", 3)
+
+
+def test_the_default_job_runs_with_no_arguments(tmp_path):
+    """The README's run command, exactly: mDPO on the built-in data with tiny LLaVA (~1 min)."""
+    r = cli(cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "runs" / "default"
+    assert f"done: 96 steps. metrics: {os.path.join('runs', 'default', 'metrics.jsonl')}" in r.stdout
+    rows = metrics(out)
+    assert len(rows) == 96 and json.load(open(out / "config.json"))["objective"] == "mdpo"
+    first, last = rows[:16], rows[-16:]
+    mean = lambda rs, k: sum(x[k] for x in rs) / len(rs)  # noqa: E731
+    assert mean(last, "rewards/accuracies") > mean(first, "rewards/accuracies") + 0.2
+    assert mean(last, "rewards/image_accuracies") > mean(first, "rewards/image_accuracies") + 0.2
+    assert os.path.isfile(out / "final" / "adapter_model.safetensors")
