@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from mmpo import cli, hallucination, lora
 from mmpo.cli import UserError
-from mmpo.data import DataError, PreferenceDataset, collate, load_image, read_rows
+from mmpo.data import DataError, PreferenceDataset, collate, load_image, pad_id, read_rows
 from mmpo.generate import answer
 from mmpo.logps import sequence_logps
 from mmpo.models import load_model
@@ -47,8 +47,7 @@ def load_column(path: str | None, base: str | None, trust_remote_code: bool):
 @torch.no_grad()
 def score(model, dataset: PreferenceDataset, batch_size: int) -> dict[str, torch.Tensor]:
     """Summed log-probs of every view of every example, {view: (n,)} in data order."""
-    pad = dataset.processor.tokenizer.pad_token_id
-    pad = pad if pad is not None else dataset.processor.tokenizer.eos_token_id
+    pad = pad_id(dataset.processor.tokenizer)
     out = {v: [] for v in dataset.views}
     for i in tqdm(range(0, len(dataset), batch_size), desc="score", leave=False):
         batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))], dataset.views, pad)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mmpo import checkpoint, cli, curriculum, distributed, lora, reference
 from mmpo.cli import UserError
 from mmpo.config import Config, parse_args, resolve
-from mmpo.data import PreferenceDataset, collate, make_synthetic, plan
+from mmpo.data import PreferenceDataset, collate, make_synthetic, pad_id, plan
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
@@ -78,8 +78,7 @@ def main(cfg: Config):
             processor.save_pretrained(base_model)
     model_fp = reference.model_fingerprint(cfg.model, model) if cfg.ref_cache or cfg.curriculum != "none" else ""
     dataset.processor = processor
-    tok = processor.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(processor.tokenizer)
     freeze_vision_tower(model)
     frozen_ref = None
     if cfg.lora_rank > 0:
@@ -111,7 +110,7 @@ def main(cfg: Config):
     stages = [list(range(len(dataset)))]
     if cfg.curriculum == "easy-to-hard":  # MFPO: easy, medium, hard thirds by the model's entropy
         fp = reference.fingerprint(model_fp, data_path, {"score": "entropy", "max_length": cfg.max_length})
-        scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad_id, fp, d)
+        scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
     steps = plan(stages, cfg.epochs, global_batch, cfg.seed)
     if not steps:
@@ -119,7 +118,7 @@ def main(cfg: Config):
     total_steps = len(steps) if cfg.max_steps < 0 else cfg.max_steps
     if total_steps > len(steps):
         raise UserError(f"--max-steps {cfg.max_steps} is more than {cfg.epochs} epochs hold ({len(steps)} steps): raise --epochs")
-    stage_starts = {next(i for i, (s, _) in enumerate(steps) if s == k): k for k in range(1, len(stages))}
+    stage_starts = {i for i in range(1, len(steps)) if steps[i][0] != steps[i - 1][0]}
 
     def loader(step0: int):
         """This rank's micro-batches from optimizer step ``step0`` on: the m-th micro-batch of a
@@ -129,7 +128,7 @@ def main(cfg: Config):
                  for _, batch in steps[step0:total_steps] for m in range(cfg.grad_accum)]
         # an own generator: creating the loader must not draw from the global RNG (exact resume)
         return torch.utils.data.DataLoader(dataset, batch_sampler=micro, num_workers=cfg.num_workers,
-                                           collate_fn=lambda ex: collate(ex, views, pad_id),
+                                           collate_fn=lambda ex: collate(ex, views, pad),
                                            generator=torch.Generator())
 
     # ---- reference: adapters off, a frozen copy, or a precomputed cache -----------------
@@ -144,7 +143,7 @@ def main(cfg: Config):
                 print(f"reference cache {cfg.ref_cache} does not match this model and data: rebuilding it")
             share = distributed.rank_share(len(dataset), cfg.batch_size, d)
             everything = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=cfg.num_workers,
-                                                     collate_fn=lambda ex: collate(ex, views, pad_id))
+                                                     collate_fn=lambda ex: collate(ex, views, pad))
             model.eval()
             ref_table = reference.build_cache(cfg.ref_cache, fp, model, frozen_ref, everything, views, d)
             model.train()

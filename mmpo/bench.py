@@ -17,7 +17,7 @@ import torch
 import transformers
 
 import train
-from mmpo.data import PreferenceDataset, collate, make_synthetic
+from mmpo.data import PreferenceDataset, collate, make_synthetic, pad_id
 from mmpo.logps import sequence_logps
 from mmpo.models import load_model, tiny_llava
 from mmpo.objectives import OBJECTIVES
@@ -53,7 +53,7 @@ def bench_scoring(model_name: str, data: str, batch_size: int, repeat: int, mode
     model.eval()
     views = OBJECTIVES["mdpo"].views
     ds = PreferenceDataset(data, proc, views)
-    batch = collate([ds[i] for i in range(batch_size)], views, proc.tokenizer.pad_token_id)
+    batch = collate([ds[i] for i in range(batch_size)], views, pad_id(proc.tokenizer))
     with torch.no_grad():
         fused = timed(lambda: sequence_logps(model, batch), repeat)
         naive = timed(lambda: naive_logps(model, batch), repeat)

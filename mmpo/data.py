@@ -168,6 +168,11 @@ def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator, noise
     return Image.frombytes("RGB", (img.width, img.height), y.numpy().tobytes())
 
 
+def pad_id(tokenizer) -> int:
+    """The id that fills padding: the pad token, or end-of-sequence for tokenizers without one."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def chat_prompt(processor, prompt: str, with_image: bool = True) -> str:
     """The model's own chat format for one user turn (image, then text), ready for the answer."""
     if not getattr(processor, "chat_template", None):  # a base model: image token, then the text

@@ -2,7 +2,7 @@
 import torch
 from tqdm import tqdm
 
-from mmpo.data import chat_prompt
+from mmpo.data import chat_prompt, pad_id
 
 
 @torch.no_grad()
@@ -12,7 +12,7 @@ def answer(model, processor, prompts: list[str], images: list | None, *, max_new
     tok = processor.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from the same last column
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     out = []
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not show):
