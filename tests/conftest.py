@@ -2,12 +2,15 @@ import json
 import os
 import sys
 
-import pytest
-import torch
-from PIL import Image
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# first: on a CPU whose AMX kernels die with SIGILL this sets ONEDNN_MAX_CPU_ISA for the whole
+# session and every subprocess (torchrun workers) before torch runs a bf16 kernel
+import mmpo  # noqa: E402, F401
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from mmpo.data import make_synthetic  # noqa: E402
 
