@@ -8,8 +8,10 @@ One example a line::
 ``image`` is relative to the JSONL file's folder unless absolute; ``question`` is an alias of
 ``prompt``. Optional: ``corrupt_image`` (m' for mDPO/MFPO; made on the fly when absent),
 ``contrast_image`` + ``contrast_chosen`` (SymMPO), ``lang_biased`` + ``vision_biased`` (NaPO),
-``difficulty`` (curriculum). Every row is checked when the file is opened; all problems are
-reported together, each as ``file:line: field 'x': what is wrong``.
+``difficulty`` (curriculum), ``noise_mask`` + ``noise_step`` (MFPO's region noise, written by
+``python -m mmpo.prepare mfpo``), ``truncated`` (the generated fields that hit the token limit:
+they get no end-of-sequence token). Every row is checked when the file is opened; all problems
+are reported together, each as ``file:line: field 'x': what is wrong``.
 """
 import copy
 import hashlib
@@ -35,7 +37,8 @@ VIEWS = {
     "vision_biased": ("image", "vision_biased"),
 }
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
-IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image")
+IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
+NOISE_STEPS = 1000  # length of the diffusion schedule (VCD)
 CORRUPTIONS = ("crop", "noise", "blank", "contrast")
 
 
@@ -118,8 +121,9 @@ def read_rows(path: str, required: set[str]) -> list[dict]:
                     errors.append(f"{where}: field '{name}': {problem}: {full}")
                     bad = True
                 row[name] = full
-        if "difficulty" in row and not isinstance(row["difficulty"], (int, float)):
-            errors.append(f"{where}: field 'difficulty': must be a number")
+        problem = _check_extras(row)
+        if problem:
+            errors.append(f"{where}: {problem}")
             bad = True
         row["id"] = str(row.get("id", ln))
         if row["id"] in seen:
@@ -134,6 +138,19 @@ def read_rows(path: str, required: set[str]) -> list[dict]:
     if not rows:
         raise DataError([f"{path}: no examples"])
     return rows
+
+
+def _check_extras(row: dict) -> str | None:
+    """The optional non-text fields: difficulty, noise_step, truncated."""
+    if "difficulty" in row and (not isinstance(row["difficulty"], (int, float)) or isinstance(row["difficulty"], bool)):
+        return "field 'difficulty': must be a number"
+    step = row.get("noise_step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < NOISE_STEPS):
+        return f"field 'noise_step': must be a whole number in [0, {NOISE_STEPS}), got {step!r}"
+    cut = row.get("truncated", [])
+    if not isinstance(cut, list) or not all(isinstance(f, str) and f in TEXT_FIELDS for f in cut):
+        return f"field 'truncated': must be a list of response field names ({', '.join(TEXT_FIELDS[1:])})"
+    return None
 
 
 def _check_image(path: str) -> str | None:
@@ -152,20 +169,46 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator, noise_step: int = 500) -> Image.Image:
-    """m' from m on the fly: mDPO's random crop, MFPO's global diffusion noise, or a black image."""
+def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator) -> Image.Image:
+    """m' from m in image space, before the processor: mDPO's random crop (resized back to the
+    image's size), or a black image. (Diffusion noise acts on the processed tensor: ``noised``.)"""
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
     x = x.permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
     if kind == "crop":
         y = perturb.random_crop(x, generator=generator)
-    elif kind == "noise":
-        y = (perturb.diffusion_noise(x * 2 - 1, t=noise_step, generator=generator) + 1) / 2
     elif kind == "blank":
         y = perturb.blank(x)
     else:
-        raise ValueError(f"unknown corruption {kind!r}")
+        raise ValueError(f"unknown image-space corruption {kind!r}")
     y = (y.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
     return Image.frombytes("RGB", (img.width, img.height), y.numpy().tobytes())
+
+
+def pixel_keys(inputs: dict) -> list[str]:
+    """The processor outputs that hold normalized pixels (not masks or grid sizes)."""
+    return [k for k, v in inputs.items() if k.startswith("pixel_values") and v.is_floating_point()]
+
+
+def processed_mask(image_processor, mask: Image.Image) -> dict[str, torch.Tensor]:
+    """A region mask (white = 1) carried through the model's own image processor, so it lines
+    up with the processed pixel tensor element for element, whatever the layout (resized,
+    centre-cropped, tiled or patch-flattened). The processor's resize is linear and its
+    rescale and normalization affine, so the mask's value v comes back from the three images
+    mask, black and white as v = (p_mask - p_black) / (p_white - p_black)."""
+    size = mask.size
+    out = [image_processor(images=[im], return_tensors="pt")
+           for im in (mask.convert("RGB"), Image.new("RGB", size, (0, 0, 0)), Image.new("RGB", size, (255, 255, 255)))]
+    return {k: ((out[0][k] - out[1][k]) / (out[2][k] - out[1][k])).clamp(0, 1) for k in pixel_keys(out[0])}
+
+
+def noised(inputs: dict, t: int, generator: torch.Generator, masks: dict | None = None) -> dict:
+    """The processor outputs of m' = VCD's diffusion noise at step t on the processed,
+    normalized pixels of m (within ``masks``, per pixel key, when given)."""
+    out = dict(inputs)
+    for k in pixel_keys(inputs):
+        out[k] = perturb.diffusion_noise(inputs[k], t=t, mask=None if masks is None else masks[k],
+                                         generator=generator, steps=NOISE_STEPS)
+    return out
 
 
 def pad_id(tokenizer) -> int:
@@ -194,14 +237,37 @@ class Example:
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
+    """The rows of a preference JSONL as tokenized multi-view examples.
+
+    m' (the ``corrupt`` image slot) is, in order: SymMPO's ``contrast_image``; a row's own
+    ``corrupt_image``; a row's ``noise_step`` (+ ``noise_mask``), MFPO's region noise as
+    ``prepare mfpo`` records it; else made on the fly by ``corruption``. Random m' are drawn from
+    (seed, id), the same for the policy and the reference in every epoch, or from (seed, id,
+    epoch) with ``redraw=True`` (mDPO's released code draws a new crop every time). Items are
+    dataset indices, or (index, epoch) pairs.
+
+    Where each perturbation happens: the crop is cut from the decoded image and resized back to
+    its size, then the processor resizes (and, for CLIP-style processors, centre-crops) it like
+    any image; diffusion noise is added after the processor, to the normalized pixel tensor, as
+    in VCD, so its strength does not depend on the image's size.
+    """
+
     def __init__(self, path: str, processor, views, *, corruption: str = "crop", seed: int = 0,
-                 max_length: int = 1024, noise_step: int = 500, prefer_field: bool = True):
+                 max_length: int = 1024, noise_step: int | None = None, prefer_field: bool = True,
+                 redraw: bool = False):
         if corruption not in CORRUPTIONS:
             raise ValueError(f"unknown corruption {corruption!r}: choose one of {', '.join(CORRUPTIONS)}")
         self.path, self.processor, self.views = path, processor, tuple(views)
-        self.corruption, self.seed, self.max_length, self.noise_step = corruption, seed, max_length, noise_step
-        self.prefer_field = prefer_field  # use a row's corrupt_image when it has one
+        self.corruption, self.seed, self.max_length, self.redraw = corruption, seed, max_length, redraw
+        self.noise_step = 500 if noise_step is None else noise_step  # VCD's and MFPO's t
+        self.prefer_field = prefer_field  # use a row's corrupt_image / noise_step when it has one
         self.rows = read_rows(path, required_fields(self.views, corruption))
+        if noise_step is not None and prefer_field:  # an explicit t must not silently differ from the data's
+            clash = [r for r in self.rows if r.get("noise_step", noise_step) != noise_step]
+            if clash:
+                r = clash[0]
+                raise DataError([f"{path}:{r['line']}: field 'noise_step': the data was made with t={r['noise_step']}, "
+                                 f"--noise-step is {noise_step} (leave --noise-step out to use the data's)"])
         self._set_views(self.views)
 
     def _set_views(self, views):
@@ -218,28 +284,61 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.rows)
 
-    def images(self, row) -> list[Image.Image]:
-        """[m] or [m, m'] for this row; m' is reproducible from (seed, id)."""
+    def generator(self, row, epoch: int = 0) -> torch.Generator:
+        """The randomness of this row's m': fixed by (seed, id), or (seed, id, epoch) when redrawn."""
+        parts = (self.seed, row["id"], epoch) if self.redraw else (self.seed, row["id"])
+        return torch.Generator().manual_seed(stable_seed(*parts))
+
+    def m_prime(self, row) -> str:
+        """How this row's m' is made: contrast | field | region-noise | crop | noise | blank."""
+        if self.corruption == "contrast":
+            return "contrast"
+        if self.prefer_field and row.get("corrupt_image"):
+            return "field"
+        if self.prefer_field and ("noise_step" in row or "noise_mask" in row):
+            return "region-noise"
+        return self.corruption
+
+    def images(self, row, epoch: int = 0) -> list[Image.Image]:
+        """[m] or [m, m'] as images, before the processor (for noise, m' is m: the noise is
+        added to its processed pixels)."""
         img = load_image(row["image"])
         if not self.needs_corrupt:
             return [img]
-        if self.corruption == "contrast":
-            return [img, load_image(row["contrast_image"])]
-        if self.prefer_field and row.get("corrupt_image"):
-            return [img, load_image(row["corrupt_image"])]
-        g = torch.Generator().manual_seed(stable_seed(self.seed, row["id"]))
-        return [img, corrupt_image(img, self.corruption, g, self.noise_step)]
+        kind = self.m_prime(row)
+        if kind in ("contrast", "field"):
+            return [img, load_image(row["contrast_image" if kind == "contrast" else "corrupt_image"])]
+        if kind in ("crop", "blank"):
+            return [img, corrupt_image(img, kind, self.generator(row, epoch))]
+        return [img, img]
 
-    def __getitem__(self, i) -> Example:
+    def noise_inputs(self, row, inputs: dict, epoch: int = 0) -> dict:
+        """m''s processor outputs from m's, for the noise kinds of m' (else unchanged)."""
+        kind = self.m_prime(row)
+        if kind not in ("noise", "region-noise"):
+            return inputs
+        masks = None
+        if kind == "region-noise" and row.get("noise_mask"):
+            masks = processed_mask(self.processor.image_processor, load_image(row["noise_mask"]).convert("L"))
+        t = row.get("noise_step", self.noise_step) if kind == "region-noise" else self.noise_step
+        return noised(inputs, t, self.generator(row, epoch), masks)
+
+    def __getitem__(self, item) -> Example:
+        i, epoch = item if isinstance(item, tuple) else (item, 0)
         row = self.rows[i]
         tok = self.processor.tokenizer
         text = chat_prompt(self.processor, row["prompt"])
         ex = Example(row["id"], [], [], [])
         try:
-            images = self.images(row)
+            images = self.images(row, epoch)
         except (OSError, ValueError) as e:
             raise DataError([f"{self.path}:{row['line']}: field 'image': cannot load image ({e})"]) from None
-        for img in images:
+        for slot, img in enumerate(images):
+            if slot == 1 and img is images[0]:  # m' shares m's tokens; only its pixels change
+                ex.prompt_ids.append(ex.prompt_ids[0])
+                ex.prompt_extra.append(ex.prompt_extra[0])
+                ex.image_inputs.append(self.noise_inputs(row, ex.image_inputs[0], epoch))
+                continue
             enc = self.processor(text=[text], images=[img], return_tensors="pt")
             ids = enc.pop("input_ids")[0]
             enc.pop("attention_mask", None)
@@ -253,8 +352,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
             return ex
         budget = self.max_length - longest_prompt
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        cut = set(row.get("truncated", []))
         for name in self.fields:
-            ids = tok(row[name], add_special_tokens=False)["input_ids"] + eos
+            # a generation that stopped at the token limit is not a finished answer: no end-of-sequence
+            ids = tok(row[name], add_special_tokens=False)["input_ids"] + (eos if name not in cut else [])
             ex.responses[name] = torch.tensor(ids[:budget], dtype=torch.long)  # responses are truncated, prompts never
         return ex
 
@@ -369,8 +470,8 @@ def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) ->
     return path
 
 
-def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> list[tuple[int, list[int]]]:
-    """Every optimizer step's (stage, global batch of dataset indices), in training order.
+def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> list[tuple[int, int, list[int]]]:
+    """Every optimizer step's (stage, epoch, global batch of dataset indices), in training order.
 
     Each stage (the whole data, or the curriculum's easy / medium / hard thirds) is trained for
     ``epochs`` passes, each a permutation fixed by (seed, stage, epoch). The last partial batch of
@@ -380,5 +481,5 @@ def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> 
     for s, subset in enumerate(stages):
         for e in range(epochs):
             order = [subset[i] for i in epoch_order(len(subset), seed, (s, e))]
-            steps += [(s, order[k * global_batch:(k + 1) * global_batch]) for k in range(len(subset) // global_batch)]
+            steps += [(s, e, order[k * global_batch:(k + 1) * global_batch]) for k in range(len(subset) // global_batch)]
     return steps

@@ -58,8 +58,9 @@ def byte_tokenizer(specials: list[str], image_token: str) -> PreTrainedTokenizer
 def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | None = None):
     """A ~3M-parameter LLaVA: CLIP vision tower + Llama. ``size``/``patch``/``vocab_size`` give
     it a real model's proportions for benchmarks (LLaVA-1.5: 336, 14, 32000)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    tok = byte_tokenizer(["<s>", "</s>", "<pad>", "<image>"], "<image>")
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    processor = tiny_llava_processor(size, patch)
+    tok = processor.tokenizer
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                               image_size=size, patch_size=patch, projection_dim=64)
     text = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
@@ -72,11 +73,18 @@ def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | 
                          vision_feature_layer=-2, projector_hidden_act="gelu")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=tok.chat_template)
     return model, processor
+
+
+def tiny_llava_processor(size: int = 32, patch: int = 8):
+    """LLaVA's processor (a CLIP image processor: shortest edge to ``size``, centre crop, CLIP's
+    normalization) with the byte tokenizer; size 336 and patch 14 are LLaVA-1.5's."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+    tok = byte_tokenizer(["<s>", "</s>", "<pad>", "<image>"], "<image>")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=tok.chat_template)
 
 
 def _tiny_qwen2vl(seed: int):

@@ -68,24 +68,31 @@ def alpha_bar(steps: int = 1000) -> torch.Tensor:
 def diffusion_noise(img: torch.Tensor, t: int = 500, mask=None, generator=None, steps: int = 1000):
     """Forward diffusion to step t: m' = sqrt(abar_t) * x + sqrt(1 - abar_t) * eps, eps ~ N(0, I).
 
-    MFPO noises only the key regions of the image (``mask`` (H, W) or (B, H, W) in [0, 1],
-    blended as mask * noised + (1 - mask) * x); no mask is global noise (its fallback, and the
-    ablation of Table 8). t indexes the schedule from 0 as in VCD; t=500 of 1000 is the best
-    setting, sqrt(abar) ~ 0.86. Apply it to an image scaled to [-1, 1] as diffusion models do.
+    As in VCD, ``img`` is the model's *normalized pixel tensor*, after its processor has resized
+    and normalized the image: then t = 500 means a residual m' - sqrt(abar) * m of standard
+    deviation sqrt(1 - abar_500) = 0.505 whatever the image's size. The noise is elementwise, so
+    any layout works: (C, H, W), (B, C, H, W), tiles (B, N, C, H, W), or patch-flattened pixels
+    such as Qwen2-VL's (patches, C * T * P * P).
+
+    MFPO noises only the key regions (``mask`` in [0, 1], blended as mask * noised + (1 - mask) *
+    x): a mask of the same shape as ``img``, an (H, W) mask, or one (H, W) mask per image of a
+    (B, C, H, W) batch. No mask is global noise (its fallback, and the ablation of Table 8). t
+    indexes the schedule from 0 as in VCD; t=500 of 1000 is the best setting, sqrt(abar) ~ 0.86.
     """
-    x, unbatch = _batched(img)
     if not 0 <= t < steps:
         raise ValueError(f"diffusion step t={t} is outside [0, {steps})")
     ab = alpha_bar(steps)[t].item()
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    eps = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, dtype)
-    noised = math.sqrt(ab) * x.to(dtype) + math.sqrt(1 - ab) * eps  # (B, C, H, W)
+    dtype = torch.promote_types(img.dtype, torch.float32)
+    x = img.to(dtype)
+    eps = torch.randn(img.shape, generator=generator, dtype=torch.float32).to(img.device, dtype)
+    noised = math.sqrt(ab) * x + math.sqrt(1 - ab) * eps
     if mask is not None:
-        m = torch.as_tensor(mask, dtype=dtype, device=x.device)
-        m = m.unsqueeze(-3) if m.dim() == 3 else m  # (B, 1, H, W) or (H, W)
+        m = torch.as_tensor(mask, dtype=dtype, device=img.device)
+        if img.dim() == 4 and m.dim() == 3:  # (B, H, W) -> (B, 1, H, W)
+            m = m.unsqueeze(1)
         # pixels outside the mask are returned bit for bit, not recomputed through the blend
-        noised = torch.where(m > 0, m * noised + (1 - m) * x.to(dtype), x.to(dtype))
-    return unbatch(noised.to(img.dtype))
+        noised = torch.where(m > 0, m * noised + (1 - m) * x, x)
+    return noised.to(img.dtype)
 
 
 def random_region_mask(h: int, w: int, fraction: float = 0.2, generator=None) -> torch.Tensor:

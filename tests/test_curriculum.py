@@ -46,10 +46,11 @@ def test_difficulty_column_is_used_as_is(tmp_path, image_dir):
 def test_plan_trains_stages_in_order():
     stages = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     steps = plan(stages, epochs=2, global_batch=2, seed=0)
-    assert [s for s, _ in steps] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
-    for s, batch in steps:
+    assert [s for s, _, _ in steps] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert [e for _, e, _ in steps] == [0, 0, 1, 1] * 3
+    for s, _, batch in steps:
         assert set(batch) <= set(stages[s])
-    assert sorted(i for _, b in steps[:2] for i in b) == [0, 1, 2, 3]  # each epoch of a stage sees it whole
+    assert sorted(i for _, _, b in steps[:2] for i in b) == [0, 1, 2, 3]  # each epoch of a stage sees it whole
 
 
 @pytest.mark.parametrize("lora", [["--lora-rank", "0", "--lr", "3e-4"], ["--lora-rank", "8", "--lora-dropout", "0"]])

@@ -1,12 +1,15 @@
 """Reading, checking and tokenizing preference data."""
+import math
+
 import pytest
 import torch
 from PIL import Image
 
 from conftest import write_jsonl
-from mmpo.data import (DataError, PreferenceDataset, collate, epoch_order, load_image, read_rows,
+from mmpo.data import (DataError, PreferenceDataset, collate, epoch_order, load_image, processed_mask, read_rows,
                        required_fields)
-from mmpo.models import tiny_model
+from mmpo.models import tiny_llava_processor, tiny_model
+from mmpo.perturb import alpha_bar
 
 
 def test_every_problem_is_reported_with_file_line_and_field(tmp_path, image_dir):
@@ -57,19 +60,28 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
         assert out.getpixel((0, 0)) == (156, 156, 156)  # 40000 / 256: scaled, not clipped to white
 
 
-def test_corrupt_image_is_the_same_every_time(synthetic):
+def m_prime_pixels(ds, item):
+    """The processed pixel tensor of an example's m'."""
+    return ds[item].image_inputs[1]["pixel_values"]
+
+
+@pytest.mark.parametrize("corruption", ["crop", "noise"])
+def test_corrupt_image_is_the_same_every_time(synthetic, corruption):
     _, proc = tiny_model("tiny-llava")
     views = ("chosen", "rejected", "chosen_on_corrupt")
-    for corruption in ("crop", "noise"):
-        a = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3)
-        b = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3)
-        c = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=4)
-        m, m_prime = a.images(a.rows[0])
-        assert m.tobytes() != m_prime.tobytes()
-        assert b.images(b.rows[0])[1].tobytes() == m_prime.tobytes()  # policy, reference, every epoch
-        assert a.images(a.rows[0])[1].tobytes() == m_prime.tobytes()
-        assert c.images(c.rows[0])[1].tobytes() != m_prime.tobytes()  # another run seed, another m'
-        assert a.images(a.rows[1])[1].tobytes() != m_prime.tobytes()
+    a = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3)
+    b = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3)
+    c = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=4)
+    m, m_prime = a[0].image_inputs[0]["pixel_values"], m_prime_pixels(a, 0)
+    assert not torch.equal(m, m_prime)
+    assert torch.equal(m_prime_pixels(b, 0), m_prime)  # policy, reference, every epoch
+    assert torch.equal(m_prime_pixels(a, (0, 5)), m_prime)  # one m' for the whole run by default
+    assert not torch.equal(m_prime_pixels(c, 0), m_prime)  # another run seed, another m'
+    assert not torch.equal(m_prime_pixels(a, 1), m_prime_pixels(a, 0))
+    # --redraw-corruption: a new m' each epoch, the same one within an epoch
+    r = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3, redraw=True)
+    assert torch.equal(m_prime_pixels(r, (0, 1)), m_prime_pixels(r, (0, 1)))
+    assert not torch.equal(m_prime_pixels(r, (0, 1)), m_prime_pixels(r, (0, 2)))
 
 
 def test_responses_truncated_prompts_never_and_overlong_prompt_skipped(tmp_path, image_dir):
@@ -112,3 +124,81 @@ def test_synthetic_data_needs_the_image(synthetic):
     word = r["chosen"].split()[-1].rstrip(".")
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(-1, 3)
     assert (pixels == torch.tensor(colors[word], dtype=torch.uint8)).all(1).sum() >= (32 // 3) ** 2
+
+
+def random_image(path, w, h, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Image.frombytes("RGB", (w, h), torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy().tobytes()).save(path)
+    return str(path)
+
+
+def test_noise_strength_is_vcds_at_every_image_size(tmp_path):
+    """VCD adds the noise to the normalized pixel tensor after the processor's resize, so at
+    t = 500 the residual m' - sqrt(abar) m has std sqrt(1 - abar_500) = 0.505 for every image
+    size (noise on the raw image before a downscale would shrink with the image's size)."""
+    proc = tiny_llava_processor(336, 14)  # LLaVA-1.5's CLIP processor
+    sizes = [(336, 336), (640, 480), (1365, 1024)]
+    rows = [{"id": str(k), "image": random_image(tmp_path / f"{k}.png", w, h, k), "prompt": "Q?", "chosen": "a",
+             "rejected": "b"} for k, (w, h) in enumerate(sizes)]
+    ds = PreferenceDataset(write_jsonl(tmp_path / "d.jsonl", rows), proc, ("chosen", "chosen_on_corrupt"),
+                           corruption="noise")
+    ab = alpha_bar()[500].item()
+    assert math.sqrt(1 - ab) == pytest.approx(0.505, abs=5e-4)
+    for k in range(len(sizes)):
+        ex = ds[k]
+        m, m_prime = ex.image_inputs[0]["pixel_values"], ex.image_inputs[1]["pixel_values"]
+        assert m.shape == m_prime.shape == (1, 3, 336, 336)
+        residual = m_prime - math.sqrt(ab) * m
+        assert residual.std().item() == pytest.approx(0.505, abs=0.02)
+        assert residual.mean().item() == pytest.approx(0.0, abs=0.02)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
+def test_region_noise_follows_the_mask_through_the_processor(tmp_path, name):
+    """MFPO's region noise as prepare mfpo records it (noise_mask + noise_step): the mask goes
+    through the model's own processor, so pixels outside it are untouched bit for bit in every
+    layout (CLIP's centre crop, Qwen2-VL's flattened patches, Idefics3's tiles)."""
+    _, proc = tiny_model(name)
+    image = random_image(tmp_path / "m.png", 64, 32)  # wide: CLIP's centre crop keeps columns 16-48
+    mask = Image.new("L", (64, 32), 0)
+    mask.paste(255, (0, 0, 32, 32))  # the left half
+    mask.save(tmp_path / "mask.png")
+    row = {"image": "m.png", "prompt": "Q?", "chosen": "a", "rejected": "b", "noise_mask": "mask.png", "noise_step": 999}
+    ds = PreferenceDataset(write_jsonl(tmp_path / "d.jsonl", [row]), proc, ("chosen", "chosen_on_corrupt"),
+                           corruption="crop")  # a row's noise_mask wins over the on-the-fly corruption
+    ex = ds[0]
+    m, m_prime = ex.image_inputs[0]["pixel_values"], ex.image_inputs[1]["pixel_values"]
+    inside = processed_mask(proc.image_processor, Image.open(tmp_path / "mask.png"))["pixel_values"]
+    assert inside.shape == m.shape
+    assert torch.equal(m_prime[inside == 0], m[inside == 0])
+    full = inside == 1
+    assert (m_prime[full] - m[full]).abs().mean() > 0.5  # t = 999: almost pure noise
+    assert 0.2 < inside.mean().item() < 0.8  # about half of what the model sees, whatever the layout
+    if name == "tiny-llava":  # resized to 64x32, centre-cropped to columns 16-48: the left 16 are masked
+        assert inside[..., :, :15].min() == 1 and inside[..., :, 17:].max() == 0
+
+
+def test_explicit_noise_step_must_match_the_data(tmp_path, image_dir):
+    _, proc = tiny_model("tiny-llava")
+    row = {"image": "img/0.png", "prompt": "Q?", "chosen": "a", "rejected": "b", "noise_step": 300}
+    path = write_jsonl(tmp_path / "d.jsonl", [row])
+    views = ("chosen", "chosen_on_corrupt")
+    assert PreferenceDataset(path, proc, views, corruption="noise").m_prime(read_rows(path, {"image"})[0]) == "region-noise"
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'noise_step': the data was made with t=300, --noise-step is 500"):
+        PreferenceDataset(path, proc, views, corruption="noise", noise_step=500)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**row, "noise_step": 1000}, {**row, "truncated": ["nope"]}])
+    with pytest.raises(DataError) as e:
+        read_rows(bad, {"image"})
+    assert e.value.messages[0].endswith("field 'noise_step': must be a whole number in [0, 1000), got 1000")
+    assert e.value.messages[1].startswith(f"{bad}:2: field 'truncated': must be a list of response field names")
+
+
+def test_truncated_generations_get_no_end_of_sequence(tmp_path, image_dir):
+    _, proc = tiny_model("tiny-llava")
+    eos = proc.tokenizer.eos_token_id
+    row = {"image": "img/0.png", "prompt": "Q?", "chosen": "abc", "rejected": "de", "lang_biased": "cut mid",
+           "truncated": ["lang_biased"]}
+    ds = PreferenceDataset(write_jsonl(tmp_path / "d.jsonl", [row]), proc, ("chosen", "rejected", "lang_biased"))
+    ex = ds[0]
+    assert ex.responses["chosen"].tolist() == [ord(c) for c in "abc"] + [eos]
+    assert ex.responses["lang_biased"].tolist() == [ord(c) for c in "cut mid"]  # stopped at the limit: no eos
