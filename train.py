@@ -14,12 +14,13 @@ import os
 import sys
 import time
 
+import mmpo  # noqa: F401  before torch runs a kernel: mmpo/cpu_bf16.py keeps bf16 from dying with SIGILL
 import torch
 from tqdm import tqdm
 
 from mmpo import checkpoint, cli, curriculum, distributed, lora, reference
 from mmpo.cli import UserError
-from mmpo.config import Config, parse_args, resolve
+from mmpo.config import Config, parse_args, recipe_line, resolve
 from mmpo.data import PreferenceDataset, collate, make_synthetic, pad_id, plan
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
@@ -45,8 +46,12 @@ def main(cfg: Config):
                                     f" cannot be split over {d.world} processes of batch {cfg.batch_size}")
                 cfg.grad_accum = cfg.grad_accum * saved_world // d.world
     cfg = resolve(cfg)
+    if cfg.recipe == "paper" and d.main:
+        print(recipe_line(cfg))
     views = OBJECTIVES[cfg.objective].views
     options = cfg.objective_options()
+    if cfg.redraw_corruption and cfg.ref_cache:
+        raise UserError("--redraw-corruption draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
         raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
     if d.main:
@@ -63,7 +68,7 @@ def main(cfg: Config):
             make_synthetic(os.path.dirname(data_path), seed=cfg.seed)
         distributed.barrier(d)
     dataset = PreferenceDataset(data_path, None, views, corruption=cfg.corruption, seed=cfg.seed,
-                                max_length=cfg.max_length, noise_step=cfg.noise_step)
+                                max_length=cfg.max_length, noise_step=cfg.noise_step, redraw=cfg.redraw_corruption)
 
     # ---- model: the policy, with LoRA adapters or fully trainable ------------------------
     try:
@@ -124,18 +129,22 @@ def main(cfg: Config):
         """This rank's micro-batches from optimizer step ``step0`` on: the m-th micro-batch of a
         step is the m-th slice of batch_size * world examples, of which each rank takes its own."""
         per_micro = cfg.batch_size * d.world
-        micro = [distributed.rank_slice(batch[m * per_micro:(m + 1) * per_micro], d)
-                 for _, batch in steps[step0:total_steps] for m in range(cfg.grad_accum)]
+        micro = [distributed.rank_slice([(i, epoch) for i in batch[m * per_micro:(m + 1) * per_micro]], d)
+                 for _, epoch, batch in steps[step0:total_steps] for m in range(cfg.grad_accum)]
         # an own generator: creating the loader must not draw from the global RNG (exact resume)
         return torch.utils.data.DataLoader(dataset, batch_sampler=micro, num_workers=cfg.num_workers,
                                            collate_fn=lambda ex: collate(ex, views, pad),
                                            generator=torch.Generator())
 
+    # bf16: FSDP's mixed-precision policy when sharded, autocast in a single process
+    autocast = torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
+                              enabled=cfg.dtype == "bf16" and not d.enabled)
+
     # ---- reference: adapters off, a frozen copy, or a precomputed cache -----------------
     ref_table = None
     if cfg.ref_cache:
-        settings = {"views": views, "seed": cfg.seed, "corruption": cfg.corruption, "noise_step": cfg.noise_step,
-                    "max_length": cfg.max_length}
+        settings = {"views": views, "seed": cfg.seed, "corruption": cfg.corruption, "noise_step": dataset.noise_step,
+                    "max_length": cfg.max_length, "dtype": cfg.dtype, "noise_on": "normalized pixels"}
         fp = reference.fingerprint(model_fp, data_path, settings)
         ref_table = reference.load_cache(cfg.ref_cache, fp)
         if ref_table is None:
@@ -145,7 +154,8 @@ def main(cfg: Config):
             everything = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=cfg.num_workers,
                                                      collate_fn=lambda ex: collate(ex, views, pad))
             model.eval()
-            ref_table = reference.build_cache(cfg.ref_cache, fp, model, frozen_ref, everything, views, d)
+            with autocast:  # the precision of the training passes, so log-ratios start at 0
+                ref_table = reference.build_cache(cfg.ref_cache, fp, model, frozen_ref, everything, views, d)
             model.train()
 
     def ref_logps(batch, features):
@@ -154,7 +164,7 @@ def main(cfg: Config):
         return reference.live_logps(model, frozen_ref, batch, features)
 
     # ---- optimizer: AdamW, linear warmup then cosine decay ------------------------------
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
     warmup = int(cfg.warmup * total_steps)
 
     def lr_lambda(step):
@@ -197,9 +207,6 @@ def main(cfg: Config):
                         {"nonfinite": nonfinite, "skipped": skipped_total, "base_model": base_model}, d)
 
     # ---- the loop ----------------------------------------------------------------------
-    # bf16: FSDP's mixed-precision policy when sharded, autocast in a single process
-    autocast = torch.autocast(device_type=d.device.type, dtype=torch.bfloat16,
-                              enabled=cfg.dtype == "bf16" and not d.enabled)
     metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if d.main else None
     bar = tqdm(total=total_steps, initial=step, desc=cfg.objective, dynamic_ncols=True, disable=not d.main)
     batches = iter(loader(step))

@@ -23,6 +23,8 @@ class Config:
     model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
     trust_remote_code: bool = opt(False, "let transformers run the model repository's own code")
+    recipe: str = opt("practical", "practical: the defaults below | paper: every hyperparameter of the objective as its "
+                      "released configuration (README table); flags given explicitly still win", choices=("practical", "paper"))
     # schedule
     epochs: int = opt(3, "passes over the data (mDPO: 3, NaPO: 4); with a curriculum, over each stage")
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run all epochs)")
@@ -31,6 +33,7 @@ class Config:
     lr: float = opt(None, "peak learning rate (default: the paper's; 1e-3 for tiny-* models)")
     warmup: float = opt(0.1, "warmup fraction of the steps, then cosine decay to 0")
     weight_decay: float = opt(None, "AdamW weight decay (default: 0 for dpo/mdpo/mfpo, 0.01 for napo/symmpo)")
+    adam_beta2: float = opt(0.999, "AdamW beta2 (mDPO's released configuration: 0.98)")
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)")
     max_length: int = opt(1024, "prompt + image + response tokens; responses are truncated, prompts never")
     # objective options (METHODS.md)
@@ -55,7 +58,9 @@ class Config:
     # corrupted image m'
     corruption: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | blank | contrast (SymMPO: contrast_image)",
                           choices=("crop", "noise", "blank", "contrast"))
-    noise_step: int = opt(500, "diffusion step t of MFPO's noise (of 1000)")
+    noise_step: int = opt(None, "diffusion step t of the noise (of 1000), added to the normalized pixels (default: the data's noise_step, else 500)")
+    redraw_corruption: bool = opt(False, "draw a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released mDPO does; "
+                                         "default: one m' per example for the whole run (a --ref-cache needs it fixed)")
     # curriculum (MFPO sec. 3.3)
     curriculum: str = opt("none", "none | easy-to-hard: train on thirds of the data by the model's entropy on the chosen answer",
                           choices=("none", "easy-to-hard"))
@@ -118,17 +123,48 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
+# The released configurations (``--recipe paper``): every hyperparameter the authors' code sets,
+# with the file it comes from. Batch sizes are global: batch_size x grad_accum on one process.
+RECIPES = {
+    "mdpo": ("luka-group/mDPO bunny/config.yaml",
+             dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4,
+                  grad_accum=8, lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", corruption="crop")),
+    "napo": ("zhangzef/NaPO (released training script)",
+             dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, beta=0.1, lora_rank=0, dtype="bf16")),
+    "symmpo": ("SymMPO released training script",
+               dict(lr=5e-6, warmup=0.05, weight_decay=0.01, beta=0.1, lora_rank=0, dtype="bf16", corruption="contrast")),
+}
+RECIPES["dpo"] = ("mDPO's DPO baseline, " + RECIPES["mdpo"][0], RECIPES["mdpo"][1])
+RECIPES["mfpo"] = ("MFPO publishes no configuration: mDPO's, which it builds on, with its noise",
+                   {**RECIPES["mdpo"][1], "corruption": "noise"})
+
+
+def apply_recipe(cfg: Config, explicit: set[str] = frozenset()) -> Config:
+    """``--recipe paper``: the objective's released hyperparameters, except the flags given."""
+    if cfg.recipe == "paper":
+        for name, value in RECIPES[cfg.objective][1].items():
+            if name not in explicit:
+                setattr(cfg, name, value)
+    return cfg
+
+
+def recipe_line(cfg: Config) -> str:
+    """What --recipe paper set, for the start of a run."""
+    source, values = RECIPES[cfg.objective]
+    return f"recipe paper ({source}): " + ", ".join(f"{k}={getattr(cfg, k)}" for k in values)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump, caught by train.py
         raise ArgumentError(message)
 
 
-def parse_args(argv=None) -> Config:
+def _parser(defaults: bool = True) -> _Parser:
     p = _Parser(prog="train.py", description="Multimodal preference optimization of a vision-language model.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        kw = {"help": f.metadata["help"], "default": f.default}
+        kw = {"help": f.metadata["help"], "default": f.default if defaults else argparse.SUPPRESS}
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -136,4 +172,10 @@ def parse_args(argv=None) -> Config:
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         p.add_argument(flag, type=typ, **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return p
+
+
+def parse_args(argv=None) -> Config:
+    cfg = Config(**vars(_parser().parse_args(argv)))
+    explicit = set(vars(_parser(defaults=False).parse_args(argv)))  # the flags the user typed
+    return apply_recipe(cfg, explicit)

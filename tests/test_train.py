@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import train
 from conftest import ROOT, assert_identical_runs, metrics, write_jsonl
 from mmpo import checkpoint
+from mmpo.config import parse_args
 from mmpo.models import tiny_model
 
 FAST = ["--batch-size", "4", "--save-every", "0", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0"]
@@ -166,6 +167,7 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
     (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: cannot load"),
     (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),
     (["--objective", "mfpo", "--mfpo-weights", "1,x"], "error: --mfpo-weights: expected 3 comma-separated numbers"),
+    (["--redraw-corruption", "--ref-cache", "r.safetensors"], "error: --redraw-corruption draws a new m' every epoch"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     r = cli(*args, "--out", tmp_path / "o")
@@ -211,3 +213,37 @@ def test_the_default_job_runs_with_no_arguments(tmp_path):
     assert mean(last, "rewards/accuracies") > mean(first, "rewards/accuracies") + 0.2
     assert mean(last, "rewards/image_accuracies") > mean(first, "rewards/image_accuracies") + 0.2
     assert os.path.isfile(out / "final" / "adapter_model.safetensors")
+
+
+def test_bf16_reference_cache_is_computed_in_bf16(easy_data, tmp_path):
+    """Under --dtype bf16 the cache is computed under the same autocast as the policy's passes,
+    so at step 1 (policy == reference) every log-ratio is ~0, as with a live reference; an fp32
+    cache against a bf16 policy starts with a spurious margin of bf16's rounding error."""
+    args = ["--data", easy_data, "--max-steps", "1", "--batch-size", "4", "--lora-rank", "0", "--dtype", "bf16"]
+    run_ok(*args, "--out", tmp_path / "live")
+    run_ok(*args, "--out", tmp_path / "cached", "--ref-cache", tmp_path / "ref.safetensors")
+    live, cached = metrics(tmp_path / "live")[0], metrics(tmp_path / "cached")[0]
+    assert live["rewards/chosen"] == 0.0 and live["rewards/rejected"] == 0.0
+    # beta * log-ratio; with an fp32 cache they were ~1e-3 and the loss 1.3e-3 off (mDPO, logps ~ -90)
+    for k in ("rewards/chosen", "rewards/rejected", "rewards/chosen_on_corrupt"):
+        assert abs(cached[k]) < 2e-4, (k, cached[k])
+    assert cached["loss"] == pytest.approx(live["loss"], abs=2e-4)
+
+
+def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, capsys):
+    """--recipe paper: mDPO's released configuration (bunny/config.yaml), except flags typed."""
+    cfg = parse_args(["--objective", "mdpo", "--recipe", "paper", "--epochs", "1"])
+    assert (cfg.lr, cfg.weight_decay, cfg.adam_beta2, cfg.warmup, cfg.batch_size, cfg.grad_accum) == (1e-5, 0.05, 0.98, 0.1, 4, 8)
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.dtype, cfg.epochs) == (64, 128.0, "bf16", 1)  # --epochs typed: kept
+    napo = parse_args(["--objective", "napo", "--recipe", "paper"])
+    assert (napo.lr, napo.epochs, napo.lora_rank, napo.weight_decay) == (5e-7, 4, 0, 0.01)
+    assert parse_args(["--objective", "symmpo", "--recipe", "paper"]).warmup == 0.05
+    practical = parse_args(["--objective", "mdpo"])
+    assert (practical.adam_beta2, practical.grad_accum, practical.dtype) == (0.999, 1, "fp32")
+    # end to end: printed at the start, recorded in config.json
+    run_ok("--objective", "dpo", "--recipe", "paper", "--data", easy_data, "--out", tmp_path, "--max-steps", 1,
+           "--batch-size", 2, "--grad-accum", 2, "--dtype", "fp32", "--lora-dropout", "0")
+    assert "recipe paper (mDPO's DPO baseline, luka-group/mDPO bunny/config.yaml): lr=1e-05" in capsys.readouterr().out
+    saved = json.load(open(tmp_path / "config.json"))
+    assert (saved["recipe"], saved["lr"], saved["adam_beta2"], saved["weight_decay"], saved["grad_accum"]) == \
+        ("paper", 1e-5, 0.98, 0.05, 2)
