@@ -170,7 +170,7 @@ def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: st
 def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
          weights=(0.04, 0.48, 0.48), q=None, q_form: str = "code",
          alpha: tuple[float, float] = (0.5, 0.01)):
-    """NaPO (Yin et al., CVPR 2025, https://arxiv.org/abs/2503.17928, eq. 12-14).
+    """NaPO (Zhang et al., CVPR 2025, https://arxiv.org/abs/2503.17928, eq. 12-14).
 
     Negatives built automatically by the model itself (answers without the image, or without
     the question) are noisy labels. NaPO scores them with the Box-Cox loss ``napo_loss`` whose
