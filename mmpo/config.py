@@ -123,20 +123,25 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
-# The released configurations (``--recipe paper``): every hyperparameter the authors' code sets,
-# with the file it comes from. Batch sizes are global: batch_size x grad_accum on one process.
+# The released configurations (``--recipe paper``): every hyperparameter the authors' training
+# script sets, with the file it comes from. Batch sizes are per process, as released: mDPO ran on
+# one process, SymMPO on 4 GPUs (global batch 128), NaPO's GPU count is not in its script.
+_MDPO = dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4, grad_accum=8,
+             lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048, mdpo_delta=0.0)
 RECIPES = {
-    "mdpo": ("luka-group/mDPO bunny/config.yaml",
-             dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4,
-                  grad_accum=8, lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", corruption="crop")),
-    "napo": ("zhangzef/NaPO (released training script)",
-             dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, beta=0.1, lora_rank=0, dtype="bf16")),
-    "symmpo": ("SymMPO released training script",
-               dict(lr=5e-6, warmup=0.05, weight_decay=0.01, beta=0.1, lora_rank=0, dtype="bf16", corruption="contrast")),
+    "mdpo": ("luka-group/mDPO bunny/config.yaml", {**_MDPO, "corruption": "crop"}),
+    "dpo": ("mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml", _MDPO),
+    # MFPO releases no code and its supplementary configuration is not public: mDPO's, with its noise
+    "mfpo": ("unpublished; mDPO's bunny/config.yaml", {**_MDPO, "corruption": "noise"}),
+    "napo": ("zhangzef/NaPO script/pipeline/llava15_train_bias.sh + pipeline.sh",
+             dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, adam_beta2=0.999, beta=0.1, batch_size=1,
+                  grad_accum=4, lora_rank=0, dtype="bf16", max_length=2048, napo_q_form="code", napo_alpha="0.5,0.01")),
+    "symmpo": ("iLearn-Lab/NeurIPS25-SymMPO script/train/llava15_train_main.sh + run.sh",
+               dict(lr=5e-6, epochs=10, max_steps=670, warmup=0.05, weight_decay=0.01, adam_beta2=0.999, beta=0.1,
+                    batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16", max_length=2048, symmpo_lam=0.5,
+                    symmpo_gamma=1e-4, symmpo_eta=1.0, symmpo_delta=0.0, symmpo_margin_form="code",
+                    corruption="contrast")),
 }
-RECIPES["dpo"] = ("mDPO's DPO baseline, " + RECIPES["mdpo"][0], RECIPES["mdpo"][1])
-RECIPES["mfpo"] = ("MFPO publishes no configuration: mDPO's, which it builds on, with its noise",
-                   {**RECIPES["mdpo"][1], "corruption": "noise"})
 
 
 def apply_recipe(cfg: Config, explicit: set[str] = frozenset()) -> Config:

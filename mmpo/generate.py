@@ -1,28 +1,51 @@
-"""Batched greedy answers from a VLM: NaPO's biased negatives, SymMPO's contrast answers, eval."""
+"""Batched answers from a VLM: NaPO's biased negatives, SymMPO's contrast answers, eval.
+
+Greedy by default; beam search (NaPO's released generation uses 3 beams) with or without
+sampling on request. Each answer comes with whether it stopped at the token limit: such an
+answer is cut mid-sentence, and training must not append an end-of-sequence token to it.
+"""
 import torch
 from tqdm import tqdm
 
 from mmpo.data import chat_prompt, pad_id
 
 
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a generation (generation config, else the tokenizer's)."""
+    ids = getattr(model.generation_config, "eos_token_id", None)
+    ids = tokenizer.eos_token_id if ids is None else ids
+    return set(ids) if isinstance(ids, (list, tuple)) else {ids} - {None}
+
+
 @torch.no_grad()
-def answer(model, processor, prompts: list[str], images: list | None, *, max_new_tokens: int = 64,
-           batch_size: int = 8, show: bool = False) -> list[str]:
-    """Greedy answers to ``prompts``, each with its image (``images`` None: text only)."""
+def generate(model, processor, prompts: list[str], images: list | None, *, max_new_tokens: int = 1024,
+             num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, batch_size: int = 8,
+             show: bool = False) -> tuple[list[str], list[bool]]:
+    """Answers to ``prompts``, each with its image (``images`` None: text only), and for each
+    whether it hit ``max_new_tokens`` without an end-of-sequence token (truncated)."""
     tok = processor.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from the same last column
-    pad = pad_id(tok)
-    out = []
+    pad, stop = pad_id(tok), eos_ids(model, tok)
+    texts_out, truncated = [], []
+    sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not show):
             texts = [chat_prompt(processor, p, with_image=images is not None) for p in prompts[i:i + batch_size]]
             kwargs = {"images": images[i:i + batch_size]} if images is not None else {}
             inputs = processor(text=texts, return_tensors="pt", padding=True, **kwargs).to(model.device)
-            ids = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=1,
-                                 pad_token_id=pad)
+            ids = model.generate(**inputs, **sampling, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=1, pad_token_id=pad)
             new = ids[:, inputs["input_ids"].shape[1]:]  # (b, new tokens)
-            out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+            for row in new.tolist():
+                # finished = an end-of-sequence token was generated (rows are padded after it)
+                truncated.append(len(row) >= max_new_tokens and not (stop & set(row)))
+            texts_out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     finally:
         tok.padding_side = side
-    return out
+    return texts_out, truncated
+
+
+def answer(model, processor, prompts: list[str], images: list | None, **kwargs) -> list[str]:
+    """Greedy answers (or as ``generate``'s options say), text only."""
+    return generate(model, processor, prompts, images, **kwargs)[0]

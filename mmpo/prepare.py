@@ -1,11 +1,13 @@
 """Build each method's training data from a preference JSONL.
 
-    python -m mmpo.prepare mfpo   --data IN.jsonl --out DIR   # corrupt_image: key regions noised
+    python -m mmpo.prepare mfpo   --data IN.jsonl --out DIR   # noise_mask + noise_step: key regions to noise
     python -m mmpo.prepare napo   --data IN.jsonl --out DIR   # lang_biased, vision_biased by the model
     python -m mmpo.prepare symmpo --data IN.jsonl --out DIR   # contrast_image, contrast_chosen
 
 Writes DIR/data.jsonl (every input field kept, image paths absolute, new fields added) and the
-new images under DIR/images/, which ``train.py --data DIR/data.jsonl`` reads directly. The
+new images under DIR/images/, which ``train.py --data DIR/data.jsonl`` reads directly. MFPO's
+noise is not baked into an 8-bit image: the row records what defines m' (the region mask and the
+diffusion step), and training adds the noise to the model's normalized pixel tensor, as VCD does. The
 input is never modified. Re-running continues where a killed run stopped: rows already in
 DIR/data.jsonl are kept and never redone, and every row is reproducible from (seed, id), so the
 result is the same as one uninterrupted run.
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from mmpo import cli, perturb
 from mmpo.cli import UserError
 from mmpo.data import DataError, load_image, read_rows, stable_seed
-from mmpo.generate import answer
+from mmpo.generate import generate
 from mmpo.keywords import embedding_vectors, rank_keywords
 from mmpo.models import load_model
 
@@ -55,7 +57,10 @@ def save_image(img, out_dir: str, name: str) -> str:
 # ---- MFPO: keywords -> regions -> diffusion noise -------------------------------------------
 
 def mfpo_rows(rows, args, out_dir, stats, ctx):
-    """corrupt_image = the image with its key regions noised at step t; keywords recorded."""
+    """noise_mask = the key regions of the image (white = noised), noise_step = t; training draws
+    the noise on the processed pixels from (run seed, id). No region found: no mask, the whole
+    image is noised (the paper's fallback)."""
+    from PIL import Image
     from mmpo.regions import region_mask
     for row in rows:
         img = load_image(row["image"])
@@ -68,9 +73,11 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
                 stats["no region found: whole image noised"] += 1
         elif args.regions == "random":
             mask = perturb.random_region_mask(img.height, img.width, 0.2, generator=g)
-        x = to_tensor(img) * 2 - 1  # diffusion noise acts on images scaled to [-1, 1]
-        noised = (perturb.diffusion_noise(x, t=args.noise_step, mask=mask, generator=g) + 1) / 2
-        row["corrupt_image"] = save_image(to_pil(noised), out_dir, f"{safe(row['id'])}-corrupt.png")
+        if mask is not None:
+            m = (mask.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()  # (H, W)
+            mask_img = Image.frombytes("L", (img.width, img.height), m.numpy().tobytes())
+            row["noise_mask"] = save_image(mask_img, out_dir, f"{safe(row['id'])}-mask.png")
+        row["noise_step"] = args.noise_step
         row["keywords"] = keywords
         row["region"] = "global" if mask is None else args.regions
     return rows
@@ -83,7 +90,7 @@ def napo_rows(rows, args, out_dir, stats, ctx):
     image without the question. Greedy, by the base model itself; values already in a row are
     kept untouched."""
     model, processor = ctx["model"], ctx["processor"]
-    kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    kw = generation_options(args)
     lang = [r for r in rows if not r.get("lang_biased")]
     vision = [r for r in rows if not r.get("vision_biased")]
     stats["lang_biased given: kept"] += len(rows) - len(lang)
@@ -93,13 +100,27 @@ def napo_rows(rows, args, out_dir, stats, ctx):
         if args.lang_image != "none":
             value = 1.0 if args.lang_image == "white" else 0.0
             blanks = [to_pil(perturb.blank(to_tensor(load_image(r["image"])), value)) for r in lang]
-        for r, a in zip(lang, answer(model, processor, [r["prompt"] for r in lang], blanks, **kw)):
-            r["lang_biased"] = a
+        record(lang, "lang_biased", generate(model, processor, [r["prompt"] for r in lang], blanks, **kw), stats)
     if vision:
         images = [load_image(r["image"]) for r in vision]
-        for r, a in zip(vision, answer(model, processor, [""] * len(vision), images, **kw)):
-            r["vision_biased"] = a
+        record(vision, "vision_biased", generate(model, processor, [""] * len(vision), images, **kw), stats)
     return keep_answered(rows, ("lang_biased", "vision_biased"), stats)
+
+
+def generation_options(args) -> dict:
+    """NaPO's released generation (1024 new tokens, 3 beams) unless the flags say otherwise."""
+    return dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample,
+                temperature=args.temperature, batch_size=args.batch_size)
+
+
+def record(rows, field: str, generated, stats):
+    """Store generated answers; one that stopped at the token limit is listed in the row's
+    ``truncated``, so training appends no end-of-sequence token to it."""
+    for r, text, cut in zip(rows, *generated):
+        r[field] = text
+        if cut:
+            r["truncated"] = sorted(set(r.get("truncated", [])) | {field})
+            stats[f"{field} truncated at --max-new-tokens (no end-of-sequence added)"] += 1
 
 
 def keep_answered(rows, fields, stats):
@@ -144,7 +165,7 @@ def symmpo_rows(rows, args, out_dir, stats, ctx):
         if not row.get("contrast_image"):
             if args.contrast == "neighbor":
                 row["contrast_image"] = ctx["neighbors"][row["id"]]
-            else:
+            else:  # ablations; an image is needed to generate y_w' for it, so this noise is baked into pixels
                 img = to_tensor(load_image(row["image"]))
                 g = torch.Generator().manual_seed(stable_seed(args.seed, row["id"]))
                 m = {"noised": lambda: (perturb.diffusion_noise(img * 2 - 1, t=args.noise_step, generator=g) + 1) / 2,
@@ -160,10 +181,8 @@ def symmpo_rows(rows, args, out_dir, stats, ctx):
     if todo:
         images = [load_image(r["contrast_image"] if os.path.isabs(r["contrast_image"])
                              else os.path.join(out_dir, r["contrast_image"])) for r in todo]
-        answers = answer(model, processor, [r["prompt"] for r in todo], images, max_new_tokens=args.max_new_tokens,
-                         batch_size=args.batch_size)
-        for row, a in zip(todo, answers):
-            row["contrast_chosen"] = a
+        record(todo, "contrast_chosen", generate(model, processor, [r["prompt"] for r in todo], images,
+                                                 **generation_options(args)), stats)
     return keep_answered(rows, ("contrast_chosen",), stats)
 
 
@@ -199,9 +218,15 @@ def build_parser():
                    help="the base VLM: it answers (napo, symmpo) and lends its word vectors (mfpo, optional); tiny-llava to try")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="napo, symmpo: generation limit (NaPO's released 1024); an answer cut there gets no end-of-sequence token")
+    p.add_argument("--num-beams", type=int, default=3, help="napo, symmpo: beam search width (NaPO's released 3; 1 = greedy)")
+    p.add_argument("--do-sample", action="store_true",
+                   help="napo, symmpo: sample within the beams (NaPO's script defaults to it at temperature 0.2; off: deterministic)")
+    p.add_argument("--temperature", type=float, default=0.2, help="napo, symmpo: sampling temperature (with --do-sample)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--noise-step", type=int, default=500, help="diffusion step t of the noise (of 1000)")
+    p.add_argument("--noise-step", type=int, default=500,
+                   help="diffusion step t of the noise (of 1000); mfpo records it, training adds the noise to the processed pixels")
     p.add_argument("--k", type=int, default=3, help="mfpo: keywords per answer")
     p.add_argument("--regions", choices=("grounded", "random", "global"), default="grounded",
                    help="mfpo: noise the keywords' regions, a random 20%% (ablation) or everything")
@@ -227,6 +252,8 @@ def main(args) -> dict:
     todo = [r for r in rows if r["id"] not in done]
     stats = Counter()
     ctx = {}
+    if args.max_new_tokens < 1 or args.num_beams < 1:
+        raise UserError(f"--max-new-tokens and --num-beams must be at least 1 (got {args.max_new_tokens}, {args.num_beams})")
     if args.method in ("napo", "symmpo") and not args.model:
         raise UserError(f"{args.method} needs --model: the base model whose answers it records")
     if todo and args.model:

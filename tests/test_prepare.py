@@ -9,24 +9,11 @@ from PIL import Image
 
 from conftest import write_jsonl
 from mmpo import prepare
-from mmpo.keywords import rank_keywords, words
-from mmpo.models import tiny_detector, tiny_segmenter
+from mmpo.generate import generate
+from mmpo.models import tiny_detector, tiny_model, tiny_segmenter
 from mmpo.regions import Grounding, region_mask
 
 FAST = ["--model", "tiny-llava", "--max-new-tokens", "4", "--batch-size", "2"]
-
-
-def test_keywords_pick_the_object_nouns():
-    text = "A brown dog sits on a red sofa next to a lamp"
-    top = rank_keywords(text, k=10)
-    assert top[:3] == ["dog", "sofa", "lamp"]
-    assert "sits" not in top and "next" not in top and "brown" not in top
-    assert rank_keywords(text, k=3) == rank_keywords(text, k=3)  # deterministic
-    # repeated and central words rank first; word vectors shift the ranking but keep it nouns
-    assert rank_keywords("A cat and a dog. The cat sleeps near the dog and the cat purrs.", k=1) == ["cat"]
-    vec = {w: torch.tensor([1.0, float(i)]) for i, w in enumerate(words(text))}
-    assert set(rank_keywords(text, k=3, vectors=vec.__getitem__)) == {"dog", "sofa", "lamp"}
-    assert rank_keywords("It is on the left.", k=3) == []
 
 
 @pytest.fixture(scope="module")
@@ -152,32 +139,51 @@ def test_mfpo_noises_key_regions(plain_data, tmp_path):
                             "--segmenter", str(tmp_path / "seg"), "--threshold", threshold, *FAST]) == 0
         return read(tmp_path / out / "data.jsonl")
 
-    def pixels(path):
-        return torch.tensor(list(Image.open(path).tobytes()), dtype=torch.float).view(32, 32, 3)
-    # scores never exceed 1: nothing is found, every row falls back to noise on the whole image
+    def mask(out, r):
+        return torch.tensor(list(Image.open(tmp_path / out / r["noise_mask"]).tobytes()), dtype=torch.float).view(32, 32) / 255
+    # scores never exceed 1: nothing is found, every row falls back to noise on the whole image: a
+    # step and no mask; nothing is baked into an 8-bit image (training noises the processed pixels)
     rows = run("none", "1.01")
     assert len(rows) == 6 and all(r["keywords"] == ["dog", "sofa"] and r["region"] == "global" for r in rows)
-    for r in rows:
-        assert (pixels(r["image"]) - pixels(tmp_path / "none" / r["corrupt_image"])).abs().mean() > 5
-    # threshold 0: the random detector finds boxes; only pixels inside them change
+    assert all(r["noise_step"] == 500 and "noise_mask" not in r and "corrupt_image" not in r for r in rows)
+    # threshold 0: the random detector finds boxes; the mask covers part of the image
     rows = run("all", "0.0")
     grounded = [r for r in rows if r["region"] == "grounded"]
     assert grounded
     for r in grounded:
-        changed = (pixels(r["image"]) != pixels(tmp_path / "all" / r["corrupt_image"])).any(-1)
-        assert 0 < changed.float().mean() < 1
+        assert 0 < mask("all", r).mean() < 1 and set(mask("all", r).unique().tolist()) <= {0.0, 1.0}
     assert prepare.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / "r"), "--regions", "random",
-                        "--batch-size", "2"]) == 0  # no --model: keywords by position alone
+                        "--noise-step", "300", "--batch-size", "2"]) == 0  # no --model: keywords by position alone
     r0 = read(tmp_path / "r" / "data.jsonl")[0]
-    orig = torch.tensor(list(Image.open(r0["image"]).tobytes())).view(32, 32, 3)
-    noised = torch.tensor(list(Image.open(tmp_path / "r" / r0["corrupt_image"]).tobytes())).view(32, 32, 3)
-    changed = (orig != noised).any(-1).float().mean().item()
-    assert 0.1 < changed < 0.3  # a random 20% of the image
+    assert r0["noise_step"] == 300
+    assert 0.15 < mask("r", r0).mean().item() < 0.25  # a random 20% of the image
+
+
+def test_generate_says_which_answers_stopped_at_the_limit():
+    """An answer that hit max_new_tokens without an end-of-sequence token is flagged truncated."""
+    model, proc = tiny_model("tiny-llava")
+    torch.nn.init.zeros_(model.lm_head.weight)  # every logit 0: greedy picks token 0, then 1 when 0 is barred
+    img = Image.new("RGB", (32, 32), (10, 200, 10))
+    texts, cut = generate(model, proc, ["Q?", "Why?"], [img, img], max_new_tokens=4)
+    assert cut == [True, True] and texts == ["\x00" * 4] * 2  # </s> never came
+    model.generation_config.eos_token_id = 0  # now token 0 ends it; min_new_tokens=1 bars it at step 1
+    texts, cut = generate(model, proc, ["Q?", "Why?"], [img, img], max_new_tokens=4)
+    assert cut == [False, False] and texts == ["\x01\x00"] * 2  # two tokens, the last one ends it
+
+
+def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
+    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "n"), *FAST]) == 0
+    rows = read(tmp_path / "n" / "data.jsonl")
+    # a random tiny model never says </s> within 4 tokens: every answer is cut, and says so
+    assert all(r["truncated"] == ["lang_biased", "vision_biased"] for r in rows)
+    out = capsys.readouterr().out
+    assert "lang_biased truncated at --max-new-tokens (no end-of-sequence added): 6" in out
+    assert "vision_biased truncated at --max-new-tokens (no end-of-sequence added): 6" in out
 
 
 @pytest.mark.parametrize("method", ["napo", "mfpo"])
 def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method):
-    extra = ["--regions", "global"] if method == "mfpo" else []
+    extra = ["--regions", "random"] if method == "mfpo" else []
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     assert prepare.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
     build = {"napo": "napo_rows", "mfpo": "mfpo_rows"}[method]
@@ -199,7 +205,7 @@ def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypat
     assert read(os.path.join(killed, "data.jsonl")) == read(os.path.join(straight, "data.jsonl"))
     if method == "mfpo":
         for r in read(os.path.join(straight, "data.jsonl")):
-            assert digest(os.path.join(straight, r["corrupt_image"])) == digest(os.path.join(killed, r["corrupt_image"]))
+            assert digest(os.path.join(straight, r["noise_mask"])) == digest(os.path.join(killed, r["noise_mask"]))
 
 
 def read_ok(path):

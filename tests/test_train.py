@@ -236,14 +236,15 @@ def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, cap
     assert (cfg.lr, cfg.weight_decay, cfg.adam_beta2, cfg.warmup, cfg.batch_size, cfg.grad_accum) == (1e-5, 0.05, 0.98, 0.1, 4, 8)
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.dtype, cfg.epochs) == (64, 128.0, "bf16", 1)  # --epochs typed: kept
     napo = parse_args(["--objective", "napo", "--recipe", "paper"])
-    assert (napo.lr, napo.epochs, napo.lora_rank, napo.weight_decay) == (5e-7, 4, 0, 0.01)
-    assert parse_args(["--objective", "symmpo", "--recipe", "paper"]).warmup == 0.05
+    assert (napo.lr, napo.epochs, napo.lora_rank, napo.weight_decay, napo.batch_size, napo.grad_accum) == (5e-7, 4, 0, 0.01, 1, 4)
+    sym = parse_args(["--objective", "symmpo", "--recipe", "paper"])
+    assert (sym.lr, sym.warmup, sym.max_steps, sym.lora_rank, sym.symmpo_gamma) == (5e-6, 0.05, 670, 0, 1e-4)
     practical = parse_args(["--objective", "mdpo"])
     assert (practical.adam_beta2, practical.grad_accum, practical.dtype) == (0.999, 1, "fp32")
     # end to end: printed at the start, recorded in config.json
     run_ok("--objective", "dpo", "--recipe", "paper", "--data", easy_data, "--out", tmp_path, "--max-steps", 1,
            "--batch-size", 2, "--grad-accum", 2, "--dtype", "fp32", "--lora-dropout", "0")
-    assert "recipe paper (mDPO's DPO baseline, luka-group/mDPO bunny/config.yaml): lr=1e-05" in capsys.readouterr().out
+    assert "recipe paper (mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml): lr=1e-05" in capsys.readouterr().out
     saved = json.load(open(tmp_path / "config.json"))
     assert (saved["recipe"], saved["lr"], saved["adam_beta2"], saved["weight_decay"], saved["grad_accum"]) == \
         ("paper", 1e-5, 0.98, 0.05, 2)
