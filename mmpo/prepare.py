@@ -65,7 +65,7 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
     for row in rows:
         img = load_image(row["image"])
         g = torch.Generator().manual_seed(stable_seed(args.seed, row["id"]))
-        keywords = rank_keywords(row["chosen"], k=args.k, vectors=ctx.get("vectors"))
+        keywords = rank_keywords(row["chosen"], k=args.k, vectors=ctx.get("vectors"), tagger=args.tagger)
         mask = None
         if args.regions == "grounded":
             mask = region_mask(ctx["grounding"], img, keywords)
@@ -228,6 +228,8 @@ def build_parser():
     p.add_argument("--noise-step", type=int, default=500,
                    help="diffusion step t of the noise (of 1000); mfpo records it, training adds the noise to the processed pixels")
     p.add_argument("--k", type=int, default=3, help="mfpo: keywords per answer")
+    p.add_argument("--tagger", choices=("auto", "rules", "nltk"), default="auto",
+                   help="mfpo: nouns by nltk's tagger when installed (auto), or the built-in rules (the same on every machine)")
     p.add_argument("--regions", choices=("grounded", "random", "global"), default="grounded",
                    help="mfpo: noise the keywords' regions, a random 20%% (ablation) or everything")
     p.add_argument("--detector", default="google/owlv2-base-patch16-ensemble", help="mfpo: open-vocabulary detector")

@@ -1,4 +1,4 @@
-"""Building MFPO, NaPO and SymMPO data: keywords, regions, generated negatives, retrieval, resume."""
+"""Building MFPO, NaPO and SymMPO data: regions, generated negatives, retrieval, resume (keywords: test_keywords.py)."""
 import hashlib
 import json
 import os
