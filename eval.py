@@ -6,7 +6,8 @@ base model and any number of trained checkpoints, side by side.
 
 Columns: the base model, then each checkpoint (a train.py output directory: LoRA adapters or a
 full model). Writes OUT/eval.json (every number), OUT/eval.md (a table, also printed), and the
-generated answers of each benchmark as OUT/answers-<column>-<bench>.jsonl.
+generated answers of each benchmark as OUT/answers-<column>-<bench>.jsonl. A kind given more
+than once (POPE's three splits) is named by its file: --bench pope adversarial.jsonl -> pope-adversarial.
 """
 import argparse
 import json
@@ -105,35 +106,66 @@ def read_bench(kind: str, path: str) -> list[dict]:
         if not r.get("prompt"):
             errors.append(f"{where}: field '{'prompt' if kind == 'chair' else 'question'}': missing")
         if kind == "chair":
-            objs = r.get("objects")
+            objs, captions = r.get("objects"), r.get("captions", [])
             if not isinstance(objs, list) or not all(isinstance(o, str) for o in objs):
                 errors.append(f"{where}: field 'objects': must be a list of object names")
-                continue
+                objs = []
             for o in objs:
                 try:
                     hallucination.to_category(o)
                 except ValueError as e:
                     errors.append(f"{where}: field 'objects': {e}")
+            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+                errors.append(f"{where}: field 'captions': must be a list of captions")
         elif r.get("answer") not in ("yes", "no"):
-                errors.append(f"{where}: field 'answer': must be \"yes\" or \"no\"")
+            errors.append(f"{where}: field 'answer': must be \"yes\" or \"no\"")
     if errors:
         raise DataError(errors)
     return rows
 
 
-def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: str) -> dict:
+def true_objects(row: dict) -> list[str]:
+    """A CHAIR row's true objects: its ``objects``, plus every object its reference
+    ``captions`` mention, as the reference evaluation takes both COCO's instance labels and
+    the objects of COCO's five captions per image."""
+    return row["objects"] + [c for caption in row.get("captions", []) for c in hallucination.object_mentions(caption)]
+
+
+def bench_names(benches: list[tuple[str, str]]) -> list[str]:
+    """A name per --bench (KIND, FILE): the kind, or kind-<file stem> when a kind comes more than
+    once (POPE's random, popular and adversarial splits are scored separately, as published)."""
+    kinds = [kind for kind, _ in benches]
+    names = [kind if kinds.count(kind) == 1 else f"{kind}-{os.path.splitext(os.path.basename(path))[0]}"
+             for kind, path in benches]
+    if len(set(names)) != len(names):
+        raise UserError(f"two --bench files share a name: {names}; give them distinct file names")
+    return names
+
+
+def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: str, bench: str | None = None) -> dict:
+    """Greedy answers to a benchmark (named ``bench``, default its kind), saved with what was
+    read from each, and its metrics with the mean answer length (CHAIR grows with it, so
+    compare columns of similar length)."""
+    bench = bench or kind
     images = [load_image(r["image"]) for r in rows]
     prompts = [r["prompt"] for r in rows]
     answers = answer(model, processor, prompts, images, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, show=True)
-    with open(os.path.join(args.out, f"answers-{column}-{kind}.jsonl"), "w") as f:
-        for r, a in zip(rows, answers):
-            f.write(json.dumps({"id": r["id"], "answer": a}) + "\n")
     if kind == "chair":
-        m = hallucination.chair(answers, [r["objects"] for r in rows])
+        truths = [true_objects(r) for r in rows]
+        m = hallucination.chair(answers, truths)
+        details = [hallucination.chair_answer(a, t) for a, t in zip(answers, truths)]
+        details = [{"objects": d["objects"], "hallucinated": d["hallucinated"]} for d in details]
     else:
-        m = hallucination.pope(answers, [r["answer"] for r in rows])
-    return {f"{kind}/{k}": v for k, v in m.items()}
+        m = hallucination.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
+        details = [{"parsed": hallucination.parse_yes_no(a, args.pope_parse)} for a in answers]
+    with open(os.path.join(args.out, f"answers-{column}-{bench}.jsonl"), "w") as f:
+        for r, a, d in zip(rows, answers, details):
+            f.write(json.dumps({"id": r["id"], "answer": a, **d}) + "\n")
+    tokens = processor.tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
+    m["mean_answer_words"] = sum(len(a.split()) for a in answers) / max(1, len(answers))
+    m["mean_answer_tokens"] = sum(len(t) for t in tokens) / max(1, len(answers))
+    return {f"{bench}/{k}": v for k, v in m.items()}
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -184,11 +216,17 @@ def build_parser():
     p.add_argument("--checkpoint", nargs="*", default=[], help="train.py output directories, one column each")
     p.add_argument("--data", default="", help="held-out preference JSONL (preference and image-reliance metrics)")
     p.add_argument("--bench", nargs=2, action="append", default=[], metavar=("KIND", "FILE"),
-                   help="a generation benchmark: chair FILE (rows image, prompt, objects) or pope FILE (image, question, answer)")
+                   help="a generation benchmark: chair FILE (rows image, prompt, objects, optional captions) "
+                        "or pope FILE (image, question, answer)")
     p.add_argument("--out", default="eval", help="output directory")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="longest answer, in tokens; generation also stops at end-of-sequence (published CHAIR "
+                        "evaluations let descriptions run long: VCD and SymMPO allow 1024)")
+    p.add_argument("--pope-parse", choices=hallucination.POPE_PARSERS, default="standard",
+                   help="standard: POPE's own rule (first sentence; no if it has No/no/not, else yes); "
+                        "strict: only a leading yes/no, anything else unparsed and wrong")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0, help="seed of the corrupted images m'")
     p.add_argument("--no-base", action="store_true", help="leave the base model's column out")
@@ -215,7 +253,8 @@ def main(args) -> dict:
     names = [n for n, _ in columns]
     if len(set(names)) != len(names):
         raise UserError(f"two columns share a name: {names}; give the checkpoints distinct directory names")
-    benches = [(kind, read_bench(kind, path)) for kind, path in args.bench]
+    benches = [(kind, bench, read_bench(kind, path))
+               for (kind, path), bench in zip(args.bench, bench_names(args.bench))]
     negatives = ["rejected"]
     if args.data:
         rows = read_rows(args.data, {"image", "prompt", "chosen", "rejected"})
@@ -235,8 +274,8 @@ def main(args) -> dict:
                                                         args.batch_size)
             m.update(preference_metrics(logps, ref, negatives, args.beta))
             m.update(reliance_metrics(model, args.data, processor, args))
-        for kind, bench_rows in benches:
-            m.update(bench_metrics(model, processor, kind, bench_rows, args, name))
+        for kind, bench, bench_rows in benches:
+            m.update(bench_metrics(model, processor, kind, bench_rows, args, name, bench))
         table[name] = m
     with open(os.path.join(args.out, "eval.json"), "w") as f:
         json.dump({"columns": names, "metrics": table}, f, indent=1)

@@ -1,106 +1,233 @@
-"""Hallucination metrics on generated answers: CHAIR (Rohrbach et al. 2018) and POPE (Li et al. 2023).
+"""Hallucination metrics on generated answers, computed by the rules of the evaluations that
+papers report: CHAIR (Rohrbach et al. 2018, https://arxiv.org/abs/1809.02156) and POPE (Li et al.
+2023, https://arxiv.org/abs/2305.10355).
 
-CHAIR finds the objects an answer mentions with the 80 COCO categories, their synonyms and
-plural forms (``coco_objects.json``, longest phrase first, so "hot dog" is not a dog), and
-compares them with the objects truly in the image:
-    CHAIR_s  = answers with at least one hallucinated object / answers
-    CHAIR_i  = hallucinated objects / mentioned objects        (each object once per answer)
-    coverage = mentioned true objects / true objects
-POPE asks yes/no questions about objects; answers are parsed from free text.
+CHAIR follows the reference code: ``utils/chair.py`` of github.com/LisaAnne/Hallucination and
+its Python 3 port ``chair.py`` of github.com/Maxlinn/CHAIR-metric-standalone, which most LVLM
+papers run. An answer's objects are found by the reference's rules, in its order:
+  1. lower-case, split into words as nltk's ``word_tokenize`` does ("dog's" -> dog 's; "dog/cat"
+     and "hot-dog" stay one word, and are no object),
+  2. singularize every word as the reference's singularizer (pattern.en) does, quirks included:
+     it strips any final s, so "bus" becomes "bu" and only "buses" counts as a bus; "doggies",
+     "collies" and "canoes" count as nothing; "people", "men", "children", "geese", "mice",
+     "knives" count,
+  3. join two-word names, left to right, each word in at most one pair (``DOUBLE_WORDS``):
+     "hot dog" is no dog, "teddy bear" no bear, "baby dog" / "adult dog" a dog (not a person),
+     "passenger jet" / "passenger train" the vehicle, "toilet seat" a toilet, "bow tie" a tie,
+     "train track" and "home plate" nothing, and "motor bike" nothing at all (its synonym-list
+     entry has a stray leading space),
+  4. when the answer says "toilet", no "seat" in it counts as a chair,
+  5. every remaining word of the synonym list (``chair_synonyms.txt``) is one mention of its
+     category; every mention counts, repeats included.
+    CHAIR_s  = answers with at least one hallucinated mention / answers
+    CHAIR_i  = hallucinated mentions / all mentions                (over all answers at once)
+    coverage = distinct true categories mentioned / true categories  (the port's "Recall")
+The two reference versions compute CHAIR_s and CHAIR_i the same way, with the same synonym list
+and rules; the original (Python 2) has no recall, which the port adds and we follow. The
+singularizer of either (pattern 2.6 or 3.6) treats every word that can be an object alike. Words
+are split as current nltk splits them; older nltk releases split fewer characters off (they keep
+"**dog**" as one word). Where the reference divides by zero (no mention, no true object) we
+report 0. The reference's true objects of an image are COCO's instance labels plus the objects
+its five COCO captions mention (eval.py's ``captions`` field does the same).
+
+POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
+``evaluate.py`` (github.com/RUCAIBox/POPE) and LLaVA's ``llava/eval/eval_pope.py`` do: keep the
+text before the first ".", drop commas, split on spaces; the answer is "no" if "No", "not" or
+"no" is one of those words, otherwise "yes" (so "NO!" reads as yes, as there).
+``parse="strict"`` accepts only an answer that starts with yes or no, and counts anything else
+as unparsed and wrong. Where the reference divides by zero (no "yes") we report 0.
 """
-import json
 import os
 import re
 
-with open(os.path.join(os.path.dirname(__file__), "coco_objects.json")) as f:
-    SYNONYMS: dict[str, list[str]] = json.load(f)
-
-IRREGULAR = {"men", "women", "children", "people", "mice", "knives", "geese", "oxen", "calves", "ponies",
-             "puppies", "babies", "ladies", "gentlemen", "skis", "scissors", "sheep", "cattle", "buses", "busses",
-             "benches", "tvs"}
+# ---- CHAIR: the reference's vocabulary and rules -----------------------------------------------
 
 
-def _plural(word: str) -> str:
-    if word.endswith("ss"):
-        return word + "es"
-    if word in IRREGULAR or word.endswith("s"):
+def _read_synonyms(path: str) -> dict[str, str]:
+    """Every name of the synonym list -> its category (the first name of its line)."""
+    names = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            # split on ", " as the reference does: a name after a double space keeps its
+            # leading space and so never matches a word (" motor bike", " cheesecake")
+            line = line.strip().split(", ")
+            for name in line:
+                names[name] = line[0]
+    return names
+
+
+SYNONYMS: dict[str, str] = _read_synonyms(os.path.join(os.path.dirname(__file__), "chair_synonyms.txt"))
+CATEGORIES: list[str] = list(dict.fromkeys(SYNONYMS.values()))  # the 80 COCO categories, in COCO order
+
+# Pairs of (singularized) words read as one: the reference's list of COCO two-word names, each
+# standing for itself. Some can never match after singularization ("sports" -> "sport",
+# "tennis" -> "tenni", "glass" -> "glas", three-word "stove top oven"); the reference lists them
+# all the same, and "ball" / "racket" still count on their own.
+_COCO_DOUBLE_WORDS = ["motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal",
+                      "stop light", "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball",
+                      "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
+                      "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
+                      "stove top oven", "home plate", "train track"]
+# "baby"/"adult" + animal is the animal and "passenger" + jet/train the vehicle, not a person
+_ANIMALS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub"]
+DOUBLE_WORDS: dict[str, str] = {
+    **{w: w for w in _COCO_DOUBLE_WORDS},
+    **{f"{age} {a}": a for a in _ANIMALS for age in ("baby", "adult")},
+    "passenger jet": "jet", "passenger train": "train",
+    "bow tie": "tie", "toilet seat": "toilet",
+    "wine glas": "wine glass",  # what "wine glass" singularizes to
+}
+
+# Word splitting as nltk's word_tokenize (punkt sentences, then its Treebank rules), limited to
+# what can separate a word from its neighbours: punctuation that is split off, a period that ends
+# a sentence (not one inside "dog.cat" or "3.5"), commas and colons except inside numbers.
+# Checked against nltk 3.10 on random text: only stacks of quotes and punctuation split differently.
+_SPLIT_OFF = re.compile(r"\.{2,}"                                          # ellipsis
+                        r"|(?<!\.)\.(?!\.)(?=[\]\)}>\"'»”’]*(?:\s|$))"     # sentence-final period
+                        r"|[,:](?!\d)|--|''|[;@#$%&?!*()\[\]{}<>\"`«“‘„»”’\u2012-\u2015]")
+_OPENING_QUOTE = re.compile(r"(?<!\w)'(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)")  # 'dog -> ' dog
+# a closing quote, then one clitic of each kind come off a word's end, in nltk's order:
+# "dog's" -> dog 's, "dogs'" -> dogs ', "won't's" -> wo n't 's
+_CLITICS = [re.compile(r"(.*[^'])(')"), re.compile(r"(.*[^'])('s|'m|'d|')"), re.compile(r"(.*[^'])('ll|'re|'ve|n't)")]
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and punctuation of ``text``, split as nltk's word_tokenize splits them
+    (except after an abbreviation, "etc." or "mr.", which is never an object word)."""
+    text = _SPLIT_OFF.sub(r" \g<0> ", _OPENING_QUOTE.sub("' ", text.lower()))
+    tokens = []
+    for chunk in text.split():
+        clitics = []
+        for clitic in _CLITICS:
+            if m := clitic.fullmatch(chunk):
+                chunk = m.group(1)
+                clitics.insert(0, m.group(2))
+        tokens += [chunk, *clitics]
+    return tokens
+
+
+# The reference singularizes every word with pattern.en's singularize. These rules give the same
+# result for every word that can become a COCO word or part of a two-word name (checked against
+# pattern.en on an English word list); they are not a general English singularizer.
+_UNCHANGED = {"scissors"}
+_IRREGULAR_ENDINGS = [("children", "child"), ("people", "person"), ("men", "man"), ("geese", "goose"),
+                      ("oxen", "ox"), ("mice", "mouse"), ("kine", "cow"),
+                      # pattern.en returns these -ie plurals as they are: no dog
+                      ("doggies", "doggies"), ("collies", "collies")]
+_SUFFIX_RULES = [(re.compile(pattern), replacement) for pattern, replacement in [
+    (r"(.)ae$", r"\1a"),                 # Latin plurals: antennae
+    (r"buses$", "bus"),
+    (r"(x|ch|ss|sh)es$", r"\1"),          # boxes, benches, glasses, toothbrushes
+    (r"oes$", "o"),                       # so "canoes" -> "cano", as in the reference
+    (r"([^aeiouy]|qu)ies$", r"\1y"),      # ponies, puppies, ladies (and "ties" -> "ty")
+    (r"([nlw]i)ves$", r"\1fe"),           # knives
+    (r"([aeo]l)ves$", r"\1f"),            # calves
+    (r"s$", ""),                          # any other final s: dogs, skis, and "bus" -> "bu"
+]]
+
+
+def singularize(word: str) -> str:
+    """The singular the CHAIR reference gives a lower-case word ("knives" -> "knife")."""
+    if word in _UNCHANGED:
         return word
-    if word.endswith(("ch", "sh", "x")):
-        return word + "es"
-    if word.endswith("y") and word[-2:-1] not in "aeiou":
-        return word[:-1] + "ies"
-    return word + "s"
+    for ending, singular in _IRREGULAR_ENDINGS:
+        if word.endswith(ending):
+            return word[:len(word) - len(ending)] + singular
+    for pattern, replacement in _SUFFIX_RULES:
+        if pattern.search(word):
+            return pattern.sub(replacement, word)
+    return word
 
 
-def _phrases() -> dict[tuple[str, ...], str]:
-    """(words of a name, singular or plural) -> COCO category."""
-    table = {}
-    for category, names in SYNONYMS.items():
-        for name in names + [category]:
-            parts = name.split()
-            for form in (parts, parts[:-1] + [_plural(parts[-1])]):
-                table.setdefault(tuple(form), category)
-    return table
-
-
-PHRASES = _phrases()
-LONGEST = max(len(p) for p in PHRASES)
-
-
-def mentioned_objects(text: str) -> set[str]:
-    """COCO categories mentioned in ``text`` (longest phrase first; each category once)."""
-    tokens = re.findall(r"[a-z]+", text.lower())
-    found, i = set(), 0
-    while i < len(tokens):
-        for n in range(min(LONGEST, len(tokens) - i), 0, -1):
-            category = PHRASES.get(tuple(tokens[i:i + n]))
-            if category:
-                found.add(category)
-                i += n
-                break
+def object_words(text: str) -> list[tuple[str, str]]:
+    """(word as read, COCO category) for every object mention in ``text``, in order, repeats
+    included: "Two dogs and a puppy." -> [("dog", "dog"), ("puppy", "dog")]."""
+    words = [singularize(w) for w in tokenize(text)]
+    joined, i = [], 0
+    while i < len(words):
+        pair = " ".join(words[i:i + 2])
+        if pair in DOUBLE_WORDS:
+            joined.append(DOUBLE_WORDS[pair])
+            i += 2
         else:
+            joined.append(words[i])
             i += 1
-    return found
+    if "toilet" in joined:  # "the seat of the toilet" is no chair
+        joined = [w for w in joined if w != "seat"]
+    return [(w, SYNONYMS[w]) for w in joined if w in SYNONYMS]
+
+
+def object_mentions(text: str) -> list[str]:
+    """The COCO category of every object mention in ``text``, in order, repeats included."""
+    return [category for _, category in object_words(text)]
+
+
+# every name as written, for ground truth (where " motor bike" and "iPhone" are plain names)
+_GROUND_TRUTH_NAMES = {name.strip().lower(): category for name, category in SYNONYMS.items()}
 
 
 def to_category(name: str) -> str:
-    """A ground-truth object name (category, synonym or plural) -> its COCO category."""
-    found = mentioned_objects(name)
+    """A ground-truth object name -> its COCO category: any name of the synonym list ("bus",
+    "motor bike", "sofa"), or a phrase in which the answer rules find one category ("buses",
+    "toilet seat"). Anything else is a ValueError."""
+    name = " ".join(name.lower().split())
+    if name in _GROUND_TRUTH_NAMES:
+        return _GROUND_TRUTH_NAMES[name]
+    found = set(object_mentions(name))
     if len(found) != 1:
         raise ValueError(f"{name!r} is not one of the 80 COCO objects or their synonyms")
     return found.pop()
 
 
+def chair_answer(text: str, truth: list[str]) -> dict:
+    """One answer against its image's true objects (names that ``to_category`` reads): the
+    category of every mention in order ("objects"), those not in the image ("hallucinated"),
+    and the true categories ("truth")."""
+    true = sorted({to_category(t) for t in truth})
+    said = object_mentions(text)
+    return {"objects": said, "hallucinated": [c for c in said if c not in true], "truth": true}
+
+
 def chair(answers: list[str], truths: list[list[str]]) -> dict:
-    """CHAIR_s, CHAIR_i and coverage of answers against each image's true objects."""
-    n_hall_answers = n_mentioned = n_hall = n_truth = n_covered = 0
-    for text, truth in zip(answers, truths):
-        gt = {to_category(t) for t in truth}
-        said = mentioned_objects(text)
-        hallucinated = said - gt
-        n_hall_answers += bool(hallucinated)
-        n_mentioned += len(said)
-        n_hall += len(hallucinated)
-        n_truth += len(gt)
-        n_covered += len(said & gt)
-    return {"chair_s": n_hall_answers / max(1, len(answers)), "chair_i": n_hall / max(1, n_mentioned),
-            "coverage": n_covered / max(1, n_truth), "answers": len(answers)}
+    """CHAIR_s, CHAIR_i and coverage of ``answers`` against each image's true objects, with the
+    mention counts behind them."""
+    judged = [chair_answer(a, t) for a, t in zip(answers, truths, strict=True)]
+    mentions = sum(len(j["objects"]) for j in judged)
+    hallucinated = sum(len(j["hallucinated"]) for j in judged)
+    true = sum(len(j["truth"]) for j in judged)
+    covered = sum(len(set(j["truth"]).intersection(j["objects"])) for j in judged)
+    return {"chair_s": sum(bool(j["hallucinated"]) for j in judged) / max(1, len(judged)),
+            "chair_i": hallucinated / max(1, mentions), "coverage": covered / max(1, true),
+            "mentions": mentions, "hallucinated": hallucinated, "answers": len(judged)}
 
 
-def parse_yes_no(text: str) -> str | None:
-    """'yes' / 'no' from a free-form answer ("Yes, there is a dog.", "No."); None otherwise."""
-    m = re.match(r"\W*(yes|no)\b", text.lower())
-    return m.group(1) if m else None
+# ---- POPE ---------------------------------------------------------------------------------------
+
+POPE_PARSERS = ("standard", "strict")
 
 
-def pope(answers: list[str], labels: list[str]) -> dict:
-    """Accuracy, precision, recall, F1 (positive = yes) and yes-ratio; unparsed answers count
-    as wrong and are reported."""
-    parsed = [parse_yes_no(a) for a in answers]
-    tp = sum(p == "yes" and y == "yes" for p, y in zip(parsed, labels))
-    fp = sum(p == "yes" and y == "no" for p, y in zip(parsed, labels))
-    fn = sum(p != "yes" and y == "yes" for p, y in zip(parsed, labels))
-    correct = sum(p == y for p, y in zip(parsed, labels))
+def parse_yes_no(text: str, parse: str = "standard") -> str | None:
+    """'yes' / 'no' read from a free-form answer; None only under ``parse="strict"``."""
+    if parse == "standard":
+        words = text.split(".")[0].replace(",", "").split(" ")  # the first sentence, as the reference
+        return "no" if {"No", "not", "no"}.intersection(words) else "yes"
+    if parse == "strict":
+        m = re.match(r"\W*(yes|no)\b", text.lower())
+        return m.group(1) if m else None
+    raise ValueError(f"parse must be one of {POPE_PARSERS}, not {parse!r}")
+
+
+def pope(answers: list[str], labels: list[str], parse: str = "standard") -> dict:
+    """Accuracy, precision, recall, F1 (positive = yes) and yes-ratio of ``answers`` against
+    ``labels`` ('yes'/'no'). Unparsed answers (strict parser only) are wrong and reported."""
+    parsed = [parse_yes_no(a, parse) for a in answers]
+    pairs = list(zip(parsed, labels, strict=True))
+    tp = sum(p == "yes" and y == "yes" for p, y in pairs)
+    fp = sum(p == "yes" and y == "no" for p, y in pairs)
+    fn = sum(p != "yes" and y == "yes" for p, y in pairs)
+    correct = sum(p == y for p, y in pairs)
     precision = tp / max(1, tp + fp)
     recall = tp / max(1, tp + fn)
     return {"accuracy": correct / max(1, len(labels)), "precision": precision, "recall": recall,

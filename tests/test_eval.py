@@ -1,4 +1,5 @@
-"""eval.py: CHAIR and POPE by hand, image reliance on a model that ignores the image, columns."""
+"""eval.py: image reliance on a model that ignores the image, columns side by side, benchmark
+options and answer lengths (CHAIR and POPE themselves: test_hallucination.py)."""
 import importlib.util
 import json
 import os
@@ -10,42 +11,7 @@ import torch
 import eval as evaluate
 import train
 from conftest import write_jsonl
-from mmpo.hallucination import chair, mentioned_objects, parse_yes_no, pope
 from mmpo.models import tiny_model
-
-
-def test_object_mentions():
-    assert mentioned_objects("A puppy and two hot dogs near the traffic lights.") == {"dog", "hot dog", "traffic light"}
-    assert mentioned_objects("Three people, some women and a man.") == {"person"}
-    assert mentioned_objects("A beautiful sunset over calm water.") == set()
-    assert mentioned_objects("wine glasses, knives and a teddy bear") == {"wine glass", "knife", "teddy bear"}
-
-
-def test_chair_by_hand():
-    answers = [
-        "A puppy sits on a couch next to two traffic lights.",  # dog (true), couch + traffic light (not)
-        "There are dogs, a dog and more dogs.",                  # dog, once
-        "A beautiful sunset over the water.",                     # no object at all
-        "A hot dog on a dining table.",                           # hot dog is not a dog
-    ]
-    truths = [["dog", "chair"], ["dog"], ["boat"], ["hot dog", "tables"]]
-    m = chair(answers, truths)
-    assert m["chair_s"] == pytest.approx(1 / 4)        # one answer hallucinates
-    assert m["chair_i"] == pytest.approx(2 / 6)        # 2 hallucinated of 3 + 1 + 0 + 2 mentioned
-    assert m["coverage"] == pytest.approx(4 / 6)       # 1 + 1 + 0 + 2 of 2 + 1 + 1 + 2 true objects
-
-
-def test_pope_by_hand():
-    answers = ["Yes, there is a dog.", "No.", "no, there isn't", "I think so", "YES", "Nope"]
-    labels = ["yes", "no", "yes", "yes", "no", "no"]
-    assert [parse_yes_no(a) for a in answers] == ["yes", "no", "no", None, "yes", None]
-    m = pope(answers, labels)
-    assert m["accuracy"] == pytest.approx(2 / 6)
-    assert m["precision"] == pytest.approx(1 / 2)
-    assert m["recall"] == pytest.approx(1 / 3)
-    assert m["f1"] == pytest.approx(0.4)
-    assert m["yes_ratio"] == pytest.approx(2 / 6)
-    assert m["unparsed"] == 2
 
 
 def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):
@@ -87,13 +53,19 @@ def test_checkpoints_side_by_side(easy_data, tmp_path, capsys):
     assert code == 0
     report = json.load(open(tmp_path / "ev" / "eval.json"))
     assert report["columns"] == ["base", "mdpo", "dpo"]
+    tok = tiny_model("tiny-llava")[1].tokenizer  # every column's processor is tiny-llava's
     for col in report["columns"]:
         m = report["metrics"][col]
         for key in ("pref/rejected/reward_acc", "pref/lang_biased/logp_acc", "pref/contrast_on_image/reward_margin",
                     "reliance/noise/cond_acc", "reliance/blind_acc", "chair/chair_i", "pope/f1"):
             assert key in m
         assert m["chair/answers"] == 6 and m["pope/answers"] == 6
-        assert os.path.isfile(tmp_path / "ev" / f"answers-{col}-pope.jsonl")
+        # the mean answer length is that of the saved answers, in words and in the model's tokens
+        for kind in ("chair", "pope"):
+            answers = [json.loads(line)["answer"] for line in open(tmp_path / "ev" / f"answers-{col}-{kind}.jsonl")]
+            assert m[f"{kind}/mean_answer_words"] == pytest.approx(sum(len(a.split()) for a in answers) / 6)
+            tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
+            assert m[f"{kind}/mean_answer_tokens"] == pytest.approx(sum(tokens) / 6)
     # the base model is its own reference: no margin; the trained ones moved away from it
     assert report["metrics"]["base"]["pref/rejected/reward_margin"] == 0.0
     assert report["metrics"]["mdpo"]["pref/rejected/reward_acc"] > 0.5
@@ -121,14 +93,79 @@ def test_bad_benchmark_rows_are_one_line_errors(tmp_path, image_dir, capsys):
         {"image": "img/0.png", "answer": "yes"},
     ])
     chair_ok = write_jsonl(tmp_path / "c2.jsonl", [{"image": "img/0.png", "prompt": "D.", "objects": ["dog", "unicorn"]},
-                                                    {"image": "img/0.png", "prompt": "D.", "objects": "dog"}])
+                                                    {"image": "img/0.png", "prompt": "D.", "objects": "dog"},
+                                                    {"image": "img/0.png", "prompt": "D.", "objects": ["bus"],
+                                                     "captions": "A bus."}])
     assert evaluate.run(["--model", "tiny-llava", "--bench", "chair", chair_ok, "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {chair_ok}:1: field 'objects': 'unicorn' is not one of the 80 COCO objects or their synonyms",
-        f"error: {chair_ok}:2: field 'objects': must be a list of object names"]
+        f"error: {chair_ok}:2: field 'objects': must be a list of object names",
+        f"error: {chair_ok}:3: field 'captions': must be a list of captions"]
     assert evaluate.run(["--model", "tiny-llava", "--bench", "pope", pope_path, "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {pope_path}:1: field 'answer': must be \"yes\" or \"no\"",
         f"error: {pope_path}:2: field 'question': missing"]
     assert evaluate.run(["--model", "tiny-llava", "--bench", "vqa", pope_path]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_generation_length_and_pope_parser_options():
+    args = evaluate.build_parser().parse_args([])
+    assert args.max_new_tokens == 1024  # long descriptions, as published CHAIR evaluations allow
+    assert args.pope_parse == "standard"
+    with pytest.raises(SystemExit):
+        evaluate.build_parser().parse_args(["--pope-parse", "loose"])
+
+
+def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
+    """The benchmarks on answers we wrote ourselves (the model's generation replaced), with each
+    figure worked by hand."""
+    canned = {"Describe.": ["A dog and a dog.", "A cat on a sofa."],
+              "Is there a dog?": ["There is not a dog. A cat.", "There is a cat on the bed."]}
+    asked = []
+
+    def fake_answer(model, processor, prompts, images, *, max_new_tokens, **kwargs):
+        asked.append(max_new_tokens)
+        return canned[prompts[0]]
+    monkeypatch.setattr(evaluate, "answer", fake_answer)
+    chair_path = write_jsonl(tmp_path / "c.jsonl", [
+        {"image": "img/0.png", "prompt": "Describe.", "objects": ["dog"]},
+        # the reference captions' objects are true objects too: the sofa (a couch) is not hallucinated
+        {"image": "img/1.png", "prompt": "Describe.", "objects": ["cats"], "captions": ["A cat on a couch."]}])
+    pope_path = write_jsonl(tmp_path / "p.jsonl", [
+        {"image": "img/0.png", "question": "Is there a dog?", "answer": "no"},
+        {"image": "img/1.png", "question": "Is there a dog?", "answer": "yes"}])
+    for parse in ("standard", "strict"):
+        out = tmp_path / parse
+        assert evaluate.run(["--model", "tiny-llava", "--bench", "chair", chair_path, "--bench", "pope", pope_path,
+                             "--out", str(out), "--pope-parse", parse]) == 0
+        m = json.load(open(out / "eval.json"))["metrics"]["base"]
+        # CHAIR: dog, dog (true) | cat, couch (true, the couch from the caption): 4 mentions, none hallucinated
+        assert (m["chair/chair_s"], m["chair/chair_i"], m["chair/coverage"], m["chair/mentions"]) == (0, 0, 1, 4)
+        # "A dog and a dog." 5 words, "A cat on a sofa." 5 words; one byte-level token per character: 16, 16
+        assert m["chair/mean_answer_words"] == 5 and m["chair/mean_answer_tokens"] == 16
+        # 7 and 7 words; 26 and 26 characters
+        assert m["pope/mean_answer_words"] == 7 and m["pope/mean_answer_tokens"] == 26
+        saved = [json.loads(line) for line in open(out / "answers-base-pope.jsonl")]
+        if parse == "standard":
+            # "not" in the first sentence -> no (right); no "no" at all -> yes (right)
+            assert [s["parsed"] for s in saved] == ["no", "yes"]
+            assert (m["pope/accuracy"], m["pope/precision"], m["pope/recall"], m["pope/f1"]) == (1, 1, 1, 1)
+            assert (m["pope/yes_ratio"], m["pope/unparsed"]) == (0.5, 0)
+        else:
+            # neither starts with yes or no: both unparsed, both wrong
+            assert [s["parsed"] for s in saved] == [None, None]
+            assert (m["pope/accuracy"], m["pope/precision"], m["pope/recall"], m["pope/f1"]) == (0, 0, 0, 0)
+            assert (m["pope/yes_ratio"], m["pope/unparsed"]) == (0, 2)
+    assert asked == [1024] * 4  # the default reaches the generation
+    saved = [json.loads(line) for line in open(tmp_path / "strict" / "answers-base-chair.jsonl")]
+    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "objects": ["cat", "couch"], "hallucinated": []}
+
+    # POPE's splits side by side, each named by its file; a shorter generation on request
+    split = write_jsonl(tmp_path / "adversarial.jsonl", [json.loads(line) for line in open(pope_path)])
+    assert evaluate.run(["--model", "tiny-llava", "--bench", "pope", pope_path, "--bench", "pope", split,
+                         "--out", str(tmp_path / "splits"), "--max-new-tokens", "7"]) == 0
+    m = json.load(open(tmp_path / "splits" / "eval.json"))["metrics"]["base"]
+    assert m["pope-p/accuracy"] == 1 and m["pope-adversarial/accuracy"] == 1 and "pope/accuracy" not in m
+    assert os.path.isfile(tmp_path / "splits" / "answers-base-pope-adversarial.jsonl")
+    assert asked[4:] == [7, 7]

@@ -1,0 +1,169 @@
+"""CHAIR and POPE read by the reference evaluations' rules, worked by hand.
+
+CHAIR: Rohrbach et al. 2018's chair.py (LisaAnne/Hallucination) and its standalone Python 3
+port (Maxlinn/CHAIR-metric-standalone). POPE: the parser of POPE's evaluate.py and LLaVA's
+eval_pope.py. Each example shows one rule; the last CHAIR test adds them all up.
+"""
+import pytest
+
+from mmpo.hallucination import (CATEGORIES, chair, chair_answer, object_mentions, object_words, parse_yes_no, pope,
+                                singularize, to_category, tokenize)
+
+
+def test_the_synonym_list_has_the_80_coco_categories():
+    assert len(CATEGORIES) == 80
+    assert CATEGORIES[:3] == ["person", "bicycle", "car"] and CATEGORIES[-1] == "toothbrush"
+
+
+def test_every_mention_counts():
+    # dog, dog, cat: 3 mentions, 1 of them (cat) hallucinated; dog is covered once
+    m = chair(["A dog chases a dog and a cat."], [["dog"]])
+    assert (m["mentions"], m["hallucinated"]) == (3, 1)
+    assert m["chair_i"] == pytest.approx(1 / 3)  # counting each object once would say 1/2
+    assert m["chair_s"] == 1.0 and m["coverage"] == 1.0
+
+
+def test_only_the_reference_synonyms_count():
+    # in the list: policeman, cop (person), van, taxi (car), monitor (tv), seat (chair), ball (sports ball)
+    assert object_mentions("A policeman, a cop, a van, a taxi, a monitor, a seat, a ball.") == \
+        ["person", "person", "car", "car", "tv", "chair", "sports ball"]
+    # not in it: a bag is no handbag, a bat no baseball bat, a meter no parking meter
+    assert object_mentions("A bag, a bat and a meter.") == []
+    assert object_mentions("A parking meter.") == ["parking meter"]
+
+
+def test_plurals_and_irregular_plurals():
+    assert [singularize(w) for w in ["dogs", "people", "men", "women", "children", "mice", "knives", "geese",
+                                     "buses", "skis", "glasses", "ponies", "benches", "calves", "sheep"]] == \
+        ["dog", "person", "man", "woman", "child", "mouse", "knife", "goose",
+         "bus", "ski", "glass", "pony", "bench", "calf", "sheep"]
+    assert object_mentions("People, men, women, children, mice, knives, geese, buses, skis, glasses.") == \
+        ["person", "person", "person", "person", "mouse", "knife", "bird", "bus", "skis"]  # a glass is no object
+
+
+def test_the_reference_singularizer_quirks():
+    # pattern.en strips any final s: a "bus" becomes "bu" and counts as nothing, only "buses" do
+    assert (singularize("bus"), singularize("glass"), singularize("tennis")) == ("bu", "glas", "tenni")
+    assert object_mentions("A bus and two buses.") == ["bus"]
+    # it returns "doggies" and "collies" unchanged, "canoes" -> "cano", "ties" -> "ty": no object
+    assert object_mentions("Doggies, collies, canoes and ties.") == []
+    assert object_mentions("A doggie, a collie, a canoe and a tie.") == ["dog", "dog", "boat", "tie"]
+
+
+def test_words_are_split_as_nltk_splits_them():
+    assert tokenize("The dog's bowl, two dogs' toys.") == ["the", "dog", "'s", "bowl", ",", "two", "dogs", "'",
+                                                          "toys", "."]
+    # a hyphen or slash keeps one word, which is no object; markdown stars are split off
+    assert object_mentions("A hot-dog stand, a dog/cat toy and a **Dog**.") == ["dog"]
+
+
+def test_two_word_names():
+    # each pair is one object: no dog in a hot dog, no bear in a teddy bear, no phone in a cell phone
+    assert object_mentions("A hot dog, two teddy bears, a cell phone, traffic lights, wine glasses.") == \
+        ["hot dog", "teddy bear", "cell phone", "traffic light", "wine glass"]
+    assert object_mentions("A bow tie and a motor cycle.") == ["tie", "motorcycle"]
+    # a train track and a motor bike are no object at all (" motor bike" has a stray space in the list)
+    assert object_mentions("A train track, a motor bike.") == []
+    # pairs are taken left to right, each word once: "baby teddy" is no pair, so the baby is a person
+    assert object_mentions("A baby teddy bear.") == ["person", "teddy bear"]
+    assert object_mentions("A passenger train track.") == ["train"]
+
+
+def test_a_toilet_seat_is_no_chair():
+    assert object_mentions("A toilet seat.") == ["toilet"]
+    # once the answer says toilet, no seat counts as a chair, wherever it is
+    assert object_mentions("The seat of the toilet, and a seat by the sink.") == ["toilet", "sink"]
+    assert object_mentions("A seat by the sink.") == ["chair", "sink"]
+
+
+def test_baby_and_adult_animals_are_animals():
+    assert object_mentions("A baby elephant and adult dogs.") == ["elephant", "dog"]
+    assert object_mentions("A baby.") == ["person"]
+    assert object_mentions("A baby animal.") == []  # "animal" is no COCO category
+
+
+def test_passenger_jet_and_train_are_vehicles():
+    assert object_mentions("A passenger jet, passenger trains.") == ["airplane", "train"]
+    # only jet and train: a passenger plane is a person and a plane
+    assert object_mentions("A passenger plane.") == ["person", "airplane"]
+
+
+def test_words_as_read():
+    assert object_words("Two puppies near a sofa.") == [("puppy", "dog"), ("sofa", "couch")]
+
+
+def test_ground_truth_names():
+    assert [to_category(n) for n in ["dog", "bus", "buses", "Motor Bike", "tables", "toilet seat", "tv"]] == \
+        ["dog", "bus", "bus", "motorcycle", "dining table", "toilet", "tv"]
+    for bad in ["unicorn", "dog and cat", ""]:
+        with pytest.raises(ValueError, match="is not one of the 80 COCO objects"):
+            to_category(bad)
+
+
+def test_chair_by_hand():
+    answers = [
+        "A dog chases a dog and a cat.",                                      # dog dog cat*
+        "A policeman waves at a taxi while a cop checks the monitor.",        # person car person tv*
+        "A bag, a bat and a parking meter.",                                  # parking meter
+        "Two women and their children watch the geese; mice run past the knives.",  # person person bird mouse* knife*
+        "A hot dog and a teddy bear beside a cell phone.",                    # hot dog, teddy bear, cell phone*
+        "The toilet seat is up and a seat leans on the toilet.",              # toilet toilet
+        "A baby elephant follows an adult elephant.",                         # elephant elephant
+        "A passenger jet flies over a passenger train.",                      # airplane train*
+        "A bus passes two buses.",                                            # bus (only the plural counts)
+        "A sunny day.",                                                       # nothing
+    ]
+    truths = [["dog"], ["person", "car"], ["parking meter"], ["person", "bird"], ["hot dog", "teddy bear"],
+              ["toilet"], ["elephant", "person"], ["airplane"], ["bus"], ["boat"]]
+    assert chair_answer(answers[3], truths[3]) == {"objects": ["person", "person", "bird", "mouse", "knife"],
+                                                   "hallucinated": ["mouse", "knife"], "truth": ["bird", "person"]}
+    m = chair(answers, truths)
+    # answers with a hallucination (*): 1, 2, 4, 5, 8 -> 5 of 10
+    assert m["chair_s"] == pytest.approx(5 / 10)
+    # mentions 3+4+1+5+3+2+2+2+1+0 = 23, hallucinated 1+1+0+2+1+0+0+1+0+0 = 6
+    assert (m["mentions"], m["hallucinated"]) == (23, 6)
+    assert m["chair_i"] == pytest.approx(6 / 23)
+    # true objects 1+2+1+2+2+1+2+1+1+1 = 14, mentioned 1+2+1+2+2+1+1+1+1+0 = 12 (no person in 7, no boat in 10)
+    assert m["coverage"] == pytest.approx(12 / 14)
+    assert m["answers"] == 10
+
+
+def test_chair_of_nothing_is_zero():
+    # the reference divides by zero here; we report 0
+    assert chair(["A sunny day."], [[]]) == {"chair_s": 0.0, "chair_i": 0.0, "coverage": 0.0, "mentions": 0,
+                                             "hallucinated": 0, "answers": 1}
+
+
+POPE_ANSWERS = ["Yes, there is a dog.", "No.", "There is not a dog. A cat.", "There is a cat on the bed.",
+                "I see no dog", "NO!"]
+POPE_LABELS = ["yes", "no", "no", "no", "yes", "no"]
+
+
+def test_pope_standard_parser():
+    # first sentence, commas dropped, split on spaces: "no" if No / not / no is a word, else "yes"
+    assert [parse_yes_no(a) for a in POPE_ANSWERS] == ["yes", "no", "no", "yes", "no", "yes"]
+    # "NO!" is the word "NO!", neither No nor no; "Not" is no "not"; only the first sentence counts
+    assert [parse_yes_no(a) for a in ["Not really.", "Yes. There is no cat.", "No dog here"]] == ["yes", "yes", "no"]
+    m = pope(POPE_ANSWERS, POPE_LABELS)
+    # TP: 1; TN: 2, 3; FP: 4, 6; FN: 5
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["precision"] == pytest.approx(1 / 3)
+    assert m["recall"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))  # 0.4
+    assert m["yes_ratio"] == pytest.approx(3 / 6)
+    assert m["unparsed"] == 0 and m["answers"] == 6
+
+
+def test_pope_strict_parser():
+    # only a leading yes / no (any case) is read; the rest is unparsed and wrong
+    assert [parse_yes_no(a, "strict") for a in POPE_ANSWERS] == ["yes", "no", None, None, None, "no"]
+    m = pope(POPE_ANSWERS, POPE_LABELS, parse="strict")
+    # TP: 1; FP: none; FN: 5 (unparsed, label yes); correct: 1, 2, 6
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["precision"] == pytest.approx(1.0)
+    assert m["recall"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["yes_ratio"] == pytest.approx(1 / 6)
+    assert m["unparsed"] == 3
+    with pytest.raises(ValueError, match="parse must be one of"):
+        pope(POPE_ANSWERS, POPE_LABELS, parse="loose")
