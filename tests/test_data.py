@@ -1,11 +1,15 @@
 """Reading, checking and tokenizing preference data."""
+import gzip
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import write_jsonl
+from conftest import ROOT, write_jsonl
 from mmpo.data import (DataError, PreferenceDataset, collate, epoch_order, load_image, processed_mask, read_rows,
                        required_fields)
 from mmpo.models import tiny_llava_processor, tiny_model
@@ -202,3 +206,147 @@ def test_truncated_generations_get_no_end_of_sequence(tmp_path, image_dir):
     ex = ds[0]
     assert ex.responses["chosen"].tolist() == [ord(c) for c in "abc"] + [eos]
     assert ex.responses["lang_biased"].tolist() == [ord(c) for c in "cut mid"]  # stopped at the limit: no eos
+
+
+# ---- what a user with a bad data file sees: one clear line per problem ----------------------
+
+GOOD = {"image": "img/0.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"}
+DPO = required_fields(("chosen", "rejected"), "crop")
+
+
+def problems(path, required=DPO):
+    """The messages read_rows raises for a file (it must raise)."""
+    with pytest.raises(DataError) as e:
+        read_rows(str(path), required)
+    return e.value.messages
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_other_lines_still_checked(tmp_path, image_dir):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join([
+        json.dumps(GOOD).encode(),
+        b'{"prompt": "caf\xe9"}',                    # 2: Latin-1 e-acute
+        json.dumps({**GOOD, "rejected": ""}).encode(),  # 3: still checked
+        '{"prompt": "\u00e9t'.encode() + b'\xff"}',  # 4: after a real two-byte e-acute
+    ]) + b"\n")
+    assert problems(path) == [
+        f"{path}:2: not UTF-8 text (byte 0xE9 at column 16)",
+        f"{path}:3: field 'rejected': must be a non-empty string",
+        f"{path}:4: not UTF-8 text (byte 0xFF at column 15)",  # columns count characters, not bytes
+    ]
+
+
+def test_the_programs_print_undecodable_lines_without_a_traceback(tmp_path, image_dir):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b'\n{"prompt": "caf\xe9"}\n')
+    r = subprocess.run([sys.executable, "-m", "mmpo.prepare", "mfpo", "--data", str(path), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {path}:2: not UTF-8 text (byte 0xE9 at column 16)"]
+    assert not (tmp_path / "o").exists()  # nothing is written for bad data
+
+
+def test_a_byte_order_mark_is_ignored_at_the_start_and_where_files_were_joined(tmp_path, image_dir):
+    path = tmp_path / "d.jsonl"
+    bom = b"\xef\xbb\xbf"  # what Windows editors write in front of UTF-8 text
+    path.write_bytes(bom + json.dumps(GOOD).encode() + b"\r\n" + bom + json.dumps({**GOOD, "id": "b"}).encode() + b"\r\n")
+    rows = read_rows(str(path), DPO)
+    assert [r["id"] for r in rows] == ["1", "b"] and rows[0]["prompt"] == "Q?"
+
+
+def test_data_path_that_is_a_folder_or_missing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert problems(tmp_path / "empty") == [f"{tmp_path / 'empty'}: is a folder, expected a JSONL file"]
+    # prepare writes OUT/data.jsonl: a user who passes OUT is shown the file
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "data.jsonl").write_text("")
+    assert problems(tmp_path / "prepared") == [
+        f"{tmp_path / 'prepared'}: is a folder, expected a JSONL file (did you mean {tmp_path / 'prepared' / 'data.jsonl'}?)"]
+    assert problems(tmp_path / "nope.jsonl") == [f"{tmp_path / 'nope.jsonl'}: no such file"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty file, expected one JSON object per line"),
+    (b"\xef\xbb\xbf", "empty file, expected one JSON object per line"),  # a BOM and nothing else
+    (b"\n  \n\r\n\t\n", "only blank lines, expected one JSON object per line"),
+    (json.dumps(GOOD).encode("utf-16"), "UTF-16 text, expected UTF-8 (save the file as UTF-8)"),  # Notepad's "Unicode"
+    (gzip.compress(json.dumps(GOOD).encode()), "gzip-compressed, expected JSONL text (decompress it with gunzip first)"),
+    (json.dumps([GOOD, GOOD], indent=2).encode(), "a JSON array, expected JSON Lines (one JSON object per line)"),
+    (json.dumps(GOOD, indent=1).encode(), "one JSON object over 6 lines, expected JSON Lines (one JSON object per line)"),
+])
+def test_a_file_that_is_no_jsonl_at_all_is_one_line(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(content)
+    assert problems(path) == [f"{path}: {message}"]
+
+
+def test_an_image_path_that_is_a_folder(tmp_path, image_dir):
+    path = write_jsonl(tmp_path / "d.jsonl", [{**GOOD, "image": "img"}])
+    assert problems(path) == [f"{path}:1: field 'image': is a folder, not an image file: {image_dir}"]
+
+
+def test_an_image_path_written_from_the_current_folder_gets_a_hint(tmp_path, image_dir, monkeypatch):
+    (tmp_path / "data").mkdir()
+    path = write_jsonl(tmp_path / "data" / "d.jsonl", [GOOD])
+    monkeypatch.chdir(tmp_path)  # img/0.png is here, not beside the data file
+    assert problems(path) == [f"{path}:1: field 'image': image file not found: {tmp_path / 'data' / 'img' / '0.png'}"
+                              " (relative paths start at the data file's folder)"]
+
+
+def test_a_generated_field_missing_everywhere_is_one_line_with_the_command_that_makes_it(tmp_path, image_dir):
+    rows = [GOOD] * 7 + [{**GOOD, "lang_biased": "a", "vision_biased": "b"}]
+    rows[3] = {k: v for k, v in GOOD.items() if k != "rejected"}  # missing on one row only
+    path = write_jsonl(tmp_path / "d.jsonl", [{**r, "id": str(i)} for i, r in enumerate(rows)])
+    napo = f"make it with python -m mmpo.prepare napo --data {path} --out DIR --model M"
+    assert problems(path, required_fields(("chosen", "rejected", "lang_biased", "vision_biased"), "crop")) == [
+        f"{path}: field 'lang_biased': missing on 7 of 8 rows (lines 1, 2, 3, 4, 5, ...); {napo}",
+        f"{path}: field 'vision_biased': missing on 7 of 8 rows (lines 1, 2, 3, 4, 5, ...); {napo}",
+        f"{path}:4: field 'rejected': missing",  # once: the line as before
+    ]
+
+
+def test_symmpo_fields_and_plain_fields_missing_on_several_rows(tmp_path, image_dir):
+    no_prompt = {k: v for k, v in GOOD.items() if k != "prompt"}
+    path = write_jsonl(tmp_path / "d.jsonl", ["{oops", no_prompt, no_prompt])
+    symmpo = f"make it with python -m mmpo.prepare symmpo --data {path} --out DIR --model M"
+    assert problems(path, required_fields(("chosen", "contrast_on_image", "contrast_on_corrupt"), "contrast")) == [
+        f"{path}:1: invalid JSON (Expecting property name enclosed in double quotes, column 2)",
+        f"{path}: field 'contrast_chosen': missing on 2 of 2 rows (lines 2, 3); {symmpo}",
+        f"{path}: field 'contrast_image': missing on 2 of 2 rows (lines 2, 3); {symmpo}",
+        f"{path}: field 'prompt': missing on 2 of 2 rows (lines 2, 3)",  # written by people: no command
+    ]
+
+
+def test_ids_may_be_numbers_but_not_lists_or_booleans(tmp_path, image_dir):
+    path = write_jsonl(tmp_path / "d.jsonl", [{**GOOD, "id": 7}, {**GOOD, "id": "x"}, {**GOOD, "id": None}])
+    assert [r["id"] for r in read_rows(path, DPO)] == ["7", "x", "3"]  # null: the line number, as when absent
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**GOOD, "id": 7}, {**GOOD, "id": "7"}, {**GOOD, "id": [1, 2]},
+                                               {**GOOD, "id": True}, {**GOOD, "id": ""}, {**GOOD, "id": 2.5}])
+    assert problems(bad) == [
+        f"{bad}:2: field 'id': duplicate id '7' (first on line 1)",  # 7 and "7" name the same example
+        f"{bad}:3: field 'id': must be a non-empty string or a whole number, got [1, 2]",
+        f"{bad}:4: field 'id': must be a non-empty string or a whole number, got true",
+        f"{bad}:5: field 'id': must be a non-empty string or a whole number, got \"\"",
+        f"{bad}:6: field 'id': must be a non-empty string or a whole number, got 2.5",
+    ]
+
+
+def test_wrong_types_are_shown_as_written(tmp_path, image_dir):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join([
+        json.dumps({**GOOD, "difficulty": 3}),                    # fine
+        json.dumps({**GOOD, "difficulty": True}),                 # JSON's true is no number
+        json.dumps({**GOOD, "difficulty": "0.5"}),
+        '{"image": "img/0.png", "prompt": "Q?", "chosen": "yes", "rejected": "no", "difficulty": NaN}',
+        json.dumps({**GOOD, "chosen": ["yes", "indeed"], "noise_step": True}),
+        json.dumps({**GOOD, "rejected": {"text": "no, it is not: " + "really " * 10}}),
+    ]) + "\n")
+    assert problems(path) == [
+        f"{path}:2: field 'difficulty': must be a number, got true",
+        f"{path}:3: field 'difficulty': must be a number, got \"0.5\"",
+        f"{path}:4: field 'difficulty': must be a finite number, got NaN",
+        f"{path}:5: field 'chosen': must be a non-empty string, got [\"yes\", \"indeed\"]",
+        f"{path}:5: field 'noise_step': must be a whole number in [0, 1000), got true",  # every problem of a row
+        # a long value is cut to 40 characters
+        f"{path}:6: field 'rejected': must be a non-empty string, got {{\"text\": \"no, it is not: really reall...",
+    ]
