@@ -7,45 +7,75 @@
 Every option: ``python train.py --help`` (mmpo/config.py). Reads top to bottom: configuration,
 data, model, reference, optimizer, the loop, the final model.
 """
+import sys
+
+if __name__ == "__main__":  # --help and option errors answer at once, before torch is imported
+    from mmpo import cli, config
+    if cli.run(config.parse_args, sys.argv[1:], light=True):
+        sys.exit(2)
+
 import copy
 import json
 import math
 import os
-import sys
 import time
 
 import mmpo  # noqa: F401  before torch runs a kernel: mmpo/cpu_bf16.py keeps bf16 from dying with SIGILL
 import torch
 from tqdm import tqdm
 
-from mmpo import checkpoint, cli, curriculum, distributed, lora, reference
+from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report
 from mmpo.cli import UserError
-from mmpo.config import Config, parse_args, recipe_line, resolve
+from mmpo.config import Config, parse_args, recipe_line, resolve, typed_flags
 from mmpo.data import PreferenceDataset, collate, make_synthetic, pad_id, plan
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
 
 
-def main(cfg: Config):
+def check_model_name(name: str):
+    """A --model that looks like a path must be a model directory (else transformers would try
+    it as a hub id and answer with a puzzling message)."""
+    if name in TINY_MODELS or not (name.startswith((".", "/", "~")) or os.path.exists(name)):
+        return
+    if not os.path.isdir(name):
+        raise UserError(f"--model {name}: no such directory")
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        raise UserError(f"--model {name}: not a model directory (no config.json)")
+
+
+def drop_overlong(dataset, stages, cfg, pad, d) -> list[list[int]]:
+    """Check every example once before training: one whose prompt and image alone exceed
+    --max-length cannot be trained on, so it leaves the schedule (and is reported) instead of
+    silently thinning some batches; if none is left, stop."""
+    share = distributed.rank_share(len(dataset), cfg.batch_size, d)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=cfg.num_workers,
+                                         collate_fn=lambda ex: [(e.id, e.skip) for e in ex])
+    skips = distributed.merge_dicts({i: why for part in loader for i, why in part if why}, d)
+    if not skips:
+        return stages
+    index = {r["id"]: k for k, r in enumerate(dataset.rows)}
+    first = skips[min(skips, key=index.get)]
+    if len(skips) == len(dataset):
+        raise UserError(f"all {len(dataset)} examples are longer than --max-length {cfg.max_length} before their "
+                        f"answer (e.g. {first}): nothing to train; raise --max-length")
+    if d.main:
+        print(f"skipped {len(skips)} of {len(dataset)} examples: prompt and image take --max-length "
+              f"{cfg.max_length} tokens or more (first: {first})")
+    drop = {index[i] for i in skips}
+    return [[i for i in stage if i not in drop] for stage in stages]
+
+
+def main(cfg: Config, typed: set[str] = frozenset()):
     # ---- configuration ------------------------------------------------------------------
     d = distributed.setup()
-    if cfg.resume:
-        saved = os.path.join(cfg.resume, "config.json")
-        if not os.path.isfile(saved):
-            raise UserError(f"--resume {cfg.resume}: no config.json there, nothing to resume")
-        with open(saved) as f:
-            cfg = Config(**{**json.load(f), "resume": cfg.resume, "out": cfg.resume})
-        ckpt = checkpoint.latest(cfg.out)
-        if ckpt:  # on another number of processes, keep the global batch by scaling the accumulation
-            with open(os.path.join(ckpt, "trainer_state.json")) as f:
-                saved_world = json.load(f)["world_size"]
-            if saved_world != d.world:
-                if (cfg.grad_accum * saved_world) % d.world:
-                    raise UserError(f"--resume {cfg.resume}: a global batch of {cfg.batch_size * cfg.grad_accum * saved_world}"
-                                    f" cannot be split over {d.world} processes of batch {cfg.batch_size}")
-                cfg.grad_accum = cfg.grad_accum * saved_world // d.world
+    if cfg.resume:  # the same run: its config, with only --max-steps and the like from the command line
+        cfg = checkpoint.resume_config(cfg, typed, d.world)
+    else:  # a new run never lands on an old one
+        checkpoint.claim_out(cfg.out, cfg.overwrite, d)
     cfg = resolve(cfg)
+    check_model_name(cfg.model)
+    report.check_report_to(cfg.report_to)  # before any model work
     if cfg.recipe == "paper" and d.main:
         print(recipe_line(cfg))
     views = OBJECTIVES[cfg.objective].views
@@ -54,10 +84,6 @@ def main(cfg: Config):
         raise UserError("--redraw-corruption draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
         raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
-    if d.main:
-        os.makedirs(cfg.out, exist_ok=True)
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(vars(cfg), f, indent=1)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding
 
     # ---- data: every row is checked before any model is loaded -------------------------
@@ -69,6 +95,11 @@ def main(cfg: Config):
         distributed.barrier(d)
     dataset = PreferenceDataset(data_path, None, views, corruption=cfg.corruption, seed=cfg.seed,
                                 max_length=cfg.max_length, noise_step=cfg.noise_step, redraw=cfg.redraw_corruption)
+    eval_set = None
+    if cfg.eval_data:  # held-out: the objective's views, and m' for the conditional accuracy
+        eval_views = tuple(dict.fromkeys(views + ("chosen_on_corrupt",)))
+        eval_set = PreferenceDataset(cfg.eval_data, None, eval_views, corruption=cfg.corruption, seed=cfg.seed,
+                                     max_length=cfg.max_length, noise_step=cfg.noise_step)
 
     # ---- model: the policy, with LoRA adapters or fully trainable ------------------------
     try:
@@ -83,6 +114,8 @@ def main(cfg: Config):
             processor.save_pretrained(base_model)
     model_fp = reference.model_fingerprint(cfg.model, model) if cfg.ref_cache or cfg.curriculum != "none" else ""
     dataset.processor = processor
+    if eval_set is not None:
+        eval_set.processor = processor
     pad = pad_id(processor.tokenizer)
     freeze_vision_tower(model)
     frozen_ref = None
@@ -117,13 +150,18 @@ def main(cfg: Config):
         fp = reference.fingerprint(model_fp, data_path, {"score": "entropy", "max_length": cfg.max_length})
         scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
+    stages = drop_overlong(dataset, stages, cfg, pad, d)
     steps = plan(stages, cfg.epochs, global_batch, cfg.seed)
     if not steps:
-        raise UserError(f"{data_path}: {len(dataset)} examples, fewer than one global batch of {global_batch} per stage")
+        raise UserError(f"{data_path}: {sum(map(len, stages))} trainable examples, fewer than one global batch of "
+                        f"{global_batch} (--batch-size x --grad-accum x processes) per stage")
     total_steps = len(steps) if cfg.max_steps < 0 else cfg.max_steps
     if total_steps > len(steps):
         raise UserError(f"--max-steps {cfg.max_steps} is more than {cfg.epochs} epochs hold ({len(steps)} steps): raise --epochs")
     stage_starts = {i for i in range(1, len(steps)) if steps[i][0] != steps[i - 1][0]}
+    if d.main and len(stages) > 1 and steps[total_steps - 1][0] < len(stages) - 1:
+        print(f"--max-steps {total_steps} ends in curriculum stage {steps[total_steps - 1][0] + 1} of {len(stages)}: "
+              f"the later stages never train")
 
     def loader(step0: int):
         """This rank's micro-batches from optimizer step ``step0`` on: the m-th micro-batch of a
@@ -158,10 +196,29 @@ def main(cfg: Config):
                 ref_table = reference.build_cache(cfg.ref_cache, fp, model, frozen_ref, everything, views, d)
             model.train()
 
-    def ref_logps(batch, features):
+    def ref_logps(batch, features=None):
         if ref_table is not None:
             return reference.cached_logps(ref_table, batch)
         return reference.live_logps(model, frozen_ref, batch, features)
+
+    # ---- held-out evaluation: the same objective on --eval-data, with the same reference ----
+    eval_ref = ref_logps
+    if eval_set is not None and ref_table is not None:  # the initial model's held-out scores, cached too
+        fp = reference.fingerprint(model_fp, cfg.eval_data, {**settings, "views": eval_set.views})
+        eval_table = reference.load_cache(cfg.ref_cache + ".eval", fp)
+        if eval_table is None:
+            share = distributed.rank_share(len(eval_set), cfg.batch_size, d)
+            eval_loader = torch.utils.data.DataLoader(eval_set, batch_sampler=share, num_workers=cfg.num_workers,
+                                                      collate_fn=lambda ex: collate(ex, eval_set.views, pad))
+            model.eval()
+            with autocast:
+                eval_table = reference.build_cache(cfg.ref_cache + ".eval", fp, model, frozen_ref, eval_loader,
+                                                   eval_set.views, d)
+            model.train()
+        eval_ref = lambda batch, features=None: reference.cached_logps(eval_table, batch)  # noqa: E731
+
+    def held_out() -> dict:
+        return report.evaluate(model, eval_set, eval_ref, cfg.objective, options, cfg.batch_size, pad, d, autocast)
 
     # ---- optimizer: AdamW, linear warmup then cosine decay ------------------------------
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
@@ -173,11 +230,11 @@ def main(cfg: Config):
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
 
-    step, nonfinite, skipped_total = 0, 0, 0
+    step, nonfinite = 0, 0
     ckpt = checkpoint.latest(cfg.out) if cfg.resume else None
     if ckpt:
         state = checkpoint.load(ckpt, model, optimizer, scheduler, d)
-        step, nonfinite, skipped_total = state["step"], state["nonfinite"], state["skipped"]
+        step, nonfinite = state["step"], state["nonfinite"]
         if d.main:
             print(f"resumed from {ckpt} at step {step}")
     def refresh_reference(at: int):
@@ -204,22 +261,21 @@ def main(cfg: Config):
 
     def save():
         checkpoint.save(cfg.out, step, model, optimizer, scheduler,
-                        {"nonfinite": nonfinite, "skipped": skipped_total, "base_model": base_model}, d)
+                        {"nonfinite": nonfinite, "base_model": base_model}, d)
 
     # ---- the loop ----------------------------------------------------------------------
-    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if d.main else None
+    if d.main:  # written once everything checked out: from now on this folder holds a run (resumed: the new length)
+        checkpoint.write_config(cfg)
+    log = report.MetricsLog(cfg.out, cfg.report_to, d.main)
     bar = tqdm(total=total_steps, initial=step, desc=cfg.objective, dynamic_ncols=True, disable=not d.main)
     batches = iter(loader(step))
-    t0, samples, tokens = time.perf_counter(), 0, 0
+    t0, samples, tokens, last, evals = time.perf_counter(), 0, 0, {}, []
     while step < total_steps:
         if cfg.refresh_ref_per_stage and step in stage_starts:
             refresh_reference(step)
         sums, n_micro, loss_ok = {}, 0, True
         for _ in range(cfg.grad_accum):
             batch = next(batches)
-            skipped_total += len(batch.skipped)
-            for msg in batch.skipped:
-                tqdm.write(f"skipped: {msg}")
             if not distributed.all_ranks_have(len(batch), d):  # every rank runs every forward, or none does
                 continue
             with autocast:
@@ -259,15 +315,21 @@ def main(cfg: Config):
         scheduler.step()
         step += 1
         bar.update(1)
-        if n_micro and loss_ok:
-            row = {"step": step, "lr": lr, **distributed.mean_over_ranks({k: v / n_micro for k, v in sums.items()}, d),
-                   "grad_norm": float(grad_norm), "samples_per_s": samples / (time.perf_counter() - t0),
-                   "tokens_per_s": tokens / (time.perf_counter() - t0)}
+        stage, epoch, _ = steps[step - 1]
+        row = {"step": step, "epoch": epoch, "stage": stage, "elapsed_s": time.perf_counter() - t0}
+        trained = bool(n_micro and loss_ok)
+        if trained:
+            last = {"learning_rate": lr, **distributed.mean_over_ranks({k: v / n_micro for k, v in sums.items()}, d),
+                    "grad_norm": float(grad_norm), "samples_per_s": samples / (time.perf_counter() - t0),
+                    "tokens_per_s": tokens / (time.perf_counter() - t0)}
+            row.update(last)
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
                             sps=f"{row['samples_per_s']:.1f}")
-            if d.main and (step % cfg.log_every == 0 or step == total_steps):
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
+        if eval_set is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
+            row.update(held_out())
+            evals.append(row)
+        if (trained and (step % cfg.log_every == 0 or step == total_steps)) or "eval/loss" in row:
+            log.write(row)
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
             save()
     bar.close()
@@ -287,22 +349,20 @@ def main(cfg: Config):
                 plain.load_state_dict(full)
             plain.save_pretrained(final)
     if d.main:
-        metrics_file.close()
+        log.close()
         processor.save_pretrained(final)
         if cfg.merge and cfg.lora_rank > 0:
             merged = os.path.join(cfg.out, "merged")
             fresh = load_model(base_model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)[0]
             lora.merge(lora.load_adapter(fresh, final)).save_pretrained(merged)
             processor.save_pretrained(merged)
-        if skipped_total:
-            print(f"{skipped_total} over-long samples skipped (see the messages above)")
-        print(f"done: {step} steps. metrics: {os.path.join(cfg.out, 'metrics.jsonl')}  model: {final}")
+        print(report.summary(step, samples, time.perf_counter() - t0, last, evals, cfg.out, final))
     distributed.barrier(d)
 
 
 def run(argv=None) -> int:
     """train.py's command line; user errors become one line on stderr and exit status 2."""
-    return cli.run(lambda: main(parse_args(argv)))
+    return cli.run(lambda: main(parse_args(argv), typed_flags(argv)))
 
 
 if __name__ == "__main__":

@@ -150,3 +150,83 @@ def truncate_metrics(path: str, step: int):
             except (ValueError, KeyError):  # a line cut short by the kill
                 pass
     _write_atomic(path, "".join(rows))
+
+
+# ---- the run directory: a new run never lands on an old one; a resumed run is the same run ----
+
+RUN_NAMES = ("config.json", "metrics.jsonl", "latest", "final", "merged", "base_model", "synthetic", "tensorboard")
+RUN_PREFIXES = ("checkpoint-", "reference-", ".checkpoint-")
+# a run that got as far as training (config.json is written just before the first step)
+STARTED = ("config.json", "metrics.jsonl", "latest", "final")
+
+
+def run_files(out: str) -> list[str]:
+    """What an earlier run left in ``out`` (nothing else there is ever touched)."""
+    if not os.path.isdir(out):
+        return []
+    return sorted(n for n in os.listdir(out) if n in RUN_NAMES or n.startswith(RUN_PREFIXES))
+
+
+def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
+    """Make ``out`` ready for a new run: refuse one that holds a run unless ``overwrite``; the
+    files of that run, or of one that stopped before training (only those), are removed first.
+    Say clearly when ``out`` cannot be written."""
+    from mmpo.cli import UserError
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: not a folder")
+    old = run_files(out)
+    if not overwrite and any(n in STARTED or n.startswith("checkpoint-") for n in old):
+        shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
+        raise UserError(f"--out {out} already holds a run ({shown}): --resume {out} to continue it, "
+                        f"--overwrite to replace it, or choose another --out")
+    if d.main:
+        try:
+            for name in old:
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            os.makedirs(out, exist_ok=True)
+            _write_atomic(os.path.join(out, ".write-test"), "")
+            os.remove(os.path.join(out, ".write-test"))
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    barrier(d)
+
+
+def write_config(cfg):
+    """OUT/config.json: every resolved option of the run, what --resume reads back."""
+    _write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(vars(cfg), indent=1))
+
+
+def resume_config(cfg, typed: set[str], world: int):
+    """The configuration of the run in ``cfg.resume``, with the options a resumed run may change
+    (how long it runs, how it reports) taken from the command line; any other option typed with
+    a different value is an error, never silently ignored. On another number of processes the
+    accumulation is rescaled to keep the global batch."""
+    from mmpo.cli import UserError
+    from mmpo.config import RESUMABLE, Config, check_limits
+    run = cfg.resume
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {run}: no config.json there, nothing to resume")
+    with open(path) as f:
+        saved = Config(**{**json.load(f), "resume": run, "out": run})
+    if "out" in typed and os.path.abspath(cfg.out) != os.path.abspath(run):
+        raise UserError(f"--resume {run} continues in its own folder: leave --out out (got --out {cfg.out})")
+    for name in sorted(typed - {"resume", "out", "overwrite"}):
+        new, old = getattr(cfg, name), getattr(saved, name)
+        if name in RESUMABLE:
+            setattr(saved, name, new)
+        elif new != old:
+            raise UserError(f"--resume {run}: --{name.replace('_', '-')} {new} differs from the run's {old}; a resumed run "
+                            f"may change only {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE))}")
+    check_limits(saved)
+    ckpt = latest(run)
+    if ckpt:
+        with open(os.path.join(ckpt, "trainer_state.json")) as f:
+            saved_world = json.load(f)["world_size"]
+        if saved_world != world:
+            if (saved.grad_accum * saved_world) % world:
+                raise UserError(f"--resume {run}: a global batch of {saved.batch_size * saved.grad_accum * saved_world}"
+                                f" cannot be split over {world} processes of batch {saved.batch_size}")
+            saved.grad_accum = saved.grad_accum * saved_world // world
+    return saved

@@ -1,29 +1,34 @@
-"""What the command-line programs share: user errors are one line on stderr and exit status 2."""
+"""What the command-line programs share: user errors are one line on stderr and exit status 2.
+
+Light on purpose (no torch, no transformers at import), so that ``--help`` and option errors
+answer at once.
+"""
 import os
 import sys
-
-import transformers
-
-from mmpo.data import DataError
 
 
 class UserError(Exception):
     """A problem with the user's input or options, reported in one line (no traceback)."""
 
 
-def run(main, *args) -> int:
-    """Call ``main(*args)``; report user errors (only rank 0 speaks under torchrun)."""
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+def run(main, *args, light: bool = False) -> int:
+    """Call ``main(*args)``; report user errors (only rank 0 speaks under torchrun). ``light``:
+    for checking the command line before the heavy imports (transformers is left alone)."""
+    if not light:
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     speak = os.environ.get("RANK", "0") == "0"
     try:
         main(*args)
-    except DataError as e:
-        lines = [f"error: {m}" for m in e.messages[:20]]
-        if len(e.messages) > 20:
-            lines.append(f"... and {len(e.messages) - 20} more errors")
-    except (UserError, OSError) as e:
-        lines = [f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]
+    except (UserError, OSError) as e:  # mmpo.data.DataError is a UserError with one message per problem
+        messages = getattr(e, "messages", None)
+        if messages is not None:
+            lines = [f"error: {m}" for m in messages[:20]]
+            if len(messages) > 20:
+                lines.append(f"... and {len(messages) - 20} more errors")
+        else:
+            lines = [f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]
     else:
         return 0
     if speak:

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from mmpo.cli import UserError as ArgumentError
-from mmpo.models import TINY_MODELS
+
+TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
 
 
 def opt(default, help: str, **kw):
@@ -75,9 +76,15 @@ class Config:
     ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")
     # run
     seed: int = opt(0, "seed of the model init (tiny-*), data order, dropout and m'")
-    resume: str = opt("", "continue the killed run in this output directory")
+    resume: str = opt("", "continue the killed run in this output directory (only --max-steps, --epochs, --save-every, "
+                          "--log-every, --eval-every, --num-workers, --report-to may change)")
+    overwrite: bool = opt(False, "replace the run already in --out (its checkpoints, metrics and final model)")
     save_every: int = opt(50, "checkpoint every N steps (0: only at the end)")
     log_every: int = opt(1, "write metrics.jsonl every N steps")
+    eval_data: str = opt("", "held-out preference JSONL: loss, reward accuracy/margins and conditional accuracy as eval/* metrics")
+    eval_every: int = opt(0, "evaluate on --eval-data every N steps (0: only at the end)")
+    report_to: str = opt("none", "none | tensorboard (scalars under OUT/tensorboard; needs the tensorboard package)",
+                         choices=("none", "tensorboard"))
     num_workers: int = opt(0, "DataLoader worker processes")
     merge: bool = opt(False, "also write OUT/merged: the adapters folded into a full model")
     max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row")
@@ -159,6 +166,45 @@ def recipe_line(cfg: Config) -> str:
     return f"recipe paper ({source}): " + ", ".join(f"{k}={getattr(cfg, k)}" for k in values)
 
 
+# (check, what the value must be) for every option with a range; checked where it is parsed
+LIMITS = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (all epochs) or at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "grad_accum": (lambda v: v >= 1, "at least 1"),
+    "lr": (lambda v: v is None or v > 0, "positive"),
+    "warmup": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    "weight_decay": (lambda v: v is None or v >= 0, "0 or more"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
+    "max_length": (lambda v: v >= 2, "at least 2"),
+    "beta": (lambda v: v > 0, "positive"),
+    "napo_q": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "symmpo_lam": (lambda v: v >= 0, "0 or more"),
+    "symmpo_gamma": (lambda v: v >= 0, "0 or more"),
+    "symmpo_eta": (lambda v: v >= 0, "0 or more"),
+    "noise_step": (lambda v: v is None or 0 <= v < 1000, "a diffusion step in [0, 1000)"),
+    "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
+    "lora_alpha": (lambda v: v > 0, "positive"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "save_every": (lambda v: v >= 0, "0 (only at the end) or more"),
+    "log_every": (lambda v: v >= 1, "at least 1"),
+    "eval_every": (lambda v: v >= 0, "0 (only at the end) or more"),
+    "num_workers": (lambda v: v >= 0, "0 or more"),
+    "max_nonfinite": (lambda v: v >= 1, "at least 1"),
+}
+
+# what a resumed run may change: how long it runs and how it reports, never what it computes
+RESUMABLE = {"max_steps", "epochs", "save_every", "log_every", "eval_every", "num_workers", "report_to"}
+
+
+def check_limits(cfg: Config):
+    for name, (ok, what) in LIMITS.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ArgumentError(f"--{name.replace('_', '-')} {value}: must be {what}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump, caught by train.py
         raise ArgumentError(message)
@@ -180,7 +226,13 @@ def _parser(defaults: bool = True) -> _Parser:
     return p
 
 
+def typed_flags(argv) -> set[str]:
+    """The names of the options given on the command line (not left at their defaults)."""
+    return set(vars(_parser(defaults=False).parse_args(argv)))
+
+
 def parse_args(argv=None) -> Config:
-    cfg = Config(**vars(_parser().parse_args(argv)))
-    explicit = set(vars(_parser(defaults=False).parse_args(argv)))  # the flags the user typed
-    return apply_recipe(cfg, explicit)
+    """The command line as a Config: --recipe applied, every range checked."""
+    cfg = apply_recipe(Config(**vars(_parser().parse_args(argv))), typed_flags(argv))
+    check_limits(cfg)
+    return cfg

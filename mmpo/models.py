@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
 
-TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
+from mmpo.config import TINY_MODELS  # one list, kept in the light config module
 
 # A minimal chat template: user turn with the image, then the assistant's turn.
 # transformers renders templates with trim_blocks, hence the explicit {{ '\n' }}.

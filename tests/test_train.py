@@ -43,7 +43,8 @@ def test_metrics_and_config_are_written(easy_data, tmp_path):
     run_ok("--data", easy_data, "--out", tmp_path, "--max-steps", 2, "--log-every", 2, *FAST)
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [2]
-    for key in ("loss", "lr", "samples_per_s", "grad_norm", "rewards/chosen", "rewards/image_accuracies", "logps/rejected"):
+    for key in ("loss", "learning_rate", "samples_per_s", "grad_norm", "rewards/chosen", "rewards/image_accuracies",
+                "logps/rejected", "epoch", "stage", "elapsed_s"):
         assert key in rows[0]
     cfg = json.load(open(tmp_path / "config.json"))
     assert cfg["lr"] == 1e-3 and cfg["weight_decay"] == 0.0 and cfg["lora_rank"] == 8
@@ -164,7 +165,8 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
 @pytest.mark.parametrize("args,message", [
     (["--objective", "ppo"], "argument --objective: invalid choice: 'ppo'"),
     (["--data", "/nonexistent/d.jsonl"], "error: /nonexistent/d.jsonl: no such file"),
-    (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: cannot load"),
+    (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: no such directory"),
+    (["--model", "./no-such-dir"], "error: --model ./no-such-dir: no such directory"),
     (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),
     (["--objective", "mfpo", "--mfpo-weights", "1,x"], "error: --mfpo-weights: expected 3 comma-separated numbers"),
     (["--redraw-corruption", "--ref-cache", "r.safetensors"], "error: --redraw-corruption draws a new m' every epoch"),
@@ -184,14 +186,25 @@ def test_bf16_autocast_with_activation_checkpointing(easy_data, tmp_path):
 
 
 def test_overlong_samples_are_reported_skipped_and_counted(tmp_path, image_dir, capsys):
-    rows = [{"id": f"r{i}", "image": f"img/{i % 4}.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"} for i in range(8)]
+    rows = [{"id": f"r{i}", "image": f"img/{i % 4}.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"} for i in range(9)]
     rows[5]["prompt"] = "a very long question " * 10
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     run_ok("--data", path, "--out", tmp_path / "o", "--epochs", 1, "--max-length", 80, *FAST)
     out = capsys.readouterr().out
-    assert f"skipped: {path}:6: prompt and image take" in out and "max_length is 80" in out
-    assert "1 over-long samples skipped" in out
-    assert len(metrics(tmp_path / "o")) == 2  # both steps still trained on the other examples
+    # checked once before training, and left out of the schedule: 8 trainable examples, 2 full steps
+    assert f"skipped 1 of 9 examples: prompt and image take --max-length 80 tokens or more (first: {path}:6: prompt " \
+           "and image take" in out
+    assert len(metrics(tmp_path / "o")) == 2
+
+
+def test_a_run_with_nothing_to_train_stops_before_any_step(tmp_path, image_dir):
+    """Every example longer than --max-length: an error, not "done" with an untrained model."""
+    rows = [{"id": f"r{i}", "image": f"img/{i % 4}.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"} for i in range(8)]
+    r = cli("--data", write_jsonl(tmp_path / "d.jsonl", rows), "--out", tmp_path / "o", "--max-length", 20)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: all 8 examples are longer than --max-length 20 before their answer (e.g. ")
+    assert r.stderr.strip().endswith("nothing to train; raise --max-length")
+    assert not os.path.exists(tmp_path / "o" / "final") and not os.path.exists(tmp_path / "o" / "metrics.jsonl")
 
 
 def test_loader_workers_change_nothing(easy_data, tmp_path):
@@ -248,3 +261,106 @@ def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, cap
     saved = json.load(open(tmp_path / "config.json"))
     assert (saved["recipe"], saved["lr"], saved["adam_beta2"], saved["weight_decay"], saved["grad_accum"]) == \
         ("paper", 1e-5, 0.98, 0.05, 2)
+
+
+def test_a_new_run_never_lands_on_an_old_one(easy_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", easy_data, "--out", out, "--max-steps", 1, *FAST]
+    run_ok(*args)
+    (out / "notes.txt").write_text("mine")
+    r = cli(*args)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: --out {out} already holds a run (base_model, checkpoint-1, config.json, final, ...): "
+        f"--resume {out} to continue it, --overwrite to replace it, or choose another --out")
+    run_ok(*args, "--overwrite", "--max-steps", 2)
+    assert [r["step"] for r in metrics(out)] == [1, 2]  # the old run's log is gone, not appended to
+    assert sorted(os.listdir(out)) == ["base_model", "checkpoint-2", "config.json", "final", "latest", "metrics.jsonl",
+                                       "notes.txt"]  # only the run's own files were replaced
+    (tmp_path / "file").write_text("")
+    assert "error: --out " + str(tmp_path / "file") + ": not a folder" in cli(*args[:-4], "--out", tmp_path / "file").stderr
+
+
+def test_resume_applies_what_may_change_and_refuses_the_rest(easy_data, tmp_path):
+    out = tmp_path / "run"
+    run_ok("--data", easy_data, "--out", out, "--max-steps", 2, "--epochs", 2, *FAST)
+    # --max-steps extends a finished run: it trains steps 3 and 4, and says so in config.json
+    run_ok("--resume", out, "--max-steps", 4, "--log-every", 2)
+    assert [r["step"] for r in metrics(out)] == [1, 2, 4]
+    assert json.load(open(out / "config.json"))["max_steps"] == 4
+    for flag, value, saved in (("--lr", "0.5", "0.001"), ("--objective", "dpo", "mdpo"), ("--data", "x.jsonl", easy_data)):
+        r = cli("--resume", out, flag, value)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: --resume {out}: {flag} {value} differs from the run's {saved}; a resumed run "
+                                   "may change only --epochs, --eval-every, --log-every, --max-steps"), r.stderr
+    assert cli("--resume", out, "--lr", "0.001").returncode == 0  # the same value is no change
+
+
+def test_held_out_evaluation_during_training(easy_data, tmp_path, capsys):
+    """--eval-data: the objective's loss, reward accuracy and the conditional accuracy on held-out
+    pairs, logged as eval/* every --eval-every steps and at the end; epoch, stage and time on
+    every row; a closing summary with the best held-out loss."""
+    run_ok("--data", easy_data, "--eval-data", easy_data, "--eval-every", 2, "--out", tmp_path, "--max-steps", 3, *FAST)
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert ["eval/loss" in r for r in rows] == [False, True, True]
+    for r in rows[1:]:
+        assert r["eval/examples"] == 32 and 0 <= r["eval/cond_acc"] <= 1 and 0 <= r["eval/rewards/accuracies"] <= 1
+        assert r["eval/loss"] > 0 and r["epoch"] == 0 and r["stage"] == 0 and r["elapsed_s"] > 0
+    assert rows[2]["eval/loss"] < rows[1]["eval/loss"]  # the same easy pairs: held-out loss falls as training goes
+    out = capsys.readouterr().out
+    best = min(rows[1:], key=lambda r: r["eval/loss"])
+    assert f"best loss {best['eval/loss']:.4f} at step {best['step']}" in out and "done: 3 steps, 12 samples" in out
+
+
+def test_held_out_evaluation_with_a_reference_cache_equals_live(easy_data, tmp_path):
+    common = ["--data", easy_data, "--eval-data", easy_data, "--max-steps", 2, "--batch-size", 4, "--lora-rank", 0,
+              "--lr", "3e-4"]
+    run_ok(*common, "--out", tmp_path / "live")
+    run_ok(*common, "--out", tmp_path / "cached", "--ref-cache", tmp_path / "ref.safetensors")
+    live, cached = metrics(tmp_path / "live")[-1], metrics(tmp_path / "cached")[-1]
+    for k in ("eval/loss", "eval/rewards/margins", "eval/rewards/accuracies", "eval/cond_acc"):
+        assert cached[k] == pytest.approx(live[k], abs=1e-5), k
+    assert os.path.isfile(tmp_path / "ref.safetensors.eval")
+
+
+def test_tensorboard_is_optional_and_said_so(easy_data, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        r = cli("--data", easy_data, "--out", tmp_path / "o", "--report-to", "tensorboard")
+        assert r.returncode == 2
+        assert r.stderr.strip() == "error: --report-to tensorboard needs the tensorboard package: pip install tensorboard"
+        return
+    run_ok("--data", easy_data, "--out", tmp_path / "o", "--max-steps", 1, "--report-to", "tensorboard", *FAST)
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(tmp_path / "o" / "tensorboard"))
+
+
+def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
+    code = ("import runpy, sys; sys.argv = ['train.py', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
+    for args, want in ((["--help"], "False 0"), (["--batch-size", "0"], "False 2"), (["--objective", "ppo"], "False 2")):
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.stdout.strip().splitlines()[-1] == want, r.stdout + r.stderr
+    r = cli("--batch-size", "0")
+    assert r.returncode == 2 and r.stderr.strip() == "error: --batch-size 0: must be at least 1"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--grad-accum", "0"], "--grad-accum 0: must be at least 1"),
+    (["--lr=-1e-3"], "--lr -0.001: must be positive"),
+    (["--lora-rank", "-1"], "--lora-rank -1: must be 0 (full fine-tuning) or more"),
+    (["--warmup", "2"], "--warmup 2.0: must be a fraction in [0, 1)"),
+    (["--epochs", "0"], "--epochs 0: must be at least 1"),
+    (["--noise-step", "1000"], "--noise-step 1000: must be a diffusion step in [0, 1000)"),
+    (["--lora-dropout", "1"], "--lora-dropout 1.0: must be in [0, 1)"),
+])
+def test_every_option_range_is_checked_where_it_is_parsed(args, message):
+    with pytest.raises(Exception) as e:
+        parse_args(args)
+    assert str(e.value) == message
+
+
+def test_max_steps_that_cut_a_curriculum_short_say_so(easy_data, tmp_path, capsys):
+    run_ok("--data", easy_data, "--out", tmp_path, "--curriculum", "easy-to-hard", "--epochs", 1, "--max-steps", 1, *FAST)
+    assert "--max-steps 1 ends in curriculum stage 1 of 3: the later stages never train" in capsys.readouterr().out

@@ -1,0 +1,110 @@
+"""What a run tells you: metrics rows (metrics.jsonl, and TensorBoard scalars when asked), the
+held-out evaluation during training, and the closing summary.
+
+Metric names follow TRL's DPOTrainer where they mean the same (loss, rewards/chosen,
+rewards/rejected, rewards/accuracies, rewards/margins, logps/*, grad_norm, learning_rate,
+epoch); held-out figures carry the prefix ``eval/``.
+"""
+import json
+import os
+
+import torch
+
+from mmpo import distributed
+from mmpo.cli import UserError
+from mmpo.data import collate
+from mmpo.logps import sequence_logps
+from mmpo.objectives import compute
+
+
+def check_report_to(report_to: str):
+    """tensorboard is optional: say how to get it, before any model work."""
+    if report_to != "tensorboard":
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+
+
+def tensorboard_writer(out: str):
+    """A SummaryWriter under OUT/tensorboard."""
+    check_report_to("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(os.path.join(out, "tensorboard"))
+
+
+class MetricsLog:
+    """One JSON row per logged step in OUT/metrics.jsonl, mirrored to TensorBoard (rank 0 only)."""
+
+    def __init__(self, out: str, report_to: str = "none", main: bool = True):
+        self.file = open(os.path.join(out, "metrics.jsonl"), "a") if main else None
+        self.tb = tensorboard_writer(out) if main and report_to == "tensorboard" else None
+
+    def write(self, row: dict):
+        if self.file is None:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+@torch.no_grad()
+def evaluate(model, eval_set, ref_logps, objective: str, options: dict, batch_size: int, pad: int,
+             d=distributed.Dist(), autocast=None) -> dict:
+    """Held-out figures of the current policy: the objective's loss and metrics over the whole
+    set, and the conditional accuracy, the fraction of examples with logp(y_w | m) > logp(y_w | m')
+    (the image matters to the chosen answer). ``ref_logps(batch)`` gives the reference's ``(N,)``."""
+    was_training = model.training
+    model.eval()
+    share = distributed.rank_share(len(eval_set), batch_size, d)
+    loader = torch.utils.data.DataLoader(eval_set, batch_sampler=share, generator=torch.Generator(),
+                                         collate_fn=lambda ex: collate(ex, eval_set.views, pad))
+    scores = {}  # (id, view) -> (policy logp, reference logp, length)
+    for batch in loader:
+        if not distributed.all_ranks_have(len(batch), d):
+            continue
+        with autocast or torch.autocast("cpu", enabled=False):
+            logps, lengths = sequence_logps(model, batch)
+            ref = ref_logps(batch)
+        pol, ref, n = (batch.split(t.float().cpu()) for t in (logps, ref, lengths))  # each {view: (n_examples,)}
+        for v in batch.views:
+            scores.update({(i, v): x for i, x in zip(batch.ids, zip(pol[v].tolist(), ref[v].tolist(), n[v].tolist()))})
+    scores = distributed.merge_dicts(scores, d)
+    model.train(was_training)
+    ids = sorted({i for i, _ in scores})
+    if not ids:
+        return {}
+    table = {v: torch.tensor([[scores[(i, v)][k] for i in ids] for k in range(3)]) for v in eval_set.views}
+    policy, reference, lengths = ({v: t[k] for v, t in table.items()} for k in range(3))
+    loss, metrics = compute(objective, policy, reference, lengths, **options)
+    out = {"eval/loss": loss.mean().item(), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+    out["eval/cond_acc"] = (policy["chosen"] > policy["chosen_on_corrupt"]).float().mean().item()
+    out["eval/examples"] = len(ids)
+    return out
+
+
+def summary(step: int, samples: int, seconds: float, last: dict, evals: list[dict], out: str, final: str) -> str:
+    """The closing lines of a run: how much it trained, its last figures, the best held-out ones."""
+    lines = [f"done: {step} steps, {samples} samples in {seconds:.0f} s"]
+    if last:
+        lines.append(f"last step: loss {last['loss']:.4f}, reward accuracy {last['rewards/accuracies']:.3f}, "
+                     f"margin {last['rewards/margins']:.4f}")
+    if evals:
+        e = evals[-1]
+        best = min(evals, key=lambda r: r["eval/loss"])
+        lines.append(f"held-out ({e['eval/examples']} examples) at step {e['step']}: loss {e['eval/loss']:.4f}, reward "
+                     f"accuracy {e['eval/rewards/accuracies']:.3f}, conditional accuracy {e['eval/cond_acc']:.3f}; "
+                     f"best loss {best['eval/loss']:.4f} at step {best['step']}")
+    lines.append(f"metrics: {os.path.join(out, 'metrics.jsonl')}  model: {final}")
+    return "\n".join(lines)
