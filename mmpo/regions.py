@@ -21,12 +21,16 @@ class Grounding:
     threshold: float = 0.1
 
 
-def load_grounding(detector: str, segmenter: str | None, threshold: float = 0.1, device="cpu") -> Grounding:
-    from transformers import AutoModelForMaskGeneration, AutoModelForZeroShotObjectDetection, AutoProcessor
-    det = AutoModelForZeroShotObjectDetection.from_pretrained(detector).to(device).eval()
-    seg = AutoModelForMaskGeneration.from_pretrained(segmenter).to(device).eval() if segmenter else None
-    return Grounding(det, AutoProcessor.from_pretrained(detector), seg,
-                     AutoProcessor.from_pretrained(segmenter) if segmenter else None, threshold)
+def load_detector(name: str, device="cpu"):
+    """An open-vocabulary detector and its processor, by hub id or local directory."""
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+    return AutoModelForZeroShotObjectDetection.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name)
+
+
+def load_segmenter(name: str, device="cpu"):
+    """A box-prompted segmenter (SAM) and its processor, by hub id or local directory."""
+    from transformers import AutoModelForMaskGeneration, AutoProcessor
+    return AutoModelForMaskGeneration.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name)
 
 
 @torch.no_grad()

@@ -141,9 +141,10 @@ def test_mfpo_noises_key_regions(plain_data, tmp_path):
 
     def mask(out, r):
         return torch.tensor(list(Image.open(tmp_path / out / r["noise_mask"]).tobytes()), dtype=torch.float).view(32, 32) / 255
-    # scores never exceed 1: nothing is found, every row falls back to noise on the whole image: a
-    # step and no mask; nothing is baked into an 8-bit image (training noises the processed pixels)
-    rows = run("none", "1.01")
+    # a box is kept when its score is above the threshold, and scores never exceed 1: nothing is
+    # found, every row falls back to noise on the whole image: a step and no mask; nothing is baked
+    # into an 8-bit image (training noises the processed pixels)
+    rows = run("none", "1.0")
     assert len(rows) == 6 and all(r["keywords"] == ["dog", "sofa"] and r["region"] == "global" for r in rows)
     assert all(r["noise_step"] == 500 and "noise_mask" not in r and "corrupt_image" not in r for r in rows)
     # threshold 0: the random detector finds boxes; the mask covers part of the image
@@ -176,14 +177,22 @@ def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
     rows = read(tmp_path / "n" / "data.jsonl")
     # a random tiny model never says </s> within 4 tokens: every answer is cut, and says so
     assert all(r["truncated"] == ["lang_biased", "vision_biased"] for r in rows)
-    out = capsys.readouterr().out
-    assert "lang_biased truncated at --max-new-tokens (no end-of-sequence added): 6" in out
-    assert "vision_biased truncated at --max-new-tokens (no end-of-sequence added): 6" in out
+    # the summary: one line per outcome, then where the rows are
+    assert capsys.readouterr().out.splitlines() == [
+        "prepare napo:",
+        "  rows written: 6",
+        "  rows already there: 0",
+        "  lang_biased truncated at --max-new-tokens (no end-of-sequence added): 6",
+        "  vision_biased truncated at --max-new-tokens (no end-of-sequence added): 6",
+        f"  output: {tmp_path / 'n' / 'data.jsonl'}"]
 
 
-@pytest.mark.parametrize("method", ["napo", "mfpo"])
-def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method):
-    extra = ["--regions", "random"] if method == "mfpo" else []
+@pytest.mark.parametrize("method, extra", [
+    ("napo", []),
+    ("napo", ["--do-sample", "--temperature", "1.0", "--num-beams", "1"]),  # sampling too: each chunk is seeded
+    ("mfpo", ["--regions", "random"]),
+], ids=["napo", "napo-sampled", "mfpo"])
+def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method, extra):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     assert prepare.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
     build = {"napo": "napo_rows", "mfpo": "mfpo_rows"}[method]
@@ -201,11 +210,70 @@ def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypat
     with open(os.path.join(killed, "data.jsonl"), "a") as f:
         f.write('{"id": "p2", "ima')  # a row cut short by the kill
     assert len(read_ok(os.path.join(killed, "data.jsonl"))) == 2
-    assert prepare.run([method, "--data", plain_data, "--out", killed, *FAST, *extra]) == 0
+    # mfpo makes each row on its own: its batch size is not a setting, and may change on resume
+    other_batch = ["--batch-size", "3"] if method == "mfpo" else []
+    assert prepare.run([method, "--data", plain_data, "--out", killed, *FAST, *extra, *other_batch]) == 0
     assert read(os.path.join(killed, "data.jsonl")) == read(os.path.join(straight, "data.jsonl"))
     if method == "mfpo":
         for r in read(os.path.join(straight, "data.jsonl")):
             assert digest(os.path.join(straight, r["noise_mask"])) == digest(os.path.join(killed, r["noise_mask"]))
+
+
+def kill_after_first_chunk(monkeypatch, argv):
+    """Run prepare napo and stop it as a kill would, after the first chunk (2 rows) is written."""
+    real, calls = prepare.napo_rows, []
+
+    def die_on_second_chunk(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(prepare, "napo_rows", die_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.run(argv)
+    monkeypatch.setattr(prepare, "napo_rows", real)
+
+
+def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch, capsys):
+    """Rows made with --lang-image none must not be continued with --lang-image white."""
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    white = ["napo", "--data", plain_data, *FAST, "--lang-image", "white"]
+    assert prepare.run([*white, "--out", straight]) == 0
+    kill_after_first_chunk(monkeypatch, ["napo", "--data", plain_data, "--out", killed, *FAST])
+    settings = json.load(open(os.path.join(killed, "prepare.json")))
+    # what decides the rows; generation pads each batch, so the batch size is one of them
+    assert {k: v for k, v in settings.items() if k != "data_sha256"} == {
+        "method": "napo", "model": "tiny-llava", "seed": 0, "max_new_tokens": 4, "num_beams": 3, "do_sample": False,
+        "batch_size": 2, "lang_image": "none"}
+    assert settings["data_sha256"] == digest(plain_data)
+    with open(os.path.join(killed, "data.jsonl"), "a") as f:
+        f.write('{"id": "p2", "ima')  # a row cut short by the kill
+    before = digest(os.path.join(killed, "data.jsonl"))
+    monkeypatch.setattr(prepare, "load_model", None)  # refused before any model loads
+    capsys.readouterr()
+    assert prepare.run([*white, "--out", killed, "--num-beams", "1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {killed}/data.jsonl holds 2 rows made with other settings: --num-beams 3 (now 1); --lang-image none "
+        f"(now white). Run with the old settings to continue, or use another --out, or add --overwrite to start "
+        f"afresh (it deletes {killed}/data.jsonl, {killed}/images/ and {killed}/prepare.json)"]
+    assert digest(os.path.join(killed, "data.jsonl")) == before  # untouched, even the half-written line
+    monkeypatch.undo()
+    assert prepare.run([*white, "--out", killed, "--overwrite"]) == 0
+    assert read(os.path.join(killed, "data.jsonl")) == read(os.path.join(straight, "data.jsonl"))
+    assert json.load(open(os.path.join(killed, "prepare.json")))["lang_image"] == "white"
+
+
+def test_rows_without_recorded_settings_are_refused(plain_data, tmp_path, capsys):
+    """OUT/data.jsonl from an older version has no prepare.json: its settings cannot be checked."""
+    out = tmp_path / "old"
+    out.mkdir()
+    write_jsonl(out / "data.jsonl", [{"id": "p0", "image": "/x.png", "prompt": "Q", "chosen": "a", "rejected": "b"}])
+    assert prepare.run(["napo", "--data", plain_data, "--out", str(out), *FAST]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {out}/data.jsonl holds 1 row but no prepare.json is beside it (an older version of prepare, or "
+        f"something else, wrote it): its rows cannot be checked against this run's settings: use another --out, or "
+        f"add --overwrite to start afresh (it deletes {out}/data.jsonl, {out}/images/ and {out}/prepare.json)"]
+    assert not (out / "prepare.json").exists()
 
 
 def read_ok(path):
