@@ -278,6 +278,8 @@ def test_a_new_run_never_lands_on_an_old_one(easy_data, tmp_path):
                                        "notes.txt"]  # only the run's own files were replaced
     (tmp_path / "file").write_text("")
     assert "error: --out " + str(tmp_path / "file") + ": not a folder" in cli(*args[:-4], "--out", tmp_path / "file").stderr
+    r = cli("--out", tmp_path / "file" / "run")  # cannot be created: said with the option, not a bare [Errno 20]
+    assert r.returncode == 2 and r.stderr.strip() == f"error: --out {tmp_path / 'file' / 'run'}: cannot write there (Not a directory)"
 
 
 def test_resume_applies_what_may_change_and_refuses_the_rest(easy_data, tmp_path):
