@@ -121,7 +121,10 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     frozen_ref = None
     if cfg.lora_rank > 0:
         targets = [t for t in cfg.lora_targets.split(",") if t] or None
-        lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets, snapshot=cfg.refresh_ref_per_stage)
+        try:
+            lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets, snapshot=cfg.refresh_ref_per_stage)
+        except ValueError:
+            raise UserError(f"--lora-targets {cfg.lora_targets}: no Linear module of {cfg.model} matches") from None
     elif not cfg.ref_cache:
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.activation_checkpointing:

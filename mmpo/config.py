@@ -6,6 +6,8 @@ resolved values are what ``OUT/config.json`` records.
 """
 import argparse
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 
 from mmpo.cli import UserError as ArgumentError
@@ -203,6 +205,13 @@ def check_limits(cfg: Config):
         value = getattr(cfg, name)
         if not ok(value):
             raise ArgumentError(f"--{name.replace('_', '-')} {value}: must be {what}")
+    for pattern in filter(None, cfg.lora_targets.split(",")):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ArgumentError(f"--lora-targets: {pattern!r} is not a regular expression ({e})") from None
+    if cfg.ref_cache and os.path.isdir(cfg.ref_cache):
+        raise ArgumentError(f"--ref-cache {cfg.ref_cache}: is a folder; give a file, e.g. {os.path.join(cfg.ref_cache, 'ref.safetensors')}")
 
 
 class _Parser(argparse.ArgumentParser):

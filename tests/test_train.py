@@ -170,6 +170,7 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
     (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),
     (["--objective", "mfpo", "--mfpo-weights", "1,x"], "error: --mfpo-weights: expected 3 comma-separated numbers"),
     (["--redraw-corruption", "--ref-cache", "r.safetensors"], "error: --redraw-corruption draws a new m' every epoch"),
+    (["--lora-targets", "no_such_layer"], "error: --lora-targets no_such_layer: no Linear module of tiny-llava matches"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
     r = cli(*args, "--out", tmp_path / "o")
@@ -356,6 +357,8 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
     (["--noise-step", "1000"], "--noise-step 1000: must be a diffusion step in [0, 1000)"),
     (["--lora-dropout", "1"], "--lora-dropout 1.0: must be in [0, 1)"),
+    (["--lora-targets", "q_proj,(v"], "--lora-targets: '(v' is not a regular expression (missing ), unterminated subpattern at position 0)"),
+    (["--ref-cache", "/tmp"], "--ref-cache /tmp: is a folder; give a file, e.g. /tmp/ref.safetensors"),
 ])
 def test_every_option_range_is_checked_where_it_is_parsed(args, message):
     with pytest.raises(Exception) as e:
