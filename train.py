@@ -15,7 +15,6 @@ if __name__ == "__main__":  # --help and option errors answer at once, before to
         sys.exit(2)
 
 import copy
-import json
 import math
 import os
 import time

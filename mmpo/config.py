@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from mmpo.cli import UserError as ArgumentError
 
 TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
+NOISE_STEPS = 1000  # length of the diffusion schedule (VCD's), shared by train, prepare and the data
 
 
 def opt(default, help: str, **kw):
@@ -185,7 +186,7 @@ LIMITS = {
     "symmpo_lam": (lambda v: v >= 0, "0 or more"),
     "symmpo_gamma": (lambda v: v >= 0, "0 or more"),
     "symmpo_eta": (lambda v: v >= 0, "0 or more"),
-    "noise_step": (lambda v: v is None or 0 <= v < 1000, "a diffusion step in [0, 1000)"),
+    "noise_step": (lambda v: v is None or 0 <= v < NOISE_STEPS, f"a diffusion step in [0, {NOISE_STEPS})"),
     "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
     "lora_alpha": (lambda v: v > 0, "positive"),
     "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmpo import perturb
 from mmpo.cli import UserError
+from mmpo.config import NOISE_STEPS
 
 # view -> (which image, which response field). "corrupt" is m': corrupt_image, a perturbation
 # made on the fly, or SymMPO's contrast_image.
@@ -40,7 +41,6 @@ VIEWS = {
 }
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
 IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
-NOISE_STEPS = 1000  # length of the diffusion schedule (VCD)
 CORRUPTIONS = ("crop", "noise", "blank", "contrast")
 
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import write_jsonl
-from mmpo import prepare
+from mmpo import models, prepare
 from mmpo.generate import generate
 from mmpo.models import tiny_detector, tiny_model, tiny_segmenter
 from mmpo.regions import Grounding, region_mask
@@ -249,7 +249,7 @@ def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch
     with open(os.path.join(killed, "data.jsonl"), "a") as f:
         f.write('{"id": "p2", "ima')  # a row cut short by the kill
     before = digest(os.path.join(killed, "data.jsonl"))
-    monkeypatch.setattr(prepare, "load_model", None)  # refused before any model loads
+    monkeypatch.setattr(models, "load_model", None)  # refused before any model loads
     capsys.readouterr()
     assert prepare.run([*white, "--out", killed, "--num-beams", "1"]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -2,13 +2,15 @@
 option, and comes before anything slow: options are checked before the data is read, model names
 before any model loads, and nothing already written is touched."""
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 from PIL import Image
 
-from conftest import write_jsonl
-from mmpo import prepare
+from conftest import ROOT, write_jsonl
+from mmpo import models, prepare, prepare_cli, regions
 from mmpo.keywords import nltk_tagger
 
 GROUNDING_HINT = ("; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
@@ -34,8 +36,40 @@ def no_model_loads(monkeypatch):
     """Any model load fails the test: these mistakes must be found before one."""
     def fail(*a, **k):
         raise AssertionError("a model was loaded")
-    for name in ("load_model", "load_detector", "load_segmenter", "load_embedder"):
-        monkeypatch.setattr(prepare, name, fail)
+    for module, name in ((models, "load_model"), (regions, "load_detector"), (regions, "load_segmenter"),
+                         (prepare_cli, "load_embedder")):
+        monkeypatch.setattr(module, name, fail)
+
+
+def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
+    """prepare checks its command line with the light prepare_cli before it imports torch: --help
+    and a bad option answer at once, a bad option in one line (argparse's own errors included)."""
+    script = ("import runpy, sys; sys.argv = ['prepare', *sys.argv[1:]]\n"
+              "try:\n    runpy.run_module('mmpo.prepare', run_name='__main__')\n"
+              "except SystemExit as e:\n    print('torch' in sys.modules, 'transformers' in sys.modules, e.code)\n")
+    for args, want, line in (
+            (["--help"], "False False 0", None),
+            (["nope"], "False False 2", "error: argument method: invalid choice: 'nope'"),
+            (["napo", "--data", "x"], "False False 2", "error: the following arguments are required: --out"),
+            (["napo", "--data", "x", "--out", "y", "--batch-size", "0"], "False False 2",
+             "error: --batch-size must be at least 1 (got 0)"),
+            (["napo", "--data", "x", "--out", "y", "--batch-size", "two"], "False False 2",
+             "error: argument --batch-size: invalid int value: 'two'"),
+            # good options: then the heavy imports, and the data's own error, still one line
+            (["napo", "--data", str(tmp_path / "none.jsonl"), "--out", "y", "--model", "tiny-llava"], "True True 2",
+             f"error: {tmp_path / 'none.jsonl'}: no such file")):
+        r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.stdout.strip().splitlines()[-1] == want, r.stdout + r.stderr
+        if line is None:
+            assert r.stdout.startswith("usage: python -m mmpo.prepare") and not r.stderr
+        else:
+            err = r.stderr.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(line), r.stderr  # no usage dump, no traceback
+
+
+def test_a_bad_option_is_one_line_in_process_too(tmp_path, capsys):
+    assert prepare.run(["napo", "--data", "x", "--out", str(tmp_path / "o"), "--lang-image", "grey"]) == 2
+    assert error_line(capsys).startswith("error: argument --lang-image: invalid choice: 'grey'")
 
 
 @pytest.mark.parametrize("options, line", [
