@@ -79,13 +79,13 @@ def build_parser() -> Parser:
 def check_options(args) -> None:
     """The options' ranges, before the data is read or a model loaded."""
     problems = [
-        (args.batch_size < 1, f"--batch-size must be at least 1 (got {args.batch_size})"),
-        (args.k < 1, f"--k must be at least 1 (got {args.k})"),
-        (not 0 <= args.threshold <= 1, f"--threshold is a detection score: it must be in [0, 1] (got {args.threshold})"),
-        (not 0 <= args.noise_step < NOISE_STEPS, f"--noise-step must be in [0, {NOISE_STEPS}) (got {args.noise_step})"),
-        (args.num_beams < 1, f"--num-beams must be at least 1 (got {args.num_beams})"),
-        (args.max_new_tokens < 1, f"--max-new-tokens must be at least 1 (got {args.max_new_tokens})"),
-        (args.do_sample and not args.temperature > 0, f"--temperature must be above 0 with --do-sample (got {args.temperature})"),
+        (args.batch_size < 1, f"--batch-size {args.batch_size}: must be at least 1"),
+        (args.k < 1, f"--k {args.k}: must be at least 1"),
+        (not 0 <= args.threshold <= 1, f"--threshold {args.threshold}: must be a detection score in [0, 1]"),
+        (not 0 <= args.noise_step < NOISE_STEPS, f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})"),
+        (args.num_beams < 1, f"--num-beams {args.num_beams}: must be at least 1"),
+        (args.max_new_tokens < 1, f"--max-new-tokens {args.max_new_tokens}: must be at least 1"),
+        (args.do_sample and not args.temperature > 0, f"--temperature {args.temperature}: must be positive with --do-sample"),
         (args.method != "mfpo" and not args.model, f"{args.method} needs --model: the base model whose answers it records"),
         (args.method == "mfpo" and args.tagger == "nltk" and nltk_missing(),
          "--tagger nltk needs nltk and its tagger data (pip install nltk; python -m nltk.downloader "

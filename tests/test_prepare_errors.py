@@ -52,7 +52,7 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
             (["nope"], "False False 2", "error: argument method: invalid choice: 'nope'"),
             (["napo", "--data", "x"], "False False 2", "error: the following arguments are required: --out"),
             (["napo", "--data", "x", "--out", "y", "--batch-size", "0"], "False False 2",
-             "error: --batch-size must be at least 1 (got 0)"),
+             "error: --batch-size 0: must be at least 1"),
             (["napo", "--data", "x", "--out", "y", "--batch-size", "two"], "False False 2",
              "error: argument --batch-size: invalid int value: 'two'"),
             # good options: then the heavy imports, and the data's own error, still one line
@@ -73,15 +73,15 @@ def test_a_bad_option_is_one_line_in_process_too(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options, line", [
-    (["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
-    (["--k", "0"], "--k must be at least 1 (got 0)"),
-    (["--threshold", "1.5"], "--threshold is a detection score: it must be in [0, 1] (got 1.5)"),
-    (["--threshold", "-0.1"], "--threshold is a detection score: it must be in [0, 1] (got -0.1)"),
-    (["--noise-step", "1000"], "--noise-step must be in [0, 1000) (got 1000)"),
-    (["--noise-step", "-1"], "--noise-step must be in [0, 1000) (got -1)"),
-    (["--num-beams", "0"], "--num-beams must be at least 1 (got 0)"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1 (got 0)"),
-    (["--do-sample", "--temperature", "0"], "--temperature must be above 0 with --do-sample (got 0.0)"),
+    (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    (["--k", "0"], "--k 0: must be at least 1"),
+    (["--threshold", "1.5"], "--threshold 1.5: must be a detection score in [0, 1]"),
+    (["--threshold", "-0.1"], "--threshold -0.1: must be a detection score in [0, 1]"),
+    (["--noise-step", "1000"], "--noise-step 1000: must be a diffusion step in [0, 1000)"),
+    (["--noise-step", "-1"], "--noise-step -1: must be a diffusion step in [0, 1000)"),
+    (["--num-beams", "0"], "--num-beams 0: must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+    (["--do-sample", "--temperature", "0"], "--temperature 0.0: must be positive with --do-sample"),
 ])
 def test_out_of_range_options_are_refused_before_the_data_is_read(tmp_path, capsys, options, line):
     missing = str(tmp_path / "not-read-yet.jsonl")  # the option is reported, not the missing file
