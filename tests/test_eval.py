@@ -1,16 +1,21 @@
-"""eval.py: image reliance on a model that ignores the image, columns side by side, benchmark
-options and answer lengths (CHAIR and POPE themselves: test_hallucination.py)."""
-import importlib.util
+"""eval.py: image reliance on a model that ignores the image; checkpoints side by side, each on
+its own base model, giving exactly what it gives alone; the table's directions and counts;
+benchmark options and answer lengths (CHAIR and POPE themselves: test_hallucination.py; every
+mistake on the command line: test_eval_errors.py)."""
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import eval as evaluate
 import train
-from conftest import write_jsonl
+from conftest import ROOT, write_jsonl
+from mmpo.cli import UserError
 from mmpo.models import tiny_model
 
 
@@ -36,48 +41,177 @@ def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):
     assert blind["reliance/sighted_minus_blind"] == 0.0
 
 
-def test_checkpoints_side_by_side(easy_data, tmp_path, capsys):
+# ---- checkpoints on different base models --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(easy_data, tmp_path_factory):
+    """Three short train.py runs: mDPO with LoRA and DPO fully fine-tuned, both on tiny LLaVA,
+    and DPO with LoRA on tiny Qwen2-VL, a model of another family and vocabulary."""
+    out = tmp_path_factory.mktemp("runs")
     common = ["--data", easy_data, "--max-steps", "3", "--batch-size", "4", "--lora-rank", "8", "--save-every", "0"]
-    assert train.run([*common, "--objective", "mdpo", "--out", str(tmp_path / "mdpo")]) == 0
-    assert train.run([*common, "--objective", "dpo", "--lora-rank", "0", "--out", str(tmp_path / "dpo")]) == 0  # a full model
-    rows = [json.loads(line) for line in open(easy_data)][:6]
+    for name, extra in [("mdpo", ["--objective", "mdpo"]), ("dpo", ["--objective", "dpo", "--lora-rank", "0"]),
+                        ("qwen", ["--objective", "dpo", "--model", "tiny-qwen2vl"])]:
+        assert train.run([*common, *extra, "--out", str(out / name)]) == 0
+    return {name: str(out / name) for name in ("mdpo", "dpo", "qwen")}
+
+
+@pytest.fixture(scope="module")
+def inputs(easy_data, tmp_path_factory):
+    """Held-out preference data, a CHAIR and a POPE file: 4 examples each, the easy data's images."""
+    d = tmp_path_factory.mktemp("inputs")
+    rows = [json.loads(line) for line in open(easy_data)][:4]
     base = os.path.dirname(easy_data)
-    chair_rows = [{"image": os.path.join(base, r["image"]), "prompt": "Describe it.", "objects": ["dog"]} for r in rows]
-    pope_rows = [{"image": os.path.join(base, r["image"]), "question": "Is there a dog?", "answer": "no"} for r in rows]
-    held = write_jsonl(tmp_path / "held.jsonl", [{**r, "image": os.path.join(base, r["image"]),
-                                                   "contrast_image": os.path.join(base, r["contrast_image"])} for r in rows])
-    code = evaluate.run(["--checkpoint", str(tmp_path / "mdpo"), str(tmp_path / "dpo"), "--data", held,
-                         "--bench", "chair", write_jsonl(tmp_path / "chair.jsonl", chair_rows),
-                         "--bench", "pope", write_jsonl(tmp_path / "pope.jsonl", pope_rows),
-                         "--out", str(tmp_path / "ev"), "--max-new-tokens", "4", "--batch-size", "3", "--plot"])
-    assert code == 0
-    report = json.load(open(tmp_path / "ev" / "eval.json"))
-    assert report["columns"] == ["base", "mdpo", "dpo"]
-    tok = tiny_model("tiny-llava")[1].tokenizer  # every column's processor is tiny-llava's
+    held = [{**r, "image": os.path.join(base, r["image"]), "contrast_image": os.path.join(base, r["contrast_image"])}
+            for r in rows]
+    chair = [{"id": f"c-{r['id']}", "image": os.path.join(base, r["image"]), "prompt": "Describe it.",
+              "objects": ["dog"]} for r in rows]
+    pope = [{"id": f"p-{r['id']}", "image": os.path.join(base, r["image"]), "question": "Is there a dog?",
+             "answer": "no"} for r in rows]
+    return ["--data", write_jsonl(d / "held.jsonl", held), "--bench", "chair", write_jsonl(d / "chair.jsonl", chair),
+            "--bench", "pope", write_jsonl(d / "pope.jsonl", pope), "--max-new-tokens", "4", "--batch-size", "4"]
+
+
+def evaluated(out, *argv) -> dict:
+    """eval.py's report (eval.json) after a successful run writing to ``out``."""
+    assert evaluate.run([*map(str, argv), "--out", str(out)]) == 0
+    return json.load(open(os.path.join(out, "eval.json")))
+
+
+@pytest.fixture(scope="module")
+def together(runs, inputs, tmp_path_factory):
+    """The three runs evaluated in one table: (its folder, eval.json)."""
+    out = tmp_path_factory.mktemp("together")
+    return out, evaluated(out, "--checkpoint", runs["mdpo"], runs["dpo"], runs["qwen"], *inputs)
+
+
+def test_checkpoints_side_by_side_each_on_its_own_base(runs, together):
+    out, report = together
+    # one base column per base model, named by it, then the checkpoints in the order given
+    assert report["columns"] == ["base-tiny-llava", "base-tiny-qwen2vl", "mdpo", "dpo", "qwen"]
+    # the LoRA runs' adapter_config.json and the full run's config.json name the base each started from
+    assert report["bases"] == {"base-tiny-llava": os.path.join(runs["mdpo"], "base_model"),
+                               "base-tiny-qwen2vl": os.path.join(runs["qwen"], "base_model"),
+                               "mdpo": os.path.join(runs["mdpo"], "base_model"),
+                               "dpo": os.path.join(runs["dpo"], "base_model"),
+                               "qwen": os.path.join(runs["qwen"], "base_model")}
+    tokenizers = {name: tiny_model(name)[1].tokenizer for name in ("tiny-llava", "tiny-qwen2vl")}
     for col in report["columns"]:
         m = report["metrics"][col]
         for key in ("pref/rejected/reward_acc", "pref/lang_biased/logp_acc", "pref/contrast_on_image/reward_margin",
                     "reliance/noise/cond_acc", "reliance/blind_acc", "chair/chair_i", "pope/f1"):
             assert key in m
-        assert m["chair/answers"] == 6 and m["pope/answers"] == 6
-        # the mean answer length is that of the saved answers, in words and in the model's tokens
+        assert m["data/examples"] == m["chair/examples"] == m["pope/examples"] == 4
+        # the mean answer length is that of the saved answers, in words and in the column's own tokens
+        tok = tokenizers["tiny-qwen2vl" if "qwen" in col else "tiny-llava"]
         for kind in ("chair", "pope"):
-            answers = [json.loads(line)["answer"] for line in open(tmp_path / "ev" / f"answers-{col}-{kind}.jsonl")]
-            assert m[f"{kind}/mean_answer_words"] == pytest.approx(sum(len(a.split()) for a in answers) / 6)
+            saved = [json.loads(line) for line in open(out / f"answers-{col}-{kind}.jsonl")]
+            assert [s["id"] for s in saved] == [f"{kind[0]}-e{i}" for i in range(4)]  # the data's own ids, in order
+            answers = [s["answer"] for s in saved]
+            assert m[f"{kind}/mean_answer_words"] == pytest.approx(sum(len(a.split()) for a in answers) / 4)
             tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
-            assert m[f"{kind}/mean_answer_tokens"] == pytest.approx(sum(tokens) / 6)
-    # the base model is its own reference: no margin; the trained ones moved away from it
-    assert report["metrics"]["base"]["pref/rejected/reward_margin"] == 0.0
-    assert report["metrics"]["mdpo"]["pref/rejected/reward_acc"] > 0.5
-    table = open(tmp_path / "ev" / "eval.md").read()
-    assert table.startswith("| metric | base | mdpo | dpo |")
-    out = capsys.readouterr().out
-    assert "| reliance/blind_acc |" in out
-    if importlib.util.find_spec("matplotlib"):
-        assert os.path.isfile(tmp_path / "ev" / "curves.png") and os.path.isfile(tmp_path / "ev" / "metrics.png")
-    else:
-        assert "--plot needs matplotlib" in out and "pip install matplotlib" in out
+            assert m[f"{kind}/mean_answer_tokens"] == pytest.approx(sum(tokens) / 4)
+            assert m[f"{kind}/truncated"] == sum(s["truncated"] for s in saved)
+    # a base model is its own reference: no margin; each trained one moved away from its own base
+    for base in ("base-tiny-llava", "base-tiny-qwen2vl"):
+        assert report["metrics"][base]["pref/rejected/reward_margin"] == 0.0
+    for col in ("mdpo", "dpo", "qwen"):
+        assert report["metrics"][col]["pref/rejected/reward_acc"] == 1.0
+        assert report["metrics"][col]["pref/rejected/reward_margin"] > 0.5
 
+
+def test_each_checkpoint_gives_alone_exactly_what_it_gives_beside_the_others(runs, inputs, together, tmp_path):
+    """Before the fix every column sat on the first checkpoint's base: Qwen's adapters went onto
+    tiny LLaVA and were scored against it, far from what they give alone. (mdpo, the first, always
+    had its own base; dpo's is named by its run's config.json, qwen's by its adapters.)"""
+    out, report = together
+    for name, base in [("dpo", "base-tiny-llava"), ("qwen", "base-tiny-qwen2vl")]:
+        alone = evaluated(tmp_path / name, "--checkpoint", runs[name], *inputs)
+        assert alone["columns"] == ["base", name]
+        assert alone["metrics"][name] == report["metrics"][name]  # every number, exactly
+        assert alone["metrics"]["base"] == report["metrics"][base]
+        for kind in ("chair", "pope"):
+            assert open(tmp_path / name / f"answers-{name}-{kind}.jsonl").read() == \
+                open(out / f"answers-{name}-{kind}.jsonl").read()
+
+
+def test_model_names_the_base_and_must_be_each_checkpoints(runs, inputs, together, tmp_path):
+    # tiny-llava built from config (seed 0) is the base train.py saved for these runs
+    report = evaluated(tmp_path, "--model", "tiny-llava", "--checkpoint", runs["mdpo"], *inputs[:2], *inputs[-2:])
+    assert report["columns"] == ["base", "mdpo"]
+    both = together[1]["metrics"]
+    for col, same in [("base", "base-tiny-llava"), ("mdpo", "mdpo")]:
+        m = report["metrics"][col]
+        assert m == {k: v for k, v in both[same].items() if k.startswith(("data/", "pref/", "reliance/"))}
+    # a --model that contradicts a checkpoint's record is refused, never silently used
+    r = subprocess.run([sys.executable, "eval.py", "--model", "tiny-llava", "--checkpoint", runs["qwen"],
+                        *inputs[:2]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"error: --checkpoint {runs['qwen']} was trained on tiny-qwen2vl "
+                        f"({runs['qwen']}/base_model), not on --model tiny-llava: leave --model out to evaluate each "
+                        f"checkpoint on its own base\n")
+
+
+def test_adapters_that_do_not_fit_their_base_are_refused(runs, inputs, tmp_path, capsys):
+    """An adapter_config.json edited by hand, or adapters from elsewhere: an error, never the base
+    model evaluated under the checkpoint's name (load_adapter passes over weights with no layer)."""
+    def adapters(name, edit):
+        folder = tmp_path / name
+        folder.mkdir()
+        weights = load_file(os.path.join(runs["mdpo"], "final", "adapter_model.safetensors"))
+        cfg = json.load(open(os.path.join(runs["mdpo"], "final", "adapter_config.json")))
+        edit(weights, cfg)
+        save_file(weights, folder / "adapter_model.safetensors")
+        json.dump(cfg, open(folder / "adapter_config.json", "w"))
+        return folder
+
+    def error(folder) -> str:
+        assert evaluate.run(["--checkpoint", str(folder), *inputs[:2], "--no-base", "--out", str(tmp_path / "o")]) == 2
+        return capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    # another family, whose layers have other names
+    other = adapters("other-base", lambda w, cfg: cfg.update(base_model_name_or_path="tiny-idefics3"))
+    assert error(other).startswith(f"error: --checkpoint {other}: its adapters do not fit tiny-idefics3 (no Linear "
+                                   f"module matches the LoRA targets")
+    # one weight too many: a layer the base does not have
+    extra = "base_model.model.model.language_model.layers.9.self_attn.q_proj.lora_A.weight"
+    more = adapters("extra-layer", lambda w, cfg: w.update({extra: torch.zeros(8, 256)}))
+    assert error(more) == (f"error: --checkpoint {more}: 1 of its {4 * 7 * 2 + 1} adapter weights have no place in "
+                           f"tiny-llava ({runs['mdpo']}/base_model) (e.g. {extra.removeprefix('base_model.model.')})")
+
+
+def test_the_table_says_which_way_is_better_and_on_how_many_examples(together):
+    out, report = together
+    table = open(out / "eval.md").read().splitlines()
+    assert table[0] == "| metric | base-tiny-llava | base-tiny-qwen2vl | mdpo | dpo | qwen |"
+    assert table[2] == "| base model | tiny-llava | tiny-qwen2vl | tiny-llava | tiny-llava | tiny-qwen2vl |"
+    rows = {line.split(" | ")[0][2:]: line for line in table[3:] if line.startswith("| ")}
+    assert rows["data/examples"] == "| data/examples | 4 | 4 | 4 | 4 | 4 |"
+    for name in ("pref/rejected/reward_acc ↑", "reliance/crop/cond_acc ↑", "reliance/sighted_minus_blind ↑",
+                 "chair/chair_s ↓", "chair/chair_i ↓", "chair/coverage ↑", "pope/f1 ↑", "pope/unparsed ↓",
+                 # neither: counts, lengths, the yes-ratio, the blind accuracy (read against the sighted one)
+                 "chair/examples", "chair/mentions", "pope/yes_ratio", "pope/mean_answer_words", "reliance/blind_acc"):
+        assert name in rows
+    # each group starts with its count
+    keys = [k.rstrip(" ↑↓") for k in rows]
+    assert keys.index("data/examples") < keys.index("pref/rejected/logp_acc")
+    assert keys.index("chair/examples") == keys.index("chair/chair_s") - 1
+    assert table[-1].startswith("↑ higher is better, ↓ lower is better, no arrow: neither.")
+
+
+def test_answers_cut_at_max_length_are_counted(tmp_path, image_dir):
+    """A --max-length that leaves room for part of an answer: the log-probs then compare
+    prefixes, and the table says on how many examples."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"image": f"img/{i}.png", "prompt": "Q?", "chosen": "A dog.",
+                                                "rejected": "A cat."} for i in range(3)])
+
+    def cut(max_length: int) -> int:
+        report = evaluated(tmp_path / str(max_length), "--model", "tiny-llava", "--data", data, "--max-length", max_length)
+        return report["metrics"]["base"]["data/truncated"]
+    # tiny LLaVA: "Q?" with its image takes 36 tokens, each answer 6 (one per byte) + end-of-sequence
+    assert cut(43) == 0  # room for 7: every answer whole
+    assert cut(42) == 3  # room for 6: every answer loses its end
+
+
+# ---- benchmarks ------------------------------------------------------------------------------
 
 def test_bad_benchmark_rows_are_one_line_errors(tmp_path, image_dir, capsys):
     chair_path = write_jsonl(tmp_path / "c.jsonl", [
@@ -109,11 +243,12 @@ def test_bad_benchmark_rows_are_one_line_errors(tmp_path, image_dir, capsys):
     assert "unknown benchmark" in capsys.readouterr().err
 
 
-def test_generation_length_and_pope_parser_options():
+def test_generation_options_and_their_defaults():
     args = evaluate.build_parser().parse_args([])
     assert args.max_new_tokens == 1024  # long descriptions, as published CHAIR evaluations allow
+    assert args.num_beams == 1  # greedy; SymMPO's Object HalBench used 3
     assert args.pope_parse == "standard"
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="invalid choice: 'loose'"):
         evaluate.build_parser().parse_args(["--pope-parse", "loose"])
 
 
@@ -124,17 +259,17 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
               "Is there a dog?": ["There is not a dog. A cat.", "There is a cat on the bed."]}
     asked = []
 
-    def fake_answer(model, processor, prompts, images, *, max_new_tokens, **kwargs):
-        asked.append(max_new_tokens)
-        return canned[prompts[0]]
-    monkeypatch.setattr(evaluate, "answer", fake_answer)
+    def fake_generate(model, processor, prompts, images, *, max_new_tokens, num_beams, **kwargs):
+        asked.append((max_new_tokens, num_beams))
+        return canned[prompts[0]], [False, prompts[0] == "Describe."]  # the second description hit the limit
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
     chair_path = write_jsonl(tmp_path / "c.jsonl", [
         {"image": "img/0.png", "prompt": "Describe.", "objects": ["dog"]},
         # the reference captions' objects are true objects too: the sofa (a couch) is not hallucinated
         {"image": "img/1.png", "prompt": "Describe.", "objects": ["cats"], "captions": ["A cat on a couch."]}])
     pope_path = write_jsonl(tmp_path / "p.jsonl", [
-        {"image": "img/0.png", "question": "Is there a dog?", "answer": "no"},
-        {"image": "img/1.png", "question": "Is there a dog?", "answer": "yes"}])
+        {"id": "coco-42", "image": "img/0.png", "question": "Is there a dog?", "answer": "no"},
+        {"id": 7, "image": "img/1.png", "question": "Is there a dog?", "answer": "yes"}])
     for parse in ("standard", "strict"):
         out = tmp_path / parse
         assert evaluate.run(["--model", "tiny-llava", "--bench", "chair", chair_path, "--bench", "pope", pope_path,
@@ -142,11 +277,13 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
         m = json.load(open(out / "eval.json"))["metrics"]["base"]
         # CHAIR: dog, dog (true) | cat, couch (true, the couch from the caption): 4 mentions, none hallucinated
         assert (m["chair/chair_s"], m["chair/chair_i"], m["chair/coverage"], m["chair/mentions"]) == (0, 0, 1, 4)
+        assert (m["chair/examples"], m["chair/truncated"], m["pope/truncated"]) == (2, 1, 0)
         # "A dog and a dog." 5 words, "A cat on a sofa." 5 words; one byte-level token per character: 16, 16
         assert m["chair/mean_answer_words"] == 5 and m["chair/mean_answer_tokens"] == 16
         # 7 and 7 words; 26 and 26 characters
         assert m["pope/mean_answer_words"] == 7 and m["pope/mean_answer_tokens"] == 26
         saved = [json.loads(line) for line in open(out / "answers-base-pope.jsonl")]
+        assert [s["id"] for s in saved] == ["coco-42", "7"]  # the data's ids (a number as its string)
         if parse == "standard":
             # "not" in the first sentence -> no (right); no "no" at all -> yes (right)
             assert [s["parsed"] for s in saved] == ["no", "yes"]
@@ -157,15 +294,45 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
             assert [s["parsed"] for s in saved] == [None, None]
             assert (m["pope/accuracy"], m["pope/precision"], m["pope/recall"], m["pope/f1"]) == (0, 0, 0, 0)
             assert (m["pope/yes_ratio"], m["pope/unparsed"]) == (0, 2)
-    assert asked == [1024] * 4  # the default reaches the generation
+    assert asked == [(1024, 1)] * 4  # the defaults reach the generation: 1024 new tokens, greedy
     saved = [json.loads(line) for line in open(tmp_path / "strict" / "answers-base-chair.jsonl")]
-    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "objects": ["cat", "couch"], "hallucinated": []}
+    # no id in the data: the line number, as training names the row
+    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "truncated": True, "objects": ["cat", "couch"],
+                        "hallucinated": []}
 
-    # POPE's splits side by side, each named by its file; a shorter generation on request
+    # POPE's splits side by side, each named by its file; a shorter generation with beams on request
     split = write_jsonl(tmp_path / "adversarial.jsonl", [json.loads(line) for line in open(pope_path)])
     assert evaluate.run(["--model", "tiny-llava", "--bench", "pope", pope_path, "--bench", "pope", split,
-                         "--out", str(tmp_path / "splits"), "--max-new-tokens", "7"]) == 0
+                         "--out", str(tmp_path / "splits"), "--max-new-tokens", "7", "--num-beams", "3"]) == 0
     m = json.load(open(tmp_path / "splits" / "eval.json"))["metrics"]["base"]
     assert m["pope-p/accuracy"] == 1 and m["pope-adversarial/accuracy"] == 1 and "pope/accuracy" not in m
     assert os.path.isfile(tmp_path / "splits" / "answers-base-pope-adversarial.jsonl")
-    assert asked[4:] == [7, 7]
+    assert asked[4:] == [(7, 3), (7, 3)]
+
+
+# ---- the command line and the plots ----------------------------------------------------------
+
+def test_help_answers_before_torch_is_imported():
+    """--help shows the whole description and every default, without importing torch (seconds)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "eval.py", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "json" in imported and "torch" not in imported and "transformers" not in imported
+    assert evaluate.__doc__.splitlines()[0] in r.stdout and "pope-adv." in r.stdout  # first and last lines
+    for default in ("(default: 8)", "(default: 1024)", "(default: eval)", "(default: 0.1)", "(default: standard)"):
+        assert default in " ".join(r.stdout.split())
+    assert "3 beams without sampling and 1024 new tokens" in " ".join(r.stdout.split())
+
+
+def test_training_curves_leave_out_rows_without_the_figure(tmp_path):
+    rows = [{"step": 1, "loss": 0.69, "rewards/accuracies": 0.0, "learning_rate": 1e-3},
+            {"step": 2, "loss": 0.5, "rewards/accuracies": 0.5, "eval/loss": 0.6},
+            {"step": 3, "eval/loss": 0.55, "epoch": 0, "stage": 0},  # held-out only: that step's training was skipped
+            '{"step": 4, "loss": 0.4']  # a line a killed run left half-written
+    write_jsonl(tmp_path / "metrics.jsonl", rows)
+    curves = evaluate.training_curves(str(tmp_path))
+    assert curves["loss"] == ([1, 2], [0.69, 0.5])
+    assert curves["rewards/accuracies"] == ([1, 2], [0.0, 0.5])
+    assert curves["eval/loss"] == ([2, 3], [0.6, 0.55])
+    assert evaluate.training_curves(None)["loss"] == ([], [])  # a base model has no run
