@@ -219,7 +219,9 @@ def test_the_default_job_runs_with_no_arguments(tmp_path):
     r = cli(cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "runs" / "default"
-    assert f"done: 96 steps. metrics: {os.path.join('runs', 'default', 'metrics.jsonl')}" in r.stdout
+    assert r.stdout.splitlines()[-3].startswith("done: 96 steps, 768 samples in ")
+    assert r.stdout.splitlines()[-1] == f"metrics: {os.path.join('runs', 'default', 'metrics.jsonl')}  model: " \
+        f"{os.path.join('runs', 'default', 'final')}"
     rows = metrics(out)
     assert len(rows) == 96 and json.load(open(out / "config.json"))["objective"] == "mdpo"
     first, last = rows[:16], rows[-16:]
@@ -227,6 +229,8 @@ def test_the_default_job_runs_with_no_arguments(tmp_path):
     assert mean(last, "rewards/accuracies") > mean(first, "rewards/accuracies") + 0.2
     assert mean(last, "rewards/image_accuracies") > mean(first, "rewards/image_accuracies") + 0.2
     assert os.path.isfile(out / "final" / "adapter_model.safetensors")
+    again = cli("--max-steps", "1", cwd=tmp_path)  # the same command again must not write over the run
+    assert again.returncode == 2 and "error: --out runs/default already holds a run" in again.stderr
 
 
 def test_bf16_reference_cache_is_computed_in_bf16(easy_data, tmp_path):
