@@ -353,7 +353,8 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from mmpo import hallucination, lora
-from mmpo.data import DataError, PreferenceDataset, collate, load_image, pad_id, read_rows
+from mmpo.data import PreferenceDataset, collate, pad_id
+from mmpo.rows import DataError, load_image, read_rows
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps
 from mmpo.models import load_model

@@ -21,7 +21,7 @@ def run(main, *args, light: bool = False) -> int:
     speak = os.environ.get("RANK", "0") == "0"
     try:
         main(*args)
-    except (UserError, OSError) as e:  # mmpo.data.DataError is a UserError with one message per problem
+    except (UserError, OSError) as e:  # mmpo.rows.DataError is a UserError with one message per problem
         messages = getattr(e, "messages", None)
         if messages is not None:
             lines = [f"error: {m}" for m in messages[:20]]

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from mmpo import cli, perturb
 from mmpo.cli import UserError
-from mmpo.data import DataError, load_image, read_rows, stable_seed
+from mmpo.data import stable_seed
+from mmpo.rows import DataError, load_image, read_rows
 from mmpo.generate import generate
 from mmpo.keywords import rank_keywords
 from mmpo.prepare_cli import (build_parser, check_model_name, check_options, done_ids, first_line, load_models,

@@ -266,7 +266,7 @@ def start_output(args, rows, settings: dict) -> None:
     """Make OUT ready before any model loads. --overwrite removes what an earlier run wrote;
     otherwise rows already there must come from the same settings (else they would mix with this
     run's). Then this run's settings are recorded, atomically."""
-    from mmpo.data import IMAGE_FIELDS
+    from mmpo.rows import IMAGE_FIELDS
     out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
     fresh = START_FRESH.format(out=args.out)
     if args.overwrite:

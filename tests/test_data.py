@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, write_jsonl
-from mmpo.data import (DataError, PreferenceDataset, collate, epoch_order, load_image, processed_mask, read_rows,
-                       required_fields)
+from mmpo.data import PreferenceDataset, collate, epoch_order, processed_mask
+from mmpo.rows import DataError, load_image, read_rows, required_fields
 from mmpo.models import tiny_llava_processor, tiny_model
 from mmpo.perturb import alpha_bar
 

@@ -1,0 +1,268 @@
+"""Preference data as JSON Lines: the fields, which views need which, and the checks of every row.
+
+One example a line::
+
+    {"id": "0", "image": "img/0.png", "prompt": "What color is the square?",
+     "chosen": "The square is red.", "rejected": "The square is blue."}
+
+``image`` is relative to the JSONL file's folder unless absolute; ``question`` is an alias of
+``prompt``. Optional: ``corrupt_image`` (m' for mDPO/MFPO; made on the fly when absent),
+``contrast_image`` + ``contrast_chosen`` (SymMPO), ``lang_biased`` + ``vision_biased`` (NaPO),
+``difficulty`` (curriculum), ``noise_mask`` + ``noise_step`` (MFPO's region noise, written by
+``python -m mmpo.prepare mfpo``), ``truncated`` (the generated fields that hit the token limit:
+they get no end-of-sequence token). Every row is checked when the file is opened; all problems
+are reported together, each as ``file:line: field 'x': what is wrong``.
+"""
+import json
+import math
+import os
+
+from PIL import Image, UnidentifiedImageError
+
+from mmpo.cli import UserError
+from mmpo.config import NOISE_STEPS
+
+# view -> (which image, which response field). "corrupt" is m': corrupt_image, a perturbation
+# made on the fly, or SymMPO's contrast_image.
+VIEWS = {
+    "chosen": ("image", "chosen"),
+    "rejected": ("image", "rejected"),
+    "chosen_on_corrupt": ("corrupt", "chosen"),
+    "contrast_on_image": ("image", "contrast_chosen"),
+    "contrast_on_corrupt": ("corrupt", "contrast_chosen"),
+    "rejected_on_corrupt": ("corrupt", "rejected"),
+    "lang_biased": ("image", "lang_biased"),
+    "vision_biased": ("image", "vision_biased"),
+}
+TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
+IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
+CORRUPTIONS = ("crop", "noise", "blank", "contrast")
+
+
+class DataError(UserError):
+    """Bad input data; ``messages`` holds one line per problem (file, line, field)."""
+
+    def __init__(self, messages: list[str] | str):
+        if isinstance(messages, str):  # re-raised from a DataLoader worker: keep the last line
+            lines = [ln for ln in messages.splitlines() if ln.strip()]
+            messages = [lines[-1].split("DataError: ", 1)[-1]] if lines else []
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+def load_image(path: str) -> Image.Image:
+    """Open any image as RGB: palette, alpha, grayscale, CMYK and 16-bit images included."""
+    img = Image.open(path)
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.convert("I").point(lambda v: v / 256).convert("L")  # 16-bit -> 8-bit
+    elif img.mode == "F":
+        img = img.point(lambda v: v * 255).convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+        return background
+    return img.convert("RGB")
+
+
+def required_fields(views, corruption: str) -> set[str]:
+    """The fields every row must have to be scored as ``views`` with this ``corruption``."""
+    need = {"image", "prompt"}
+    for v in views:
+        slot, response = VIEWS[v]
+        need.add(response)
+        if slot == "corrupt" and corruption == "contrast":
+            need.add("contrast_image")
+    return need
+
+
+# fields that no annotator writes: the pipeline of ``python -m mmpo.prepare`` that makes them
+GENERATED_BY = {"lang_biased": "napo", "vision_biased": "napo", "contrast_image": "symmpo", "contrast_chosen": "symmpo"}
+
+
+def read_rows(path: str, required: set[str]) -> list[dict]:
+    """Read and check every row; raise DataError listing every problem, one line each.
+
+    A required field that is missing on several rows is one line with the count and the first
+    line numbers, not one line per row: data made for DPO and given to NaPO lacks the generated
+    answers everywhere, and 500 identical lines would hide every other problem.
+    """
+    lines = _read_lines(path)
+    base = os.path.dirname(os.path.abspath(path))
+    problems = []  # (line, field, message); message None: a required field missing there
+    rows, seen, n_objects = [], {}, 0
+    for ln, raw in enumerate(lines, 1):
+        where = f"{path}:{ln}"
+        try:
+            text = raw.decode("utf-8").removeprefix("\ufeff")  # a BOM mid-file: files joined with cat
+        except UnicodeDecodeError as e:
+            column = len(raw[:e.start].decode("utf-8")) + 1  # in characters, as an editor counts
+            problems.append((ln, None, f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02X} at column {column})"))
+            continue
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            problems.append((ln, None, f"{where}: invalid JSON ({e.msg}, column {e.colno})"))
+            continue
+        if not isinstance(row, dict):
+            problems.append((ln, None, f"{where}: expected a JSON object, got {type(row).__name__}"))
+            continue
+        n_objects += 1
+        found = [(name, None if msg is None else f"{where}: {msg}") for name, msg in _check_row(row, required, base)]
+        row["id"], problem = _row_id(row.get("id"), ln)
+        if problem:
+            found.append(("id", f"{where}: {problem}"))
+        elif row["id"] in seen:
+            found.append(("id", f"{where}: field 'id': duplicate id {row['id']!r} (first on line {seen[row['id']]})"))
+        else:
+            seen[row["id"]] = ln
+        row["line"] = ln
+        problems += [(ln, name, msg) for name, msg in found]
+        if not found:
+            rows.append(row)
+    if problems:
+        whole = _whole_file_json(lines)
+        if whole:  # every line would be "invalid JSON": say what the file is instead
+            raise DataError([f"{path}: {whole}, expected JSON Lines (one JSON object per line)"])
+        raise DataError(_messages(path, problems, n_objects))
+    return rows
+
+
+def _read_lines(path: str) -> list[bytes]:
+    """The file's lines as bytes (each decoded on its own, so one bad byte spoils one line);
+    DataError when the file as a whole is no JSONL text."""
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if f.endswith(".jsonl"))
+        hint = f" (did you mean {os.path.join(path, inside[0])}?)" if len(inside) == 1 else ""
+        raise DataError([f"{path}: is a folder, expected a JSONL file{hint}"])
+    if not os.path.isfile(path):
+        raise DataError([f"{path}: no such file"])
+    with open(path, "rb") as f:
+        data = f.read().removeprefix(b"\xef\xbb\xbf")  # the UTF-8 BOM that Windows editors write
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError([f"{path}: UTF-16 text, expected UTF-8 (save the file as UTF-8)"])
+    if data.startswith(b"\x1f\x8b"):
+        raise DataError([f"{path}: gzip-compressed, expected JSONL text (decompress it with gunzip first)"])
+    if not data.strip():
+        raise DataError([f"{path}: {'only blank lines' if data else 'empty file'}, expected one JSON object per line"])
+    return data.splitlines()  # \n, \r\n or \r; never inside a JSON string, where they must be escaped
+
+
+def _check_row(row: dict, required: set[str], base: str) -> list[tuple[str | None, str | None]]:
+    """Check one row's fields, making image paths absolute and filing ``question`` under
+    ``prompt``; returns (field, problem) pairs: problem None for a required field missing, field
+    None for a problem of the optional non-text fields."""
+    if "prompt" not in row and "question" in row:
+        row["prompt"] = row.pop("question")
+    found = []
+    for name in sorted(required | (set(row) & set(TEXT_FIELDS + IMAGE_FIELDS))):
+        value = row.get(name)
+        if value is None:
+            if name in required:
+                found.append((name, None))
+            continue
+        if not isinstance(value, str) or not value.strip():
+            got = f", got {_shown(value)}" if not isinstance(value, str) else ""
+            found.append((name, f"field '{name}': must be a non-empty string{got}"))
+            continue
+        if name in IMAGE_FIELDS:
+            full = value if os.path.isabs(value) else os.path.join(base, value)
+            problem = _check_image(full)
+            if problem:
+                # a path written relative to where the user runs, not to the data file
+                moved = problem == "image file not found" and os.path.isfile(value)
+                hint = " (relative paths start at the data file's folder)" if moved else ""
+                found.append((name, f"field '{name}': {problem}: {full}{hint}"))
+            row[name] = full
+    return found + [(None, p) for p in _check_extras(row)]
+
+
+def _row_id(value, ln: int) -> tuple[str, str | None]:
+    """A row's id as a string (its line number when absent), and what is wrong with it."""
+    if value is None:
+        return str(ln), None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), None  # 7 and "7" are the same example
+    if isinstance(value, str) and value.strip():
+        return value, None
+    return str(ln), f"field 'id': must be a non-empty string or a whole number, got {_shown(value)}"
+
+
+def _shown(value) -> str:
+    """A JSON value as the user wrote it, cut to fit in one error line."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole_file_json(lines: list[bytes]) -> str | None:
+    """What the file is when it is one JSON document rather than JSON Lines (a JSON array, as
+    many datasets ship, or a pretty-printed object), else None."""
+    try:
+        doc = json.loads(b"\n".join(lines).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    n = sum(1 for ln in lines if ln.strip())
+    if isinstance(doc, list):
+        return "a JSON array"
+    if isinstance(doc, dict) and n > 1:
+        return f"one JSON object over {n} lines"
+    return None
+
+
+def _messages(path: str, problems: list[tuple], n_objects: int) -> list[str]:
+    """The final lines, in file order: a field missing on several rows is said once, where
+    it is first missing, with the command that makes it when it is a generated field."""
+    missing = {}
+    for ln, name, msg in problems:
+        if msg is None:
+            missing.setdefault(name, []).append(ln)
+    out = []
+    for ln, name, msg in problems:
+        if msg is not None:
+            out.append(msg)
+        elif len(missing[name]) == 1:
+            out.append(f"{path}:{ln}: field '{name}': missing")
+        elif missing[name][0] == ln:
+            lines = missing[name]
+            shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+            line = f"{path}: field '{name}': missing on {len(lines)} of {n_objects} rows (lines {shown})"
+            if name in GENERATED_BY:
+                line += f"; make it with python -m mmpo.prepare {GENERATED_BY[name]} --data {path} --out DIR --model M"
+            out.append(line)
+    return out
+
+
+def _check_extras(row: dict) -> list[str]:
+    """What is wrong with the optional non-text fields: difficulty, noise_step, truncated."""
+    problems = []
+    if "difficulty" in row:
+        d = row["difficulty"]
+        if not isinstance(d, (int, float)) or isinstance(d, bool):  # JSON's true is Python's 1
+            problems.append(f"field 'difficulty': must be a number, got {_shown(d)}")
+        elif not math.isfinite(d):  # json reads NaN and Infinity; the curriculum cannot sort them
+            problems.append(f"field 'difficulty': must be a finite number, got {_shown(d)}")
+    step = row.get("noise_step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < NOISE_STEPS):
+        problems.append(f"field 'noise_step': must be a whole number in [0, {NOISE_STEPS}), got {_shown(step)}")
+    cut = row.get("truncated", [])
+    if not isinstance(cut, list) or not all(isinstance(f, str) and f in TEXT_FIELDS for f in cut):
+        problems.append(f"field 'truncated': must be a list of response field names ({', '.join(TEXT_FIELDS[1:])})")
+    return problems
+
+
+def _check_image(path: str) -> str | None:
+    """What is wrong with an image file (absent, a folder, undecodable), or None."""
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if not os.path.isfile(path):
+        return "image file not found"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"cannot decode image ({type(e).__name__})"
+    return None
