@@ -237,6 +237,14 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     if ckpt:
         state = checkpoint.load(ckpt, model, optimizer, scheduler, d)
         step, nonfinite = state["step"], state["nonfinite"]
+        if step >= total_steps:
+            raise UserError(f"--resume {cfg.out}: the run is already at step {step} of {total_steps}; "
+                            f"raise --max-steps or --epochs to train it further")
+        # the schedule of this run's length (a longer --max-steps stretches it); for a killed run
+        # resumed as it was this is the learning rate it had, bit for bit
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_lambda(step)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         if d.main:
             print(f"resumed from {ckpt} at step {step}")
     def refresh_reference(at: int):

@@ -222,6 +222,9 @@ def parse_yes_no(text: str, parse: str = "standard") -> str | None:
 def pope(answers: list[str], labels: list[str], parse: str = "standard") -> dict:
     """Accuracy, precision, recall, F1 (positive = yes) and yes-ratio of ``answers`` against
     ``labels`` ('yes'/'no'). Unparsed answers (strict parser only) are wrong and reported."""
+    bad = sorted({str(y) for y in labels} - {"yes", "no"})
+    if bad:
+        raise ValueError(f"POPE labels must be 'yes' or 'no', got {', '.join(map(repr, bad[:3]))}")
     parsed = [parse_yes_no(a, parse) for a in answers]
     pairs = list(zip(parsed, labels, strict=True))
     tp = sum(p == "yes" and y == "yes" for p, y in pairs)

@@ -278,6 +278,9 @@ def main(args) -> dict:
             stats["rows written"] += len(written)
             bar.update(len(chunk))
     stats["rows already there"] = len(rows) - len(todo)
+    if todo and not stats["rows written"] and not done:
+        raise UserError(f"no row written to {out_path}: every one of the {len(todo)} rows was skipped "
+                        f"({', '.join(k for k in stats if k.startswith('rows skipped'))}); try other generation settings")
     return dict(stats)
 
 

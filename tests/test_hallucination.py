@@ -167,3 +167,9 @@ def test_pope_strict_parser():
     assert m["unparsed"] == 3
     with pytest.raises(ValueError, match="parse must be one of"):
         pope(POPE_ANSWERS, POPE_LABELS, parse="loose")
+
+
+def test_pope_labels_must_be_yes_or_no():
+    """A label such as "Yes" would silently count every answer wrong."""
+    with pytest.raises(ValueError, match="POPE labels must be 'yes' or 'no', got 'Yes'"):
+        pope(["yes"], ["Yes"])

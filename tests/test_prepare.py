@@ -296,3 +296,13 @@ def test_bad_rows_are_one_line_errors(tmp_path, image_dir, capsys):
 def test_napo_needs_a_model(plain_data, tmp_path, capsys):
     assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == "error: napo needs --model: the base model whose answers it records"
+
+
+def test_a_run_that_writes_no_row_is_an_error(plain_data, tmp_path, monkeypatch, capsys):
+    """Every answer empty (a random model can answer with whitespace only): not "done" with an
+    empty data.jsonl, but one line saying why."""
+    monkeypatch.setattr(prepare, "generate", lambda model, proc, prompts, images, **kw: ([""] * len(prompts),
+                                                                                       [False] * len(prompts)))
+    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith(f"error: no row written to {tmp_path / 'o' / 'data.jsonl'}: every one of the 6 rows was skipped")

@@ -1,6 +1,7 @@
 """train.py end to end on tiny models: every objective learns, resume is exact, the reference
 cache matches live passes, a saved model trains through --model DIR, bad input fails cleanly."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -292,14 +293,21 @@ def test_resume_applies_what_may_change_and_refuses_the_rest(easy_data, tmp_path
     run_ok("--data", easy_data, "--out", out, "--max-steps", 2, "--epochs", 2, *FAST)
     # --max-steps extends a finished run: it trains steps 3 and 4, and says so in config.json
     run_ok("--resume", out, "--max-steps", 4, "--log-every", 2)
-    assert [r["step"] for r in metrics(out)] == [1, 2, 4]
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 4]
     assert json.load(open(out / "config.json"))["max_steps"] == 4
+    # the schedule is the 4-step one from the first resumed step on (not the 2-step one's final 0)
+    assert rows[2]["learning_rate"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)), rel=1e-6)
+    r = cli("--resume", out, "--max-steps", 3)
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: --resume {out}: the run is already at step 4 of 3; "
+                                                      "raise --max-steps or --epochs to train it further")
     for flag, value, saved in (("--lr", "0.5", "0.001"), ("--objective", "dpo", "mdpo"), ("--data", "x.jsonl", easy_data)):
         r = cli("--resume", out, flag, value)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith(f"error: --resume {out}: {flag} {value} differs from the run's {saved}; a resumed run "
                                    "may change only --epochs, --eval-every, --log-every, --max-steps"), r.stderr
-    assert cli("--resume", out, "--lr", "0.001").returncode == 0  # the same value is no change
+    r = cli("--resume", out, "--lr", "0.001")  # the same value is no change: it gets as far as the step check
+    assert r.returncode == 2 and "the run is already at step 4 of 4" in r.stderr
 
 
 def test_held_out_evaluation_during_training(easy_data, tmp_path, capsys):
