@@ -211,6 +211,8 @@ def check_limits(cfg: Config):
             re.compile(pattern)
         except re.error as e:
             raise ArgumentError(f"--lora-targets: {pattern!r} is not a regular expression ({e})") from None
+    if cfg.eval_every and not cfg.eval_data:
+        raise ArgumentError(f"--eval-every {cfg.eval_every}: evaluates on --eval-data, which is not given")
     if cfg.ref_cache and os.path.isdir(cfg.ref_cache):
         raise ArgumentError(f"--ref-cache {cfg.ref_cache}: is a folder; give a file, e.g. {os.path.join(cfg.ref_cache, 'ref.safetensors')}")
 
@@ -225,7 +227,8 @@ def _parser(defaults: bool = True) -> _Parser:
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        kw = {"help": f.metadata["help"], "default": f.default if defaults else argparse.SUPPRESS}
+        help = f.metadata["help"] if f.default is not None else f.metadata["help"] + " %(default).0s"  # says its own default
+        kw = {"help": help, "default": f.default if defaults else argparse.SUPPRESS}
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue

@@ -371,6 +371,7 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
     (["--lora-dropout", "1"], "--lora-dropout 1.0: must be in [0, 1)"),
     (["--lora-targets", "q_proj,(v"], "--lora-targets: '(v' is not a regular expression (missing ), unterminated subpattern at position 0)"),
     (["--ref-cache", "/tmp"], "--ref-cache /tmp: is a folder; give a file, e.g. /tmp/ref.safetensors"),
+    (["--eval-every", "5"], "--eval-every 5: evaluates on --eval-data, which is not given"),
 ])
 def test_every_option_range_is_checked_where_it_is_parsed(args, message):
     with pytest.raises(Exception) as e:
