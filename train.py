@@ -43,7 +43,7 @@ def check_model_name(name: str):
         raise UserError(f"--model {name}: not a model directory (no config.json)")
 
 
-def drop_overlong(dataset, stages, cfg, pad, d) -> list[list[int]]:
+def drop_overlong(dataset, stages, cfg, d) -> list[list[int]]:
     """Check every example once before training: one whose prompt and image alone exceed
     --max-length cannot be trained on, so it leaves the schedule (and is reported) instead of
     silently thinning some batches; if none is left, stop."""
@@ -152,7 +152,7 @@ def main(cfg: Config, typed: set[str] = frozenset()):
         fp = reference.fingerprint(model_fp, data_path, {"score": "entropy", "max_length": cfg.max_length})
         scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
-    stages = drop_overlong(dataset, stages, cfg, pad, d)
+    stages = drop_overlong(dataset, stages, cfg, d)
     steps = plan(stages, cfg.epochs, global_batch, cfg.seed)
     if not steps:
         raise UserError(f"{data_path}: {sum(map(len, stages))} trainable examples, fewer than one global batch of "
@@ -336,8 +336,9 @@ def main(cfg: Config, typed: set[str] = frozenset()):
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
                             sps=f"{row['samples_per_s']:.1f}")
         if eval_set is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
-            row.update(held_out())
-            evals.append(row)
+            row.update(held_out())  # empty when every held-out example is longer than --max-length
+            if "eval/loss" in row:
+                evals.append(row)
         if (trained and (step % cfg.log_every == 0 or step == total_steps)) or "eval/loss" in row:
             log.write(row)
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps:
