@@ -78,7 +78,11 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     if cfg.recipe == "paper" and d.main:
         print(recipe_line(cfg))
     views = OBJECTIVES[cfg.objective].views
+    needs_ref = OBJECTIVES[cfg.objective].reference  # SFT has no reference model
     options = cfg.objective_options()
+    if not needs_ref and (cfg.ref_cache or cfg.refresh_ref_per_stage):
+        raise UserError(f"--objective {cfg.objective} has no reference model: leave out "
+                        f"{'--ref-cache' if cfg.ref_cache else '--refresh-ref-per-stage'}")
     if cfg.redraw_corruption and cfg.ref_cache:
         raise UserError("--redraw-corruption draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
@@ -124,7 +128,7 @@ def main(cfg: Config, typed: set[str] = frozenset()):
             lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets, snapshot=cfg.refresh_ref_per_stage)
         except ValueError:
             raise UserError(f"--lora-targets {cfg.lora_targets}: no Linear module of {cfg.model} matches") from None
-    elif not cfg.ref_cache:
+    elif needs_ref and not cfg.ref_cache:
         frozen_ref = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.activation_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
@@ -199,6 +203,8 @@ def main(cfg: Config, typed: set[str] = frozenset()):
             model.train()
 
     def ref_logps(batch, features=None):
+        if not needs_ref:  # SFT: nothing to score, zeros keep one path through the loop
+            return torch.zeros(batch.input_ids.shape[0], device=d.device)
         if ref_table is not None:
             return reference.cached_logps(ref_table, batch)
         return reference.live_logps(model, frozen_ref, batch, features)
@@ -333,7 +339,7 @@ def main(cfg: Config, typed: set[str] = frozenset()):
                     "grad_norm": float(grad_norm), "samples_per_s": samples / (time.perf_counter() - t0),
                     "tokens_per_s": tokens / (time.perf_counter() - t0)}
             row.update(last)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}",
+            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('rewards/accuracies', float('nan')):.2f}",
                             sps=f"{row['samples_per_s']:.1f}")
         if eval_set is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
             row.update(held_out())  # empty when every held-out example is longer than --max-length

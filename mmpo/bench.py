@@ -76,7 +76,7 @@ def quiet_run(args) -> None:
 def bench_training(model_name: str, data: str, steps: int, out: str):
     print(f"training throughput on {model_name}, batch 8, {steps} steps (after 2 warm-up steps)")
     rows = []
-    for objective in OBJECTIVES:
+    for objective in (o for o in OBJECTIVES if OBJECTIVES[o].reference):  # the preference objectives
         for mode, extra in (("LoRA r64, live ref", []), ("full FT, cached ref", ["--lora-rank", "0", "--ref-cache", os.path.join(out, f"{objective}.ref")])):
             run_dir = os.path.join(out, f"{objective}-{len(extra)}")
             args = ["--objective", objective, "--model", model_name, "--data", data, "--out", run_dir,

@@ -22,7 +22,8 @@ def opt(default, help: str, **kw):
 
 @dataclass
 class Config:
-    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo", choices=("dpo", "mdpo", "mfpo", "napo", "symmpo"))
+    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen answers, no reference)",
+                         choices=("dpo", "mdpo", "mfpo", "napo", "symmpo", "sft"))
     data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
     model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
@@ -101,6 +102,8 @@ class Config:
             if len(values) != n:
                 raise ArgumentError(f"{flag}: expected {n} comma-separated numbers, got {s!r}")
             return values
+        if self.objective == "sft":
+            return {}
         if self.objective == "dpo":
             return {"beta": self.beta}
         if self.objective == "mdpo":
@@ -114,11 +117,12 @@ class Config:
             weights = "dynamic" if self.napo_weights == "dynamic" else floats(self.napo_weights, 3, "--napo-weights")
             return {"beta": self.beta, "weights": weights, "q": self.napo_q, "q_form": self.napo_q_form,
                     "alpha": floats(self.napo_alpha, 2, "--napo-alpha")}
+        assert self.objective == "symmpo", self.objective
         return {"beta": self.beta, "lam": self.symmpo_lam, "gamma": self.symmpo_gamma, "eta": self.symmpo_eta,
                 "delta": self.symmpo_delta, "margin_form": self.symmpo_margin_form}
 
 
-PAPER_LR = {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7, "symmpo": 5e-6}
+PAPER_LR = {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7, "symmpo": 5e-6, "sft": 2e-5}
 
 
 def resolve(cfg: Config) -> Config:
@@ -151,6 +155,10 @@ RECIPES = {
                     batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16", max_length=2048, symmpo_lam=0.5,
                     symmpo_gamma=1e-4, symmpo_eta=1.0, symmpo_delta=0.0, symmpo_margin_form="code",
                     corruption="contrast")),
+    # LLaVA-1.5's visual instruction tuning (stage 2), 8 GPUs: global batch 128
+    "sft": ("haotian-liu/LLaVA scripts/v1_5/finetune.sh",
+            dict(lr=2e-5, epochs=1, warmup=0.03, weight_decay=0.0, adam_beta2=0.999, batch_size=16, grad_accum=1,
+                 lora_rank=0, dtype="bf16", max_length=2048)),
 }
 
 

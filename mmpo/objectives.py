@@ -1,4 +1,4 @@
-"""The five preference objectives, as functions of per-view log-probabilities.
+"""The five preference objectives (and plain SFT), as functions of per-view log-probabilities.
 
 Every objective takes ``policy`` and ``ref``: dicts mapping a view name (METHODS.md) to the
 *summed* response log-probability of each example, shape ``(batch,)``. It returns
@@ -272,10 +272,29 @@ def symmpo(policy: Logps, ref: Logps, *, beta: float = 0.1, lam: float = 0.5,
     return loss, metrics
 
 
+def sft(policy: Logps, ref: Logps, lengths: Logps):
+    """Supervised fine-tuning: the next-token cross-entropy of the chosen answer given the image
+    and the prompt, averaged over every answer token of the batch (as a causal LM's loss is).
+
+    Not a preference objective: it trains a base model to read the image (``python -m mmpo.toy``
+    starts from one). ``ref`` is not used: SFT has no reference model.
+
+    Args:
+        policy: summed log-probs of view ``chosen``, ``(batch,)``; lengths: its token counts.
+    Returns:
+        loss ``(batch,)`` whose mean is the per-token loss of the batch, and metrics
+        (``logps/chosen``, the mean summed log-prob of an answer).
+    """
+    n = lengths["chosen"]
+    loss = -policy["chosen"] * (n.numel() / n.sum())
+    return loss, {"logps/chosen": policy["chosen"].detach().mean()}
+
+
 class Objective(NamedTuple):
     fn: Callable
     views: tuple[str, ...]
     needs_lengths: bool = False
+    reference: bool = True  # False: no reference model is built or scored (SFT)
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -285,6 +304,7 @@ OBJECTIVES: dict[str, Objective] = {
     "napo": Objective(napo, ("chosen", "rejected", "lang_biased", "vision_biased"), True),
     "symmpo": Objective(symmpo, ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt",
                                  "contrast_on_corrupt")),
+    "sft": Objective(sft, ("chosen",), needs_lengths=True, reference=False),
 }
 
 

@@ -98,13 +98,14 @@ def summary(step: int, samples: int, seconds: float, last: dict, evals: list[dic
     """The closing lines of a run: how much it trained, its last figures, the best held-out ones."""
     lines = [f"done: {step} steps, {samples} samples in {seconds:.0f} s"]
     if last:
-        lines.append(f"last step: loss {last['loss']:.4f}, reward accuracy {last['rewards/accuracies']:.3f}, "
-                     f"margin {last['rewards/margins']:.4f}")
+        rewards = (f", reward accuracy {last['rewards/accuracies']:.3f}, margin {last['rewards/margins']:.4f}"
+                   if "rewards/accuracies" in last else "")  # SFT has no rewards
+        lines.append(f"last step: loss {last['loss']:.4f}{rewards}")
     if evals:
         e = evals[-1]
         best = min(evals, key=lambda r: r["eval/loss"])
-        lines.append(f"held-out ({e['eval/examples']} examples) at step {e['step']}: loss {e['eval/loss']:.4f}, reward "
-                     f"accuracy {e['eval/rewards/accuracies']:.3f}, conditional accuracy {e['eval/cond_acc']:.3f}; "
-                     f"best loss {best['eval/loss']:.4f} at step {best['step']}")
+        rewards = (f", reward accuracy {e['eval/rewards/accuracies']:.3f}" if "eval/rewards/accuracies" in e else "")
+        lines.append(f"held-out ({e['eval/examples']} examples) at step {e['step']}: loss {e['eval/loss']:.4f}{rewards}, "
+                     f"conditional accuracy {e['eval/cond_acc']:.3f}; best loss {best['eval/loss']:.4f} at step {best['step']}")
     lines.append(f"metrics: {os.path.join(out, 'metrics.jsonl')}  model: {final}")
     return "\n".join(lines)

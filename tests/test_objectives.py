@@ -217,7 +217,19 @@ def test_gradients_reach_policy_never_ref(name):
     for v in views_:
         assert ref[v].grad is None, v
     assert all(not t.requires_grad for t in metrics.values())  # metrics are detached
-    assert "rewards/accuracies" in metrics and "rewards/chosen" in metrics
+    if O.OBJECTIVES[name].reference:  # a preference objective
+        assert "rewards/accuracies" in metrics and "rewards/chosen" in metrics
+
+
+def test_sft_is_the_token_mean_cross_entropy():
+    # two answers of 2 and 6 tokens with summed log-probs -1 and -3: the loss of the batch is
+    # the per-token one, (1 + 3) / (2 + 6) = 0.5, not the mean of per-answer means (0.5 + 0.5) / 2
+    policy = {"chosen": torch.tensor([-1.0, -3.0], requires_grad=True)}
+    loss, metrics = O.compute("sft", policy, {}, {"chosen": torch.tensor([2.0, 6.0])})
+    assert loss.mean().item() == pytest.approx(0.5)
+    loss.mean().backward()
+    assert policy["chosen"].grad.tolist() == pytest.approx([-1 / 8, -1 / 8])  # every token weighs the same
+    assert metrics["logps/chosen"].item() == pytest.approx(-2.0)
 
 
 def test_unknown_objective_is_a_clear_error():

@@ -40,6 +40,24 @@ def test_every_objective_learns_the_easy_preference(objective, extra, easy_data,
     assert cfg["objective"] == objective and cfg["corruption"] == {"symmpo": "contrast", "mfpo": "noise"}.get(objective, "crop")
 
 
+def test_sft_trains_the_chosen_answers_with_no_reference(easy_data, tmp_path, monkeypatch):
+    # SFT has no reference model: under full fine-tuning no frozen copy may be made
+    monkeypatch.setattr(train.copy, "deepcopy", lambda *a: pytest.fail("SFT built a reference model"))
+    run_ok("--objective", "sft", "--data", easy_data, "--out", tmp_path, "--max-steps", 6, "--batch-size", 4,
+           "--save-every", 0, "--lora-rank", 0)
+    rows = metrics(tmp_path)
+    # every chosen answer is "A blue picture." + end of sequence: 16 tokens, so the per-token
+    # loss is the summed log-prob over 16; a random model starts near log(vocabulary) = log(260)
+    for r in rows:
+        assert r["loss"] == pytest.approx(-r["logps/chosen"] / 16, rel=1e-5)
+        assert not any(k.startswith("rewards/") for k in r)
+    assert rows[0]["loss"] == pytest.approx(math.log(260), rel=0.1) and rows[-1]["loss"] < rows[0]["loss"] / 2
+    assert os.path.isfile(tmp_path / "final" / "model.safetensors")
+    assert cli("--objective", "sft", "--data", easy_data, "--out", tmp_path / "cached", "--ref-cache",
+               tmp_path / "ref.safetensors").stderr.strip() == \
+        "error: --objective sft has no reference model: leave out --ref-cache"
+
+
 def test_metrics_and_config_are_written(easy_data, tmp_path):
     run_ok("--data", easy_data, "--out", tmp_path, "--max-steps", 2, "--log-every", 2, *FAST)
     rows = metrics(tmp_path)
