@@ -17,8 +17,10 @@ the reference. The base models come first: one column, "base", or one per distin
                         accuracy, implicit-reward accuracy and mean margin beta * h
     reliance/<m'>/*     logp(chosen | m) > logp(chosen | m') for m' a random crop, diffusion noise
                         or a black image; chosen over rejected with and without the image
-  On each --bench: chair/* (CHAIR_s, CHAIR_i, coverage) or pope/* (accuracy, precision, recall,
-  F1, yes-ratio), with the mean answer length and the answers cut at --max-new-tokens.
+  On each --bench: chair/* (CHAIR_s, CHAIR_i, coverage), pope/* (accuracy, precision, recall,
+  F1, yes-ratio) or qa/* (accuracy, unread answers, how often the tempting wrong answer, the
+  prior, is given; also per group), with the mean answer length and the answers cut at
+  --max-new-tokens.
 
 Writes OUT/eval.json (every number per column, each column's base, the options), OUT/eval.md
 (the table, also printed: each metric's direction, ↑ higher is better and ↓ lower is better,
@@ -42,7 +44,8 @@ from mmpo.hallucination import POPE_PARSERS
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
 
-BENCH_FIELDS = {"chair": ("image", "prompt", "objects"), "pope": ("image", "question", "answer")}
+BENCH_FIELDS = {"chair": ("image", "prompt", "objects"), "pope": ("image", "question", "answer"),
+                "qa": ("image", "question", "answer", "options", "group", "prior")}
 
 
 # ---- which model each column is ------------------------------------------------------------
@@ -265,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: each checkpoint's own, as train.py recorded it. Must be every checkpoint's base")
     p.add_argument("--data", default="", help="held-out preference JSONL: preference and image-reliance metrics")
     p.add_argument("--bench", nargs=2, action="append", default=[], metavar=("KIND", "FILE"),
-                   help="a generation benchmark: chair FILE (rows image, prompt, objects, optional captions) "
-                        "or pope FILE (image, question, answer); repeat for more")
+                   help="a generation benchmark: chair FILE (rows image, prompt, objects, optional captions), "
+                        "pope FILE (image, question, answer) or qa FILE (image, question, answer, optional options, "
+                        "group, prior: short answers read against a closed set of options); repeat for more")
     p.add_argument("--out", default="eval", help="output directory: eval.json, eval.md, answers-*.jsonl")
     p.add_argument("--beta", type=float, default=0.1, help="inverse temperature of the implicit reward beta * h")
     p.add_argument("--batch-size", type=int, default=8, help="examples per forward pass and per generation batch")
@@ -333,7 +337,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {what}")
     for kind, _ in args.bench:
         if kind not in BENCH_FIELDS:
-            raise UserError(f"--bench {kind}: unknown benchmark, choose chair or pope")
+            raise UserError(f"--bench {kind}: unknown benchmark, choose {', '.join(list(BENCH_FIELDS)[:-1])} "
+                            f"or {list(BENCH_FIELDS)[-1]}")
     if not args.data and not args.bench:
         raise UserError("nothing to evaluate: give --data and/or --bench")
     args.bench_names = bench_names(args.bench)
@@ -504,11 +509,68 @@ def read_bench(kind: str, path: str) -> list[dict]:
                     errors.append(f"{where}: field 'objects': {e}")
             if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
                 errors.append(f"{where}: field 'captions': must be a list of captions")
-        elif r.get("answer") not in ("yes", "no"):
+        elif kind == "pope" and r.get("answer") not in ("yes", "no"):
             errors.append(f"{where}: field 'answer': must be \"yes\" or \"no\"")
+        elif kind == "qa":
+            errors += [f"{where}: {problem}" for problem in qa_problems(r)]
     if errors:
         raise DataError(errors)
     return rows
+
+
+def qa_problems(row: dict) -> list[str]:
+    """What is wrong with a QA row's answer, options, group and prior (null is absent)."""
+    def text(v) -> bool:
+        return isinstance(v, str) and bool(v.strip())
+    problems = []
+    answer, options, group, prior = (row.get(k) for k in ("answer", "options", "group", "prior"))
+    if answer is None:
+        problems.append("field 'answer': missing")
+    elif not text(answer):
+        problems.append("field 'answer': must be a non-empty string")
+    if options is not None:
+        if not isinstance(options, list) or not all(text(o) for o in options):
+            problems.append("field 'options': must be a list of non-empty strings")
+            options = None
+        else:
+            seen = {}  # options are read whatever their case and spacing: "Red" is "red"
+            for o in options:
+                key = " ".join(o.lower().split())
+                if key not in seen:
+                    seen[key] = o
+                    continue
+                shown = [json.dumps(x, ensure_ascii=False) for x in (seen[key], o)]
+                problems.append(f"field 'options': {shown[0]} twice" if seen[key] == o else
+                                f"field 'options': {shown[0]} and {shown[1]} read alike")
+            if text(answer) and answer not in options:
+                problems.append(f"field 'options': must contain the answer {json.dumps(answer, ensure_ascii=False)}")
+    if group is not None and not text(group):
+        problems.append("field 'group': must be a non-empty string")
+    if prior is not None:
+        if not text(prior):
+            problems.append("field 'prior': must be a non-empty string")
+        elif options is not None and prior not in options:
+            problems.append(f"field 'prior': {json.dumps(prior, ensure_ascii=False)} is not one of the options")
+    return problems
+
+
+def qa_choices(row: dict) -> list[str]:
+    """What a QA answer is read against: the row's options, else its answer and its prior."""
+    if row.get("options") is not None:
+        return row["options"]
+    return list(dict.fromkeys(x for x in (row["answer"], row.get("prior")) if x is not None))
+
+
+def qa_metrics(rows: list[dict], reads: list[str | None]) -> dict:
+    """Accuracy (read == answer) and the share of answers naming no option; over the rows whose
+    prior is not their answer, how many there are and how often the prior was read."""
+    n = len(rows)
+    m = {"examples": n, "accuracy": sum(x == r["answer"] for r, x in zip(rows, reads)) / max(1, n),
+         "unread": reads.count(None) / max(1, n)}
+    tempted = [x == r["prior"] for r, x in zip(rows, reads) if r.get("prior") not in (None, r["answer"])]
+    if tempted:
+        m["prior_examples"], m["prior_rate"] = len(tempted), sum(tempted) / len(tempted)
+    return m
 
 
 def true_objects(row: dict) -> list[str]:
@@ -521,8 +583,10 @@ def true_objects(row: dict) -> list[str]:
 def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: str, bench: str | None = None) -> dict:
     """Answers to a benchmark (named ``bench``, default its kind), saved by example id with what
     was read from each, and its metrics with the mean answer length (CHAIR grows with it, so
-    compare columns of similar length) and how many answers hit --max-new-tokens."""
+    compare columns of similar length) and how many answers hit --max-new-tokens; a QA bench's
+    figures per group come last."""
     bench = bench or kind
+    groups = {}  # a QA bench's figures per group
     images = [load_image(r["image"]) for r in rows]
     answers, cut = generate(model, processor, [r["prompt"] for r in rows], images, max_new_tokens=args.max_new_tokens,
                             num_beams=args.num_beams, batch_size=args.batch_size, show=True)
@@ -531,17 +595,27 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
         m = hallucination.chair(answers, truths)
         details = [hallucination.chair_answer(a, t) for a, t in zip(answers, truths)]
         details = [{"objects": d["objects"], "hallucinated": d["hallucinated"]} for d in details]
-    else:
+    elif kind == "pope":
         m = hallucination.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
         details = [{"parsed": hallucination.parse_yes_no(a, args.pope_parse)} for a in answers]
+    else:
+        reads = [hallucination.read_option(a, qa_choices(r)) for r, a in zip(rows, answers)]
+        m = qa_metrics(rows, reads)
+        details = [{"read": x, "correct": x == r["answer"]} for r, x in zip(rows, reads)]
+        for g in sorted({r["group"] for r in rows if r.get("group") is not None}):  # after the whole bench's
+            inside = [i for i, r in enumerate(rows) if r.get("group") == g]
+            figures = qa_metrics([rows[i] for i in inside], [reads[i] for i in inside])
+            groups.update({f"{g}/{k}": v for k, v in figures.items()})
     with open(os.path.join(args.out, f"answers-{column}-{bench}.jsonl"), "w", encoding="utf-8") as f:
         for r, a, t, d in zip(rows, answers, cut, details):
             f.write(json.dumps({"id": r["id"], "answer": a, "truncated": t, **d}, ensure_ascii=False) + "\n")
     tokens = processor.tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
-    m = {"examples": m.pop("answers"), **m}
+    if "answers" in m:
+        m = {"examples": m.pop("answers"), **m}
     m["truncated"] = sum(cut)
     m["mean_answer_words"] = sum(len(a.split()) for a in answers) / max(1, len(answers))
     m["mean_answer_tokens"] = sum(len(t) for t in tokens) / max(1, len(answers))
+    m.update(groups)
     return {f"{bench}/{k}": v for k, v in m.items()}
 
 
@@ -549,7 +623,7 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
 
 HIGHER = {"logp_acc", "reward_acc", "reward_margin", "cond_acc", "logp_gap", "sighted_acc", "sighted_minus_blind",
           "coverage", "accuracy", "precision", "recall", "f1"}
-LOWER = {"chair_s", "chair_i", "unparsed"}
+LOWER = {"chair_s", "chair_i", "unparsed", "unread", "prior_rate"}
 
 
 def direction(key: str) -> str:
@@ -619,7 +693,7 @@ def plot(columns: list[Column], table: dict, out: str) -> str:
     fig.savefig(os.path.join(out, "curves.png"))
     names = [c.name for c in columns]
     keys = [k for k in dict.fromkeys(k for c in names for k in table[c])
-            if k.endswith(("acc", "chair_s", "chair_i", "f1", "accuracy"))]
+            if k.endswith(("acc", "chair_s", "chair_i", "f1", "accuracy", "prior_rate"))]
     fig, ax = plt.subplots(figsize=(max(6, len(keys) * 0.8), 4))
     width = 0.8 / len(names)
     for i, c in enumerate(names):

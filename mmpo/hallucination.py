@@ -36,6 +36,9 @@ text before the first ".", drop commas, split on spaces; the answer is "no" if "
 "no" is one of those words, otherwise "yes" (so "NO!" reads as yes, as there).
 ``parse="strict"`` accepts only an answer that starts with yes or no, and counts anything else
 as unparsed and wrong. Where the reference divides by zero (no "yes") we report 0.
+
+Short answers to a question with a closed set of options (eval.py's ``--bench qa``) are read by
+``read_option``: the option the answer names first, as a whole word or phrase, whatever its case.
 """
 import os
 import re
@@ -237,3 +240,22 @@ def pope(answers: list[str], labels: list[str], parse: str = "standard") -> dict
             "f1": 2 * precision * recall / max(1e-12, precision + recall),
             "yes_ratio": parsed.count("yes") / max(1, len(labels)), "unparsed": parsed.count(None),
             "answers": len(labels)}
+
+
+# ---- short answers with a closed set of options ------------------------------------------------
+
+def read_option(text: str, options: list[str]) -> str | None:
+    """The option (as written in ``options``) that a short answer gives, or None when it names
+    none. Each option is looked for in the lower-cased answer as a whole word or phrase, its words
+    separated by any spacing ("reddish" is no "red", "dark  red" is "dark red"); the one found
+    first wins ("The circle is red, not blue." -> red), and of two found at the same place, the
+    longer ("dark red" over "dark"). Options are not blank and differ in more than case and spacing."""
+    lowered, found = text.lower(), []
+    for option in options:
+        words = option.lower().split()
+        if not words:
+            raise ValueError(f"a blank option: {option!r}")
+        m = re.search(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", lowered)
+        if m:
+            found.append((m.start(), -len(" ".join(words)), option))
+    return min(found, key=lambda f: f[:2])[2] if found else None

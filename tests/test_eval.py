@@ -1,7 +1,7 @@
 """eval.py: image reliance on a model that ignores the image; checkpoints side by side, each on
 its own base model, giving exactly what it gives alone; the table's directions and counts;
-benchmark options and answer lengths (CHAIR and POPE themselves: test_hallucination.py; every
-mistake on the command line: test_eval_errors.py)."""
+benchmark options and answer lengths; QA's reading of short answers and its figures (CHAIR and
+POPE themselves: test_hallucination.py; every mistake on the command line: test_eval_errors.py)."""
 import json
 import os
 import subprocess
@@ -16,6 +16,7 @@ import eval as evaluate
 import train
 from conftest import ROOT, write_jsonl
 from mmpo.cli import UserError
+from mmpo.hallucination import read_option
 from mmpo.models import tiny_model
 
 
@@ -57,7 +58,8 @@ def runs(easy_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(easy_data, tmp_path_factory):
-    """Held-out preference data, a CHAIR and a POPE file: 4 examples each, the easy data's images."""
+    """Held-out preference data, a CHAIR, a POPE and a QA file: 4 examples each, the easy data's
+    images (blue) and, for QA, two of its contrast images (red)."""
     d = tmp_path_factory.mktemp("inputs")
     rows = [json.loads(line) for line in open(easy_data)][:4]
     base = os.path.dirname(easy_data)
@@ -67,8 +69,18 @@ def inputs(easy_data, tmp_path_factory):
               "objects": ["dog"]} for r in rows]
     pope = [{"id": f"p-{r['id']}", "image": os.path.join(base, r["image"]), "question": "Is there a dog?",
              "answer": "no"} for r in rows]
+    # the tiny checkpoints babble runs of "u" whatever the image, a prior in the very sense of the
+    # benchmark: with it among the options, some of their answers are read
+    qa = [{"id": f"q-{r['id']}", "image": os.path.join(base, r["image"] if i < 2 else r["contrast_image"]),
+           "question": "What color is it?", "answer": "blue" if i < 2 else "red", **extra}
+          for i, (r, extra) in enumerate(zip(rows, [
+              {"options": ["blue", "red", "uuuu"], "group": "blue", "prior": "uuuu"},
+              {"options": ["blue", "red", "uuuu"], "group": "blue"},
+              {"options": ["red", "blue", "uuuu", "uu"], "group": "red", "prior": "uuuu"},
+              {"prior": "uu"}]))]  # no options: read as its answer or its prior
     return ["--data", write_jsonl(d / "held.jsonl", held), "--bench", "chair", write_jsonl(d / "chair.jsonl", chair),
-            "--bench", "pope", write_jsonl(d / "pope.jsonl", pope), "--max-new-tokens", "4", "--batch-size", "4"]
+            "--bench", "pope", write_jsonl(d / "pope.jsonl", pope), "--bench", "qa", write_jsonl(d / "qa.jsonl", qa),
+            "--max-new-tokens", "4", "--batch-size", "4"]
 
 
 def evaluated(out, *argv) -> dict:
@@ -98,12 +110,13 @@ def test_checkpoints_side_by_side_each_on_its_own_base(runs, together):
     for col in report["columns"]:
         m = report["metrics"][col]
         for key in ("pref/rejected/reward_acc", "pref/lang_biased/logp_acc", "pref/contrast_on_image/reward_margin",
-                    "reliance/noise/cond_acc", "reliance/blind_acc", "chair/chair_i", "pope/f1"):
+                    "reliance/noise/cond_acc", "reliance/blind_acc", "chair/chair_i", "pope/f1", "qa/accuracy",
+                    "qa/prior_rate", "qa/red/accuracy"):
             assert key in m
-        assert m["data/examples"] == m["chair/examples"] == m["pope/examples"] == 4
+        assert m["data/examples"] == m["chair/examples"] == m["pope/examples"] == m["qa/examples"] == 4
         # the mean answer length is that of the saved answers, in words and in the column's own tokens
         tok = tokenizers["tiny-qwen2vl" if "qwen" in col else "tiny-llava"]
-        for kind in ("chair", "pope"):
+        for kind in ("chair", "pope", "qa"):
             saved = [json.loads(line) for line in open(out / f"answers-{col}-{kind}.jsonl")]
             assert [s["id"] for s in saved] == [f"{kind[0]}-e{i}" for i in range(4)]  # the data's own ids, in order
             answers = [s["answer"] for s in saved]
@@ -129,9 +142,40 @@ def test_each_checkpoint_gives_alone_exactly_what_it_gives_beside_the_others(run
         assert alone["columns"] == ["base", name]
         assert alone["metrics"][name] == report["metrics"][name]  # every number, exactly
         assert alone["metrics"]["base"] == report["metrics"][base]
-        for kind in ("chair", "pope"):
+        for kind in ("chair", "pope", "qa"):
             assert open(tmp_path / name / f"answers-{name}-{kind}.jsonl").read() == \
                 open(out / f"answers-{name}-{kind}.jsonl").read()
+
+
+def test_qa_figures_are_those_of_the_saved_answers(inputs, together):
+    """Every column's QA figures, recomputed by hand from its saved answers and the data: what
+    was read from each answer and whether it is right, then the rates overall, per group, and
+    over the rows whose prior is not their answer."""
+    out, report = together
+    data = {r["id"]: r for r in map(json.loads, open(inputs[inputs.index("qa") + 1]))}
+    for col in report["columns"]:
+        m = report["metrics"][col]
+        saved = {s["id"]: s for s in map(json.loads, open(out / f"answers-{col}-qa.jsonl"))}
+        assert list(saved) == ["q-e0", "q-e1", "q-e2", "q-e3"]
+        for i, s in saved.items():
+            row = data[i]
+            choices = row["options"] if "options" in row else [row["answer"], row["prior"]]
+            assert s["read"] == read_option(s["answer"], choices)
+            assert s["correct"] == (s["read"] == row["answer"])
+
+        def rate(ids, what):
+            return sum(bool(what(saved[i])) for i in ids) / len(ids)
+        def right(s): return s["correct"]
+        def unread(s): return s["read"] is None
+        def prior(s): return s["read"] == data[s["id"]]["prior"]
+        every = list(saved)
+        assert (m["qa/examples"], m["qa/accuracy"], m["qa/unread"]) == (4, rate(every, right), rate(every, unread))
+        # the prior differs from the answer on q-e0 (uuuu, blue), q-e2 (uuuu, red) and q-e3 (uu, red)
+        assert (m["qa/prior_examples"], m["qa/prior_rate"]) == (3, rate(["q-e0", "q-e2", "q-e3"], prior))
+        assert (m["qa/blue/examples"], m["qa/blue/accuracy"]) == (2, rate(["q-e0", "q-e1"], right))
+        assert (m["qa/blue/prior_examples"], m["qa/blue/prior_rate"]) == (1, rate(["q-e0"], prior))
+        assert (m["qa/red/examples"], m["qa/red/accuracy"]) == (1, rate(["q-e2"], right))
+        assert (m["qa/red/prior_examples"], m["qa/red/prior_rate"]) == (1, rate(["q-e2"], prior))
 
 
 def test_model_names_the_base_and_must_be_each_checkpoints(runs, inputs, together, tmp_path):
@@ -310,6 +354,90 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
     assert asked[4:] == [(7, 3), (7, 3)]
 
 
+def test_read_option_reads_the_option_named_first_as_a_whole_word():
+    colors = ["red", "green", "blue", "yellow"]
+    assert read_option("The circle is red.", colors) == "red"
+    assert read_option("The circle is red, not blue.", ["red", "blue"]) == "red"  # the first named, not the last
+    assert read_option("Not blue: RED!", ["red", "blue"]) == "blue"  # no sense of negation; any case
+    assert read_option("It is dark red", ["red", "dark red"]) == "dark red"  # starts first
+    assert read_option("dark red", ["dark", "dark red"]) == "dark red"  # both start there: the longer
+    assert read_option("It is dark\n red", ["red", "dark red"]) == "dark red"  # any spacing between words
+    assert read_option("It is dark-red", ["red", "dark red"]) == "red"  # a hyphen is no space; red is a word there
+    assert read_option("reddish", colors) is None  # whole words only
+    assert read_option("A bluegreen circle.", colors) is None
+    assert read_option("I cannot tell.", colors) is None
+    assert read_option("Red's the one.", colors) == "red"
+    assert read_option("The Circle Is Red.", ["Red", "Blue"]) == "Red"  # the option as written
+    # no options: the answer (and the prior) are what a row is read against
+    assert read_option("Blue.", ["blue"]) == "blue"
+    assert read_option("Light blue.", ["light blue", "blue"]) == "light blue"
+    assert read_option("The circle is red.", ["blue", "red"]) == "red"
+    with pytest.raises(ValueError, match="a blank option"):
+        read_option("Red.", ["red", " "])
+
+
+def test_qa_reads_hand_made_answers(tmp_path, image_dir, monkeypatch):
+    """QA on answers we wrote ourselves (the model's generation replaced), every figure worked by
+    hand: overall, per group (sorted, after the whole bench's figures), and the prior rate over
+    the rows whose prior is not their answer."""
+    colors = ["red", "green", "blue", "yellow"]
+    rows = [  # (row, the answer given)
+        ({"group": "pro-prior", "answer": "red", "options": colors, "prior": "red"}, "The circle is red."),
+        ({"group": "counter-prior", "answer": "blue", "options": colors, "prior": "red"},
+         "The circle is red, not blue."),
+        ({"group": "counter-prior", "answer": "green", "options": colors, "prior": "red"}, "It is GREEN."),
+        ({"group": "counter-prior", "answer": "yellow", "options": colors, "prior": "red"}, "Reddish, I think."),
+        ({"answer": "dark red", "prior": "red"}, "It is dark red."),  # no options: read as dark red or red
+        ({"answer": "two"}, "There are 2."),  # no options, no prior: only "two" can be read
+        ({"answer": "blue", "prior": "red"}, "It looks red to me."),  # no options: the prior is read all the same
+    ]
+    answers = {f"q{i}": a for i, (_, a) in enumerate(rows)}
+
+    def fake_generate(model, processor, prompts, images, **kwargs):
+        return list(answers.values()), [a == "There are 2." for a in answers.values()]  # the last hit the limit
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "image": f"img/{i % 4}.png",
+                                                "question": "What color is the circle?", **r}
+                                               for i, (r, _) in enumerate(rows)])
+    assert evaluate.run(["--model", "tiny-llava", "--bench", "qa", path, "--out", str(tmp_path / "o")]) == 0
+    m = json.load(open(tmp_path / "o" / "eval.json"))["metrics"]["base"]
+    saved = [json.loads(line) for line in open(tmp_path / "o" / "answers-base-qa.jsonl")]
+    assert [(s["id"], s["answer"], s["read"], s["correct"]) for s in saved] == [
+        ("q0", "The circle is red.", "red", True),
+        ("q1", "The circle is red, not blue.", "red", False),  # the prior, named first
+        ("q2", "It is GREEN.", "green", True),
+        ("q3", "Reddish, I think.", None, False),  # no whole option
+        ("q4", "It is dark red.", "dark red", True),
+        ("q5", "There are 2.", None, False),
+        ("q6", "It looks red to me.", "red", False)]
+    # right: q0, q2, q4 of 7; unread: q3, q5; the prior differs from the answer on q1-q4 and q6, read on q1 and q6
+    assert {k.removeprefix("qa/"): v for k, v in m.items()} == {
+        "examples": 7, "accuracy": 3 / 7, "unread": 2 / 7, "prior_examples": 5, "prior_rate": 2 / 5,
+        "truncated": 1, "mean_answer_words": (4 + 6 + 3 + 3 + 4 + 3 + 5) / 7,
+        "mean_answer_tokens": sum(map(len, answers.values())) / 7,  # one byte-level token per character
+        # q1-q3: right on q2, unread q3, the prior read on q1 | q0, whose prior is its answer: no prior rate
+        "counter-prior/examples": 3, "counter-prior/accuracy": 1 / 3, "counter-prior/unread": 1 / 3,
+        "counter-prior/prior_examples": 3, "counter-prior/prior_rate": 1 / 3,
+        "pro-prior/examples": 1, "pro-prior/accuracy": 1.0, "pro-prior/unread": 0.0}
+    assert list(m) == [f"qa/{k}" for k in ["examples", "accuracy", "unread", "prior_examples", "prior_rate",
+                                           "truncated", "mean_answer_words", "mean_answer_tokens"]] + \
+        [f"qa/{g}/{k}" for g, ks in [("counter-prior", 5), ("pro-prior", 3)]
+         for k in ["examples", "accuracy", "unread", "prior_examples", "prior_rate"][:ks]]
+    table = {line.split(" | ")[0][2:] for line in open(tmp_path / "o" / "eval.md")}
+    for name in ("qa/accuracy ↑", "qa/unread ↓", "qa/prior_rate ↓", "qa/counter-prior/prior_rate ↓",
+                 "qa/pro-prior/accuracy ↑", "qa/prior_examples", "qa/counter-prior/examples"):
+        assert name in table
+
+    # no row whose prior differs from its answer: no prior rate at all
+    write_jsonl(tmp_path / "same.jsonl", [{"image": "img/0.png", "question": "Q?", "answer": "red", "prior": "red"}])
+    answers = {"1": "Red."}
+    assert evaluate.run(["--model", "tiny-llava", "--bench", "qa", str(tmp_path / "same.jsonl"),
+                         "--out", str(tmp_path / "same")]) == 0
+    m = json.load(open(tmp_path / "same" / "eval.json"))["metrics"]["base"]
+    assert (m["qa/accuracy"], m["qa/unread"]) == (1.0, 0.0)
+    assert not any("prior" in k for k in m)
+
+
 # ---- the command line and the plots ----------------------------------------------------------
 
 def test_help_answers_before_torch_is_imported():
@@ -323,6 +451,7 @@ def test_help_answers_before_torch_is_imported():
     for default in ("(default: 8)", "(default: 1024)", "(default: eval)", "(default: 0.1)", "(default: standard)"):
         assert default in " ".join(r.stdout.split())
     assert "3 beams without sampling and 1024 new tokens" in " ".join(r.stdout.split())
+    assert "qa FILE (image, question, answer, optional options, group, prior" in " ".join(r.stdout.split())
 
 
 def test_training_curves_leave_out_rows_without_the_figure(tmp_path):

@@ -78,7 +78,7 @@ COMMAND_LINE = [
     ([*TINY, *D, "--pope-parse", "loose"], "argument --pope-parse: invalid choice: 'loose'..."),
     ([*TINY, *D, "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ([*TINY], "nothing to evaluate: give --data and/or --bench"),
-    ([*TINY, "--bench", "nope", "x"], "--bench nope: unknown benchmark, choose chair or pope"),
+    ([*TINY, "--bench", "nope", "x"], "--bench nope: unknown benchmark, choose chair, pope or qa"),
     ([*TINY, "--bench", "pope", "{ws}/pope.jsonl", "--bench", "pope", "{ws}/other/pope.jsonl"],
      "two --bench files share a name: ['pope-pope', 'pope-pope']; give them distinct file names"),
     ([*TINY, *D, "--no-base"], "no model to evaluate: give --checkpoint, or --model without --no-base"),
@@ -139,7 +139,7 @@ def test_a_command_line_mistake_answers_before_torch_is_imported(ws):
     assert "torch" not in imported and "transformers" not in imported
     assert r.returncode == 2
     assert [line for line in r.stderr.splitlines() if not line.startswith("import time:")] == \
-        ["error: --bench nope: unknown benchmark, choose chair or pope"]
+        ["error: --bench nope: unknown benchmark, choose chair, pope or qa"]
 
 
 # (arguments, the error line): found when the data is read or a model is loaded
@@ -165,6 +165,44 @@ def test_data_mistakes(ws, args, line):
     assert matches(got, line, ws), got
     if line.endswith("take ..."):
         assert got.endswith("max_length is 20: too long to score; raise --max-length")
+
+
+def test_qa_rows_every_problem_one_line(ws):
+    """A QA file's every problem at once, one line each, before any model is loaded."""
+    ok = {"image": "img/0.png", "question": "What color is the circle?", "answer": "blue"}
+    colors = ["red", "green", "blue"]
+    write_jsonl(ws / "qa.jsonl", [
+        {**ok, "options": colors, "group": "counter-prior", "prior": "red"},  # 1: right
+        {"image": "img/0.png", "question": "What color is the circle?"},  # 2: no answer
+        {**ok, "answer": 3},
+        {**ok, "options": "red, green, blue"},  # 4: not a list
+        {**ok, "options": ["red", ""]},  # 5: a blank option (and so no answer among them)
+        {**ok, "options": ["red", "green"]},  # 6: not the answer
+        {**ok, "options": ["blue", "Red", "red ", "blue"]},  # 7: read alike, and twice
+        {**ok, "group": 3},
+        {**ok, "group": ""},
+        {**ok, "options": colors, "prior": "purple"},  # 10: not among the options
+        {**ok, "prior": ["red"]},
+        {**ok, "prior": "purple"},  # 12: right: without options any prior goes
+        {"image": "img/0.png", "answer": "blue", "group": None, "options": None, "prior": None},  # 13: no question
+    ])
+    r = eval_py("eval.py", "--model", "tiny-llava", "--bench", "qa", ws / "qa.jsonl", "--out", ws / "out")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    f = f"error: {ws}/qa.jsonl"
+    assert r.stderr.strip().splitlines() == [
+        f"{f}:2: field 'answer': missing",
+        f"{f}:3: field 'answer': must be a non-empty string",
+        f"{f}:4: field 'options': must be a list of non-empty strings",
+        f"{f}:5: field 'options': must be a list of non-empty strings",
+        f"{f}:6: field 'options': must contain the answer \"blue\"",
+        f"{f}:7: field 'options': \"Red\" and \"red \" read alike",
+        f"{f}:7: field 'options': \"blue\" twice",
+        f"{f}:8: field 'group': must be a non-empty string",
+        f"{f}:9: field 'group': must be a non-empty string",
+        f"{f}:10: field 'prior': \"purple\" is not one of the options",
+        f"{f}:11: field 'prior': must be a non-empty string",
+        f"{f}:13: field 'question': missing"]
+    assert not (ws / "out").exists()  # nothing written
 
 
 def test_a_hub_model_that_cannot_be_had(ws):
