@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -42,7 +43,8 @@ def test_every_objective_learns_the_easy_preference(objective, extra, easy_data,
 
 def test_sft_trains_the_chosen_answers_with_no_reference(easy_data, tmp_path, monkeypatch):
     # SFT has no reference model: under full fine-tuning no frozen copy may be made
-    monkeypatch.setattr(train.copy, "deepcopy", lambda *a: pytest.fail("SFT built a reference model"))
+    fail = lambda *a: pytest.fail("SFT built a reference model")  # noqa: E731
+    monkeypatch.setattr(train, "copy", types.SimpleNamespace(deepcopy=fail))  # train.py's frozen copy only
     run_ok("--objective", "sft", "--data", easy_data, "--out", tmp_path, "--max-steps", 6, "--batch-size", 4,
            "--save-every", 0, "--lora-rank", 0)
     rows = metrics(tmp_path)
@@ -51,7 +53,7 @@ def test_sft_trains_the_chosen_answers_with_no_reference(easy_data, tmp_path, mo
     for r in rows:
         assert r["loss"] == pytest.approx(-r["logps/chosen"] / 16, rel=1e-5)
         assert not any(k.startswith("rewards/") for k in r)
-    assert rows[0]["loss"] == pytest.approx(math.log(260), rel=0.1) and rows[-1]["loss"] < rows[0]["loss"] / 2
+    assert rows[0]["loss"] == pytest.approx(math.log(260), rel=0.1) and rows[-1]["loss"] < rows[0]["loss"] - 1.5
     assert os.path.isfile(tmp_path / "final" / "model.safetensors")
     assert cli("--objective", "sft", "--data", easy_data, "--out", tmp_path / "cached", "--ref-cache",
                tmp_path / "ref.safetensors").stderr.strip() == \
