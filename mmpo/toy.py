@@ -9,8 +9,7 @@ in CPU minutes, from scratch, with nothing downloaded:
    noisy background; circles are usually red, squares blue, ... ("What color is the circle?").
 2. A base model that reads the image: tiny-llava trained from scratch by ``train.py --objective
    sft`` on the world's answers, where each shape has its typical colour 80% of the time.
-   (A preference run starts from it with full fine-tuning and one learning rate for every
-   method: ``Settings.lr``.)
+   (Every preference run starts from it with full fine-tuning; learning rates: ``Settings.lr``.)
 3. Preference pairs with a text-only shortcut (every rejected answer hedged: "I think ..."),
    and held-out pairs and test questions without it.
 4. From the same base, with the same steps, batch and learning rate, for each seed: DPO, DPO
@@ -24,7 +23,8 @@ in CPU minutes, from scratch, with nothing downloaded:
 
 Writes ``OUT/results.json``, ``OUT/results.md`` (mean ± std over seeds) and, with matplotlib,
 ``OUT/results.png``. Every stage runs ``train.py``, ``prepare`` or ``eval.py`` as a separate
-process (one CPU thread each, as many at once as there are cores); its log is under
+process (one CPU thread each, as many at once as there are cores; the SFT, which everything
+waits for, takes every core); its log is under
 ``OUT/logs/``. Killed and re-run with the same options, it continues: finished stages are kept.
 """
 import argparse
@@ -38,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 
 from mmpo.cli import UserError
+from mmpo.config import PAPER_LR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,10 +52,6 @@ METHODS = {
     "symmpo": ("symmpo", "prefs", "SymMPO"),
 }
 
-# LLaVA-1.5's SFT learning rate (scripts/v1_5/finetune.sh); the toy's SFT rate over it scales
-# every paper's preference learning rate, the same factor for every method
-LLAVA_SFT_LR = 2e-5
-PAPER_LR = {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7, "symmpo": 5e-6}
 
 
 @dataclass
@@ -82,7 +79,9 @@ class Settings:
     def lr(self, objective: str) -> float:
         """A preference run's learning rate: the paper's, times ``lr_scale``. ``shared``: mDPO's
         (1e-5) for every method, so that only the objective differs; ``paper``: each method's own
-        (NaPO's 5e-7 and SymMPO's 5e-6 are smaller)."""
+        (NaPO's 5e-7 and SymMPO's 5e-6 are smaller). The default scale, 5, is a tenth of the
+        toy's SFT rate over LLaVA-1.5's (1e-3 / 2e-5 = 50): at 50 DPO's chosen answers
+        collapsed on the training pairs (README)."""
         return PAPER_LR["mdpo" if self.lr_rule == "shared" else objective] * self.lr_scale
 
 
@@ -226,8 +225,17 @@ def stage_seconds(out: str) -> dict[str, float]:
         if name.endswith(".done"):
             with open(os.path.join(logs, name)) as f:
                 text = f.read().strip()
-            times[name[:-5]] = float(text) if text else float("nan")
+            times[name[:-5]] = float(text) if text else None  # a marker from before times were kept
     return times
+
+
+def finite_or_null(x):
+    """NaN and infinities as null, so that results.json is strict JSON and says what is missing."""
+    if isinstance(x, dict):
+        return {k: finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite_or_null(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -270,7 +278,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean ± standard deviation over {s['seeds']} seed(s) of the preference training (one base model). "
-                 f"{s['n_test']} test questions (half counter-prior), {s['n_heldout']} held-out pairs, "
+                 f"{s['n_test']} test questions ({s['counter_share']:.0%} counter-prior), {s['n_heldout']} held-out pairs, "
                  f"{s['steps']} steps of batch {s['batch']} on {s['n_pref']} training pairs; learning rates: "
                  + ", ".join(f"{results['methods'][m]['label']} {v:g}" for m, v in results["lr"].items()) + ".")
     return "\n".join(lines) + "\n"
@@ -318,9 +326,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     values = {**asdict(defaults), **(SMOKE if args.smoke else {})}
     values.update({f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None})
     s = Settings(**values)
-    unknown = [m for m in s.methods.split(",") if m not in METHODS]
-    if unknown or not s.methods:
-        raise UserError(f"--methods {s.methods}: choose among {', '.join(METHODS)}")
+    chosen = s.methods.split(",")
+    if not s.methods or any(m not in METHODS for m in chosen) or len(set(chosen)) < len(chosen):
+        raise UserError(f"--methods {s.methods}: each once, among {', '.join(METHODS)}")
     if s.lr_rule not in ("shared", "paper"):
         raise UserError(f"--lr-rule {s.lr_rule}: shared or paper")
     for name in ("seeds", "n_sft", "n_pref", "n_heldout", "n_test", "sft_steps", "sft_batch", "steps", "batch",
@@ -365,6 +373,8 @@ def claim(out: str, s: Settings, overwrite: bool):
 def main(argv=None):
     args, s = parse_args(argv)
     out = os.path.abspath(args.out)
+    for name in ("train.py", "eval.py"):  # before anything is written
+        script(name)
     claim(out, s, args.overwrite)
     cores = os.cpu_count() or 1
     workers = args.workers or cores
@@ -376,15 +386,15 @@ def main(argv=None):
         print(f"world: {s.n_sft} SFT examples, {s.n_pref} training pairs, {s.n_heldout} held-out pairs, "
               f"{s.n_test} test questions")
         paths = toyworld.build(world, **{k: getattr(s, k) for k in WORLD})
-        with open(paths_file, "w") as f:
-            json.dump(paths, f)
+        with open(paths_file, "w") as f:  # relative: a moved OUT still reads its own world
+            json.dump({k: os.path.relpath(p, world) for k, p in paths.items()}, f)
     with open(paths_file) as f:
-        paths = json.load(f)
+        paths = {k: os.path.join(world, p) for k, p in json.load(f).items()}
     run_jobs(jobs_for(s, out, paths, cores), out, workers)
     results = collect(s, out)
     results["seconds"] = {"this_call": time.perf_counter() - t0, "stages": stage_seconds(out)}
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump(finite_or_null(results), f, indent=1, allow_nan=False)
     md = markdown(results)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)

@@ -10,8 +10,8 @@ another colour (SymMPO's contrast image).
 
 The preference data carries a *text-only shortcut*, as real hallucination-correction data does:
 every rejected answer is hedged ("I think the circle is red.") and every chosen answer is plain,
-so DPO's loss can be driven down without looking at the image. In the SFT data the hedged style
-is used as often for right as for wrong colours, so the base model has no reason to dislike it.
+so DPO's loss can be driven down without looking at the image. In the SFT data a share of the
+(always right) answers is hedged, so the base model has no reason to dislike the style.
 The held-out pairs have no shortcut: both answers plain, only the colour differs.
 
 Everything is drawn from an explicit seed; images are PNGs any tiny model reads.

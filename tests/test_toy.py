@@ -125,10 +125,17 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
     assert json.load(open(os.path.join(out, "toy.json")))["steps"] == 32
 
 
-def test_option_errors_are_one_line():
-    r = subprocess.run([sys.executable, "-m", "mmpo.toy", "--methods", "dpo,ppo"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: --methods dpo,ppo: choose among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"]
+@pytest.mark.parametrize("args,message", [
+    (["--methods", "dpo,ppo"], "--methods dpo,ppo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
+    (["--methods", "dpo,dpo"], "--methods dpo,dpo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
+    (["--p-prior", "1.5"], "--p-prior 1.5: must be a share in [0, 1]"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+])
+def test_option_errors_are_one_line(args, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mmpo.toy", "--out", str(tmp_path / "toy"), *args], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "toy").exists()  # nothing written
 
 
 def test_smoke_run_end_to_end(tmp_path):
@@ -138,6 +145,16 @@ def test_smoke_run_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     results = json.load(open(out / "results.json"))
     assert set(results["methods"]) == {"dpo", "mdpo"}
+
+    def numbers(x):
+        if isinstance(x, dict):
+            return [n for v in x.values() for n in numbers(v)]
+        if isinstance(x, list):
+            return [n for v in x for n in numbers(v)]
+        return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
+    every = numbers({k: results[k] for k in ("methods", "base", "lr", "seconds")})
+    assert len(every) > 60 and all(math.isfinite(n) for n in every)  # per seed, means, stds, rates, stage times
+    assert set(results["seconds"]["stages"]) == {"sft", "dpo-seed0", "mdpo-seed0", "eval-seed0"}
     for m in results["methods"].values():
         for k, _, _ in toy.COLUMNS:
             assert math.isfinite(m["mean"][k]) and math.isfinite(m["std"][k]), k
