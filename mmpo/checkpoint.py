@@ -80,7 +80,7 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
             json.dump(dict(state, step=step, world_size=d.world, scheduler=scheduler.state_dict()), f, indent=1)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _write_atomic(os.path.join(out, "latest"), name)
+        write_atomic(os.path.join(out, "latest"), name)
         old = sorted((x for x in os.listdir(out) if x.startswith("checkpoint-") and x != name),
                      key=lambda x: int(x.split("-")[1]))
         for x in old[:max(0, len(old) - (keep - 1))]:
@@ -89,7 +89,8 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
     return final
 
 
-def _write_atomic(path: str, text: str):
+def write_atomic(path: str, text: str):
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -149,7 +150,7 @@ def truncate_metrics(path: str, step: int):
                     rows.append(ln)
             except (ValueError, KeyError):  # a line cut short by the kill
                 pass
-    _write_atomic(path, "".join(rows))
+    write_atomic(path, "".join(rows))
 
 
 # ---- the run directory: a new run never lands on an old one; a resumed run is the same run ----
@@ -185,7 +186,7 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
                 path = os.path.join(out, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
             os.makedirs(out, exist_ok=True)
-            _write_atomic(os.path.join(out, ".write-test"), "")
+            write_atomic(os.path.join(out, ".write-test"), "")
             os.remove(os.path.join(out, ".write-test"))
         except OSError as e:
             raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
@@ -194,7 +195,7 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
 
 def write_config(cfg):
     """OUT/config.json: every resolved option of the run, what --resume reads back."""
-    _write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(vars(cfg), indent=1))
+    write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(vars(cfg), indent=1))
 
 
 def resume_config(cfg, typed: set[str], world: int):

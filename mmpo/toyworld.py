@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image, ImageDraw
 
+from mmpo.checkpoint import write_atomic
+
 COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (225, 200, 35)}
 SHAPES = ("circle", "square", "triangle", "diamond")
 PRIOR = {"circle": "red", "square": "blue", "triangle": "green", "diamond": "yellow"}  # a shape's typical colour
@@ -141,10 +143,7 @@ class _Writer:
 
     def rows(self, name: str, rows: list[dict]) -> str:
         path = os.path.join(self.out, name)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
         return path
 
 
