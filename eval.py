@@ -461,7 +461,7 @@ def reliance_metrics(model, data, processor, args) -> dict:
     for kind in ("crop", "noise", "blank"):
         views = ("chosen", "rejected", "chosen_on_corrupt", "rejected_on_corrupt") if kind == "blank" else \
             ("chosen", "chosen_on_corrupt")
-        ds = PreferenceDataset(data, processor, views, corruption=kind, seed=args.seed, max_length=args.max_length,
+        ds = PreferenceDataset(data, processor, views, m_prime=kind, seed=args.seed, max_length=args.max_length,
                                prefer_field=False)
         lp = score(model, ds, args.batch_size)[0]
         gap = lp["chosen"] - lp["chosen_on_corrupt"]

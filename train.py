@@ -26,7 +26,8 @@ from tqdm import tqdm
 from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report
 from mmpo.cli import UserError
 from mmpo.config import Config, parse_args, recipe_line, resolve, typed_flags
-from mmpo.data import PreferenceDataset, collate, make_synthetic, pad_id, plan
+from mmpo.data import PreferenceDataset, collate, pad_id
+from mmpo.synthetic import make_synthetic
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
 from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
 from mmpo.objectives import OBJECTIVES, compute
@@ -83,8 +84,8 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     if not needs_ref and (cfg.ref_cache or cfg.refresh_ref_per_stage):
         raise UserError(f"--objective {cfg.objective} has no reference model: leave out "
                         f"{'--ref-cache' if cfg.ref_cache else '--refresh-ref-per-stage'}")
-    if cfg.redraw_corruption and cfg.ref_cache:
-        raise UserError("--redraw-corruption draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
+    if cfg.redraw_m_prime and cfg.ref_cache:
+        raise UserError("--redraw-m-prime draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
         raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding
@@ -96,12 +97,12 @@ def main(cfg: Config, typed: set[str] = frozenset()):
         if d.main:
             make_synthetic(os.path.dirname(data_path), seed=cfg.seed)
         distributed.barrier(d)
-    dataset = PreferenceDataset(data_path, None, views, corruption=cfg.corruption, seed=cfg.seed,
-                                max_length=cfg.max_length, noise_step=cfg.noise_step, redraw=cfg.redraw_corruption)
+    dataset = PreferenceDataset(data_path, None, views, m_prime=cfg.m_prime, seed=cfg.seed,
+                                max_length=cfg.max_length, noise_step=cfg.noise_step, redraw=cfg.redraw_m_prime)
     eval_set = None
     if cfg.eval_data:  # held-out: the objective's views, and m' for the conditional accuracy
         eval_views = tuple(dict.fromkeys(views + ("chosen_on_corrupt",)))
-        eval_set = PreferenceDataset(cfg.eval_data, None, eval_views, corruption=cfg.corruption, seed=cfg.seed,
+        eval_set = PreferenceDataset(cfg.eval_data, None, eval_views, m_prime=cfg.m_prime, seed=cfg.seed,
                                      max_length=cfg.max_length, noise_step=cfg.noise_step)
 
     # ---- model: the policy, with LoRA adapters or fully trainable ------------------------
@@ -157,7 +158,7 @@ def main(cfg: Config, typed: set[str] = frozenset()):
         scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
     stages = drop_overlong(dataset, stages, cfg, d)
-    steps = plan(stages, cfg.epochs, global_batch, cfg.seed)
+    steps = curriculum.plan(stages, cfg.epochs, global_batch, cfg.seed)
     if not steps:
         raise UserError(f"{data_path}: {sum(map(len, stages))} trainable examples, fewer than one global batch of "
                         f"{global_batch} (--batch-size x --grad-accum x processes) per stage")
@@ -187,7 +188,7 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     # ---- reference: adapters off, a frozen copy, or a precomputed cache -----------------
     ref_table = None
     if cfg.ref_cache:
-        settings = {"views": views, "seed": cfg.seed, "corruption": cfg.corruption, "noise_step": dataset.noise_step,
+        settings = {"views": views, "seed": cfg.seed, "m_prime": cfg.m_prime, "noise_step": dataset.noise_step,
                     "max_length": cfg.max_length, "dtype": cfg.dtype, "noise_on": "normalized pixels"}
         fp = reference.fingerprint(model_fp, data_path, settings)
         ref_table = reference.load_cache(cfg.ref_cache, fp)

@@ -17,10 +17,11 @@ import torch
 import transformers
 
 import train
-from mmpo.data import PreferenceDataset, collate, make_synthetic, pad_id
+from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.logps import sequence_logps
 from mmpo.models import load_model, tiny_llava
 from mmpo.objectives import OBJECTIVES
+from mmpo.synthetic import make_synthetic
 
 
 def timed(fn, repeat: int) -> float:

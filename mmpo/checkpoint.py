@@ -10,6 +10,7 @@
 It is written under a temporary name and renamed into place, then ``OUT/latest`` is replaced
 (also by rename) to name it: a run killed at any moment leaves the previous checkpoint intact.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -153,6 +154,10 @@ def truncate_metrics(path: str, step: int):
     write_atomic(path, "".join(rows))
 
 
+# options renamed since a run may have been written: old name -> new name
+RENAMED = {"corruption": "m_prime", "redraw_corruption": "redraw_m_prime"}
+
+
 # ---- the run directory: a new run never lands on an old one; a resumed run is the same run ----
 
 RUN_NAMES = ("config.json", "metrics.jsonl", "latest", "final", "merged", "base_model", "synthetic", "tensorboard")
@@ -210,7 +215,14 @@ def resume_config(cfg, typed: set[str], world: int):
     if not os.path.isfile(path):
         raise UserError(f"--resume {run}: no config.json there, nothing to resume")
     with open(path) as f:
-        saved = Config(**{**json.load(f), "resume": run, "out": run})
+        fields = json.load(f)
+    for old, new in RENAMED.items():  # a run written before an option was renamed
+        if old in fields:
+            fields[new] = fields.pop(old)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise UserError(f"--resume {run}: config.json has options this version does not know ({', '.join(unknown)})")
+    saved = Config(**{**fields, "resume": run, "out": run})
     if "out" in typed and os.path.abspath(cfg.out) != os.path.abspath(run):
         raise UserError(f"--resume {run} continues in its own folder: leave --out out (got --out {cfg.out})")
     for name in sorted(typed - {"resume", "out", "overwrite"}):

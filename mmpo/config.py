@@ -61,10 +61,11 @@ class Config:
     symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
     symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
     # corrupted image m'
-    corruption: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | blank | contrast (SymMPO: contrast_image)",
+    m_prime: str = opt(None, "the second image m' when the data has no corrupt_image: a corruption of m -- crop (mDPO default) | "
+                            "noise (MFPO default) | blank -- or contrast: the row's contrast_image, a real similar image (SymMPO default)",
                           choices=("crop", "noise", "blank", "contrast"))
     noise_step: int = opt(None, "diffusion step t of the noise (of 1000), added to the normalized pixels (default: the data's noise_step, else 500)")
-    redraw_corruption: bool = opt(False, "draw a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released mDPO does; "
+    redraw_m_prime: bool = opt(False, "draw a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released mDPO does; "
                                          "default: one m' per example for the whole run (a --ref-cache needs it fixed)")
     # curriculum (MFPO sec. 3.3)
     curriculum: str = opt("none", "none | easy-to-hard: train on thirds of the data by the model's entropy on the chosen answer",
@@ -132,8 +133,8 @@ def resolve(cfg: Config) -> Config:
         cfg.lr = 1e-3 if cfg.model in TINY_MODELS else PAPER_LR[cfg.objective]
     if cfg.weight_decay is None:
         cfg.weight_decay = 0.01 if cfg.objective in ("napo", "symmpo") else 0.0
-    if cfg.corruption is None:
-        cfg.corruption = {"symmpo": "contrast", "mfpo": "noise"}.get(cfg.objective, "crop")
+    if cfg.m_prime is None:
+        cfg.m_prime = {"symmpo": "contrast", "mfpo": "noise"}.get(cfg.objective, "crop")
     return cfg
 
 
@@ -143,10 +144,10 @@ def resolve(cfg: Config) -> Config:
 _MDPO = dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4, grad_accum=8,
              lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048, mdpo_delta=0.0)
 RECIPES = {
-    "mdpo": ("luka-group/mDPO bunny/config.yaml", {**_MDPO, "corruption": "crop"}),
+    "mdpo": ("luka-group/mDPO bunny/config.yaml", {**_MDPO, "m_prime": "crop"}),
     "dpo": ("mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml", _MDPO),
     # MFPO releases no code and its supplementary configuration is not public: mDPO's, with its noise
-    "mfpo": ("unpublished; mDPO's bunny/config.yaml", {**_MDPO, "corruption": "noise"}),
+    "mfpo": ("unpublished; mDPO's bunny/config.yaml", {**_MDPO, "m_prime": "noise"}),
     "napo": ("zhangzef/NaPO script/pipeline/llava15_train_bias.sh + pipeline.sh",
              dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, adam_beta2=0.999, beta=0.1, batch_size=1,
                   grad_accum=4, lora_rank=0, dtype="bf16", max_length=2048, napo_q_form="code", napo_alpha="0.5,0.01")),
@@ -154,7 +155,7 @@ RECIPES = {
                dict(lr=5e-6, epochs=10, max_steps=670, warmup=0.05, weight_decay=0.01, adam_beta2=0.999, beta=0.1,
                     batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16", max_length=2048, symmpo_lam=0.5,
                     symmpo_gamma=1e-4, symmpo_eta=1.0, symmpo_delta=0.0, symmpo_margin_form="code",
-                    corruption="contrast")),
+                    m_prime="contrast")),
     # LLaVA-1.5's visual instruction tuning (stage 2), 8 GPUs: global batch 128
     "sft": ("haotian-liu/LLaVA scripts/v1_5/finetune.sh",
             dict(lr=2e-5, epochs=1, warmup=0.03, weight_decay=0.0, adam_beta2=0.999, batch_size=16, grad_accum=1,

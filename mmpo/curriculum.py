@@ -1,4 +1,9 @@
-"""MFPO's easy-to-hard curriculum (Jiang et al. 2024, sec. 3.3).
+"""Which examples each optimizer step sees: the training schedule, and MFPO's easy-to-hard
+curriculum (Jiang et al. 2024, sec. 3.3) that orders it.
+
+``plan`` lays out every step of a run before the first one: stages (the whole data, or the
+curriculum's thirds), epochs, and the global batches of each, fixed by the seed alone, so the
+order does not depend on the number of processes and a resumed run picks up where it stopped.
 
 Every example is scored by the mean entropy of the model's predictive distribution over the
 tokens of its chosen response (one no-grad pass): a low entropy means the model already finds the
@@ -14,9 +19,11 @@ import torch
 from tqdm import tqdm
 
 from mmpo import distributed
+from mmpo.checkpoint import write_atomic
 from mmpo.data import PreferenceDataset, collate
 from mmpo.distributed import Dist
 from mmpo.logps import response_entropy
+from mmpo.perturb import stable_seed
 
 
 def entropy_scores(model, dataset: PreferenceDataset, batch_size: int, pad_id: int, d: Dist = Dist()) -> dict:
@@ -46,10 +53,7 @@ def difficulties(model, dataset: PreferenceDataset, batch_size: int, pad_id: int
             return json.load(f)
     scores = entropy_scores(model, dataset, batch_size, pad_id, d)
     if d.main:
-        tmp = cache + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(scores, f)
-        os.replace(tmp, cache)
+        write_atomic(cache, json.dumps(scores))
     distributed.barrier(d)
     return scores
 
@@ -60,3 +64,24 @@ def stages(ids: list[str], scores: dict, n: int = 3) -> list[list[int]]:
     order = sorted(range(len(ids)), key=lambda i: (scores.get(ids[i], float("inf")), i))
     bounds = [round(k * len(order) / n) for k in range(n + 1)]
     return [order[bounds[k]:bounds[k + 1]] for k in range(n)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(stable_seed(seed, "epoch", epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> list[tuple[int, int, list[int]]]:
+    """Every optimizer step's (stage, epoch, global batch of dataset indices), in training order.
+
+    Each stage (the whole data, or the curriculum's easy / medium / hard thirds) is trained for
+    ``epochs`` passes, each a permutation fixed by (seed, stage, epoch). The last partial batch of
+    a pass is dropped, so every step and every rank sees a full batch.
+    """
+    steps = []
+    for s, subset in enumerate(stages):
+        for e in range(epochs):
+            order = [subset[i] for i in epoch_order(len(subset), seed, (s, e))]
+            steps += [(s, e, order[k * global_batch:(k + 1) * global_batch]) for k in range(len(subset) // global_batch)]
+    return steps

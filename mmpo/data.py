@@ -4,9 +4,6 @@ Each example becomes a prompt per image (m, and m' when a view needs it) and a r
 field; a batch holds every view of every example, so one forward pass scores them all.
 """
 import copy
-import hashlib
-import json
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -14,11 +11,8 @@ from PIL import Image
 
 from mmpo import perturb
 from mmpo.config import NOISE_STEPS
-from mmpo.rows import CORRUPTIONS, VIEWS, DataError, load_image, read_rows, required_fields
-
-def stable_seed(*parts) -> int:
-    """A seed from (run seed, example id) that is the same in every process and every epoch."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+from mmpo.perturb import stable_seed
+from mmpo.rows import M_PRIMES, VIEWS, DataError, load_image, read_rows, required_fields
 
 
 def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator) -> Image.Image:
@@ -93,7 +87,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     m' (the ``corrupt`` image slot) is, in order: SymMPO's ``contrast_image``; a row's own
     ``corrupt_image``; a row's ``noise_step`` (+ ``noise_mask``), MFPO's region noise as
-    ``prepare mfpo`` records it; else made on the fly by ``corruption``. Random m' are drawn from
+    ``prepare mfpo`` records it; else made on the fly as ``m_prime`` says. Random m' are drawn from
     (seed, id), the same for the policy and the reference in every epoch, or from (seed, id,
     epoch) with ``redraw=True`` (mDPO's released code draws a new crop every time). Items are
     dataset indices, or (index, epoch) pairs.
@@ -104,16 +98,16 @@ class PreferenceDataset(torch.utils.data.Dataset):
     in VCD, so its strength does not depend on the image's size.
     """
 
-    def __init__(self, path: str, processor, views, *, corruption: str = "crop", seed: int = 0,
+    def __init__(self, path: str, processor, views, *, m_prime: str = "crop", seed: int = 0,
                  max_length: int = 1024, noise_step: int | None = None, prefer_field: bool = True,
                  redraw: bool = False):
-        if corruption not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {corruption!r}: choose one of {', '.join(CORRUPTIONS)}")
+        if m_prime not in M_PRIMES:
+            raise ValueError(f"unknown m' {m_prime!r}: choose one of {', '.join(M_PRIMES)}")
         self.path, self.processor, self.views = path, processor, tuple(views)
-        self.corruption, self.seed, self.max_length, self.redraw = corruption, seed, max_length, redraw
+        self.m_prime, self.seed, self.max_length, self.redraw = m_prime, seed, max_length, redraw
         self.noise_step = 500 if noise_step is None else noise_step  # VCD's and MFPO's t
         self.prefer_field = prefer_field  # use a row's corrupt_image / noise_step when it has one
-        self.rows = read_rows(path, required_fields(self.views, corruption))
+        self.rows = read_rows(path, required_fields(self.views, m_prime))
         if noise_step is not None and prefer_field:  # an explicit t must not silently differ from the data's
             clash = [r for r in self.rows if r.get("noise_step", noise_step) != noise_step]
             if clash:
@@ -141,15 +135,15 @@ class PreferenceDataset(torch.utils.data.Dataset):
         parts = (self.seed, row["id"], epoch) if self.redraw else (self.seed, row["id"])
         return torch.Generator().manual_seed(stable_seed(*parts))
 
-    def m_prime(self, row) -> str:
+    def m_prime_kind(self, row) -> str:
         """How this row's m' is made: contrast | field | region-noise | crop | noise | blank."""
-        if self.corruption == "contrast":
+        if self.m_prime == "contrast":
             return "contrast"
         if self.prefer_field and row.get("corrupt_image"):
             return "field"
         if self.prefer_field and ("noise_step" in row or "noise_mask" in row):
             return "region-noise"
-        return self.corruption
+        return self.m_prime
 
     def images(self, row, epoch: int = 0) -> list[Image.Image]:
         """[m] or [m, m'] as images, before the processor (for noise, m' is m: the noise is
@@ -157,7 +151,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         img = load_image(row["image"])
         if not self.needs_corrupt:
             return [img]
-        kind = self.m_prime(row)
+        kind = self.m_prime_kind(row)
         if kind in ("contrast", "field"):
             return [img, load_image(row["contrast_image" if kind == "contrast" else "corrupt_image"])]
         if kind in ("crop", "blank"):
@@ -166,7 +160,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def noise_inputs(self, row, inputs: dict, epoch: int = 0) -> dict:
         """m''s processor outputs from m's, for the noise kinds of m' (else unchanged)."""
-        kind = self.m_prime(row)
+        kind = self.m_prime_kind(row)
         if kind not in ("noise", "region-noise"):
             return inputs
         masks = None
@@ -270,68 +264,3 @@ def collate(examples: list[Example], views, pad_id: int) -> Batch:
                  image_index, images, extra, skipped)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(stable_seed(seed, "epoch", epoch))
-    return torch.randperm(n, generator=g).tolist()
-
-
-def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) -> str:
-    """A preference dataset you must look at to get right: a colored square on a noisy
-    background, "What color is the square?". Every color is the chosen answer for some images
-    and the rejected one for others, so the text alone cannot tell chosen from rejected.
-    Carries every optional field, so all five objectives train on it. Returns the JSONL path."""
-    colors = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
-              "yellow": (230, 210, 20), "purple": (140, 40, 170), "white": (245, 245, 245)}
-    names = sorted(colors)
-    path = os.path.join(out_dir, "data.jsonl")
-    if os.path.isfile(path):
-        return path
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-
-    def pick(exclude=()):
-        choices = [c for c in names if c not in exclude]
-        return choices[int(torch.randint(len(choices), (), generator=g))]
-
-    def draw(name, color):
-        bg = (torch.rand(3, generator=g) * 80 + 40).to(torch.uint8)
-        pix = bg.view(1, 1, 3).repeat(size, size, 1)
-        pix += (torch.rand(size, size, 1, generator=g) * 20).to(torch.uint8)
-        side = int(torch.randint(size // 3, size // 2 + 1, (), generator=g))
-        top, left = (int(torch.randint(0, size - side + 1, (), generator=g)) for _ in range(2))
-        pix[top:top + side, left:left + side] = torch.tensor(colors[color], dtype=torch.uint8)
-        Image.frombytes("RGB", (size, size), pix.numpy().tobytes()).save(os.path.join(out_dir, "images", name))
-        return f"images/{name}"
-
-    lines = []
-    for i in range(n):
-        c = pick()
-        c_contrast = pick(exclude=(c,))
-        answer = "The square is {}.".format
-        lines.append(json.dumps({
-            "id": f"syn-{i}", "image": draw(f"{i}.png", c), "prompt": "What color is the square?",
-            "chosen": answer(c), "rejected": answer(pick(exclude=(c,))),
-            "contrast_image": draw(f"{i}-contrast.png", c_contrast), "contrast_chosen": answer(c_contrast),
-            "lang_biased": answer(pick(exclude=(c,))), "vision_biased": "A picture of a square.",
-        }))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> list[tuple[int, int, list[int]]]:
-    """Every optimizer step's (stage, epoch, global batch of dataset indices), in training order.
-
-    Each stage (the whole data, or the curriculum's easy / medium / hard thirds) is trained for
-    ``epochs`` passes, each a permutation fixed by (seed, stage, epoch). The last partial batch of
-    a pass is dropped, so every step and every rank sees a full batch.
-    """
-    steps = []
-    for s, subset in enumerate(stages):
-        for e in range(epochs):
-            order = [subset[i] for i in epoch_order(len(subset), seed, (s, e))]
-            steps += [(s, e, order[k * global_batch:(k + 1) * global_batch]) for k in range(len(subset) // global_batch)]
-    return steps

@@ -5,10 +5,17 @@ and device, and draws its randomness from an explicit ``torch.Generator`` so tha
 reproduced exactly (the policy and the reference must see the same m' in a step).
 Self-contained: torch only.
 """
+import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
+
+
+def stable_seed(*parts) -> int:
+    """A seed from (run seed, example id, ...) that is the same in every process and every run:
+    what makes one m' reproducible (the policy and the reference must see the same one)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 def _batched(img: torch.Tensor):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from mmpo import cli, perturb
 from mmpo.cli import UserError
-from mmpo.data import stable_seed
+from mmpo.perturb import stable_seed
 from mmpo.rows import DataError, load_image, read_rows
 from mmpo.generate import generate
 from mmpo.keywords import rank_keywords

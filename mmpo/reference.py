@@ -47,7 +47,7 @@ def model_fingerprint(name: str, model) -> str:
 
 def fingerprint(model_fp: str, data_path: str, settings: dict) -> str:
     """What reference log-probs (or difficulty scores) depend on: the initial model, the data
-    file (which names its images), and how views are built (seed, corruption, lengths...)."""
+    file (which names its images), and how views are built (seed, m', lengths...)."""
     h = hashlib.sha256()
     h.update(model_fp.encode())
     with open(data_path, "rb") as f:

@@ -36,7 +36,8 @@ VIEWS = {
 }
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
 IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
-CORRUPTIONS = ("crop", "noise", "blank", "contrast")
+# what m' can be: a corruption of m (made on the fly), or SymMPO's real contrast_image
+M_PRIMES = ("crop", "noise", "blank", "contrast")
 
 
 class DataError(UserError):
@@ -67,13 +68,13 @@ def load_image(path: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def required_fields(views, corruption: str) -> set[str]:
-    """The fields every row must have to be scored as ``views`` with this ``corruption``."""
+def required_fields(views, m_prime: str) -> set[str]:
+    """The fields every row must have to be scored as ``views`` with this kind of ``m_prime``."""
     need = {"image", "prompt"}
     for v in views:
         slot, response = VIEWS[v]
         need.add(response)
-        if slot == "corrupt" and corruption == "contrast":
+        if slot == "corrupt" and m_prime == "contrast":
             need.add("contrast_image")
     return need
 

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mmpo.data import make_synthetic  # noqa: E402
+from mmpo.synthetic import make_synthetic  # noqa: E402
 
 torch.set_num_threads(2)
 

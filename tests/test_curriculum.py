@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import train
 from conftest import assert_identical_runs, metrics, write_jsonl
 from mmpo import checkpoint, curriculum
-from mmpo.data import PreferenceDataset, collate, plan
+from mmpo.curriculum import epoch_order, plan
+from mmpo.data import PreferenceDataset, collate
 from mmpo.models import tiny_model
 
 
@@ -41,6 +42,13 @@ def test_difficulty_column_is_used_as_is(tmp_path, image_dir):
     scores = curriculum.difficulties(None, ds, 2, 0, "unused")
     assert scores == {"1": 3.0, "2": 1.0, "3": 2.0}
     assert curriculum.stages(["1", "2", "3"], scores) == [[1], [2], [0]]
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    a = epoch_order(50, seed=1, epoch=0)
+    assert sorted(a) == list(range(50))
+    assert a == epoch_order(50, seed=1, epoch=0)
+    assert a != epoch_order(50, seed=1, epoch=1) and a != epoch_order(50, seed=2, epoch=0)
 
 
 def test_plan_trains_stages_in_order():

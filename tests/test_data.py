@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, write_jsonl
-from mmpo.data import PreferenceDataset, collate, epoch_order, processed_mask
+from mmpo.data import PreferenceDataset, collate, processed_mask
 from mmpo.rows import DataError, load_image, read_rows, required_fields
 from mmpo.models import tiny_llava_processor, tiny_model
 from mmpo.perturb import alpha_bar
@@ -69,21 +69,21 @@ def m_prime_pixels(ds, item):
     return ds[item].image_inputs[1]["pixel_values"]
 
 
-@pytest.mark.parametrize("corruption", ["crop", "noise"])
-def test_corrupt_image_is_the_same_every_time(synthetic, corruption):
+@pytest.mark.parametrize("kind", ["crop", "noise"])
+def test_corrupt_image_is_the_same_every_time(synthetic, kind):
     _, proc = tiny_model("tiny-llava")
     views = ("chosen", "rejected", "chosen_on_corrupt")
-    a = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3)
-    b = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3)
-    c = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=4)
+    a = PreferenceDataset(synthetic, proc, views, m_prime=kind, seed=3)
+    b = PreferenceDataset(synthetic, proc, views, m_prime=kind, seed=3)
+    c = PreferenceDataset(synthetic, proc, views, m_prime=kind, seed=4)
     m, m_prime = a[0].image_inputs[0]["pixel_values"], m_prime_pixels(a, 0)
     assert not torch.equal(m, m_prime)
     assert torch.equal(m_prime_pixels(b, 0), m_prime)  # policy, reference, every epoch
     assert torch.equal(m_prime_pixels(a, (0, 5)), m_prime)  # one m' for the whole run by default
     assert not torch.equal(m_prime_pixels(c, 0), m_prime)  # another run seed, another m'
     assert not torch.equal(m_prime_pixels(a, 1), m_prime_pixels(a, 0))
-    # --redraw-corruption: a new m' each epoch, the same one within an epoch
-    r = PreferenceDataset(synthetic, proc, views, corruption=corruption, seed=3, redraw=True)
+    # --redraw-m-prime: a new m' each epoch, the same one within an epoch
+    r = PreferenceDataset(synthetic, proc, views, m_prime=kind, seed=3, redraw=True)
     assert torch.equal(m_prime_pixels(r, (0, 1)), m_prime_pixels(r, (0, 1)))
     assert not torch.equal(m_prime_pixels(r, (0, 1)), m_prime_pixels(r, (0, 2)))
 
@@ -104,13 +104,6 @@ def test_responses_truncated_prompts_never_and_overlong_prompt_skipped(tmp_path,
     assert skipped.skip and f"{path}:2:" in skipped.skip and "max_length is 60" in skipped.skip
     batch = collate([ex, skipped], ("chosen", "rejected"), proc.tokenizer.pad_token_id)
     assert batch.ids == ["1"] and batch.skipped == [skipped.skip] and batch.input_ids.shape[0] == 2
-
-
-def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
-    a = epoch_order(50, seed=1, epoch=0)
-    assert sorted(a) == list(range(50))
-    assert a == epoch_order(50, seed=1, epoch=0)
-    assert a != epoch_order(50, seed=1, epoch=1) and a != epoch_order(50, seed=2, epoch=0)
 
 
 def test_synthetic_data_needs_the_image(synthetic):
@@ -145,7 +138,7 @@ def test_noise_strength_is_vcds_at_every_image_size(tmp_path):
     rows = [{"id": str(k), "image": random_image(tmp_path / f"{k}.png", w, h, k), "prompt": "Q?", "chosen": "a",
              "rejected": "b"} for k, (w, h) in enumerate(sizes)]
     ds = PreferenceDataset(write_jsonl(tmp_path / "d.jsonl", rows), proc, ("chosen", "chosen_on_corrupt"),
-                           corruption="noise")
+                           m_prime="noise")
     ab = alpha_bar()[500].item()
     assert math.sqrt(1 - ab) == pytest.approx(0.505, abs=5e-4)
     for k in range(len(sizes)):
@@ -169,7 +162,7 @@ def test_region_noise_follows_the_mask_through_the_processor(tmp_path, name):
     mask.save(tmp_path / "mask.png")
     row = {"image": "m.png", "prompt": "Q?", "chosen": "a", "rejected": "b", "noise_mask": "mask.png", "noise_step": 999}
     ds = PreferenceDataset(write_jsonl(tmp_path / "d.jsonl", [row]), proc, ("chosen", "chosen_on_corrupt"),
-                           corruption="crop")  # a row's noise_mask wins over the on-the-fly corruption
+                           m_prime="crop")  # a row's noise_mask wins over the on-the-fly m'
     ex = ds[0]
     m, m_prime = ex.image_inputs[0]["pixel_values"], ex.image_inputs[1]["pixel_values"]
     inside = processed_mask(proc.image_processor, Image.open(tmp_path / "mask.png"))["pixel_values"]
@@ -187,9 +180,9 @@ def test_explicit_noise_step_must_match_the_data(tmp_path, image_dir):
     row = {"image": "img/0.png", "prompt": "Q?", "chosen": "a", "rejected": "b", "noise_step": 300}
     path = write_jsonl(tmp_path / "d.jsonl", [row])
     views = ("chosen", "chosen_on_corrupt")
-    assert PreferenceDataset(path, proc, views, corruption="noise").m_prime(read_rows(path, {"image"})[0]) == "region-noise"
+    assert PreferenceDataset(path, proc, views, m_prime="noise").m_prime_kind(read_rows(path, {"image"})[0]) == "region-noise"
     with pytest.raises(DataError, match=r"d.jsonl:1: field 'noise_step': the data was made with t=300, --noise-step is 500"):
-        PreferenceDataset(path, proc, views, corruption="noise", noise_step=500)
+        PreferenceDataset(path, proc, views, m_prime="noise", noise_step=500)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{**row, "noise_step": 1000}, {**row, "truncated": ["nope"]}])
     with pytest.raises(DataError) as e:
         read_rows(bad, {"image"})

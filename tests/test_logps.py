@@ -45,7 +45,7 @@ def separate_logps(model, batch):
 def test_fused_equals_separate_forwards(name, varied):
     model, proc = tiny_model(name)
     model.eval()
-    ds = PreferenceDataset(varied, proc, ALL_VIEWS, corruption="contrast")
+    ds = PreferenceDataset(varied, proc, ALL_VIEWS, m_prime="contrast")
     batch = collate([ds[0], ds[1]], ALL_VIEWS, proc.tokenizer.pad_token_id)
     # the prompts differ in length and so do the responses: both paddings are exercised
     assert (batch.attention_mask[:, 0] == 0).any() and (batch.attention_mask[:, -1] == 0).any()
@@ -63,7 +63,7 @@ def test_vision_tower_runs_once_per_distinct_image(name, synthetic):
     tower = next(getattr(model.model, n) for n in ("vision_tower", "visual", "vision_model") if hasattr(model.model, n))
     calls = []
     tower.register_forward_hook(lambda m, i, o: calls.append(1))
-    ds = PreferenceDataset(synthetic, proc, ALL_VIEWS, corruption="contrast")
+    ds = PreferenceDataset(synthetic, proc, ALL_VIEWS, m_prime="contrast")
     batch = collate([ds[i] for i in range(3)], ALL_VIEWS, proc.tokenizer.pad_token_id)
     assert len(batch.images) == 6 and batch.input_ids.shape[0] == 21  # 3 examples x (m, m') ; 7 views
     with torch.no_grad():

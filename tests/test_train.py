@@ -38,7 +38,7 @@ def test_every_objective_learns_the_easy_preference(objective, extra, easy_data,
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert os.path.isfile(tmp_path / "final" / ("adapter_model.safetensors" if not extra else "model.safetensors"))
     cfg = json.load(open(tmp_path / "config.json"))
-    assert cfg["objective"] == objective and cfg["corruption"] == {"symmpo": "contrast", "mfpo": "noise"}.get(objective, "crop")
+    assert cfg["objective"] == objective and cfg["m_prime"] == {"symmpo": "contrast", "mfpo": "noise"}.get(objective, "crop")
 
 
 def test_sft_trains_the_chosen_answers_with_no_reference(easy_data, tmp_path, monkeypatch):
@@ -190,7 +190,7 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
     (["--model", "./no-such-dir"], "error: --model ./no-such-dir: no such directory"),
     (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),
     (["--objective", "mfpo", "--mfpo-weights", "1,x"], "error: --mfpo-weights: expected 3 comma-separated numbers"),
-    (["--redraw-corruption", "--ref-cache", "r.safetensors"], "error: --redraw-corruption draws a new m' every epoch"),
+    (["--redraw-m-prime", "--ref-cache", "r.safetensors"], "error: --redraw-m-prime draws a new m' every epoch"),
     (["--lora-targets", "no_such_layer"], "error: --lora-targets no_such_layer: no Linear module of tiny-llava matches"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
