@@ -90,11 +90,13 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
     return final
 
 
-def write_atomic(path: str, text: str):
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+def write_atomic(path: str, data: str | bytes):
+    """Write ``data`` (text, or bytes such as ``safetensors.torch.save(...)`` or an encoded image)
+    to ``path`` through a temporary file and a rename: never half a file. The one atomic write of
+    the project."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
