@@ -12,22 +12,7 @@ from PIL import Image
 from mmpo import perturb
 from mmpo.config import NOISE_STEPS
 from mmpo.perturb import stable_seed
-from mmpo.rows import M_PRIMES, VIEWS, DataError, load_image, read_rows, required_fields
-
-
-def corrupt_image(img: Image.Image, kind: str, generator: torch.Generator) -> Image.Image:
-    """m' from m in image space, before the processor: mDPO's random crop (resized back to the
-    image's size), or a black image. (Diffusion noise acts on the processed tensor: ``noised``.)"""
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
-    x = x.permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
-    if kind == "crop":
-        y = perturb.random_crop(x, generator=generator)
-    elif kind == "blank":
-        y = perturb.blank(x)
-    else:
-        raise ValueError(f"unknown image-space corruption {kind!r}")
-    y = (y.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    return Image.frombytes("RGB", (img.width, img.height), y.numpy().tobytes())
+from mmpo.rows import M_PRIMES, VIEWS, DataError, load_image, read_rows, required_fields, to_pil, to_tensor
 
 
 def pixel_keys(inputs: dict) -> list[str]:
@@ -49,7 +34,8 @@ def processed_mask(image_processor, mask: Image.Image) -> dict[str, torch.Tensor
 
 def noised(inputs: dict, t: int, generator: torch.Generator, masks: dict | None = None) -> dict:
     """The processor outputs of m' = VCD's diffusion noise at step t on the processed,
-    normalized pixels of m (within ``masks``, per pixel key, when given)."""
+    normalized pixels of m (within ``masks``, per pixel key, when given). Not ``perturb.corrupt``'s
+    "noise", which acts on a decoded [0, 1] image to bake the noise into an image file."""
     out = dict(inputs)
     for k in pixel_keys(inputs):
         out[k] = perturb.diffusion_noise(inputs[k], t=t, mask=None if masks is None else masks[k],
@@ -154,8 +140,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
         kind = self.m_prime_kind(row)
         if kind in ("contrast", "field"):
             return [img, load_image(row["contrast_image" if kind == "contrast" else "corrupt_image"])]
-        if kind in ("crop", "blank"):
-            return [img, corrupt_image(img, kind, self.generator(row, epoch))]
+        if kind in ("crop", "blank"):  # in image space, before the processor
+            return [img, to_pil(perturb.corrupt(to_tensor(img), kind, self.generator(row, epoch)))]
         return [img, img]
 
     def noise_inputs(self, row, inputs: dict, epoch: int = 0) -> dict:

@@ -184,32 +184,3 @@ def image_path_frozen(model) -> bool:
     lm_params = {id(p) for p in lm.parameters()} | {id(p) for p in model.get_output_embeddings().parameters()}
     return not any(p.requires_grad for p in model.parameters() if id(p) not in lm_params)
 
-
-def tiny_detector(seed: int = 0):
-    """A tiny random OWLv2 open-vocabulary detector and its processor (tests of MFPO's regions)."""
-    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
-    tok = byte_tokenizer(["<s>", "</s>", "<pad>"], "<image>")
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=32, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
-                  patch_size=16)
-    torch.manual_seed(seed)
-    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
-    return model.eval(), Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok)
-
-
-def tiny_segmenter(seed: int = 0):
-    """A tiny random SAM and its processor (tests of MFPO's regions)."""
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
-    config = SamConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=64, patch_size=16, output_channels=16, num_pos_feats=8, global_attn_indexes=[0],
-                           window_size=0, mlp_dim=64),
-        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32,
-                                 iou_head_hidden_dim=16))
-    torch.manual_seed(seed)
-    processor = SamProcessor(SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
-                                               mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}))
-    return SamModel(config).eval(), processor

@@ -2,7 +2,9 @@
 
 Every function takes a float image ``(C, H, W)`` or a batch ``(B, C, H, W)``, keeps its dtype
 and device, and draws its randomness from an explicit ``torch.Generator`` so that one m' can be
-reproduced exactly (the policy and the reference must see the same m' in a step).
+reproduced exactly (the policy and the reference must see the same m' in a step). ``corrupt`` is
+the one entry point by name (``crop``, ``noise``, ``blank``: the words of ``train.py --m-prime``
+and ``prepare symmpo --contrast``); the functions below it are the perturbations themselves.
 Self-contained: torch only.
 """
 import hashlib
@@ -16,6 +18,34 @@ def stable_seed(*parts) -> int:
     """A seed from (run seed, example id, ...) that is the same in every process and every run:
     what makes one m' reproducible (the policy and the reference must see the same one)."""
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+KINDS = ("crop", "noise", "blank")  # the perturbations that make m' from m, by name
+
+
+def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = 500, steps: int = 1000,
+            value: float = 0.0) -> torch.Tensor:
+    """m' from an image ``x`` in [0, 1], (C, H, W) or (B, C, H, W), by the name the flags use:
+
+    - ``crop``: mDPO's ``random_crop`` (a box of 1-20% of the image, resized back), on the
+      decoded image, before any processor;
+    - ``noise``: ``diffusion_noise`` at step ``t``, on the pixels rescaled to [-1, 1] (the range
+      diffusion models work in) and mapped back to [0, 1]. This is the noise baked into an image
+      file, for ``prepare symmpo --contrast noise`` (the model must answer for m', so m' must be
+      an image). Training's noise is not this: ``mmpo.data.noised`` calls ``diffusion_noise`` on
+      the processor's normalized pixel tensor, as VCD does, so its strength does not depend on
+      the image's size, and it needs no 8-bit rounding;
+    - ``blank``: an image of the same shape filled with ``value`` (0 black, 1 white).
+
+    The result can leave [0, 1] (noise); whoever turns it into an 8-bit image clamps it.
+    """
+    if kind == "crop":
+        return random_crop(x, generator=generator)
+    if kind == "noise":
+        return (diffusion_noise(x * 2 - 1, t=t, generator=generator, steps=steps) + 1) / 2
+    if kind == "blank":
+        return blank(x, value)
+    raise ValueError(f"unknown corruption {kind!r}: choose one of {', '.join(KINDS)}")
 
 
 def _batched(img: torch.Tensor):
@@ -119,5 +149,5 @@ def random_region_mask(h: int, w: int, fraction: float = 0.2, generator=None) ->
 
 def blank(img: torch.Tensor, value: float = 0.0) -> torch.Tensor:
     """An image of the same shape filled with ``value`` (0 black, 1 white for [0, 1] images):
-    NaPO's image-free generation of language-biased answers, SymMPO's "black" ablation."""
+    NaPO's image-free generation of language-biased answers, SymMPO's blank-image ablation."""
     return torch.full_like(img, value)

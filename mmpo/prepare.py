@@ -22,6 +22,7 @@ if __name__ == "__main__":  # --help and option errors answer at once, before to
     if cli.run(lambda: check_options(build_parser().parse_args(sys.argv[1:])), light=True):
         sys.exit(2)
 
+import io
 import json
 import os
 from collections import Counter
@@ -31,9 +32,10 @@ import torch
 from tqdm import tqdm
 
 from mmpo import cli, perturb
+from mmpo.checkpoint import write_atomic
 from mmpo.cli import UserError
 from mmpo.perturb import stable_seed
-from mmpo.rows import DataError, load_image, read_rows
+from mmpo.rows import DataError, load_image, read_rows, to_pil, to_tensor
 from mmpo.generate import generate
 from mmpo.keywords import rank_keywords
 from mmpo.prepare_cli import (build_parser, check_model_name, check_options, done_ids, first_line, load_models,
@@ -44,25 +46,13 @@ BASE_FIELDS = {"image", "prompt", "chosen", "rejected"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def to_pil(x: torch.Tensor):
-    """(3, H, W) in [0, 1] -> PIL image."""
-    from PIL import Image
-    y = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    return Image.frombytes("RGB", (y.shape[1], y.shape[0]), y.numpy().tobytes())
-
-
-def to_tensor(img) -> torch.Tensor:
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
-    return x.permute(2, 0, 1).float() / 255  # (3, H, W)
-
-
 def save_image(img, out_dir: str, name: str) -> str:
-    """Save atomically under out_dir/images; returns the path relative to out_dir."""
+    """Save as a PNG under out_dir/images, atomically (a killed run leaves no half image that a
+    resumed one would take as done); returns the path relative to out_dir."""
     rel = os.path.join("images", name)
-    path = os.path.join(out_dir, rel)
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    write_atomic(os.path.join(out_dir, rel), png.getvalue())
     return rel
 
 
@@ -72,7 +62,6 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
     """noise_mask = the key regions of the image (white = noised), noise_step = t; training draws
     the noise on the processed pixels from (run seed, id). No region found: no mask, the whole
     image is noised (the paper's fallback)."""
-    from PIL import Image
     for row in rows:
         img = load_image(row["image"])
         g = torch.Generator().manual_seed(stable_seed(args.seed, row["id"]))
@@ -84,10 +73,8 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
                 stats["no region found: whole image noised"] += 1
         elif args.regions == "random":
             mask = perturb.random_region_mask(img.height, img.width, 0.2, generator=g)
-        if mask is not None:
-            m = (mask.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()  # (H, W)
-            mask_img = Image.frombytes("L", (img.width, img.height), m.numpy().tobytes())
-            row["noise_mask"] = save_image(mask_img, out_dir, f"{safe(row['id'])}-mask.png")
+        if mask is not None:  # (H, W) of 0/1 -> a grayscale PNG
+            row["noise_mask"] = save_image(to_pil(mask), out_dir, f"{safe(row['id'])}-mask.png")
         row["noise_step"] = args.noise_step
         row["keywords"] = keywords
         row["region"] = "global" if mask is None else args.regions
@@ -110,7 +97,7 @@ def napo_rows(rows, args, out_dir, stats, ctx):
         blanks = None
         if args.lang_image != "none":
             value = 1.0 if args.lang_image == "white" else 0.0
-            blanks = [to_pil(perturb.blank(to_tensor(load_image(r["image"])), value)) for r in lang]
+            blanks = [to_pil(perturb.corrupt(to_tensor(load_image(r["image"])), "blank", value=value)) for r in lang]
         record(lang, "lang_biased", generate(model, processor, [r["prompt"] for r in lang], blanks, **kw), stats)
     if vision:
         images = [load_image(r["image"]) for r in vision]
@@ -182,7 +169,7 @@ def contrast_pool(args, rows) -> list[str]:
     if len(distinct) == 1 and distinct & {os.path.realpath(r["image"]) for r in rows if not r.get("contrast_image")}:
         where = f"--pool {args.pool} holds" if args.pool else "the data has"
         raise UserError(f"symmpo: {where} only one image, {pool[0]}, and it cannot be its own contrast image: "
-                        "give --pool a folder of other images, or --contrast noised|cropped|black")
+                        "give --pool a folder of other images, or --contrast crop|noise|blank")
     return pool
 
 
@@ -203,7 +190,8 @@ def contrast_neighbors(args, rows, ctx) -> dict[str, str]:
 
 
 def symmpo_rows(rows, args, out_dir, stats, ctx):
-    """contrast_image: the nearest other image (or a perturbed m for the ablations);
+    """contrast_image: the nearest other image (or, for the ablations, m perturbed by
+    ``perturb.corrupt``: crop, noise, blank);
     contrast_chosen: the base model's answer to the prompt for it. User-provided values are
     kept untouched (the paper rewrites answers with large external models)."""
     model, processor = ctx["model"], ctx["processor"]
@@ -212,12 +200,9 @@ def symmpo_rows(rows, args, out_dir, stats, ctx):
         if not row.get("contrast_image"):
             if args.contrast == "neighbor":
                 row["contrast_image"] = ctx["neighbors"][row["id"]]
-            else:  # ablations; an image is needed to generate y_w' for it, so this noise is baked into pixels
-                img = to_tensor(load_image(row["image"]))
+            else:  # an ablation: y_w' is generated for m', so m' is an image file (noise baked into its pixels)
                 g = torch.Generator().manual_seed(stable_seed(args.seed, row["id"]))
-                m = {"noised": lambda: (perturb.diffusion_noise(img * 2 - 1, t=args.noise_step, generator=g) + 1) / 2,
-                     "cropped": lambda: perturb.random_crop(img, generator=g),
-                     "black": lambda: perturb.blank(img)}[args.contrast]()
+                m = perturb.corrupt(to_tensor(load_image(row["image"])), args.contrast, g, t=args.noise_step)
                 row["contrast_image"] = save_image(to_pil(m), out_dir, f"{safe(row['id'])}-contrast.png")
         else:
             stats["contrast_image kept as given"] += 1

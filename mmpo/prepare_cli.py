@@ -55,7 +55,8 @@ def build_parser() -> Parser:
     p.add_argument("--temperature", type=float, default=0.2, help="napo, symmpo: sampling temperature (with --do-sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-step", type=int, default=500,
-                   help="diffusion step t of the noise (of 1000); mfpo records it, training adds the noise to the processed pixels")
+                   help="diffusion step t of the noise (of 1000); mfpo records it, training adds the noise to the processed "
+                        "pixels; symmpo --contrast noise bakes it into the contrast image")
     p.add_argument("--k", type=int, default=3, help="mfpo: keywords per answer")
     p.add_argument("--tagger", choices=("auto", "rules", "nltk"), default="auto",
                    help="mfpo: nouns by nltk's tagger when installed (auto), or the built-in rules (the same on every machine)")
@@ -67,8 +68,9 @@ def build_parser() -> Parser:
     p.add_argument("--threshold", type=float, default=0.1, help="mfpo: detection score threshold, in [0, 1]")
     p.add_argument("--lang-image", choices=("none", "white", "black"), default="none",
                    help="napo: language-biased answers without an image, or with a blank one")
-    p.add_argument("--contrast", choices=("neighbor", "noised", "cropped", "black"), default="neighbor",
-                   help="symmpo: m' is the nearest other image, or an ablation")
+    p.add_argument("--contrast", choices=("neighbor", "crop", "noise", "blank"), default="neighbor",
+                   help="symmpo: m' is the nearest other image (neighbor), or m perturbed (the ablations, as "
+                        "train.py --m-prime names them)")
     p.add_argument("--pool", default="", help="symmpo: a folder of candidate contrast images (default: the data's)")
     p.add_argument("--embedder", default="", help="symmpo: an image model (e.g. a CLIP) for retrieval; default the VLM's vision tower")
     return p
@@ -230,7 +232,7 @@ def row_settings(args) -> dict:
         if args.method == "napo":
             names.append("lang_image")
         else:
-            names += ["contrast"] + {"neighbor": ["pool", "embedder"], "noised": ["noise_step"]}.get(args.contrast, [])
+            names += ["contrast"] + {"neighbor": ["pool", "embedder"], "noise": ["noise_step"]}.get(args.contrast, [])
     values = {n: getattr(args, n) for n in names}
     for n in ("model", "detector", "segmenter", "embedder", "pool"):
         if values.get(n) and os.path.exists(values[n]):
@@ -266,6 +268,7 @@ def start_output(args, rows, settings: dict) -> None:
     """Make OUT ready before any model loads. --overwrite removes what an earlier run wrote;
     otherwise rows already there must come from the same settings (else they would mix with this
     run's). Then this run's settings are recorded, atomically."""
+    from mmpo.checkpoint import write_atomic  # imports torch: not at the top of this light module
     from mmpo.rows import IMAGE_FIELDS
     out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
     fresh = START_FRESH.format(out=args.out)
@@ -299,9 +302,7 @@ def start_output(args, rows, settings: dict) -> None:
             if os.path.isdir(images):
                 shutil.rmtree(images)
         os.makedirs(images, exist_ok=True)
-        with open(record + ".tmp", "w") as f:
-            json.dump(settings, f, indent=1)
-        os.replace(record + ".tmp", record)
+        write_atomic(record, json.dumps(settings, indent=1))
     except OSError as e:
         raise UserError(f"--out {args.out}: cannot write there ({e.strerror or first_line(e)})") from None
 

@@ -12,11 +12,15 @@ One example a line::
 ``python -m mmpo.prepare mfpo``), ``truncated`` (the generated fields that hit the token limit:
 they get no end-of-sequence token). Every row is checked when the file is opened; all problems
 are reported together, each as ``file:line: field 'x': what is wrong``.
+
+Images are decoded here too (``load_image``), and turned into float tensors and back
+(``to_tensor``, ``to_pil``): the one place where pixels cross between PIL and torch.
 """
 import json
 import math
 import os
 
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from mmpo.cli import UserError
@@ -66,6 +70,26 @@ def load_image(path: str) -> Image.Image:
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
         return background
     return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB image (as ``load_image`` gives) -> float (3, H, W) in [0, 1]."""
+    if img.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {img.mode} (load_image converts any image)")
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
+    return x.permute(2, 0, 1).float() / 255
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """A float image in [0, 1] -> an 8-bit image: (3, H, W) as RGB, (H, W) as grayscale (a
+    region mask). Values outside [0, 1] (noise) are clamped, then rounded to the nearest level."""
+    y = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    if y.dim() == 2:
+        return Image.frombytes("L", (y.shape[1], y.shape[0]), y.contiguous().numpy().tobytes())
+    if y.dim() != 3 or y.shape[0] != 3:
+        raise ValueError(f"expected an image (3, H, W) or a mask (H, W), got shape {tuple(x.shape)}")
+    y = y.permute(1, 2, 0).contiguous()  # (H, W, 3)
+    return Image.frombytes("RGB", (y.shape[1], y.shape[0]), y.numpy().tobytes())
 
 
 def required_fields(views, m_prime: str) -> set[str]:

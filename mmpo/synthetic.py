@@ -6,9 +6,9 @@ import json
 import os
 
 import torch
-from PIL import Image
 
 from mmpo.checkpoint import write_atomic
+from mmpo.rows import to_pil
 
 
 def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) -> str:
@@ -36,7 +36,7 @@ def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) ->
         side = int(torch.randint(size // 3, size // 2 + 1, (), generator=g))
         top, left = (int(torch.randint(0, size - side + 1, (), generator=g)) for _ in range(2))
         pix[top:top + side, left:left + side] = torch.tensor(colors[color], dtype=torch.uint8)
-        Image.frombytes("RGB", (size, size), pix.numpy().tobytes()).save(os.path.join(out_dir, "images", name))
+        to_pil(pix.permute(2, 0, 1) / 255).save(os.path.join(out_dir, "images", name))
         return f"images/{name}"
 
     lines = []

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmpo.checkpoint import write_atomic
+from mmpo.rows import to_pil
 
 COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (225, 200, 35)}
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -97,7 +98,7 @@ def render(s: Scene) -> tuple[Image.Image, Image.Image]:
     bg = (grey + 60 * (torch.rand(SIZE, SIZE, 3, generator=g) - 0.5)).clamp(0, 255).to(torch.uint8)
     shade = (torch.rand(3, generator=g) - 0.5) * 50  # the same offset for every colour of this scene
     fill = tuple(int(v) for v in (torch.tensor(COLORS[s.color]) + shade).clamp(0, 255))
-    img = Image.frombytes("RGB", (SIZE, SIZE), bg.contiguous().numpy().tobytes())
+    img = to_pil(bg.permute(2, 0, 1) / 255)  # (3, H, W) in [0, 1]: the same 8-bit levels back
     _draw(ImageDraw.Draw(img), s, fill)
     mask = Image.new("L", (SIZE, SIZE), 0)
     _draw(ImageDraw.Draw(mask), s, 255)

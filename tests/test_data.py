@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import ROOT, write_jsonl
 from mmpo.data import PreferenceDataset, collate, processed_mask
-from mmpo.rows import DataError, load_image, read_rows, required_fields
+from mmpo.rows import DataError, load_image, read_rows, required_fields, to_pil, to_tensor
 from mmpo.models import tiny_llava_processor, tiny_model
 from mmpo.perturb import alpha_bar
 
@@ -62,6 +62,19 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
     assert out.mode == "RGB" and out.size == (8, 8)
     if mode == "I;16":
         assert out.getpixel((0, 0)) == (156, 156, 156)  # 40000 / 256: scaled, not clipped to white
+
+
+def test_pixels_cross_between_pil_and_torch_unchanged():
+    """rows.to_tensor and rows.to_pil, the one place pixels cross: an 8-bit image comes back byte for
+    byte; floats are clamped to [0, 1] and rounded to the nearest level; an (H, W) mask is grayscale."""
+    img = Image.frombytes("RGB", (7, 5), bytes(range(105)))
+    x = to_tensor(img)
+    assert x.shape == (3, 5, 7) and x.dtype == torch.float32 and x[0, 0, 1].item() == pytest.approx(3 / 255)
+    assert to_pil(x).tobytes() == img.tobytes()
+    mask = to_pil(torch.tensor([[-0.5, 0.25, 2.0]]))
+    assert mask.mode == "L" and mask.size == (3, 1) and list(mask.tobytes()) == [0, 64, 255]  # 0.25 * 255 = 63.75
+    with pytest.raises(ValueError, match="expected an RGB image, got mode L"):
+        to_tensor(mask)
 
 
 def m_prime_pixels(ds, item):
@@ -156,7 +169,7 @@ def test_region_noise_follows_the_mask_through_the_processor(tmp_path, name):
     through the model's own processor, so pixels outside it are untouched bit for bit in every
     layout (CLIP's centre crop, Qwen2-VL's flattened patches, Idefics3's tiles)."""
     _, proc = tiny_model(name)
-    image = random_image(tmp_path / "m.png", 64, 32)  # wide: CLIP's centre crop keeps columns 16-48
+    random_image(tmp_path / "m.png", 64, 32)  # wide: CLIP's centre crop keeps columns 16-48
     mask = Image.new("L", (64, 32), 0)
     mask.paste(255, (0, 0, 32, 32))  # the left half
     mask.save(tmp_path / "mask.png")

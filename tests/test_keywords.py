@@ -13,7 +13,7 @@ def test_keywords_pick_the_object_nouns():
     top = rank_keywords(text, k=10)
     assert top[:3] == ["dog", "sofa", "lamp"]
     assert "sits" not in top and "next" not in top and "brown" not in top
-    assert rank_keywords(text, k=3) == rank_keywords(text, k=3)  # deterministic
+    assert rank_keywords(text, k=3) == ["dog", "sofa", "lamp"]  # k cuts the ranking, it does not change it
     # repeated and central words rank first; word vectors shift the ranking but keep it nouns
     assert rank_keywords("A cat and a dog. The cat sleeps near the dog and the cat purrs.", k=1) == ["cat"]
     vec = {w: torch.tensor([1.0, float(i)]) for i, w in enumerate(words(text))}

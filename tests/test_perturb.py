@@ -115,3 +115,38 @@ def test_single_image_and_batch_agree():
     assert torch.equal(single, batch)
     with pytest.raises(ValueError, match="expected an image"):
         P.random_crop(torch.zeros(16, 16))
+
+
+# ---- corrupt: the one entry point, by the names the flags use (crop, noise, blank) ----------
+
+def test_corrupt_blank_is_zeros_or_the_given_value():
+    x = torch.rand(3, 20, 30)
+    assert torch.equal(P.corrupt(x, "blank"), torch.zeros(3, 20, 30))
+    assert torch.equal(P.corrupt(x, "blank", value=1.0), torch.ones(3, 20, 30))  # NaPO's white image
+
+
+def test_corrupt_crop_is_random_crop_from_the_same_generator_state():
+    x = torch.rand(3, 24, 40)
+    g = gen(11)
+    assert torch.equal(P.corrupt(x, "crop", g), P.random_crop(x, generator=gen(11)))
+    # the generator moved on: the next crop from it is another one
+    assert not torch.equal(P.corrupt(x, "crop", g), P.random_crop(x, generator=gen(11)))
+
+
+def test_corrupt_noise_acts_on_pixels_scaled_to_minus_one_one():
+    """For an image in [0, 1], noise at step t is diffusion_noise on 2x - 1, mapped back: in [0, 1]
+    units the residual m' - (sqrt(abar) (2m - 1) + 1) / 2 has standard deviation sqrt(1 - abar) / 2."""
+    t = 500
+    ab = P.alpha_bar()[t].item()
+    x = torch.rand(3, 256, 256, generator=gen(1))
+    out = P.corrupt(x, "noise", gen(2), t=t)
+    residual = out - (math.sqrt(ab) * (2 * x - 1) + 1) / 2
+    assert residual.mean().item() == pytest.approx(0, abs=0.005)
+    assert residual.std().item() == pytest.approx(math.sqrt(1 - ab) / 2, rel=0.01)  # 0.25 at t = 500
+    less = P.corrupt(x, "noise", gen(2), t=100)
+    assert (less - x).abs().mean() < (out - x).abs().mean()  # an earlier step, less noise
+
+
+def test_corrupt_names_its_kinds_on_a_wrong_one():
+    with pytest.raises(ValueError, match="unknown corruption 'black': choose one of crop, noise, blank"):
+        P.corrupt(torch.zeros(3, 4, 4), "black")

@@ -8,12 +8,44 @@ import torch
 from PIL import Image
 
 from conftest import write_jsonl
-from mmpo import models, prepare
+from mmpo import models, perturb, prepare
 from mmpo.generate import generate
-from mmpo.models import tiny_detector, tiny_model, tiny_segmenter
-from mmpo.regions import Grounding, region_mask
+from mmpo.models import byte_tokenizer, tiny_model
+from mmpo.perturb import stable_seed
+from mmpo.regions import Grounding, detect, region_mask
+from mmpo.rows import load_image, to_pil, to_tensor
 
 FAST = ["--model", "tiny-llava", "--max-new-tokens", "4", "--batch-size", "2"]
+
+
+def tiny_detector(seed: int = 0):
+    """A tiny random OWLv2 open-vocabulary detector and its processor: MFPO's grounding, no download."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+    tok = byte_tokenizer(["<s>", "</s>", "<pad>"], "<image>")
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=32, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
+                  patch_size=16)
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    return model.eval(), Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok)
+
+
+def tiny_segmenter(seed: int = 0):
+    """A tiny random SAM and its processor: MFPO's masks inside the boxes, no download."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    config = SamConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=64, patch_size=16, output_channels=16, num_pos_feats=8, global_attn_indexes=[0],
+                           window_size=0, mlp_dim=64),
+        prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32,
+                                 iou_head_hidden_dim=16))
+    torch.manual_seed(seed)
+    processor = SamProcessor(SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64},
+                                               mask_size={"longest_edge": 16}, mask_pad_size={"height": 16, "width": 16}))
+    return SamModel(config).eval(), processor
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +82,23 @@ def test_region_mask_stays_inside_the_detected_box(grounding, monkeypatch):
     assert region_mask(grounding, img, ["dog"]) is None  # nothing found: the caller noises everything
 
 
-def test_real_detector_path_returns_boxes_in_the_image(grounding):
-    img = Image.new("RGB", (48, 40), (200, 20, 20))
-    from mmpo.regions import detect
+def test_real_detector_finds_boxes_in_its_padded_square(grounding, monkeypatch):
+    """The real (random) OWLv2 runs end to end. Its scores are sigmoids, never 0, so at threshold
+    0 boxes must come back. OWLv2 pads an image to a square before detecting, so its boxes are
+    read in that square (48 x 48 for a 48 x 40 image, the same scale on both axes), not in the
+    image's own 48 x 40, then clipped to the image; a box thinner than a pixel is dropped."""
+    proc = grounding.detector_processor
+    real, frames = proc.post_process_grounded_object_detection, []
+
+    def spy(outputs, threshold, target_sizes):
+        frames.append(target_sizes)
+        return real(outputs, threshold=threshold, target_sizes=target_sizes)
+    monkeypatch.setattr(proc, "post_process_grounded_object_detection", spy)
+    img = to_pil(torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(0)))
     boxes = detect(grounding, img, ["dog", "lamp"])
-    assert boxes.dim() == 2 and boxes.shape[1] == 4
-    assert (boxes[:, 0::2] <= 48).all() and (boxes[:, 1::2] <= 40).all() and (boxes >= 0).all()
+    assert frames == [[(48, 48)]]
+    assert boxes.shape[0] >= 1 and boxes.shape[1] == 4
+    assert (boxes[:, 2:] - boxes[:, :2] >= 1).all()
 
 
 @pytest.fixture
@@ -121,11 +164,18 @@ def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
     for r in given:
         r["image"] = os.path.join(os.path.dirname(plain_data), r["image"])
     path = write_jsonl(tmp_path / "given.jsonl", given)
-    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "b"), "--contrast", "black", *FAST]) == 0
+    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "b"), "--contrast", "blank", *FAST]) == 0
     out = read(tmp_path / "b" / "data.jsonl")
     assert out[0]["contrast_chosen"] == "Kept as written."
     black = Image.open(tmp_path / "b" / out[1]["contrast_image"])
     assert black.getextrema() == ((0, 0), (0, 0), (0, 0))
+    # --contrast noise bakes perturb.corrupt's noise into an 8-bit image, drawn from (seed, id)
+    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "n"), "--contrast", "noise", "--seed", "7",
+                        *FAST]) == 0
+    r = read(tmp_path / "n" / "data.jsonl")[1]
+    g = torch.Generator().manual_seed(stable_seed(7, r["id"]))
+    want = to_pil(perturb.corrupt(to_tensor(load_image(r["image"])), "noise", g, t=500))
+    assert load_image(str(tmp_path / "n" / r["contrast_image"])).tobytes() == want.tobytes()
 
 
 def test_mfpo_noises_key_regions(plain_data, tmp_path):
@@ -187,15 +237,10 @@ def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
         f"  output: {tmp_path / 'n' / 'data.jsonl'}"]
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("napo", []),
-    ("napo", ["--do-sample", "--temperature", "1.0", "--num-beams", "1"]),  # sampling too: each chunk is seeded
-    ("mfpo", ["--regions", "random"]),
-], ids=["napo", "napo-sampled", "mfpo"])
-def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method, extra):
-    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    assert prepare.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
-    build = {"napo": "napo_rows", "mfpo": "mfpo_rows"}[method]
+def kill_after_first_chunk(monkeypatch, argv):
+    """Run ``prepare argv`` and stop it as a kill would, after its first chunk (2 rows with
+    --batch-size 2) is written: the method's pipeline raises on the second."""
+    build = f"{argv[0]}_rows"  # napo -> prepare.napo_rows
     real, calls = getattr(prepare, build), []
 
     def die_on_second_chunk(*a, **k):
@@ -205,8 +250,19 @@ def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypat
         return real(*a, **k)
     monkeypatch.setattr(prepare, build, die_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        prepare.run([method, "--data", plain_data, "--out", killed, *FAST, *extra])
+        prepare.run(argv)
     monkeypatch.setattr(prepare, build, real)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("napo", []),
+    ("napo", ["--do-sample", "--temperature", "1.0", "--num-beams", "1"]),  # sampling too: each chunk is seeded
+    ("mfpo", ["--regions", "random"]),
+], ids=["napo", "napo-sampled", "mfpo"])
+def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method, extra):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    assert prepare.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
+    kill_after_first_chunk(monkeypatch, [method, "--data", plain_data, "--out", killed, *FAST, *extra])
     with open(os.path.join(killed, "data.jsonl"), "a") as f:
         f.write('{"id": "p2", "ima')  # a row cut short by the kill
     assert len(read_ok(os.path.join(killed, "data.jsonl"))) == 2
@@ -217,21 +273,6 @@ def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypat
     if method == "mfpo":
         for r in read(os.path.join(straight, "data.jsonl")):
             assert digest(os.path.join(straight, r["noise_mask"])) == digest(os.path.join(killed, r["noise_mask"]))
-
-
-def kill_after_first_chunk(monkeypatch, argv):
-    """Run prepare napo and stop it as a kill would, after the first chunk (2 rows) is written."""
-    real, calls = prepare.napo_rows, []
-
-    def die_on_second_chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(prepare, "napo_rows", die_on_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        prepare.run(argv)
-    monkeypatch.setattr(prepare, "napo_rows", real)
 
 
 def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch, capsys):

@@ -180,7 +180,7 @@ def test_one_image_cannot_be_its_own_contrast(tmp_path, image_dir, capsys, monke
         {"id": str(i), "image": "img/0.png", "prompt": "Q?", "chosen": "A dog.", "rejected": "A cat."} for i in range(2)])
     assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava"]) == 2
     assert error_line(capsys) == (f"error: symmpo: the data has only one image, {image_dir / '0.png'}, and it cannot be its "
-                                  "own contrast image: give --pool a folder of other images, or --contrast noised|cropped|black")
+                                  "own contrast image: give --pool a folder of other images, or --contrast crop|noise|blank")
     # rows that bring their own contrast image need no neighbour: the same data is fine then
     path = write_jsonl(tmp_path / "given.jsonl", [
         {"id": str(i), "image": "img/0.png", "contrast_image": "img/1.png", "prompt": "Q?", "chosen": "A dog.",
