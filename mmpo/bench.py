@@ -6,17 +6,17 @@
 Timings on shared CPUs vary by +-20% between runs: compare the ratios printed within one run.
 """
 import argparse
-import contextlib
-import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 import torch
 import transformers
 
-import train
+from mmpo.cli import script
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.logps import sequence_logps
 from mmpo.models import load_model, tiny_llava
@@ -69,9 +69,10 @@ def bench_scoring(model_name: str, data: str, batch_size: int, repeat: int, mode
 
 
 def quiet_run(args) -> None:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = train.run(args)
-    assert code == 0, f"train.py {' '.join(args)} failed"
+    """train.py as its own process (the package runs scripts, it does not import them)."""
+    done = subprocess.run([sys.executable, script("train.py"), *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"train.py {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def bench_training(model_name: str, data: str, steps: int, out: str):

@@ -18,6 +18,7 @@ import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
+import safetensors.torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
@@ -127,12 +128,38 @@ def load(ckpt: str, model, optimizer, scheduler, d: Dist = Dist()) -> dict:
     return meta
 
 
+def resume(cfg, model, optimizer, scheduler, lr_at, total_steps: int, reference, d: Dist = Dist()) -> dict:
+    """Where a run starts: {"step": 0, "nonfinite": 0} for a new run. Under ``--resume``, the
+    latest checkpoint's trainable weights, optimizer, schedule, RNG and counters, and the
+    reference of the curriculum stage it was in (``reference.restore``). Either way the metrics
+    log keeps only rows up to that step (a killed run's rows past its checkpoint are redone)."""
+    from mmpo.cli import UserError
+    state = {"step": 0, "nonfinite": 0}
+    ckpt = latest(cfg.out) if cfg.resume else None
+    if ckpt:
+        state = load(ckpt, model, optimizer, scheduler, d)
+        step = state["step"]
+        if step >= total_steps:
+            raise UserError(f"--resume {cfg.out}: the run is already at step {step} of {total_steps}; "
+                            f"raise --max-steps or --epochs to train it further")
+        # the schedule of this run's length (a longer --max-steps stretches it); for a killed run
+        # resumed as it was, this is the learning rate it had, bit for bit
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_at(step)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        reference.restore(step)
+        if d.main:
+            print(f"resumed from {ckpt} at step {step}")
+    if d.main:
+        truncate_metrics(os.path.join(cfg.out, "metrics.jsonl"), state["step"])
+    return state
+
+
 def save_reference(path: str, model, d: Dist = Dist()):
     """The policy's trainable weights at a curriculum stage boundary: the reference from then on."""
     full = full_trainable_state(model)
     if d.main:
-        save_file({k: v.contiguous() for k, v in full.items()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        write_atomic(path, safetensors.torch.save({k: v.contiguous() for k, v in full.items()}))
     barrier(d)
 
 

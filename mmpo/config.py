@@ -1,8 +1,10 @@
 """The training configuration: one dataclass, filled from the command line.
 
 Each field is a flag (``batch_size`` -> ``--batch-size``); its help text is the field's
-metadata. Fields left at None are resolved from the objective's paper (``resolve``), and the
-resolved values are what ``OUT/config.json`` records.
+metadata. ``parse_args`` stays light (no torch), so that --help and option errors answer at
+once; ``resolve`` then takes from the objective's entry in ``mmpo.objectives.OBJECTIVES`` every
+field left at None and, with --recipe paper, the released hyperparameters. The resolved values
+are what ``OUT/config.json`` records.
 """
 import argparse
 import dataclasses
@@ -10,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from mmpo.cli import UserError as ArgumentError
+from mmpo.cli import UserError
 
 TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
 NOISE_STEPS = 1000  # length of the diffusion schedule (VCD's), shared by train, prepare and the data
@@ -22,8 +24,8 @@ def opt(default, help: str, **kw):
 
 @dataclass
 class Config:
-    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen answers, no reference)",
-                         choices=("dpo", "mdpo", "mfpo", "napo", "symmpo", "sft"))
+    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen answers, no "
+                         "reference), or any other name registered in mmpo.objectives.OBJECTIVES")
     data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
     model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
@@ -37,7 +39,7 @@ class Config:
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     lr: float = opt(None, "peak learning rate (default: the paper's; 1e-3 for tiny-* models)")
     warmup: float = opt(0.1, "warmup fraction of the steps, then cosine decay to 0")
-    weight_decay: float = opt(None, "AdamW weight decay (default: 0 for dpo/mdpo/mfpo, 0.01 for napo/symmpo)")
+    weight_decay: float = opt(None, "AdamW weight decay (default: the objective's; 0.01 for napo and symmpo, 0 for the others)")
     adam_beta2: float = opt(0.999, "AdamW beta2 (mDPO's released configuration: 0.98)")
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)")
     max_length: int = opt(1024, "prompt + image + response tokens; responses are truncated, prompts never")
@@ -94,87 +96,49 @@ class Config:
     merge: bool = opt(False, "also write OUT/merged: the adapters folded into a full model")
     max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row")
 
-    def objective_options(self) -> dict:
-        def floats(s: str, n: int, flag: str):
-            try:
-                values = tuple(float(x) for x in s.split(","))
-            except ValueError:
-                values = ()
-            if len(values) != n:
-                raise ArgumentError(f"{flag}: expected {n} comma-separated numbers, got {s!r}")
-            return values
-        if self.objective == "sft":
-            return {}
-        if self.objective == "dpo":
-            return {"beta": self.beta}
-        if self.objective == "mdpo":
-            return {"beta": self.beta, "delta": self.mdpo_delta, "response": self.mdpo_response,
-                    "conditional": self.mdpo_conditional,
-                    "anchor": self.mdpo_anchor, "rejected_anchor": self.mdpo_rejected_anchor,
-                    "corrupt_anchor": self.mdpo_corrupt_anchor}
-        if self.objective == "mfpo":
-            return {"beta": self.beta, "eta": self.mfpo_eta, "weights": floats(self.mfpo_weights, 3, "--mfpo-weights")}
-        if self.objective == "napo":
-            weights = "dynamic" if self.napo_weights == "dynamic" else floats(self.napo_weights, 3, "--napo-weights")
-            return {"beta": self.beta, "weights": weights, "q": self.napo_q, "q_form": self.napo_q_form,
-                    "alpha": floats(self.napo_alpha, 2, "--napo-alpha")}
-        assert self.objective == "symmpo", self.objective
-        return {"beta": self.beta, "lam": self.symmpo_lam, "gamma": self.symmpo_gamma, "eta": self.symmpo_eta,
-                "delta": self.symmpo_delta, "margin_form": self.symmpo_margin_form}
+
+def numbers(text: str, n: int, flag: str) -> tuple[float, ...]:
+    """An option of ``n`` comma-separated numbers ("1,1,1"), as floats."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise UserError(f"{flag}: expected {n} comma-separated numbers, got {text!r}")
+    return values
 
 
-PAPER_LR = {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7, "symmpo": 5e-6, "sft": 2e-5}
-
-
-def resolve(cfg: Config) -> Config:
-    """Fill the None fields with each paper's defaults."""
+def resolve(cfg: Config, typed: set[str]) -> Config:
+    """The run's full configuration: with ``--recipe paper`` the objective's released
+    hyperparameters, except the flags in ``typed`` (given on the command line); then the
+    objective's defaults for every field left at None. A resumed run (``cfg.resume``) was
+    resolved when it started: only its objective is checked."""
+    from mmpo.objectives import OBJECTIVES  # torch: after the command line is checked
+    if cfg.objective not in OBJECTIVES:
+        raise UserError(f"--objective {cfg.objective}: unknown; choose one of {', '.join(OBJECTIVES)}")
+    obj = OBJECTIVES[cfg.objective]
+    if cfg.recipe == "paper" and not cfg.resume:
+        if obj.recipe is None:
+            raise UserError(f"--recipe paper: --objective {cfg.objective} has no released configuration; "
+                            f"leave --recipe out")
+        for name, value in obj.recipe[1].items():
+            if name not in typed:
+                setattr(cfg, name, value)
     if cfg.lr is None:
         # the papers' rates are for 7B models; a tiny random model needs far larger steps
-        cfg.lr = 1e-3 if cfg.model in TINY_MODELS else PAPER_LR[cfg.objective]
+        cfg.lr = 1e-3 if cfg.model in TINY_MODELS else obj.lr
     if cfg.weight_decay is None:
-        cfg.weight_decay = 0.01 if cfg.objective in ("napo", "symmpo") else 0.0
+        cfg.weight_decay = obj.weight_decay
     if cfg.m_prime is None:
-        cfg.m_prime = {"symmpo": "contrast", "mfpo": "noise"}.get(cfg.objective, "crop")
-    return cfg
-
-
-# The released configurations (``--recipe paper``): every hyperparameter the authors' training
-# script sets, with the file it comes from. Batch sizes are per process, as released: mDPO ran on
-# one process, SymMPO on 4 GPUs (global batch 128), NaPO's GPU count is not in its script.
-_MDPO = dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4, grad_accum=8,
-             lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048, mdpo_delta=0.0)
-RECIPES = {
-    "mdpo": ("luka-group/mDPO bunny/config.yaml", {**_MDPO, "m_prime": "crop"}),
-    "dpo": ("mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml", _MDPO),
-    # MFPO releases no code and its supplementary configuration is not public: mDPO's, with its noise
-    "mfpo": ("unpublished; mDPO's bunny/config.yaml", {**_MDPO, "m_prime": "noise"}),
-    "napo": ("zhangzef/NaPO script/pipeline/llava15_train_bias.sh + pipeline.sh",
-             dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, adam_beta2=0.999, beta=0.1, batch_size=1,
-                  grad_accum=4, lora_rank=0, dtype="bf16", max_length=2048, napo_q_form="code", napo_alpha="0.5,0.01")),
-    "symmpo": ("iLearn-Lab/NeurIPS25-SymMPO script/train/llava15_train_main.sh + run.sh",
-               dict(lr=5e-6, epochs=10, max_steps=670, warmup=0.05, weight_decay=0.01, adam_beta2=0.999, beta=0.1,
-                    batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16", max_length=2048, symmpo_lam=0.5,
-                    symmpo_gamma=1e-4, symmpo_eta=1.0, symmpo_delta=0.0, symmpo_margin_form="code",
-                    m_prime="contrast")),
-    # LLaVA-1.5's visual instruction tuning (stage 2), 8 GPUs: global batch 128
-    "sft": ("haotian-liu/LLaVA scripts/v1_5/finetune.sh",
-            dict(lr=2e-5, epochs=1, warmup=0.03, weight_decay=0.0, adam_beta2=0.999, batch_size=16, grad_accum=1,
-                 lora_rank=0, dtype="bf16", max_length=2048)),
-}
-
-
-def apply_recipe(cfg: Config, explicit: set[str] = frozenset()) -> Config:
-    """``--recipe paper``: the objective's released hyperparameters, except the flags given."""
-    if cfg.recipe == "paper":
-        for name, value in RECIPES[cfg.objective][1].items():
-            if name not in explicit:
-                setattr(cfg, name, value)
+        cfg.m_prime = obj.m_prime
+    check_limits(cfg)
     return cfg
 
 
 def recipe_line(cfg: Config) -> str:
     """What --recipe paper set, for the start of a run."""
-    source, values = RECIPES[cfg.objective]
+    from mmpo.objectives import OBJECTIVES
+    source, values = OBJECTIVES[cfg.objective].recipe
     return f"recipe paper ({source}): " + ", ".join(f"{k}={getattr(cfg, k)}" for k in values)
 
 
@@ -214,21 +178,21 @@ def check_limits(cfg: Config):
     for name, (ok, what) in LIMITS.items():
         value = getattr(cfg, name)
         if not ok(value):
-            raise ArgumentError(f"--{name.replace('_', '-')} {value}: must be {what}")
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be {what}")
     for pattern in filter(None, cfg.lora_targets.split(",")):
         try:
             re.compile(pattern)
         except re.error as e:
-            raise ArgumentError(f"--lora-targets: {pattern!r} is not a regular expression ({e})") from None
+            raise UserError(f"--lora-targets: {pattern!r} is not a regular expression ({e})") from None
     if cfg.eval_every and not cfg.eval_data:
-        raise ArgumentError(f"--eval-every {cfg.eval_every}: evaluates on --eval-data, which is not given")
+        raise UserError(f"--eval-every {cfg.eval_every}: evaluates on --eval-data, which is not given")
     if cfg.ref_cache and os.path.isdir(cfg.ref_cache):
-        raise ArgumentError(f"--ref-cache {cfg.ref_cache}: is a folder; give a file, e.g. {os.path.join(cfg.ref_cache, 'ref.safetensors')}")
+        raise UserError(f"--ref-cache {cfg.ref_cache}: is a folder; give a file, e.g. {os.path.join(cfg.ref_cache, 'ref.safetensors')}")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump, caught by train.py
-        raise ArgumentError(message)
+        raise UserError(message)
 
 
 def _parser(defaults: bool = True) -> _Parser:
@@ -254,7 +218,8 @@ def typed_flags(argv) -> set[str]:
 
 
 def parse_args(argv=None) -> Config:
-    """The command line as a Config: --recipe applied, every range checked."""
-    cfg = apply_recipe(Config(**vars(_parser().parse_args(argv))), typed_flags(argv))
+    """The command line as a Config, every range checked; the objective and what it decides
+    (its defaults, --recipe paper) are ``resolve``'s, after torch is imported."""
+    cfg = Config(**vars(_parser().parse_args(argv)))
     check_limits(cfg)
     return cfg

@@ -2,7 +2,7 @@
 
 W x + (alpha / r) * B A dropout(x), with A (r, in) random and B (out, r) zero, so a fresh
 adapter changes nothing. Under LoRA the reference model is the same model with its adapters
-switched off (``disabled``): no second copy of the weights.
+switched off (``as_reference``): no second copy of the weights.
 
 The module layout follows peft's (``q_proj.base_layer``, ``q_proj.lora_A``, ``q_proj.lora_B``)
 and ``save_adapter`` writes ``adapter_model.safetensors`` + ``adapter_config.json`` with peft's
@@ -32,7 +32,7 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
-        self.disabled = False
+        self.as_reference = False  # True: act as the reference (adapter off, or its snapshot)
         if snapshot:  # a frozen copy of the adapter: the reference after a curriculum stage
             self.ref_A = nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
             self.ref_B = nn.Linear(r, base.out_features, bias=False, device=base.weight.device, dtype=base.weight.dtype)
@@ -42,7 +42,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         out = self.base_layer(x)
-        if self.disabled:
+        if self.as_reference:
             if hasattr(self, "ref_A"):
                 return out + self.ref_B(self.ref_A(x)) * self.scaling
             return out
@@ -64,7 +64,7 @@ def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, ta
              snapshot: bool = False) -> list[str]:
     """Freeze the model and wrap the target Linears with adapters. ``targets``: None for
     ``default_targets``, or regular expressions matched (re.search) against module names.
-    ``snapshot`` gives each adapter a frozen copy that ``disabled`` then applies (see
+    ``snapshot`` gives each adapter a frozen copy that ``as_reference`` then applies (see
     ``take_snapshot``). Returns the wrapped module names."""
     if targets is None:
         names = default_targets(model)
@@ -89,17 +89,18 @@ def lora_layers(model):
 
 
 @contextlib.contextmanager
-def disabled(model):
-    """The reference model under LoRA: the same weights with every adapter switched off (or,
-    after ``take_snapshot``, replaced by its frozen snapshot)."""
+def as_reference(model):
+    """The reference model under LoRA: the same weights with every adapter switched off, or,
+    once ``take_snapshot`` has been called (a curriculum stage boundary), replaced by its frozen
+    snapshot."""
     layers = [m for _, m in lora_layers(model)]
     for m in layers:
-        m.disabled = True
+        m.as_reference = True
     try:
         yield model
     finally:
         for m in layers:
-            m.disabled = False
+            m.as_reference = False
 
 
 @torch.no_grad()

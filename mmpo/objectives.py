@@ -1,13 +1,16 @@
-"""The five preference objectives (and plain SFT), as functions of per-view log-probabilities.
+"""The five preference objectives (and plain SFT), as functions of per-view log-probabilities,
+and ``OBJECTIVES``: what a run needs to know about each.
 
-Every objective takes ``policy`` and ``ref``: dicts mapping a view name (METHODS.md) to the
-*summed* response log-probability of each example, shape ``(batch,)``. It returns
-``(loss, metrics)``: the unreduced per-example loss ``(batch,)`` and a dict of detached scalars.
+Every loss takes ``policy`` and ``ref``: dicts mapping a view name (METHODS.md) to the
+*summed* response log-probability of each example, shape ``(batch,)``. It returns ``(loss, metrics)``:
+the unreduced per-example loss ``(batch,)`` and a dict of the detached scalars that are its own.
 
-    lr(v)  = policy[v] - ref[v]          log-ratio; the implicit reward is beta * lr(v)
+    logratio(v) = policy[v] - ref[v]      (METHODS.md's lr(v)); the implicit reward is beta * logratio(v)
 
-``OBJECTIVES`` maps each name to its function and the views it needs, so the training loop can
-ask an objective what to score. Nothing here knows about models or data: copy any one function.
+Each loss needs nothing but torch: copy any one function (``napo`` names the two helpers it
+needs). What every objective logs alike (``rewards/<view>``, ``logps/<view>``, ``rewards/margins``,
+``rewards/accuracies``) is added by ``compute``, the one place training and evaluation call an
+objective from. A new objective is one function and one ``OBJECTIVES`` entry (README).
 """
 from typing import Callable, NamedTuple
 
@@ -15,49 +18,28 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mmpo.config import Config, numbers
+
 Logps = dict[str, torch.Tensor]
-
-
-def _lr(policy: Logps, ref: Logps, view: str) -> torch.Tensor:
-    # The reference is a constant of the objective: no gradient may flow into it.
-    return policy[view] - ref[view].detach()
-
-
-def _global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Batch mean of a detached tensor, averaged over all ranks so every rank agrees."""
-    m = x.detach().float().mean()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(m, op=dist.ReduceOp.SUM)
-        m = m / dist.get_world_size()
-    return m
-
-
-def _reward_metrics(policy: Logps, ref: Logps, beta: float, views) -> dict:
-    out = {}
-    for v in views:
-        out[f"rewards/{v}"] = (beta * _lr(policy, ref, v)).detach().mean()
-        out[f"logps/{v}"] = policy[v].detach().mean()
-    return out
 
 
 def dpo(policy: Logps, ref: Logps, *, beta: float = 0.1):
     """DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, eq. 7).
 
-    Prefer y_w over y_l under the same image: L = -log sig(beta * (lr(chosen) - lr(rejected))).
-    This is the baseline that, on image+text data, can learn the preference from text alone.
+    Prefer y_w over y_l under the same image: L = -log sig(beta * h_resp), with the response
+    margin h_resp = logratio(chosen) - logratio(rejected). This is the baseline that, on
+    image+text data, can learn the preference from text alone.
 
     Args:
         policy, ref: summed log-probs of views ``chosen`` and ``rejected``, each ``(batch,)``.
         beta: inverse temperature of the implicit reward.
     Returns:
-        loss ``(batch,)`` and metrics (rewards/*, logps/*, rewards/margins, rewards/accuracies).
+        loss ``(batch,)``, and no metrics of its own (``compute`` adds rewards/* and logps/*).
     """
-    h = _lr(policy, ref, "chosen") - _lr(policy, ref, "rejected")  # (batch,)
-    loss = -F.logsigmoid(beta * h)
-    metrics = _reward_metrics(policy, ref, beta, ("chosen", "rejected"))
-    metrics["rewards/margins"] = (beta * h).detach().mean()
-    metrics["rewards/accuracies"] = (h > 0).float().mean()
-    return loss, metrics
+    # the reference is a constant of the objective: no gradient may flow into it
+    logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected")}  # each (batch,)
+    h_resp = logratio["chosen"] - logratio["rejected"]  # (batch,)
+    return -F.logsigmoid(beta * h_resp), {}
 
 
 def mdpo(policy: Logps, ref: Logps, *, beta: float = 0.1, delta: float = 0.0,
@@ -69,36 +51,37 @@ def mdpo(policy: Logps, ref: Logps, *, beta: float = 0.1, delta: float = 0.0,
     (same answer y_w on the real image m beats it on a corrupted image m'), and a reward
     *anchor* that keeps the chosen reward above delta so its likelihood does not fall:
 
-        L = -log sig(beta*h_resp) - log sig(beta*h_image) - log sig(beta*lr(chosen) - delta)
-        h_resp = lr(chosen) - lr(rejected),  h_image = lr(chosen) - lr(chosen_on_corrupt)
+        L = -log sig(beta*h_resp) - log sig(beta*h_image) - log sig(beta*logratio(chosen) - delta)
+        h_resp = logratio(chosen) - logratio(rejected)
+        h_image = logratio(chosen) - logratio(chosen_on_corrupt)
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``chosen_on_corrupt``, each ``(batch,)``.
         beta: inverse temperature. delta: the anchor value.
         response, conditional, anchor: switch each term (the ablation of Table 2).
         rejected_anchor, corrupt_anchor: the extra anchors of Table 4, pushing the rejected /
-            chosen_on_corrupt rewards *below* delta: -log sig(-(beta*lr(v) - delta)).
+            chosen_on_corrupt rewards *below* delta: -log sig(-(beta*logratio(v) - delta)).
+    Returns:
+        loss ``(batch,)`` and the conditional pair's ``rewards/image_margins``,
+        ``rewards/image_accuracies``.
     """
-    lr_c = _lr(policy, ref, "chosen")
-    h_resp = lr_c - _lr(policy, ref, "rejected")  # (batch,)
-    h_image = lr_c - _lr(policy, ref, "chosen_on_corrupt")  # (batch,)
-    loss = torch.zeros_like(lr_c)
+    # the reference is a constant of the objective: no gradient may flow into it
+    logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected", "chosen_on_corrupt")}
+    h_resp = logratio["chosen"] - logratio["rejected"]  # (batch,)
+    h_image = logratio["chosen"] - logratio["chosen_on_corrupt"]  # (batch,)
+    loss = torch.zeros_like(h_resp)
     if response:
         loss = loss - F.logsigmoid(beta * h_resp)
     if conditional:
         loss = loss - F.logsigmoid(beta * h_image)
     if anchor:
-        loss = loss - F.logsigmoid(beta * lr_c - delta)
+        loss = loss - F.logsigmoid(beta * logratio["chosen"] - delta)
     if rejected_anchor:
-        loss = loss - F.logsigmoid(-(beta * _lr(policy, ref, "rejected") - delta))
+        loss = loss - F.logsigmoid(-(beta * logratio["rejected"] - delta))
     if corrupt_anchor:
-        loss = loss - F.logsigmoid(-(beta * _lr(policy, ref, "chosen_on_corrupt") - delta))
-    metrics = _reward_metrics(policy, ref, beta, ("chosen", "rejected", "chosen_on_corrupt"))
-    metrics["rewards/margins"] = (beta * h_resp).detach().mean()
-    metrics["rewards/accuracies"] = (h_resp > 0).float().mean()
-    metrics["rewards/image_margins"] = (beta * h_image).detach().mean()
-    metrics["rewards/image_accuracies"] = (h_image > 0).float().mean()
-    return loss, metrics
+        loss = loss - F.logsigmoid(-(beta * logratio["chosen_on_corrupt"] - delta))
+    return loss, {"rewards/image_margins": (beta * h_image).detach().mean(),
+                  "rewards/image_accuracies": (h_image > 0).float().mean()}
 
 
 def mfpo(policy: Logps, ref: Logps, *, beta: float = 0.1, eta: float = 0.0,
@@ -109,6 +92,8 @@ def mfpo(policy: Logps, ref: Logps, *, beta: float = 0.1, eta: float = 0.0,
     noised* image m' (eq. 6), and a margin loss keeping the chosen reward above eta (eq. 7):
 
         L = w_text * L_text + w_image * L_image + w_margin * L_margin
+        L_text = -log sig(beta*h_resp),  L_image = -log sig(beta*h_image),
+        L_margin = -log sig(beta*logratio(chosen) - eta)      (h_resp, h_image as in mDPO)
 
     The loss has mDPO's shape; what makes MFPO is how m' is built (mmpo.perturb.diffusion_noise
     on keyword regions) and the easy-to-hard curriculum (mmpo.curriculum).
@@ -117,37 +102,50 @@ def mfpo(policy: Logps, ref: Logps, *, beta: float = 0.1, eta: float = 0.0,
         policy, ref: views ``chosen``, ``rejected``, ``chosen_on_corrupt``, each ``(batch,)``.
         beta: inverse temperature. eta: the margin of eq. 7 (best 0, Table 6).
         weights: (w_text, w_image, w_margin), best 1:1:1 (Table 5).
+    Returns:
+        loss ``(batch,)``, the conditional pair's ``rewards/image_margins`` and
+        ``rewards/image_accuracies``, and each term's mean ``mfpo/loss_{text,image,margin}``.
     """
     w_text, w_image, w_margin = weights
-    lr_c = _lr(policy, ref, "chosen")
-    h_resp = lr_c - _lr(policy, ref, "rejected")  # (batch,)
-    h_image = lr_c - _lr(policy, ref, "chosen_on_corrupt")  # (batch,)
+    # the reference is a constant of the objective: no gradient may flow into it
+    logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected", "chosen_on_corrupt")}
+    h_resp = logratio["chosen"] - logratio["rejected"]  # (batch,)
+    h_image = logratio["chosen"] - logratio["chosen_on_corrupt"]  # (batch,)
     l_text = -F.logsigmoid(beta * h_resp)
     l_image = -F.logsigmoid(beta * h_image)
-    l_margin = -F.logsigmoid(beta * lr_c - eta)
+    l_margin = -F.logsigmoid(beta * logratio["chosen"] - eta)
     loss = w_text * l_text + w_image * l_image + w_margin * l_margin
-    metrics = _reward_metrics(policy, ref, beta, ("chosen", "rejected", "chosen_on_corrupt"))
-    metrics["rewards/margins"] = (beta * h_resp).detach().mean()
-    metrics["rewards/accuracies"] = (h_resp > 0).float().mean()
-    metrics["rewards/image_margins"] = (beta * h_image).detach().mean()
-    metrics["rewards/image_accuracies"] = (h_image > 0).float().mean()
-    metrics["mfpo/loss_text"] = l_text.detach().mean()
-    metrics["mfpo/loss_image"] = l_image.detach().mean()
-    metrics["mfpo/loss_margin"] = l_margin.detach().mean()
-    return loss, metrics
+    return loss, {"rewards/image_margins": (beta * h_image).detach().mean(),
+                  "rewards/image_accuracies": (h_image > 0).float().mean(),
+                  "mfpo/loss_text": l_text.detach().mean(),
+                  "mfpo/loss_image": l_image.detach().mean(),
+                  "mfpo/loss_margin": l_margin.detach().mean()}
 
 
-def napo_loss(x: torch.Tensor, q) -> torch.Tensor:
-    """Negative Box-Cox blend of BCE and MAE: (1 - sig(x)^q) / q, elementwise.
+# ---- NaPO: its loss and the two helpers that are NaPO's own -------------------------------
+
+def box_cox_loss(x: torch.Tensor, q) -> torch.Tensor:
+    """NaPO's noise-robust term: the negative Box-Cox blend of BCE and MAE, (1 - sig(x)^q) / q,
+    elementwise.
 
     q -> 0 is -log sig(x) (DPO's BCE); q = 1 is 1 - sig(x) (MAE, robust to flipped labels).
     Its gradient is sig(x)^q times DPO's, so confidently-wrong (noisy) pairs weigh less.
-    Written as -expm1(q * log sig(x)) / q, which is exact for tiny q and never overflows.
+    Written as -expm1(q * log sig(x)) / q, which is exact for tiny q and never overflows;
+    below q = 1e-4 it is the q -> 0 limit itself.
     """
     q = torch.as_tensor(q, dtype=x.dtype, device=x.device)
     ls = F.logsigmoid(x)
     box_cox = -torch.expm1(q * ls) / q.clamp_min(1e-4)
     return torch.where(q < 1e-4, -ls, box_cox)
+
+
+def batch_mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The batch mean of ``x``, detached, averaged over all ranks: every rank gets the same q."""
+    m = x.detach().float().mean()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(m, op=dist.ReduceOp.SUM)
+        m = m / dist.get_world_size()
+    return m
 
 
 def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: str = "code"):
@@ -159,7 +157,7 @@ def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: st
       code (default): q = clip(2 * (1 - sig(alpha * mean(margin))), 0.001, 1)
     """
     with torch.no_grad():
-        m = _global_mean(margin)
+        m = batch_mean_over_ranks(margin)
         if form == "paper":
             return (1 - torch.sigmoid(alpha * beta * m)).clamp(0.01, 1.0)
         if form == "code":
@@ -173,11 +171,14 @@ def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
     """NaPO (Zhang et al., CVPR 2025, https://arxiv.org/abs/2503.17928, eq. 12-14).
 
     Negatives built automatically by the model itself (answers without the image, or without
-    the question) are noisy labels. NaPO scores them with the Box-Cox loss ``napo_loss`` whose
-    robustness q adapts to how noisy the batch looks, next to plain DPO on the human pair:
+    the question) are noisy labels. NaPO scores them with ``box_cox_loss``, whose robustness q
+    adapts to how noisy the batch looks, next to plain DPO on the human pair:
 
         L = g_l * L_DPO(chosen, rejected) + g_lb * L_q(chosen, lang_biased)
             + g_vb * L_q(chosen, vision_biased)
+
+    To copy it, copy ``box_cox_loss``, ``dynamic_q`` and ``batch_mean_over_ranks`` (above) with
+    it: torch is all they need.
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``lang_biased``, ``vision_biased`` ``(batch,)``.
@@ -189,39 +190,40 @@ def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
         q: a float fixes q for both negative types; None makes it dynamic (``dynamic_q``).
         q_form: "code" (default) or "paper" form of the dynamic q.
         alpha: (alpha_lang, alpha_vision) of the dynamic q.
+    Returns:
+        loss ``(batch,)``; ``rewards/lang_accuracies`` and ``rewards/vision_accuracies`` (the share
+        of pairs against each negative ranked right), ``napo/q_{lang,vision}`` and
+        ``napo/g_{dpo,lang,vision}``.
     """
-    lr_c = _lr(policy, ref, "chosen")
-    h = lr_c - _lr(policy, ref, "rejected")  # (batch,)
-    h_lb = lr_c - _lr(policy, ref, "lang_biased")  # (batch,)
-    h_vb = lr_c - _lr(policy, ref, "vision_biased")  # (batch,)
+    views = ("chosen", "rejected", "lang_biased", "vision_biased")
+    # the reference is a constant of the objective: no gradient may flow into it
+    logratio = {v: policy[v] - ref[v].detach() for v in views}  # each (batch,)
+    h_resp = logratio["chosen"] - logratio["rejected"]  # (batch,)
+    h_lb = logratio["chosen"] - logratio["lang_biased"]  # (batch,)
+    h_vb = logratio["chosen"] - logratio["vision_biased"]  # (batch,)
     if q is None:
-        def avg(v):
-            return _lr(policy, ref, v) / lengths[v].clamp_min(1)
-        q_lb = dynamic_q(avg("chosen") - avg("lang_biased"), alpha=alpha[0], beta=beta, form=q_form)
+        per_token = {v: logratio[v] / lengths[v].clamp_min(1) for v in ("chosen", "lang_biased")}
+        q_lb = dynamic_q(per_token["chosen"] - per_token["lang_biased"], alpha=alpha[0], beta=beta, form=q_form)
         q_vb = dynamic_q(h_vb, alpha=alpha[1], beta=beta, form=q_form)
     else:
-        q_lb = q_vb = torch.tensor(float(q), device=h.device)
+        q_lb = q_vb = torch.tensor(float(q), device=h_resp.device)
     if isinstance(weights, str):
         if weights != "dynamic":
             raise ValueError(f"unknown NaPO weights {weights!r}: expected 3 floats or 'dynamic'")
         with torch.no_grad():
-            means = torch.stack([_global_mean(beta * x) for x in (h, h_lb, h_vb)])  # (3,)
+            means = torch.stack([batch_mean_over_ranks(beta * h) for h in (h_resp, h_lb, h_vb)])  # (3,)
             g = torch.nan_to_num(means / means.sum(), nan=1.0 / 3).clamp(0.01, 1.0)
         g_l, g_lb, g_vb = g.unbind()
     else:
         g_l, g_lb, g_vb = weights
-    l_dpo = -F.logsigmoid(beta * h)
-    l_lb = napo_loss(beta * h_lb, q_lb)
-    l_vb = napo_loss(beta * h_vb, q_vb)
+    l_dpo = -F.logsigmoid(beta * h_resp)
+    l_lb = box_cox_loss(beta * h_lb, q_lb)
+    l_vb = box_cox_loss(beta * h_vb, q_vb)
     loss = g_l * l_dpo + g_lb * l_lb + g_vb * l_vb
-    views = ("chosen", "rejected", "lang_biased", "vision_biased")
-    metrics = _reward_metrics(policy, ref, beta, views)
-    metrics["rewards/margins"] = (beta * h).detach().mean()
-    metrics["rewards/accuracies"] = (h > 0).float().mean()
-    metrics["rewards/lang_accuracies"] = (h_lb > 0).float().mean()
-    metrics["rewards/vision_accuracies"] = (h_vb > 0).float().mean()
-    metrics["napo/q_lang"] = torch.as_tensor(q_lb).detach().float()
-    metrics["napo/q_vision"] = torch.as_tensor(q_vb).detach().float()
+    metrics = {"rewards/lang_accuracies": (h_lb > 0).float().mean(),
+               "rewards/vision_accuracies": (h_vb > 0).float().mean(),
+               "napo/q_lang": torch.as_tensor(q_lb).detach().float(),
+               "napo/q_vision": torch.as_tensor(q_vb).detach().float()}
     for name, g in (("g_dpo", g_l), ("g_lang", g_lb), ("g_vision", g_vb)):
         metrics[f"napo/{name}"] = torch.as_tensor(g).detach().float()
     return loss, metrics
@@ -236,8 +238,9 @@ def symmpo(policy: Logps, ref: Logps, *, beta: float = 0.1, lam: float = 0.5,
     image pair) the partition function cancels as in DPO. A margin-consistency term keeps the
     two preference gaps equal, and anchors keep both preferred rewards above delta:
 
-        L = L_DPO + lam * L_pair + gamma * (h1 - h2)^2 + eta * L_anchor
-        h1 = lr(chosen) - lr(contrast_on_image),  h2 = lr(contrast_on_corrupt) - lr(chosen_on_corrupt)
+        L = L_DPO(h_resp) + lam * L_pair + gamma * (h1 - h2)^2 + eta * L_anchor
+        h1 = logratio(chosen) - logratio(contrast_on_image)
+        h2 = logratio(contrast_on_corrupt) - logratio(chosen_on_corrupt)
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``contrast_on_image``, ``chosen_on_corrupt``,
@@ -245,31 +248,32 @@ def symmpo(policy: Logps, ref: Logps, *, beta: float = 0.1, lam: float = 0.5,
         lam, gamma, eta: weights of the pair, margin and anchor terms. delta: the anchor value.
         margin_form: "code" (released: un-scaled margins) or "paper" (beta-scaled margins,
             i.e. the code form times beta^2).
+    Returns:
+        loss ``(batch,)``; ``rewards/image_accuracies`` (h1 > 0: on m, y_w beats y_w'),
+        ``rewards/corrupt_accuracies`` (h2 > 0), ``symmpo/margin_gap`` (mean |h1 - h2|) and each
+        term's mean ``symmpo/loss_{pair,margin,anchor}``.
     """
-    lr_c = _lr(policy, ref, "chosen")
-    lr_cc = _lr(policy, ref, "contrast_on_corrupt")
-    h = lr_c - _lr(policy, ref, "rejected")  # (batch,)
-    h1 = lr_c - _lr(policy, ref, "contrast_on_image")  # (batch,)
-    h2 = lr_cc - _lr(policy, ref, "chosen_on_corrupt")  # (batch,)
     if margin_form not in ("code", "paper"):
         raise ValueError(f"unknown SymMPO margin_form {margin_form!r}: expected 'code' or 'paper'")
+    views = ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt")
+    # the reference is a constant of the objective: no gradient may flow into it
+    logratio = {v: policy[v] - ref[v].detach() for v in views}  # each (batch,)
+    h_resp = logratio["chosen"] - logratio["rejected"]  # (batch,)
+    h1 = logratio["chosen"] - logratio["contrast_on_image"]  # (batch,)
+    h2 = logratio["contrast_on_corrupt"] - logratio["chosen_on_corrupt"]  # (batch,)
     scale = 1.0 if margin_form == "code" else beta
-    l_dpo = -F.logsigmoid(beta * h)
+    l_dpo = -F.logsigmoid(beta * h_resp)
     l_pair = -F.logsigmoid(beta * h1) - F.logsigmoid(beta * h2)
     l_margin = (scale * h1 - scale * h2) ** 2
-    l_anchor = -F.logsigmoid(beta * lr_c - delta) - F.logsigmoid(beta * lr_cc - delta)
+    l_anchor = (-F.logsigmoid(beta * logratio["chosen"] - delta)
+                - F.logsigmoid(beta * logratio["contrast_on_corrupt"] - delta))
     loss = l_dpo + lam * l_pair + gamma * l_margin + eta * l_anchor
-    views = ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt")
-    metrics = _reward_metrics(policy, ref, beta, views)
-    metrics["rewards/margins"] = (beta * h).detach().mean()
-    metrics["rewards/accuracies"] = (h > 0).float().mean()
-    metrics["rewards/image_accuracies"] = (h1 > 0).float().mean()
-    metrics["rewards/corrupt_accuracies"] = (h2 > 0).float().mean()
-    metrics["symmpo/margin_gap"] = (h1 - h2).detach().abs().mean()
-    metrics["symmpo/loss_pair"] = l_pair.detach().mean()
-    metrics["symmpo/loss_margin"] = l_margin.detach().mean()
-    metrics["symmpo/loss_anchor"] = l_anchor.detach().mean()
-    return loss, metrics
+    return loss, {"rewards/image_accuracies": (h1 > 0).float().mean(),
+                  "rewards/corrupt_accuracies": (h2 > 0).float().mean(),
+                  "symmpo/margin_gap": (h1 - h2).detach().abs().mean(),
+                  "symmpo/loss_pair": l_pair.detach().mean(),
+                  "symmpo/loss_margin": l_margin.detach().mean(),
+                  "symmpo/loss_anchor": l_anchor.detach().mean()}
 
 
 def sft(policy: Logps, ref: Logps, lengths: Logps):
@@ -282,37 +286,114 @@ def sft(policy: Logps, ref: Logps, lengths: Logps):
     Args:
         policy: summed log-probs of view ``chosen``, ``(batch,)``; lengths: its token counts.
     Returns:
-        loss ``(batch,)`` whose mean is the per-token loss of the batch, and metrics
-        (``logps/chosen``, the mean summed log-prob of an answer).
+        loss ``(batch,)`` whose mean is the per-token loss of the batch, and no metrics of its
+        own (``compute`` adds ``logps/chosen``, the mean summed log-prob of an answer).
     """
     n = lengths["chosen"]
-    loss = -policy["chosen"] * (n.numel() / n.sum())
-    return loss, {"logps/chosen": policy["chosen"].detach().mean()}
+    return -policy["chosen"] * (n.numel() / n.sum()), {}
 
+
+# ---- the registry: what a run needs to know about each objective --------------------------
 
 class Objective(NamedTuple):
-    fn: Callable
-    views: tuple[str, ...]
-    needs_lengths: bool = False
+    """One objective: its loss, what it scores, and its defaults. Every default a run takes
+    from the objective (``mmpo.config.resolve``) is here, next to its loss."""
+    fn: Callable  # (policy, ref[, lengths], **options) -> (loss (batch,), its own metrics)
+    views: tuple[str, ...]  # what the model scores for each example (METHODS.md's views)
+    options: Callable[[Config], dict]  # the loss's keyword arguments, from the command line
+    lr: float  # the paper's learning rate (its model: a 7B one); tiny-* models take 1e-3
+    weight_decay: float = 0.0
+    m_prime: str = "crop"  # the second image m' when the data has none (--m-prime)
     reference: bool = True  # False: no reference model is built or scored (SFT)
+    needs_lengths: bool = False  # the loss takes the response token counts too
+    recipe: tuple[str, dict] | None = None  # --recipe paper: (its source, {Config field: value})
 
+
+def _mdpo_options(cfg: Config) -> dict:
+    return {"beta": cfg.beta, "delta": cfg.mdpo_delta, "response": cfg.mdpo_response,
+            "conditional": cfg.mdpo_conditional, "anchor": cfg.mdpo_anchor,
+            "rejected_anchor": cfg.mdpo_rejected_anchor, "corrupt_anchor": cfg.mdpo_corrupt_anchor}
+
+
+def _mfpo_options(cfg: Config) -> dict:
+    return {"beta": cfg.beta, "eta": cfg.mfpo_eta, "weights": numbers(cfg.mfpo_weights, 3, "--mfpo-weights")}
+
+
+def _napo_options(cfg: Config) -> dict:
+    weights = "dynamic" if cfg.napo_weights == "dynamic" else numbers(cfg.napo_weights, 3, "--napo-weights")
+    return {"beta": cfg.beta, "weights": weights, "q": cfg.napo_q, "q_form": cfg.napo_q_form,
+            "alpha": numbers(cfg.napo_alpha, 2, "--napo-alpha")}
+
+
+def _symmpo_options(cfg: Config) -> dict:
+    return {"beta": cfg.beta, "lam": cfg.symmpo_lam, "gamma": cfg.symmpo_gamma, "eta": cfg.symmpo_eta,
+            "delta": cfg.symmpo_delta, "margin_form": cfg.symmpo_margin_form}
+
+
+# The released configurations (--recipe paper): every hyperparameter the authors' training script
+# sets, with the file it comes from. Batch sizes are per process, as released: mDPO ran on one
+# process, SymMPO on 4 GPUs (global batch 128), NaPO's GPU count is not in its script.
+_MDPO_RECIPE = dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4,
+                    grad_accum=8, lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048,
+                    mdpo_delta=0.0)
 
 OBJECTIVES: dict[str, Objective] = {
-    "dpo": Objective(dpo, ("chosen", "rejected")),
-    "mdpo": Objective(mdpo, ("chosen", "rejected", "chosen_on_corrupt")),
-    "mfpo": Objective(mfpo, ("chosen", "rejected", "chosen_on_corrupt")),
-    "napo": Objective(napo, ("chosen", "rejected", "lang_biased", "vision_biased"), True),
-    "symmpo": Objective(symmpo, ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt",
-                                 "contrast_on_corrupt")),
-    "sft": Objective(sft, ("chosen",), needs_lengths=True, reference=False),
+    "dpo": Objective(dpo, ("chosen", "rejected"), lambda cfg: {"beta": cfg.beta}, lr=1e-5,
+                     recipe=("mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml", _MDPO_RECIPE)),
+    "mdpo": Objective(mdpo, ("chosen", "rejected", "chosen_on_corrupt"), _mdpo_options, lr=1e-5,
+                      recipe=("luka-group/mDPO bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "crop"})),
+    # MFPO releases no code and its supplementary configuration is not public: mDPO's, with its noise
+    "mfpo": Objective(mfpo, ("chosen", "rejected", "chosen_on_corrupt"), _mfpo_options, lr=1e-5, m_prime="noise",
+                      recipe=("unpublished; mDPO's bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "noise"})),
+    "napo": Objective(napo, ("chosen", "rejected", "lang_biased", "vision_biased"), _napo_options, lr=5e-7,
+                      weight_decay=0.01, needs_lengths=True,
+                      recipe=("zhangzef/NaPO script/pipeline/llava15_train_bias.sh + pipeline.sh",
+                              dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, adam_beta2=0.999, beta=0.1,
+                                   batch_size=1, grad_accum=4, lora_rank=0, dtype="bf16", max_length=2048,
+                                   napo_q_form="code", napo_alpha="0.5,0.01"))),
+    "symmpo": Objective(symmpo, ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt"),
+                        _symmpo_options, lr=5e-6, weight_decay=0.01, m_prime="contrast",
+                        recipe=("iLearn-Lab/NeurIPS25-SymMPO script/train/llava15_train_main.sh + run.sh",
+                                dict(lr=5e-6, epochs=10, max_steps=670, warmup=0.05, weight_decay=0.01,
+                                     adam_beta2=0.999, beta=0.1, batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16",
+                                     max_length=2048, symmpo_lam=0.5, symmpo_gamma=1e-4, symmpo_eta=1.0,
+                                     symmpo_delta=0.0, symmpo_margin_form="code", m_prime="contrast"))),
+    # LLaVA-1.5's visual instruction tuning (stage 2), 8 GPUs: global batch 128
+    "sft": Objective(sft, ("chosen",), lambda cfg: {}, lr=2e-5, reference=False, needs_lengths=True,
+                     recipe=("haotian-liu/LLaVA scripts/v1_5/finetune.sh",
+                             dict(lr=2e-5, epochs=1, warmup=0.03, weight_decay=0.0, adam_beta2=0.999, batch_size=16,
+                                  grad_accum=1, lora_rank=0, dtype="bf16", max_length=2048))),
 }
 
 
-def compute(name: str, policy: Logps, ref: Logps, lengths: Logps, **hparams):
-    """Run objective ``name``; the one place the training loop and eval call objectives from."""
+def shared_metrics(policy: Logps, ref: Logps, views: tuple[str, ...], beta: float | None) -> dict:
+    """What every objective logs alike, under TRL's names: for each view the mean summed log-prob
+    ``logps/<view>`` and, with a reference (``beta`` not None), the mean implicit reward
+    ``rewards/<view>`` = beta * logratio; for the response pair (chosen, rejected) the reward
+    margin ``rewards/margins`` and ``rewards/accuracies``, the share of pairs ranked right."""
+    out = {}
+    with torch.no_grad():
+        for v in views:
+            if beta is not None:
+                out[f"rewards/{v}"] = (beta * (policy[v] - ref[v])).mean()
+            out[f"logps/{v}"] = policy[v].mean()
+        if beta is not None and "chosen" in views and "rejected" in views:
+            h_resp = (policy["chosen"] - ref["chosen"]) - (policy["rejected"] - ref["rejected"])  # (batch,)
+            out["rewards/margins"] = (beta * h_resp).mean()
+            out["rewards/accuracies"] = (h_resp > 0).float().mean()
+    return out
+
+
+def compute(name: str, policy: Logps, ref: Logps, lengths: Logps, **options):
+    """Run objective ``name``: the one place the training loop and the evaluation call one from.
+
+    Returns its loss ``(batch,)`` and its metrics: ``shared_metrics`` over the objective's views
+    (the rewards with the loss's own ``options["beta"]``, 0.1 when not given: every loss's
+    default), then the loss's own."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
     obj = OBJECTIVES[name]
-    if obj.needs_lengths:
-        return obj.fn(policy, ref, lengths, **hparams)
-    return obj.fn(policy, ref, **hparams)
+    args = (policy, ref, lengths) if obj.needs_lengths else (policy, ref)
+    loss, own = obj.fn(*args, **options)
+    beta = options.get("beta", 0.1) if obj.reference else None
+    return loss, {**shared_metrics(policy, ref, obj.views, beta), **own}

@@ -1,24 +1,112 @@
-"""The reference model pi_ref, three ways, all giving the same numbers:
+"""The reference model pi_ref: the one home of everything a run does with it.
+
+Three forms, all giving the same numbers:
 
 - under LoRA: the policy with its adapters switched off (no second copy of the weights);
 - under full fine-tuning: a frozen copy of the initial model;
 - from a cache: every reference log-prob computed once before training (``build_cache``),
   stored as safetensors keyed by example id and view, with a fingerprint of the model, the
   data and the perturbation settings; a cache whose fingerprint differs is rebuilt.
+
+SFT has none (``Reference(..., enabled=False)`` answers zeros). MFPO's iterative alignment makes
+the policy of each curriculum stage boundary the new reference (``refresh``), saved as
+``OUT/reference-<step>.safetensors`` so that a resumed run restores it (``restore``).
 """
+import copy
 import hashlib
 import json
 import os
 
 import torch
+import safetensors.torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from mmpo import distributed, lora
-from mmpo.data import Batch
+from mmpo import checkpoint, distributed, lora
+from mmpo.data import Batch, collate
 from mmpo.distributed import Dist
 from mmpo.logps import sequence_logps
+
+
+class Reference:
+    """pi_ref of one run. ``logps(batch, features)`` gives the reference log-prob of every row of
+    a batch ``(N,)``: from the cache when one is loaded, else live (the frozen copy, or the
+    policy's adapters off). ``refresh_at``: the steps where the policy becomes the reference."""
+
+    def __init__(self, policy, frozen=None, *, enabled: bool = True, out: str = "", refresh_at=(),
+                 d: Dist = Dist()):
+        self.policy, self.frozen, self.enabled = policy, frozen, enabled
+        self.out, self.refresh_at, self.d = out, sorted(refresh_at), d
+        self.table = None  # {(id, view): logp} once a cache is loaded
+
+    @classmethod
+    def for_run(cls, policy, cfg, enabled: bool, d: Dist = Dist()) -> "Reference":
+        """The reference ``cfg`` asks for. Call it before the policy is sharded (a frozen copy is
+        copied whole, then sharded like the policy by ``place``)."""
+        frozen = None
+        if enabled and cfg.lora_rank == 0 and not cfg.ref_cache:
+            frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+        return cls(policy, frozen, enabled=enabled, out=cfg.out, d=d)
+
+    def place(self, bf16: bool):
+        """The frozen copy on the policy's device, sharded the same way (same structure, same shards)."""
+        if self.frozen is not None:
+            self.frozen.to(self.d.device)
+            if self.d.enabled:
+                distributed.shard(self.frozen, self.d, bf16=bf16)
+
+    @torch.no_grad()
+    def logps(self, batch: Batch, features=None) -> torch.Tensor:
+        if not self.enabled:  # SFT: nothing to score, zeros keep one path through the loop
+            return torch.zeros(batch.input_ids.shape[0], device=self.d.device)
+        if self.table is not None:
+            return cached_logps(self.table, batch)
+        return live_logps(self.policy, self.frozen, batch, features)
+
+    def cached(self, path: str, fp: str, dataset, batch_size: int, pad: int, autocast, num_workers: int = 0
+               ) -> "Reference":
+        """This reference read from the cache at ``path`` for ``dataset``'s views, built first (in
+        the training passes' precision, so log-ratios start at 0) when missing or stale."""
+        table = load_cache(path, fp)
+        if table is None:
+            if self.d.main and os.path.exists(path):
+                print(f"reference cache {path} does not match this model and data: rebuilding it")
+            share = distributed.rank_share(len(dataset), batch_size, self.d)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=num_workers,
+                                                 collate_fn=lambda ex: collate(ex, dataset.views, pad))
+            was_training = self.policy.training
+            self.policy.eval()
+            with autocast:
+                table = build_cache(path, fp, self.policy, self.frozen, loader, dataset.views, self.d)
+            self.policy.train(was_training)
+        other = copy.copy(self)
+        other.table = table
+        return other
+
+    def refresh(self, step: int):
+        """Iterative alignment: the policy of this stage boundary becomes the reference (under
+        LoRA, a frozen snapshot of the adapters; else the frozen copy takes the weights)."""
+        if self.frozen is None:
+            lora.take_snapshot(self.policy)
+        else:
+            with torch.no_grad():
+                for p_ref, p in zip(self.frozen.parameters(), self.policy.parameters()):  # same shards
+                    p_ref.copy_(p)
+        checkpoint.save_reference(self._path(step), self.policy, self.d)
+
+    def restore(self, step: int):
+        """A resumed run's reference: the one of the stage it was killed in (none before the first
+        boundary: the initial model)."""
+        passed = [b for b in self.refresh_at if b < step]
+        if not passed:
+            return
+        if self.frozen is None:
+            checkpoint.load_reference(self._path(max(passed)), self.policy, lora.snapshot_names)
+        else:
+            checkpoint.load_reference(self._path(max(passed)), self.frozen)
+
+    def _path(self, step: int) -> str:
+        return os.path.join(self.out, f"reference-{step}.safetensors")
 
 
 @torch.no_grad()
@@ -27,7 +115,7 @@ def live_logps(policy, frozen, batch: Batch, image_features=None) -> torch.Tenso
     adapters disabled."""
     if frozen is not None:
         return sequence_logps(frozen, batch)[0]
-    with lora.disabled(policy):
+    with lora.as_reference(policy):
         return sequence_logps(policy, batch, image_features)[0]
 
 
@@ -87,9 +175,8 @@ def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dis
         ids = sorted({i for i, _ in table})
         logps = torch.tensor([[table[(i, v)] for v in views] for i in ids])  # (n_examples, n_views)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        save_file({"logps": logps}, tmp, metadata={"fingerprint": fp, "ids": json.dumps(ids), "views": json.dumps(list(views))})
-        os.replace(tmp, path)
+        meta = {"fingerprint": fp, "ids": json.dumps(ids), "views": json.dumps(list(views))}
+        checkpoint.write_atomic(path, safetensors.torch.save({"logps": logps}, metadata=meta))
     distributed.barrier(d)
     return table
 

@@ -37,10 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-from mmpo.cli import UserError
-from mmpo.config import PAPER_LR
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from mmpo.cli import REPO, UserError, script
 
 # name -> (objective, the world's data file, label in the table)
 METHODS = {
@@ -82,7 +79,8 @@ class Settings:
         (NaPO's 5e-7 and SymMPO's 5e-6 are smaller). The default scale, 5, is a tenth of the
         toy's SFT rate over LLaVA-1.5's (1e-3 / 2e-5 = 50): at 50 DPO's chosen answers
         collapsed on the training pairs (README)."""
-        return PAPER_LR["mdpo" if self.lr_rule == "shared" else objective] * self.lr_scale
+        from mmpo.objectives import OBJECTIVES  # torch: only asked once the options are checked
+        return OBJECTIVES["mdpo" if self.lr_rule == "shared" else objective].lr * self.lr_scale
 
 
 WORLD = ("n_sft", "n_pref", "n_heldout", "n_test", "p_prior", "p_hedged_sft", "counter_share")  # toyworld.build's
@@ -114,14 +112,6 @@ class Job:
     argv: list[str]
     after: list[str]
     threads: int = 1
-
-
-def script(name: str) -> str:
-    """train.py / eval.py of the checkout this package lives in (they are scripts, not modules)."""
-    path = os.path.join(REPO, name)
-    if not os.path.isfile(path):
-        raise UserError(f"mmpo.toy runs {name} of the repository, not found at {path}: run it from a checkout")
-    return path
 
 
 def run_jobs(jobs: list[Job], out: str, workers: int):

@@ -61,6 +61,23 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
+def train_killed_after(step, argv, monkeypatch):
+    """Run train.py with ``argv`` and kill it as a crash would, right after its checkpoint of
+    ``step`` is written (the next step is never taken); checkpoint.save is itself again after."""
+    import train
+    from mmpo import checkpoint
+    real_save = checkpoint.save
+
+    def save_then_die(out, at, *a, **kw):
+        real_save(out, at, *a, **kw)
+        if at == step:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run([str(x) for x in argv])
+    monkeypatch.setattr(checkpoint, "save", real_save)
+
+
 def assert_identical_runs(straight, resumed, steps):
     """Every logged number of the two runs is equal, bit for bit, except wall-clock rates."""
     a, b = metrics(straight), metrics(resumed)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import train
-from conftest import assert_identical_runs, metrics, write_jsonl
-from mmpo import checkpoint, curriculum
+from conftest import assert_identical_runs, metrics, train_killed_after, write_jsonl
+from mmpo import curriculum
 from mmpo.curriculum import epoch_order, plan
 from mmpo.data import PreferenceDataset, collate
 from mmpo.models import tiny_model
@@ -73,16 +73,7 @@ def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, m
     assert [r["step"] for r in rows if r["rewards/chosen"] == 0.0] == [1, 3, 5]
     assert os.path.isfile(os.path.join(straight, "reference-2.safetensors"))
 
-    real = checkpoint.save
-
-    def die_at_3(out, step, *a, **k):
-        real(out, step, *a, **k)
-        if step == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint, "save", die_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train.run([*args, "--out", killed])
-    monkeypatch.setattr(checkpoint, "save", real)
+    train_killed_after(3, [*args, "--out", killed], monkeypatch)
     assert train.run(["--resume", killed]) == 0  # the stage-2 reference comes back from reference-2
     assert_identical_runs(straight, killed, 6)
 

@@ -36,7 +36,7 @@ def test_disabled_adapters_give_the_base_model(batch_and_model):
         assert torch.equal(sequence_logps(model, batch)[0], base)  # B = 0: a fresh adapter is a no-op
         perturb_adapters(model)
         trained = sequence_logps(model, batch)[0]
-        with lora.disabled(model):
+        with lora.as_reference(model):
             off = sequence_logps(model, batch)[0]
         again = sequence_logps(model, batch)[0]
     assert not torch.allclose(trained, base)

@@ -1,14 +1,18 @@
 """Each objective against numbers worked out by hand from the formulas of METHODS.md.
 
 Log-ratios are chosen so every term is easy to evaluate: with beta = 0.1 a log-ratio of 10
-gives a beta-scaled reward of 1.
+gives a beta-scaled reward of 1. A loss returns only its own metrics; ``compute`` adds the
+rewards/* and logps/* every objective shares.
 """
+import dataclasses
+import inspect
 import math
 
 import pytest
 import torch
 
 from mmpo import objectives as O
+from mmpo.config import Config
 
 
 def logsig(x):
@@ -19,10 +23,10 @@ def sig(x):
     return 1 / (1 + math.exp(-x))
 
 
-def views(**lrs):
+def views(**logratios):
     """policy/ref dicts whose log-ratio per view is the given list; ref is non-zero on purpose."""
     policy, ref = {}, {}
-    for name, values in lrs.items():
+    for name, values in logratios.items():
         r = torch.tensor([-5.0 - i for i in range(len(values))])
         ref[name] = r
         policy[name] = (r + torch.tensor(values, dtype=torch.float32)).requires_grad_()
@@ -31,36 +35,53 @@ def views(**lrs):
 
 def test_dpo_by_hand():
     policy, ref = views(chosen=[10.0, -5.0], rejected=[0.0, 5.0])
-    loss, m = O.dpo(policy, ref, beta=0.1)
-    # h = [10, -10] -> beta*h = [1, -1]
+    loss, own = O.dpo(policy, ref, beta=0.1)
+    # h_resp = [10, -10] -> beta*h_resp = [1, -1]
     assert loss.shape == (2,)
     assert loss.tolist() == pytest.approx([-logsig(1.0), -logsig(-1.0)], abs=1e-6)
+    assert own == {}  # DPO has nothing of its own to log: compute adds the shared figures
+    loss2, m = O.compute("dpo", policy, ref, {}, beta=0.1)
+    assert torch.equal(loss2, loss)
     assert m["rewards/chosen"].item() == pytest.approx(0.1 * (10 - 5) / 2)
     assert m["rewards/rejected"].item() == pytest.approx(0.1 * (0 + 5) / 2)
     assert m["rewards/margins"].item() == pytest.approx(0.0, abs=1e-6)
     assert m["rewards/accuracies"].item() == 0.5
     assert m["logps/chosen"].item() == pytest.approx(((-5 + 10) + (-6 - 5)) / 2)
+    assert m["logps/rejected"].item() == pytest.approx(((-5 + 0) + (-6 + 5)) / 2)
+
+
+def test_the_shared_rewards_take_the_beta_of_the_loss():
+    policy, ref = views(chosen=[10.0, 30.0], rejected=[0.0, 10.0])
+    _, m = O.compute("dpo", policy, ref, {}, beta=0.5)
+    assert m["rewards/chosen"].item() == pytest.approx(0.5 * 20)
+    assert m["rewards/rejected"].item() == pytest.approx(0.5 * 5)
+    assert m["rewards/margins"].item() == pytest.approx(0.5 * 15)
+    _, default = O.compute("dpo", policy, ref, {})  # no beta given: the loss's default, 0.1
+    assert default["rewards/chosen"].item() == pytest.approx(0.1 * 20)
 
 
 def test_mdpo_by_hand_and_each_switch():
     policy, ref = views(chosen=[10.0], rejected=[-10.0], chosen_on_corrupt=[20.0])
-    # beta*h_resp = 2, beta*h_image = -1, beta*lr(chosen) = 1
+    # beta*h_resp = 2, beta*h_image = -1, beta*logratio(chosen) = 1
     t_resp, t_img, t_anc = -logsig(2.0), -logsig(-1.0), -logsig(1.0 - 0.5)
     full, m = O.mdpo(policy, ref, beta=0.1, delta=0.5)
     assert full.item() == pytest.approx(t_resp + t_img + t_anc, abs=1e-6)
     assert O.mdpo(policy, ref, delta=0.5, conditional=False)[0].item() == pytest.approx(t_resp + t_anc, abs=1e-6)
     assert O.mdpo(policy, ref, delta=0.5, anchor=False)[0].item() == pytest.approx(t_resp + t_img, abs=1e-6)
     assert O.mdpo(policy, ref, delta=0.5, response=False)[0].item() == pytest.approx(t_img + t_anc, abs=1e-6)
-    # Table 4 anchors push rewards below delta: beta*lr(rejected) = -1, beta*lr(corrupt) = 2
+    # Table 4 anchors push rewards below delta: beta*logratio(rejected) = -1, beta*logratio(corrupt) = 2
     extra = O.mdpo(policy, ref, delta=0.5, rejected_anchor=True, corrupt_anchor=True)[0].item()
     assert extra == pytest.approx(t_resp + t_img + t_anc - logsig(-(-1.0 - 0.5)) - logsig(-(2.0 - 0.5)), abs=1e-6)
-    assert m["rewards/image_accuracies"].item() == 0.0
-    assert m["rewards/accuracies"].item() == 1.0
+    assert m["rewards/image_accuracies"].item() == 0.0  # h_image < 0
+    assert m["rewards/image_margins"].item() == pytest.approx(-1.0)
+    _, shared = O.compute("mdpo", policy, ref, {}, beta=0.1, delta=0.5)
+    assert shared["rewards/accuracies"].item() == 1.0  # h_resp > 0
+    assert shared["rewards/chosen_on_corrupt"].item() == pytest.approx(2.0)
 
 
 def test_mfpo_weights_and_eta():
     policy, ref = views(chosen=[10.0], rejected=[0.0], chosen_on_corrupt=[-10.0])
-    # beta*h_resp = 1, beta*h_image = 2, beta*lr(chosen) = 1
+    # beta*h_resp = 1, beta*h_image = 2, beta*logratio(chosen) = 1
     loss, m = O.mfpo(policy, ref, beta=0.1, eta=0.25, weights=(0.5, 2.0, 3.0))
     want = 0.5 * -logsig(1.0) + 2.0 * -logsig(2.0) + 3.0 * -logsig(1.0 - 0.25)
     assert loss.item() == pytest.approx(want, abs=1e-6)
@@ -71,32 +92,42 @@ def test_mfpo_weights_and_eta():
 
 # ---- NaPO -------------------------------------------------------------------------------
 
-def test_napo_loss_limits():
+def test_box_cox_loss_at_zero_by_hand():
+    # at x = 0, sig(x) = 1/2: the term is (1 - 2^-q) / q, which is log 2 as q -> 0 (BCE) and 1/2
+    # at q = 1 (MAE); its gradient -sig(x)^q (1 - sig(x)) is -2^-q / 2
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    for q, value in ((0.0, math.log(2)), (1e-5, math.log(2)), (0.5, 2 - math.sqrt(2)), (1.0, 0.5)):
+        loss = O.box_cox_loss(x, q)
+        (g,) = torch.autograd.grad(loss.sum(), x)
+        assert loss.item() == pytest.approx(value, rel=1e-4), q
+        assert g.item() == pytest.approx(-(2 ** -q) / 2, rel=1e-4), q
+
+
+def test_box_cox_loss_limits():
     x = torch.tensor([-3.0, -0.5, 0.0, 0.7, 4.0], dtype=torch.float64)
     dpo = -torch.nn.functional.logsigmoid(x)
-    assert torch.allclose(O.napo_loss(x, 0.0), dpo)  # q -> 0 is BCE, exactly (switch below 1e-4)
-    assert torch.allclose(O.napo_loss(x, 1e-3), dpo, rtol=2e-3, atol=0)  # ... and continuously so
-    assert torch.allclose(O.napo_loss(x, 1.0), 1 - torch.sigmoid(x))  # q = 1 is MAE
-    q = 0.3
-    assert torch.allclose(O.napo_loss(x, q), (1 - torch.sigmoid(x) ** q) / q)
+    assert torch.allclose(O.box_cox_loss(x, 1e-3), dpo, rtol=2e-3, atol=0)  # q -> 0 is BCE, continuously
+    assert torch.allclose(O.box_cox_loss(x, 1.0), 1 - torch.sigmoid(x))  # q = 1 is MAE
+    q = 0.3  # the stable form -expm1(q logsig(x)) / q is the paper's (1 - sig(x)^q) / q
+    assert torch.allclose(O.box_cox_loss(x, q), (1 - torch.sigmoid(x) ** q) / q)
 
 
-def test_napo_loss_gradient_is_sigmoid_q_times_dpo():
+def test_box_cox_loss_gradient_is_sigmoid_q_times_dpo():
     q = 0.4
     x = torch.linspace(-4, 4, 9, dtype=torch.float64, requires_grad=True)
-    (g_napo,) = torch.autograd.grad(O.napo_loss(x, q).sum(), x)
+    (g_napo,) = torch.autograd.grad(O.box_cox_loss(x, q).sum(), x)
     (g_dpo,) = torch.autograd.grad(-torch.nn.functional.logsigmoid(x).sum(), x)
     assert torch.allclose(g_napo, torch.sigmoid(x.detach()) ** q * g_dpo)
 
 
-def test_napo_loss_extreme_margins_finite():
+def test_box_cox_loss_extreme_margins_finite():
     x = torch.tensor([-1e4, 1e4], requires_grad=True)
     for q in (0.0, 1e-3, 0.5, 1.0):
-        loss = O.napo_loss(x, q)
+        loss = O.box_cox_loss(x, q)
         (g,) = torch.autograd.grad(loss.sum(), x)
         assert torch.isfinite(loss).all() and torch.isfinite(g).all()
-    assert O.napo_loss(x, 0.0)[0].item() == pytest.approx(1e4)  # BCE grows linearly
-    assert O.napo_loss(x, 1.0)[0].item() == pytest.approx(1.0)  # MAE saturates at 1
+    assert O.box_cox_loss(x, 0.0)[0].item() == pytest.approx(1e4)  # BCE grows linearly
+    assert O.box_cox_loss(x, 1.0)[0].item() == pytest.approx(1.0)  # MAE saturates at 1
 
 
 def napo_views():
@@ -172,7 +203,7 @@ def sym_views():
 
 def test_symmpo_each_term_isolated():
     policy, ref = sym_views()
-    # beta*h = 1; h1 = 20 -> 2; h2 = 20 -> 2; beta*lr(chosen) = 1, beta*lr(contrast_on_corrupt) = 2.5
+    # beta*h = 1; h1 = 20 -> 2; h2 = 20 -> 2; beta*logratio(chosen) = 1, beta*logratio(contrast_on_corrupt) = 2.5
     kw = dict(beta=0.1, delta=0.5)
     only_dpo = O.symmpo(policy, ref, lam=0, gamma=0, eta=0, **kw)[0].item()
     only_pair = O.symmpo(policy, ref, lam=1, gamma=0, eta=0, **kw)[0].item() - only_dpo
@@ -235,3 +266,44 @@ def test_sft_is_the_token_mean_cross_entropy():
 def test_unknown_objective_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown objective 'ppo'.*dpo, mdpo"):
         O.compute("ppo", {}, {}, {})
+
+
+def module_names(fn) -> set[str]:
+    """The names of mmpo.objectives that ``fn`` reads (its comprehensions included)."""
+    def names(code):
+        return set(code.co_names).union(*(names(c) for c in code.co_consts if inspect.iscode(c)))
+    return names(fn.__code__) & set(vars(O))
+
+
+@pytest.mark.parametrize("name", ["dpo", "mdpo", "mfpo", "napo", "symmpo", "sft"])
+def test_each_loss_can_be_copied_with_nothing_but_torch(name):
+    own_helpers = {"napo": {"box_cox_loss", "dynamic_q", "batch_mean_over_ranks"}}.get(name, set())
+    assert module_names(O.OBJECTIVES[name].fn) - {"torch", "F"} == own_helpers
+    if name == "napo":  # ... and what napo's helpers read in turn
+        assert module_names(O.box_cox_loss) <= {"torch", "F"}
+        assert module_names(O.dynamic_q) - {"torch"} == {"batch_mean_over_ranks"}
+        assert module_names(O.batch_mean_over_ranks) == {"dist"}
+
+
+def test_the_registry_holds_each_papers_defaults():
+    objectives = O.OBJECTIVES.items()
+    assert {n: o.lr for n, o in objectives} == {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7,
+                                                "symmpo": 5e-6, "sft": 2e-5}
+    assert {n for n, o in objectives if o.weight_decay} == {"napo", "symmpo"}
+    assert {n: o.weight_decay for n, o in objectives}["napo"] == 0.01
+    assert {n: o.m_prime for n, o in objectives} == {"dpo": "crop", "mdpo": "crop", "mfpo": "noise", "napo": "crop",
+                                                     "symmpo": "contrast", "sft": "crop"}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for name, o in objectives:
+        source, values = o.recipe
+        assert set(values) <= fields, name  # a misspelt name would be set on the Config and never read
+        assert values["lr"] == o.lr, name
+
+
+@pytest.mark.parametrize("name", ["dpo", "mdpo", "mfpo", "napo", "symmpo", "sft"])
+def test_the_default_flags_give_each_loss_its_own_defaults(name):
+    """The flags' defaults are the papers' (Config), the losses' keyword defaults too: ``options``
+    must map one onto the other (a flag sent to the wrong argument shows here)."""
+    fn = O.OBJECTIVES[name].fn
+    defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    assert O.OBJECTIVES[name].options(Config()) == defaults

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT, assert_identical_runs, metrics, write_jsonl
-from mmpo import checkpoint
-from mmpo.config import parse_args
+from conftest import ROOT, assert_identical_runs, metrics, train_killed_after, write_jsonl
+from mmpo import checkpoint, reference
+from mmpo.config import parse_args, resolve, typed_flags
 from mmpo.models import tiny_model
 
 FAST = ["--batch-size", "4", "--save-every", "0", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0"]
@@ -44,7 +44,7 @@ def test_every_objective_learns_the_easy_preference(objective, extra, easy_data,
 def test_sft_trains_the_chosen_answers_with_no_reference(easy_data, tmp_path, monkeypatch):
     # SFT has no reference model: under full fine-tuning no frozen copy may be made
     fail = lambda *a: pytest.fail("SFT built a reference model")  # noqa: E731
-    monkeypatch.setattr(train, "copy", types.SimpleNamespace(deepcopy=fail))  # train.py's frozen copy only
+    monkeypatch.setattr(reference, "copy", types.SimpleNamespace(deepcopy=fail, copy=fail))  # the reference's copies only
     run_ok("--objective", "sft", "--data", easy_data, "--out", tmp_path, "--max-steps", 6, "--batch-size", 4,
            "--save-every", 0, "--lora-rank", 0)
     rows = metrics(tmp_path)
@@ -78,16 +78,7 @@ def test_resume_after_a_kill_is_exact(easy_data, tmp_path, monkeypatch, lora_ran
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_ok(*args, "--out", straight)
 
-    real_save = checkpoint.save
-
-    def save_then_die(out, step, *a, **kw):
-        real_save(out, step, *a, **kw)
-        if step == 3:
-            raise KeyboardInterrupt  # the process dies right after its step-3 checkpoint
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train.run([*args, "--out", str(killed)])
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    train_killed_after(3, [*args, "--out", killed], monkeypatch)
     assert checkpoint.latest(str(killed)).endswith("checkpoint-3") and len(metrics(killed)) == 3
     run_ok("--resume", killed)
 
@@ -184,7 +175,7 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--objective", "ppo"], "argument --objective: invalid choice: 'ppo'"),
+    (["--objective", "ppo"], "error: --objective ppo: unknown; choose one of dpo, mdpo, mfpo, napo, symmpo, sft"),
     (["--data", "/nonexistent/d.jsonl"], "error: /nonexistent/d.jsonl: no such file"),
     (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: no such directory"),
     (["--model", "./no-such-dir"], "error: --model ./no-such-dir: no such directory"),
@@ -271,14 +262,16 @@ def test_bf16_reference_cache_is_computed_in_bf16(easy_data, tmp_path):
 
 def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, capsys):
     """--recipe paper: mDPO's released configuration (bunny/config.yaml), except flags typed."""
-    cfg = parse_args(["--objective", "mdpo", "--recipe", "paper", "--epochs", "1"])
+    def configured(*argv):  # what train.py does: the command line, then the objective's recipe and defaults
+        return resolve(parse_args(list(argv)), typed_flags(list(argv)))
+    cfg = configured("--objective", "mdpo", "--recipe", "paper", "--epochs", "1")
     assert (cfg.lr, cfg.weight_decay, cfg.adam_beta2, cfg.warmup, cfg.batch_size, cfg.grad_accum) == (1e-5, 0.05, 0.98, 0.1, 4, 8)
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.dtype, cfg.epochs) == (64, 128.0, "bf16", 1)  # --epochs typed: kept
-    napo = parse_args(["--objective", "napo", "--recipe", "paper"])
+    napo = configured("--objective", "napo", "--recipe", "paper")
     assert (napo.lr, napo.epochs, napo.lora_rank, napo.weight_decay, napo.batch_size, napo.grad_accum) == (5e-7, 4, 0, 0.01, 1, 4)
-    sym = parse_args(["--objective", "symmpo", "--recipe", "paper"])
+    sym = configured("--objective", "symmpo", "--recipe", "paper")
     assert (sym.lr, sym.warmup, sym.max_steps, sym.lora_rank, sym.symmpo_gamma) == (5e-6, 0.05, 670, 0, 1e-4)
-    practical = parse_args(["--objective", "mdpo"])
+    practical = configured("--objective", "mdpo")
     assert (practical.adam_beta2, practical.grad_accum, practical.dtype) == (0.999, 1, "fp32")
     # end to end: printed at the start, recorded in config.json
     run_ok("--objective", "dpo", "--recipe", "paper", "--data", easy_data, "--out", tmp_path, "--max-steps", 1,
@@ -374,7 +367,7 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
     code = ("import runpy, sys; sys.argv = ['train.py', *sys.argv[1:]]\n"
             "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
             "except SystemExit as e:\n    print('torch' in sys.modules, e.code)\n")
-    for args, want in ((["--help"], "False 0"), (["--batch-size", "0"], "False 2"), (["--objective", "ppo"], "False 2")):
+    for args, want in ((["--help"], "False 0"), (["--batch-size", "0"], "False 2")):
         r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.stdout.strip().splitlines()[-1] == want, r.stdout + r.stderr
     r = cli("--batch-size", "0")
