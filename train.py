@@ -146,17 +146,19 @@ def place(model, ref: reference.Reference, cfg: Config, d):
     model.train()
 
 
-def cached_references(ref: reference.Reference, cfg: Config, dataset, eval_set, model_fp: str, pad: int, autocast):
-    """--ref-cache: the reference's log-probs of the training data (and of the held-out data, in
-    ``<cache>.eval``), computed once and reused while model, data and m' settings match."""
+def reference_over(steps, ref: reference.Reference, cfg: Config, dataset, eval_set, model_fp: str, pad: int, autocast):
+    """The reference along the schedule, for training and for the held-out set. With
+    --refresh-ref-per-stage the policy becomes the reference at each curriculum stage's first step
+    (MFPO's iterative alignment). With --ref-cache its log-probs of the training data (and of the
+    held-out data, in ``<cache>.eval``) are computed once and reused while model, data and m' match."""
+    if cfg.refresh_ref_per_stage:
+        ref.refresh_at = [i for i in range(1, len(steps)) if steps[i][0] != steps[i - 1][0]]
     if not cfg.ref_cache:
         return ref, ref
-    settings = {"seed": cfg.seed, "m_prime": cfg.m_prime, "noise_step": dataset.noise_step,
-                "max_length": cfg.max_length, "dtype": cfg.dtype, "noise_on": "normalized pixels"}
 
     def cached(path, ds):
-        fp = reference.fingerprint(model_fp, ds.path, {**settings, "views": ds.views})
-        return ref.cached(path, fp, ds, cfg.batch_size, pad, autocast, cfg.num_workers)
+        return ref.cached(path, reference.cache_fingerprint(model_fp, ds, cfg), ds, cfg.batch_size, pad, autocast,
+                          cfg.num_workers)
     train_ref = cached(cfg.ref_cache, dataset)
     return train_ref, cached(cfg.ref_cache + ".eval", eval_set) if eval_set is not None else train_ref
 
@@ -191,9 +193,7 @@ def drop_overlong(dataset, stages, cfg: Config, d) -> list[list[int]]:
     """Check every example once before training: one whose prompt and image alone exceed
     --max-length cannot be trained on, so it leaves the schedule (and is reported) instead of
     silently thinning some batches; if none is left, stop."""
-    share = distributed.rank_share(len(dataset), cfg.batch_size, d)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=cfg.num_workers,
-                                         collate_fn=lambda ex: [(e.id, e.skip) for e in ex])
+    loader = distributed.share_loader(dataset, cfg.batch_size, d, lambda ex: [(e.id, e.skip) for e in ex], cfg.num_workers)
     skips = distributed.merge_dicts({i: why for part in loader for i, why in part if why}, d)
     if not skips:
         return stages
@@ -210,6 +210,14 @@ def drop_overlong(dataset, stages, cfg: Config, d) -> list[list[int]]:
 
 
 # ---- optimizer -------------------------------------------------------------------------------
+
+def make_optimizer(params, cfg: Config, n_steps: int):
+    """AdamW with linear warmup then cosine decay to 0. Returns the optimizer, its scheduler, and
+    the learning-rate factor of any step (what a resume sets the rate from)."""
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
+    lr_at = functools.partial(warmup_cosine, warmup=int(cfg.warmup * n_steps), total=n_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at), lr_at
+
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     """The learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to 0."""
@@ -320,13 +328,8 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     share_features = supports_fused_images(model) and image_path_frozen(model)
 
     steps = schedule(cfg, dataset, model, model_fp, pad, d)
-    if cfg.refresh_ref_per_stage:  # MFPO's iterative alignment: a new reference at each stage boundary
-        ref.refresh_at = [i for i in range(1, len(steps)) if steps[i][0] != steps[i - 1][0]]
-    ref, eval_ref = cached_references(ref, cfg, dataset, eval_set, model_fp, pad, autocast)
-
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
-    lr_at = functools.partial(warmup_cosine, warmup=int(cfg.warmup * len(steps)), total=len(steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    ref, eval_ref = reference_over(steps, ref, cfg, dataset, eval_set, model_fp, pad, autocast)
+    optimizer, scheduler, lr_at = make_optimizer(params, cfg, len(steps))
     state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
     step, nonfinite = state["step"], state["nonfinite"]
 
@@ -368,10 +371,10 @@ def main(cfg: Config, typed: set[str] = frozenset()):
         if (cfg.save_every and step % cfg.save_every == 0) or step == len(steps):
             checkpoint.save(cfg.out, step, model, optimizer, scheduler, {"nonfinite": nonfinite, "base_model": base_model}, d)
     bar.close()
+    log.close()
 
     final = save_final(model, processor, cfg, base_model, d)
     if d.main:
-        log.close()
         print(report.summary(step, samples, time.perf_counter() - t0, last, evals, cfg.out, final))
     distributed.barrier(d)
 

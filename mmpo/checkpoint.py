@@ -18,12 +18,12 @@ import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
-import safetensors.torch
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_model_state_dict, set_state_dict)
 
 from mmpo import lora
+from mmpo.files import atomic_path, write_atomic
 from mmpo.distributed import Dist, barrier
 
 # frozen weights (the base model under LoRA) are reloaded from the model, never checkpointed
@@ -91,18 +91,6 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
     return final
 
 
-def write_atomic(path: str, data: str | bytes):
-    """Write ``data`` (text, or bytes such as ``safetensors.torch.save(...)`` or an encoded image)
-    to ``path`` through a temporary file and a rename: never half a file. The one atomic write of
-    the project."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def latest(out: str) -> str | None:
     path = os.path.join(out, "latest")
     if not os.path.isfile(path):
@@ -159,7 +147,8 @@ def save_reference(path: str, model, d: Dist = Dist()):
     """The policy's trainable weights at a curriculum stage boundary: the reference from then on."""
     full = full_trainable_state(model)
     if d.main:
-        write_atomic(path, safetensors.torch.save({k: v.contiguous() for k, v in full.items()}))
+        with atomic_path(path) as tmp:  # straight to disk: a full model's weights are never held twice
+            save_file({k: v.contiguous() for k, v in full.items()}, tmp)
     barrier(d)
 
 

@@ -62,7 +62,7 @@ class Config:
     symmpo_eta: float = opt(1.0, "SymMPO weight of the anchor term")
     symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
     symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
-    # corrupted image m'
+    # the second image m'
     m_prime: str = opt(None, "the second image m' when the data has no corrupt_image: a corruption of m -- crop (mDPO default) | "
                             "noise (MFPO default) | blank -- or contrast: the row's contrast_image, a real similar image (SymMPO default)",
                           choices=("crop", "noise", "blank", "contrast"))

@@ -19,9 +19,9 @@ import torch
 from tqdm import tqdm
 
 from mmpo import distributed
-from mmpo.checkpoint import write_atomic
 from mmpo.data import PreferenceDataset, collate
 from mmpo.distributed import Dist
+from mmpo.files import write_atomic
 from mmpo.logps import response_entropy
 from mmpo.perturb import stable_seed
 
@@ -29,8 +29,7 @@ from mmpo.perturb import stable_seed
 def entropy_scores(model, dataset: PreferenceDataset, batch_size: int, pad_id: int, d: Dist = Dist()) -> dict:
     """{id: mean token entropy of the chosen response}, each rank scoring its share."""
     chosen = dataset.with_views(("chosen",))
-    loader = torch.utils.data.DataLoader(chosen, batch_sampler=distributed.rank_share(len(chosen), batch_size, d),
-                                         collate_fn=lambda ex: collate(ex, ("chosen",), pad_id))
+    loader = distributed.share_loader(chosen, batch_size, d, lambda ex: collate(ex, ("chosen",), pad_id))
     scores = {}
     was_training = model.training
     model.eval()

@@ -106,6 +106,13 @@ def rank_share(n: int, batch_size: int, d: Dist) -> list[list[int]]:
     return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
 
 
+def share_loader(dataset, batch_size: int, d: Dist, collate_fn, num_workers: int = 0, generator=None):
+    """One pass over every example of ``dataset``, each rank its share (``rank_share``): for
+    scoring the data (checks, caches, held-out figures), not for training."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=rank_share(len(dataset), batch_size, d),
+                                       num_workers=num_workers, collate_fn=collate_fn, generator=generator)
+
+
 def merge_dicts(part: dict, d: Dist) -> dict:
     """The union of every rank's dict (each rank scored its share of the examples)."""
     if not d.enabled:

@@ -1,8 +1,9 @@
 """LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685), written here, saved as peft saves it.
 
 W x + (alpha / r) * B A dropout(x), with A (r, in) random and B (out, r) zero, so a fresh
-adapter changes nothing. Under LoRA the reference model is the same model with its adapters
-switched off (``as_reference``): no second copy of the weights.
+adapter changes nothing. Under LoRA the reference model is the same model acting as the
+reference (``as_reference``): its adapters switched off, or, after a curriculum stage refresh,
+replaced by their frozen snapshot. No second copy of the weights.
 
 The module layout follows peft's (``q_proj.base_layer``, ``q_proj.lora_A``, ``q_proj.lora_B``)
 and ``save_adapter`` writes ``adapter_model.safetensors`` + ``adapter_config.json`` with peft's

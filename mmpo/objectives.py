@@ -7,7 +7,7 @@ the unreduced per-example loss ``(batch,)`` and a dict of the detached scalars t
 
     logratio(v) = policy[v] - ref[v]      (METHODS.md's lr(v)); the implicit reward is beta * logratio(v)
 
-Each loss needs nothing but torch: copy any one function (``napo`` names the two helpers it
+Each loss needs nothing but torch: copy any one function (``napo`` names the three helpers it
 needs). What every objective logs alike (``rewards/<view>``, ``logps/<view>``, ``rewards/margins``,
 ``rewards/accuracies``) is added by ``compute``, the one place training and evaluation call an
 objective from. A new objective is one function and one ``OBJECTIVES`` entry (README).
@@ -122,7 +122,7 @@ def mfpo(policy: Logps, ref: Logps, *, beta: float = 0.1, eta: float = 0.0,
                   "mfpo/loss_margin": l_margin.detach().mean()}
 
 
-# ---- NaPO: its loss and the two helpers that are NaPO's own -------------------------------
+# ---- NaPO: its loss and the three helpers that are NaPO's own -------------------------------
 
 def box_cox_loss(x: torch.Tensor, q) -> torch.Tensor:
     """NaPO's noise-robust term: the negative Box-Cox blend of BCE and MAE, (1 - sig(x)^q) / q,

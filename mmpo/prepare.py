@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from mmpo import cli, perturb
-from mmpo.checkpoint import write_atomic
+from mmpo.files import write_atomic
 from mmpo.cli import UserError
 from mmpo.perturb import stable_seed
 from mmpo.rows import DataError, load_image, read_rows, to_pil, to_tensor

@@ -19,6 +19,7 @@ import shutil
 
 from mmpo.cli import UserError
 from mmpo.config import NOISE_STEPS, TINY_MODELS  # the light homes of these (mmpo.models and mmpo.data import torch)
+from mmpo.files import write_atomic
 
 SETTINGS = "prepare.json"  # beside OUT/data.jsonl: what decided its rows
 START_FRESH = ("use another --out, or add --overwrite to start afresh (it deletes {out}/data.jsonl, {out}/images/ "
@@ -268,7 +269,6 @@ def start_output(args, rows, settings: dict) -> None:
     """Make OUT ready before any model loads. --overwrite removes what an earlier run wrote;
     otherwise rows already there must come from the same settings (else they would mix with this
     run's). Then this run's settings are recorded, atomically."""
-    from mmpo.checkpoint import write_atomic  # imports torch: not at the top of this light module
     from mmpo.rows import IMAGE_FIELDS
     out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
     fresh = START_FRESH.format(out=args.out)

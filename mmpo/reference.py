@@ -18,13 +18,14 @@ import json
 import os
 
 import torch
-import safetensors.torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from mmpo import checkpoint, distributed, lora
 from mmpo.data import Batch, collate
 from mmpo.distributed import Dist
+from mmpo.files import atomic_path
 from mmpo.logps import sequence_logps
 
 
@@ -71,9 +72,8 @@ class Reference:
         if table is None:
             if self.d.main and os.path.exists(path):
                 print(f"reference cache {path} does not match this model and data: rebuilding it")
-            share = distributed.rank_share(len(dataset), batch_size, self.d)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=share, num_workers=num_workers,
-                                                 collate_fn=lambda ex: collate(ex, dataset.views, pad))
+            loader = distributed.share_loader(dataset, batch_size, self.d, lambda ex: collate(ex, dataset.views, pad),
+                                              num_workers)
             was_training = self.policy.training
             self.policy.eval()
             with autocast:
@@ -111,8 +111,8 @@ class Reference:
 
 @torch.no_grad()
 def live_logps(policy, frozen, batch: Batch, image_features=None) -> torch.Tensor:
-    """Reference log-probs ``(N,)`` of every row: ``frozen`` if given, else the policy with
-    adapters disabled."""
+    """Reference log-probs ``(N,)`` of every row: ``frozen`` if given, else the policy acting as
+    the reference (``lora.as_reference``: adapters off, or their snapshot after a stage refresh)."""
     if frozen is not None:
         return sequence_logps(frozen, batch)[0]
     with lora.as_reference(policy):
@@ -131,6 +131,15 @@ def model_fingerprint(name: str, model) -> str:
         x = p.detach().double()
         h.update(f"{n}:{tuple(p.shape)}:{x.sum().item():.12e}:{x.pow(2).sum().item():.12e}".encode())
     return h.hexdigest()
+
+
+def cache_fingerprint(model_fp: str, dataset, cfg) -> str:
+    """What the reference log-probs of ``dataset`` depend on: the initial model, the data file, and
+    how its views are built (m' and its randomness, lengths, precision)."""
+    settings = {"views": dataset.views, "seed": cfg.seed, "noise_step": dataset.noise_step, "max_length": cfg.max_length,
+                "dtype": cfg.dtype, "noise_on": "normalized pixels",
+                "corruption": cfg.m_prime}  # m' under its first name: caches written before the rename still match
+    return fingerprint(model_fp, dataset.path, settings)
 
 
 def fingerprint(model_fp: str, data_path: str, settings: dict) -> str:
@@ -176,7 +185,8 @@ def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dis
         logps = torch.tensor([[table[(i, v)] for v in views] for i in ids])  # (n_examples, n_views)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         meta = {"fingerprint": fp, "ids": json.dumps(ids), "views": json.dumps(list(views))}
-        checkpoint.write_atomic(path, safetensors.torch.save({"logps": logps}, metadata=meta))
+        with atomic_path(path) as tmp:
+            save_file({"logps": logps}, tmp, metadata=meta)
     distributed.barrier(d)
     return table
 

@@ -67,9 +67,9 @@ def evaluate(model, eval_set, ref_logps, objective: str, options: dict, batch_si
     (the image matters to the chosen answer). ``ref_logps(batch)`` gives the reference's ``(N,)``."""
     was_training = model.training
     model.eval()
-    share = distributed.rank_share(len(eval_set), batch_size, d)
-    loader = torch.utils.data.DataLoader(eval_set, batch_sampler=share, generator=torch.Generator(),
-                                         collate_fn=lambda ex: collate(ex, eval_set.views, pad))
+    # an own generator: evaluating mid-run must not draw from the training's RNG (exact resume)
+    loader = distributed.share_loader(eval_set, batch_size, d, lambda ex: collate(ex, eval_set.views, pad),
+                                      generator=torch.Generator())
     scores = {}  # (id, view) -> (policy logp, reference logp, length)
     for batch in loader:
         if not distributed.all_ranks_have(len(batch), d):

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from mmpo.checkpoint import write_atomic
+from mmpo.files import write_atomic
 from mmpo.rows import to_pil
 
 

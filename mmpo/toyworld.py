@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image, ImageDraw
 
-from mmpo.checkpoint import write_atomic
+from mmpo.files import write_atomic
 from mmpo.rows import to_pil
 
 COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (225, 200, 35)}

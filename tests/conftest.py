@@ -61,21 +61,13 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
-def train_killed_after(step, argv, monkeypatch):
+def train_killed_after(step, argv):
     """Run train.py with ``argv`` and kill it as a crash would, right after its checkpoint of
-    ``step`` is written (the next step is never taken); checkpoint.save is itself again after."""
+    ``step`` is written (the next step is never taken)."""
     import train
-    from mmpo import checkpoint
-    real_save = checkpoint.save
-
-    def save_then_die(out, at, *a, **kw):
-        real_save(out, at, *a, **kw)
-        if at == step:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    from killing import killed_after_checkpoint
+    with killed_after_checkpoint(step), pytest.raises(KeyboardInterrupt):
         train.run([str(x) for x in argv])
-    monkeypatch.setattr(checkpoint, "save", real_save)
 
 
 def assert_identical_runs(straight, resumed, steps):

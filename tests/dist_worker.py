@@ -17,7 +17,8 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train  # noqa: E402
-from mmpo import checkpoint, distributed  # noqa: E402
+from killing import killed_after_checkpoint  # noqa: E402
+from mmpo import distributed  # noqa: E402
 
 
 def napo_q(d):
@@ -56,19 +57,12 @@ def main(jobs_path, out):
         if job["kind"] == "train":
             result["code"] = train.run(job["args"])
         elif job["kind"] == "train_killed":
-            real = checkpoint.save
-
-            def save_then_die(o, step, *a, **kw):
-                real(o, step, *a, **kw)
-                if step == job["at"]:
-                    raise KeyboardInterrupt
-            checkpoint.save = save_then_die
             try:
-                train.run(job["args"])
+                with killed_after_checkpoint(job["at"]):
+                    train.run(job["args"])
                 result["died"] = False
             except KeyboardInterrupt:
                 result["died"] = True
-            checkpoint.save = real
         elif job["kind"] == "napo_q":
             result = napo_q(d)
         elif job["kind"] == "bf16":

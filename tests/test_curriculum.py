@@ -62,7 +62,7 @@ def test_plan_trains_stages_in_order():
 
 
 @pytest.mark.parametrize("lora", [["--lora-rank", "0", "--lr", "3e-4"], ["--lora-rank", "8", "--lora-dropout", "0"]])
-def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, monkeypatch, lora):
+def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, lora):
     args = ["--data", easy_data, "--curriculum", "easy-to-hard", "--refresh-ref-per-stage", *lora,
             "--epochs", "1", "--batch-size", "4", "--save-every", "3"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
@@ -73,7 +73,7 @@ def test_refresh_reference_per_stage_and_resume_across_it(easy_data, tmp_path, m
     assert [r["step"] for r in rows if r["rewards/chosen"] == 0.0] == [1, 3, 5]
     assert os.path.isfile(os.path.join(straight, "reference-2.safetensors"))
 
-    train_killed_after(3, [*args, "--out", killed], monkeypatch)
+    train_killed_after(3, [*args, "--out", killed])
     assert train.run(["--resume", killed]) == 0  # the stage-2 reference comes back from reference-2
     assert_identical_runs(straight, killed, 6)
 

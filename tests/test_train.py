@@ -72,13 +72,13 @@ def test_metrics_and_config_are_written(easy_data, tmp_path):
 
 
 @pytest.mark.parametrize("lora_rank", ["8", "0"])
-def test_resume_after_a_kill_is_exact(easy_data, tmp_path, monkeypatch, lora_rank):
+def test_resume_after_a_kill_is_exact(easy_data, tmp_path, lora_rank):
     args = ["--data", easy_data, "--max-steps", "6", "--batch-size", "4", "--lora-rank", lora_rank,
             "--lora-dropout", "0.1", "--grad-accum", "2", "--save-every", "3"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_ok(*args, "--out", straight)
 
-    train_killed_after(3, [*args, "--out", killed], monkeypatch)
+    train_killed_after(3, [*args, "--out", killed])
     assert checkpoint.latest(str(killed)).endswith("checkpoint-3") and len(metrics(killed)) == 3
     run_ok("--resume", killed)
 
@@ -321,6 +321,19 @@ def test_resume_applies_what_may_change_and_refuses_the_rest(easy_data, tmp_path
                                    "may change only --epochs, --eval-every, --log-every, --max-steps"), r.stderr
     r = cli("--resume", out, "--lr", "0.001")  # the same value is no change: it gets as far as the step check
     assert r.returncode == 2 and "the run is already at step 4 of 4" in r.stderr
+    # a run written before --corruption became --m-prime resumes under the new names
+    saved = json.load(open(out / "config.json"))
+    old = {("corruption" if k == "m_prime" else "redraw_corruption" if k == "redraw_m_prime" else k): v
+           for k, v in saved.items()}
+    (out / "config.json").write_text(json.dumps(old))
+    run_ok("--resume", out, "--max-steps", 5)
+    now = json.load(open(out / "config.json"))
+    assert now["m_prime"] == "crop" and now["redraw_m_prime"] is False and "corruption" not in now
+    assert [r["step"] for r in metrics(out)] == [1, 2, 4, 5]
+    (out / "config.json").write_text(json.dumps({**now, "frobnicate": 1}))  # from a newer version, say
+    r = cli("--resume", out, "--max-steps", 6)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"error: --resume {out}: config.json has options this version does not know (frobnicate)"
 
 
 def test_held_out_evaluation_during_training(easy_data, tmp_path, capsys):
