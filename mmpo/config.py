@@ -79,6 +79,9 @@ class Config:
     lora_dropout: float = opt(0.05, "LoRA dropout")
     lora_targets: str = opt("", "comma-separated regexes of Linear names (default: every Linear of the language model)")
     dtype: str = opt("fp32", "fp32 | bf16 (bf16 autocast, fp32 master weights)", choices=("fp32", "bf16"))
+    prefix_sharing: bool = opt(True, "score each image + prompt prefix once per pass for all the views on it, with a block "
+                                     "attention mask (exact: the same log-probs and gradients); --no-prefix-sharing: every "
+                                     "view as a full sequence")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass")
     ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")
     # run

@@ -59,24 +59,48 @@ def _needs_own_positions(model) -> bool:
     return not (hasattr(inner, "compute_3d_position_ids") or hasattr(inner, "get_rope_index"))
 
 
-def response_logits(model, batch: Batch, image_features=None):
-    """Logits at the response positions only: ``(N, R, V)`` float32, and the targets ``(N, R)``."""
+def _image_inputs(model, batch: Batch, image_index: list[int], image_features, device) -> dict:
+    """The image inputs of sequences whose images are ``image_index`` (into ``batch.images``):
+    precomputed features where the model takes them (each image encoded once), else pixels."""
+    images = [batch.images[i] for i in image_index]
+    if not supports_fused_images(model):
+        return _to(_cat_images(images), device)  # plain path: every sequence's image encoded again
+    if image_features is None:
+        image_features = encode_images(model, batch)
+    per_seq = [image_features[i] for i in image_index]
+    # non-pixel image inputs (e.g. image_grid_thw) still place the image tokens
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=per_seq)},
+            **_to({k: v for k, v in _cat_images(images).items() if not k.startswith("pixel")}, device)}
+
+
+def _positions(model, batch: Batch, device):
+    """The position ids of every row as a full sequence (prompt + response): counted from each
+    row's first real token, or the model's own multimodal rotary positions (3, N, P + R) for
+    models that have them (Qwen2-VL...), which prefix sharing must hand over explicitly.
+    None: the model computes them itself (the unshared path of such models)."""
+    attention_mask = batch.attention_mask.to(device)
+    if _needs_own_positions(model):
+        return (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    inner = getattr(model, "model", model)
+    images = _cat_images([batch.images[i] for i in batch.image_index.tolist()])
+    grids = {k: v.to(device) for k, v in images.items() if k.endswith("grid_thw")}
+    return inner.get_rope_index(batch.input_ids.to(device), attention_mask=attention_mask,
+                                **_to(batch.extra, device), **grids)[0]
+
+
+def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = True):
+    """Logits at the response positions only: ``(N, R, V)`` float32, and the targets ``(N, R)``.
+    With ``share_prefix`` (where ``prefix_sharing_supported``) each image + prompt prefix is run
+    once for all the views on it (``_shared_prefix_logits``); the result is the same."""
+    if share_prefix and prefix_sharing_supported(model):
+        return _shared_prefix_logits(model, batch, image_features)
     device = model.device
     input_ids = batch.input_ids.to(device)
     attention_mask = batch.attention_mask.to(device)
     kwargs = _to(batch.extra, device)
     if _needs_own_positions(model):
-        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    rows_images = [batch.images[i] for i in batch.image_index.tolist()]
-    if supports_fused_images(model):
-        if image_features is None:
-            image_features = encode_images(model, batch)
-        per_row = [image_features[i] for i in batch.image_index.tolist()]
-        kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=per_row)}
-        # non-pixel image inputs (e.g. image_grid_thw) still place the image tokens
-        kwargs.update(_to({k: v for k, v in _cat_images(rows_images).items() if not k.startswith("pixel")}, device))
-    else:
-        kwargs.update(_to(_cat_images(rows_images), device))  # plain path: every row's image re-encoded
+        kwargs["position_ids"] = _positions(model, batch, device)
+    kwargs.update(_image_inputs(model, batch, batch.image_index.tolist(), image_features, device))
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     # logits at column j predict the token at j + 1: keep columns P-1 .. P+R-2
     keep = torch.arange(P - 1, P + R - 1, device=device)
@@ -84,7 +108,111 @@ def response_logits(model, batch: Batch, image_features=None):
     return out.logits.float(), input_ids[:, P:P + R]
 
 
-def sequence_logps(model, batch: Batch, image_features=None):
+# ---- prefix sharing ----------------------------------------------------------------------------
+#
+# The views of an example that see the same image share their prefix (image tokens + prompt):
+# DPO's chosen and rejected, mDPO's three views on two images, SymMPO's five on two. Instead of
+# one sequence per view, each distinct prefix becomes one packed sequence
+#
+#     [prefix (P, left-padded)] [response 1 (R)] [response 2 (R)] ... [response K (R)]
+#
+# with a block attention mask: the prefix is causal, and each response attends to the real prefix
+# tokens and causally to itself, never to another response. Each response keeps the positions it
+# has as a full sequence, so every attention score, and so every log-prob and gradient, is the
+# one of the unshared pass; the language model processes P + K * R positions instead of
+# K * (P + R). A mask rather than a key-value cache: one ordinary forward, so activation
+# checkpointing, FSDP and autocast work unchanged, and the gradient reaches the prefix through
+# the attention like any other.
+
+def prefix_groups(batch: Batch) -> list[list[int]]:
+    """The rows of ``batch`` grouped by the prefix they share (rows with the same image slot of
+    the same example have the same image and prompt), in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for row, image in enumerate(batch.image_index.tolist()):
+        groups.setdefault(image, []).append(row)
+    return list(groups.values())
+
+
+def lm_positions(batch: Batch, share_prefix: bool) -> int:
+    """Token positions the language model processes for ``batch`` (padding included)."""
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    if not share_prefix:
+        return len(batch.image_index) * (P + R)
+    groups = prefix_groups(batch)
+    return len(groups) * (P + max(map(len, groups)) * R)
+
+
+_warned: set[str] = set()
+
+
+def prefix_sharing_supported(model) -> bool:
+    """Whether a block attention mask reaches this model's attention as given: the sdpa and eager
+    kernels take any 4D mask; flash attention takes none (it is then switched off, said once)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if impl in ("sdpa", "eager"):
+        return True
+    if impl not in _warned:
+        _warned.add(impl)
+        print(f"warning: prefix sharing needs sdpa or eager attention, the model uses {impl}: scoring every view "
+              f"as a full sequence (as --no-prefix-sharing)")
+    return False
+
+
+def block_mask(prefix_mask: torch.Tensor, k: int, R: int) -> torch.Tensor:
+    """The attention mask of packed sequences, ``(G, 1, T, T)`` bool (True: may attend), with
+    T = P + k * R. ``prefix_mask`` ``(G, P)``: the real (not padding) prefix tokens. Every
+    position also sees itself, so padding never attends to nothing (which would give NaN)."""
+    G, P = prefix_mask.shape
+    T = P + k * R
+    block = torch.cat([torch.full((P,), -1), torch.arange(k).repeat_interleave(R)]).to(prefix_mask.device)  # (T,)
+    t = torch.arange(T, device=prefix_mask.device)
+    causal = t[None, :] <= t[:, None]  # (T, T) key <= query
+    to_prefix = (block[None, :] == -1) & ((block[:, None] != -1) | causal)  # any response sees the whole prefix
+    own_block = (block[None, :] == block[:, None]) & (block[:, None] != -1) & causal
+    real_key = torch.cat([prefix_mask.bool(), prefix_mask.new_ones(G, k * R, dtype=torch.bool)], 1)  # (G, T)
+    allowed = (to_prefix | own_block)[None] & real_key[:, None, :]
+    return (allowed | torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None])[:, None]
+
+
+def _shared_prefix_logits(model, batch: Batch, image_features=None):
+    device = model.device
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    groups = prefix_groups(batch)
+    G, K = len(groups), max(map(len, groups))
+    T = P + K * R
+    first = torch.tensor([g[0] for g in groups])
+    input_ids = batch.input_ids.to(device)
+    # each row's column in the packed layout: its prefix from the group's first row, its response in block j
+    src_row = first[:, None].expand(G, T).clone()  # (G, T) which row each packed column comes from
+    src_col = torch.arange(T).repeat(G, 1)  # (G, T) and which of its columns
+    for gi, rows in enumerate(groups):
+        for j in range(K):  # a group with fewer views repeats its last response: masked out, never read
+            src_row[gi, P + j * R:P + (j + 1) * R] = rows[min(j, len(rows) - 1)]
+            src_col[gi, P + j * R:P + (j + 1) * R] = torch.arange(P, P + R)
+    src_row, src_col = src_row.to(device), src_col.to(device)
+    kwargs = {k: v.to(device)[src_row, src_col] for k, v in batch.extra.items()}
+    positions = _positions(model, batch, device)
+    kwargs["position_ids"] = positions[..., src_row, src_col]  # (G, T), or (3, G, T)
+    kwargs.update(_image_inputs(model, batch, batch.image_index[first].tolist(), image_features, device))
+    mask = block_mask(batch.attention_mask[first, :P].to(device), K, R)
+    if getattr(model.config, "_attn_implementation", "eager") == "eager":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    # kept columns: P-1 (predicts every response's first token), then each block's own columns
+    keep = torch.arange(P - 1, T - 1, device=device)  # (K * R,)
+    out = model(input_ids=input_ids[src_row, src_col], attention_mask=mask, logits_to_keep=keep, use_cache=False,
+                **kwargs)
+    logits = out.logits  # (G, K * R, V)
+    # row r in block j of group g: the logit at P-1, then block j's columns 0 .. R-2
+    group_of, block_of = torch.empty(len(batch.image_index), dtype=torch.long), torch.empty(len(batch.image_index), dtype=torch.long)
+    for gi, rows in enumerate(groups):
+        for j, r in enumerate(rows):
+            group_of[r], block_of[r] = gi, j
+    cols = torch.cat([torch.zeros(len(block_of), 1, dtype=torch.long),
+                      block_of[:, None] * R + torch.arange(1, R)[None]], 1).to(device)  # (N, R)
+    return logits[group_of.to(device)[:, None], cols].float(), input_ids[:, P:P + R]
+
+
+def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True):
     """Summed log pi(response | image, prompt) of every row of ``batch``.
 
     Args:
@@ -92,10 +220,12 @@ def sequence_logps(model, batch: Batch, image_features=None):
         batch: a ``mmpo.data.Batch``.
         image_features: the output of ``encode_images`` to reuse (e.g. the vision tower is
             frozen, so the policy and the reference share it); computed here when None.
+        share_prefix: run each image + prompt prefix once for all its views (exact; the
+            language model processes P + K*R positions per prefix instead of K*(P + R)).
     Returns:
         logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
     """
-    logits, targets = response_logits(model, batch, image_features)  # (N, R, V), (N, R)
+    logits, targets = response_logits(model, batch, image_features, share_prefix)  # (N, R, V), (N, R)
     token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)
     mask = batch.response_mask.to(token_logps.device)
     return (token_logps * mask).sum(-1), mask.sum(-1)

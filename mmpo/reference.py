@@ -35,8 +35,8 @@ class Reference:
     policy's adapters off). ``refresh_at``: the steps where the policy becomes the reference."""
 
     def __init__(self, policy, frozen=None, *, enabled: bool = True, out: str = "", refresh_at=(),
-                 d: Dist = Dist()):
-        self.policy, self.frozen, self.enabled = policy, frozen, enabled
+                 share_prefix: bool = True, d: Dist = Dist()):
+        self.policy, self.frozen, self.enabled, self.share_prefix = policy, frozen, enabled, share_prefix
         self.out, self.refresh_at, self.d = out, sorted(refresh_at), d
         self.table = None  # {(id, view): logp} once a cache is loaded
 
@@ -47,7 +47,7 @@ class Reference:
         frozen = None
         if enabled and cfg.lora_rank == 0 and not cfg.ref_cache:
             frozen = copy.deepcopy(policy).eval().requires_grad_(False)
-        return cls(policy, frozen, enabled=enabled, out=cfg.out, d=d)
+        return cls(policy, frozen, enabled=enabled, out=cfg.out, share_prefix=cfg.prefix_sharing, d=d)
 
     def place(self, bf16: bool):
         """The frozen copy on the policy's device, sharded the same way (same structure, same shards)."""
@@ -62,7 +62,7 @@ class Reference:
             return torch.zeros(batch.input_ids.shape[0], device=self.d.device)
         if self.table is not None:
             return cached_logps(self.table, batch)
-        return live_logps(self.policy, self.frozen, batch, features)
+        return live_logps(self.policy, self.frozen, batch, features, self.share_prefix)
 
     def cached(self, path: str, fp: str, dataset, batch_size: int, pad: int, autocast, num_workers: int = 0
                ) -> "Reference":
@@ -77,7 +77,7 @@ class Reference:
             was_training = self.policy.training
             self.policy.eval()
             with autocast:
-                table = build_cache(path, fp, self.policy, self.frozen, loader, dataset.views, self.d)
+                table = build_cache(path, fp, self.policy, self.frozen, loader, dataset.views, self.d, self.share_prefix)
             self.policy.train(was_training)
         other = copy.copy(self)
         other.table = table
@@ -110,13 +110,13 @@ class Reference:
 
 
 @torch.no_grad()
-def live_logps(policy, frozen, batch: Batch, image_features=None) -> torch.Tensor:
+def live_logps(policy, frozen, batch: Batch, image_features=None, share_prefix: bool = True) -> torch.Tensor:
     """Reference log-probs ``(N,)`` of every row: ``frozen`` if given, else the policy acting as
     the reference (``lora.as_reference``: adapters off, or their snapshot after a stage refresh)."""
     if frozen is not None:
-        return sequence_logps(frozen, batch)[0]
+        return sequence_logps(frozen, batch, share_prefix=share_prefix)[0]
     with lora.as_reference(policy):
-        return sequence_logps(policy, batch, image_features)[0]
+        return sequence_logps(policy, batch, image_features, share_prefix)[0]
 
 
 @torch.no_grad()
@@ -169,14 +169,14 @@ def load_cache(path: str, fp: str):
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
 
 
-def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist()) -> dict:
+def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist(), share_prefix: bool = True) -> dict:
     """Score every example once with the reference (each rank its share), gather the scores on
     every rank, save them (rank 0), and return the lookup table."""
     table = {}
     for batch in tqdm(loader, desc="reference cache", disable=not d.main):
         if not distributed.all_ranks_have(len(batch), d):
             continue
-        logps = batch.split(live_logps(policy, frozen, batch).float().cpu())
+        logps = batch.split(live_logps(policy, frozen, batch, share_prefix=share_prefix).float().cpu())
         for v in views:
             table.update({(i, v): x for i, x in zip(batch.ids, logps[v].tolist())})
     table = distributed.merge_dicts(table, d)

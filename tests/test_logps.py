@@ -1,11 +1,13 @@
 """The fused multi-view scorer against the plainest possible computation: one HF forward per
-view, unpadded, summing log_softmax at the response tokens."""
+view, unpadded, summing log_softmax at the response tokens; and prefix sharing (each image +
+prompt run once for all its views) against scoring every view as a full sequence."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import write_jsonl
 from mmpo.data import PreferenceDataset, collate
+from mmpo import logps as L
 from mmpo.logps import encode_images, sequence_logps
 from mmpo.models import tiny_model
 
@@ -41,8 +43,9 @@ def separate_logps(model, batch):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
-def test_fused_equals_separate_forwards(name, varied):
+def test_fused_equals_separate_forwards(name, varied, share_prefix):
     model, proc = tiny_model(name)
     model.eval()
     ds = PreferenceDataset(varied, proc, ALL_VIEWS, m_prime="contrast")
@@ -50,7 +53,7 @@ def test_fused_equals_separate_forwards(name, varied):
     # the prompts differ in length and so do the responses: both paddings are exercised
     assert (batch.attention_mask[:, 0] == 0).any() and (batch.attention_mask[:, -1] == 0).any()
     with torch.no_grad():
-        fused, lengths = sequence_logps(model, batch)
+        fused, lengths = sequence_logps(model, batch, share_prefix=share_prefix)
         want = separate_logps(model, batch)
     torch.testing.assert_close(fused, want, rtol=1e-5, atol=1e-5)
     assert lengths.tolist() == batch.response_mask.sum(1).tolist()
@@ -98,9 +101,10 @@ def test_logits_only_at_response_positions(synthetic):
     shapes = []
     model.lm_head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
     with torch.no_grad():
-        sequence_logps(model, batch)
-    R = batch.response_mask.shape[1]
-    assert shapes == [(4, R, model.config.text_config.vocab_size)]
+        sequence_logps(model, batch, share_prefix=False)
+        sequence_logps(model, batch)  # shared: 2 packed sequences (one per image), 2 responses each
+    R, V = batch.response_mask.shape[1], model.config.text_config.vocab_size
+    assert shapes == [(4, R, V), (2, 2 * R, V)]
     assert R < batch.prompt_len  # 16 image tokens + prompt are never projected to the vocabulary
 
 
@@ -114,3 +118,72 @@ def test_images_with_different_tile_counts_are_zero_padded():
     assert out["pixel_attention_mask"][0, 2:].sum() == 0 and out["pixel_values"][1].eq(2).all()
     same = _cat_images([{"x": torch.zeros(1, 3, 4, 4)}, {"x": torch.ones(1, 3, 4, 4)}])["x"]
     assert same.shape == (2, 3, 4, 4)  # equal shapes: a plain concatenation
+
+
+# ---- prefix sharing --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
+def test_prefix_sharing_gives_the_same_logps_and_gradients(name, varied):
+    """Every view of two examples of different prompt and answer lengths (left and right padding):
+    the same log-probs and the same gradient of every weight, shared or not."""
+    model, proc = tiny_model(name)
+    model.eval()
+    ds = PreferenceDataset(varied, proc, ALL_VIEWS, m_prime="contrast")
+    batch = collate([ds[0], ds[1]], ALL_VIEWS, proc.tokenizer.pad_token_id)
+    out = {}
+    for share in (False, True):
+        model.zero_grad()
+        logps, _ = sequence_logps(model, batch, share_prefix=share)
+        (logps * torch.arange(1.0, len(logps) + 1)).sum().backward()  # a different weight per row
+        out[share] = logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
+    assert out[True][1].keys() == out[False][1].keys()
+    scale = max(g.abs().max().item() for g in out[False][1].values())  # a key bias's gradient is ~0: noise
+    for n, g in out[False][1].items():
+        torch.testing.assert_close(out[True][1][n], g, rtol=1e-4, atol=1e-6 * scale, msg=n)
+
+
+def test_a_dpo_step_processes_p_plus_2r_positions_per_example(synthetic):
+    """Counted at the language model's input embeddings: the policy and the LoRA reference
+    (adapters off) each run P + 2R positions per example shared, 2(P + R) unshared."""
+    from mmpo import lora
+    from mmpo.reference import Reference
+    model, proc = tiny_model("tiny-llava")
+    lora.add_lora(model, r=4, alpha=8, dropout=0.0)
+    ds = PreferenceDataset(synthetic, proc, ("chosen", "rejected"))
+    batch = collate([ds[i] for i in range(3)], ("chosen", "rejected"), proc.tokenizer.pad_token_id)
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    seen = []
+    model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    for share in (True, False):
+        seen.clear()
+        features = encode_images(model, batch)
+        sequence_logps(model, batch, features, share_prefix=share)[0].sum().backward()
+        Reference(model, share_prefix=share).logps(batch, features)
+        per_pass = 3 * (P + 2 * R) if share else 3 * 2 * (P + R)
+        assert seen == [per_pass, per_pass] and L.lm_positions(batch, share) == per_pass
+
+
+def test_block_mask_by_hand():
+    """One packed sequence: a prefix of 3 columns (the first is padding) and 2 responses of 2."""
+    mask = L.block_mask(torch.tensor([[0, 1, 1]]), k=2, R=2)[0, 0].int()
+    want = torch.tensor([
+        # keys: pad p1 p2 | a0 a1 | b0 b1      queries:
+        [1, 0, 0, 0, 0, 0, 0],  # pad: only itself (never a row of -inf)
+        [0, 1, 0, 0, 0, 0, 0],  # p1
+        [0, 1, 1, 0, 0, 0, 0],  # p2
+        [0, 1, 1, 1, 0, 0, 0],  # a0: the real prefix, then its own response causally
+        [0, 1, 1, 1, 1, 0, 0],  # a1
+        [0, 1, 1, 0, 0, 1, 0],  # b0: the prefix, never response a
+        [0, 1, 1, 0, 0, 1, 1],  # b1
+    ])
+    assert torch.equal(mask, want)
+
+
+def test_prefix_sharing_falls_back_with_one_warning_where_the_mask_cannot_reach(capsys):
+    model, _ = tiny_model("tiny-llava")
+    assert L.prefix_sharing_supported(model)  # sdpa
+    model.config._attn_implementation = "flash_attention_2"
+    assert not L.prefix_sharing_supported(model) and not L.prefix_sharing_supported(model)
+    out = capsys.readouterr().out
+    assert out.count("warning: prefix sharing needs sdpa or eager attention") == 1

@@ -408,3 +408,17 @@ def test_every_option_range_is_checked_where_it_is_parsed(args, message):
 def test_max_steps_that_cut_a_curriculum_short_say_so(easy_data, tmp_path, capsys):
     run_ok("--data", easy_data, "--out", tmp_path, "--curriculum", "easy-to-hard", "--epochs", 1, "--max-steps", 1, *FAST)
     assert "--max-steps 1 ends in curriculum stage 1 of 3: the later stages never train" in capsys.readouterr().out
+
+
+def test_prefix_sharing_trains_as_the_unshared_path(easy_data, tmp_path):
+    """SymMPO's five views on two images, LoRA with the adapters-off reference: three steps with
+    each prefix run once give the figures of three steps with every view a full sequence."""
+    args = ["--objective", "symmpo", "--data", easy_data, "--max-steps", 3, "--batch-size", 4, "--save-every", 0,
+            "--lora-rank", 8, "--lora-dropout", 0]
+    run_ok(*args, "--out", tmp_path / "shared")
+    run_ok(*args, "--out", tmp_path / "unshared", "--no-prefix-sharing")
+    shared, unshared = metrics(tmp_path / "shared"), metrics(tmp_path / "unshared")
+    assert len(shared) == len(unshared) == 3
+    for a, b in zip(shared, unshared):
+        for k in ("loss", "rewards/chosen", "rewards/contrast_on_corrupt", "logps/chosen", "grad_norm"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], k)
