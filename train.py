@@ -242,7 +242,7 @@ def accumulate(model, ref, batches, options: dict, cfg: Config, autocast, share_
             if share_features:  # one vision pass per image, shared by the policy and the reference
                 with torch.no_grad():
                     features = encode_images(model, batch)
-            policy_logps, lengths = sequence_logps(model, batch, features, cfg.prefix_sharing)  # (N,) all views
+            policy_logps, lengths = sequence_logps(model, batch, features, cfg.prefix_sharing, cfg.logps_chunk)  # (N,)
             ref_logps = ref.logps(batch, features).to(policy_logps)
         loss, metrics = compute(cfg.objective, batch.split(policy_logps), batch.split(ref_logps),
                                 batch.split(lengths.float()), **options)

@@ -82,6 +82,8 @@ class Config:
     prefix_sharing: bool = opt(True, "score each image + prompt prefix once per pass for all the views on it, with a block "
                                      "attention mask (exact: the same log-probs and gradients); --no-prefix-sharing: every "
                                      "view as a full sequence")
+    logps_chunk: int = opt(1024, "response positions whose full-vocabulary logits exist at once when scoring, recomputed in "
+                                 "the backward pass (exact); 0: the logits of every response position at once")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass")
     ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")
     # run
@@ -163,6 +165,7 @@ LIMITS = {
     "symmpo_gamma": (lambda v: v >= 0, "0 or more"),
     "symmpo_eta": (lambda v: v >= 0, "0 or more"),
     "noise_step": (lambda v: v is None or 0 <= v < NOISE_STEPS, f"a diffusion step in [0, {NOISE_STEPS})"),
+    "logps_chunk": (lambda v: v >= 0, "0 (off) or more"),
     "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
     "lora_alpha": (lambda v: v > 0, "positive"),
     "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -6,10 +6,12 @@ Two savings over scoring each view separately:
 - logits are computed only at response positions (``logits_to_keep``), never for the prompt
   or the image tokens, so their memory does not grow with the number of image tokens.
 """
+import contextlib
 import inspect
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmpo.data import Batch
@@ -88,12 +90,13 @@ def _positions(model, batch: Batch, device):
                                 **_to(batch.extra, device), **grids)[0]
 
 
-def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = True):
-    """Logits at the response positions only: ``(N, R, V)`` float32, and the targets ``(N, R)``.
-    With ``share_prefix`` (where ``prefix_sharing_supported``) each image + prompt prefix is run
-    once for all the views on it (``_shared_prefix_logits``); the result is the same."""
+def _scored(model, batch: Batch, image_features, share_prefix: bool, head) -> torch.Tensor:
+    """One forward over every view of ``batch``; the output layer's values at the positions that
+    predict each response token, ``(N, R, ...)`` rows as in ``batch``. ``head(targets)``: a
+    context in which the output layer gives what is wanted of the targets ``(B, T)`` it predicts
+    (full logits, or their log-probs)."""
     if share_prefix and prefix_sharing_supported(model):
-        return _shared_prefix_logits(model, batch, image_features)
+        return _shared_prefix_scored(model, batch, image_features, head)
     device = model.device
     input_ids = batch.input_ids.to(device)
     attention_mask = batch.attention_mask.to(device)
@@ -102,10 +105,52 @@ def response_logits(model, batch: Batch, image_features=None, share_prefix: bool
         kwargs["position_ids"] = _positions(model, batch, device)
     kwargs.update(_image_inputs(model, batch, batch.image_index.tolist(), image_features, device))
     P, R = batch.prompt_len, batch.response_mask.shape[1]
-    # logits at column j predict the token at j + 1: keep columns P-1 .. P+R-2
+    # the output at column j predicts the token at j + 1: keep columns P-1 .. P+R-2
     keep = torch.arange(P - 1, P + R - 1, device=device)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False, **kwargs)
-    return out.logits.float(), input_ids[:, P:P + R]
+    with head(input_ids[:, P:P + R]):
+        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False,
+                     **kwargs).logits
+
+
+@contextlib.contextmanager
+def _logits_head(targets):
+    yield
+
+
+def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = True):
+    """Logits at the response positions only, ``(N, R, V)`` float32, and the targets ``(N, R)``."""
+    logits = _scored(model, batch, image_features, share_prefix, _logits_head)
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    return logits.float(), batch.input_ids[:, P:P + R].to(logits.device)
+
+
+def _chunked_logps_head(model, chunk: int):
+    """A ``head`` for ``_scored``: inside it, the model's output layer returns the log-probs of its
+    targets ``(B, T, 1)`` instead of logits ``(B, T, V)``, ``chunk`` positions at a time, each
+    chunk's logits recomputed in the backward pass (activation checkpointing of the output layer):
+    full-vocabulary logits never exist for more than ``chunk`` positions at once. Row-wise, so the
+    values are those of one log-softmax over every position. The output layer is replaced for the
+    forward only (its weights, names and sharding are untouched)."""
+    layer = model.get_output_embeddings()
+
+    @contextlib.contextmanager
+    def head(targets):
+        project = layer.forward
+
+        def one_chunk(h, t):  # (n, H), (n,) -> (n,)
+            return F.log_softmax(project(h).float(), dim=-1).gather(1, t[:, None]).squeeze(1)
+
+        def token_logps(hidden):  # (B, T, H) -> (B, T, 1)
+            h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+            parts = [checkpoint(one_chunk, h[i:i + chunk], t[i:i + chunk], use_reentrant=False)
+                     for i in range(0, len(t), chunk)]
+            return torch.cat(parts).view(*targets.shape, 1)
+        layer.forward = token_logps
+        try:
+            yield
+        finally:
+            del layer.forward  # the class's forward again
+    return head
 
 
 # ---- prefix sharing ----------------------------------------------------------------------------
@@ -174,7 +219,7 @@ def block_mask(prefix_mask: torch.Tensor, k: int, R: int) -> torch.Tensor:
     return (allowed | torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None])[:, None]
 
 
-def _shared_prefix_logits(model, batch: Batch, image_features=None):
+def _shared_prefix_scored(model, batch: Batch, image_features, head):
     device = model.device
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     groups = prefix_groups(batch)
@@ -185,34 +230,32 @@ def _shared_prefix_logits(model, batch: Batch, image_features=None):
     # each row's column in the packed layout: its prefix from the group's first row, its response in block j
     src_row = first[:, None].expand(G, T).clone()  # (G, T) which row each packed column comes from
     src_col = torch.arange(T).repeat(G, 1)  # (G, T) and which of its columns
+    group_of, block_of = torch.zeros(len(batch.image_index), dtype=torch.long), torch.zeros(len(batch.image_index), dtype=torch.long)
     for gi, rows in enumerate(groups):
         for j in range(K):  # a group with fewer views repeats its last response: masked out, never read
             src_row[gi, P + j * R:P + (j + 1) * R] = rows[min(j, len(rows) - 1)]
             src_col[gi, P + j * R:P + (j + 1) * R] = torch.arange(P, P + R)
+        for j, r in enumerate(rows):
+            group_of[r], block_of[r] = gi, j
     src_row, src_col = src_row.to(device), src_col.to(device)
+    packed = input_ids[src_row, src_col]  # (G, T)
     kwargs = {k: v.to(device)[src_row, src_col] for k, v in batch.extra.items()}
-    positions = _positions(model, batch, device)
-    kwargs["position_ids"] = positions[..., src_row, src_col]  # (G, T), or (3, G, T)
+    kwargs["position_ids"] = _positions(model, batch, device)[..., src_row, src_col]  # (G, T), or (3, G, T)
     kwargs.update(_image_inputs(model, batch, batch.image_index[first].tolist(), image_features, device))
     mask = block_mask(batch.attention_mask[first, :P].to(device), K, R)
     if getattr(model.config, "_attn_implementation", "eager") == "eager":  # eager adds the mask to the scores
         mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
-    # kept columns: P-1 (predicts every response's first token), then each block's own columns
-    keep = torch.arange(P - 1, T - 1, device=device)  # (K * R,)
-    out = model(input_ids=input_ids[src_row, src_col], attention_mask=mask, logits_to_keep=keep, use_cache=False,
-                **kwargs)
-    logits = out.logits  # (G, K * R, V)
-    # row r in block j of group g: the logit at P-1, then block j's columns 0 .. R-2
-    group_of, block_of = torch.empty(len(batch.image_index), dtype=torch.long), torch.empty(len(batch.image_index), dtype=torch.long)
-    for gi, rows in enumerate(groups):
-        for j, r in enumerate(rows):
-            group_of[r], block_of[r] = gi, j
-    cols = torch.cat([torch.zeros(len(block_of), 1, dtype=torch.long),
-                      block_of[:, None] * R + torch.arange(1, R)[None]], 1).to(device)  # (N, R)
-    return logits[group_of.to(device)[:, None], cols].float(), input_ids[:, P:P + R]
+    # the outputs that predict block j's tokens: column P-1 (the prefix's last, for its first
+    # token: kept once per block), then block j's columns 0 .. R-2. Output jR + r predicts packed column P + jR + r.
+    keep = torch.cat([torch.cat([torch.tensor([P - 1]), torch.arange(P + j * R, P + (j + 1) * R - 1)])
+                      for j in range(K)]).to(device)  # (K * R,)
+    with head(packed[:, P:]):
+        out = model(input_ids=packed, attention_mask=mask, logits_to_keep=keep, use_cache=False, **kwargs).logits
+    cols = (block_of[:, None] * R + torch.arange(R)[None]).to(device)  # (N, R)
+    return out[group_of.to(device)[:, None], cols]  # (N, R, ...)
 
 
-def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True):
+def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True, chunk: int = 1024):
     """Summed log pi(response | image, prompt) of every row of ``batch``.
 
     Args:
@@ -222,11 +265,16 @@ def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool 
             frozen, so the policy and the reference share it); computed here when None.
         share_prefix: run each image + prompt prefix once for all its views (exact; the
             language model processes P + K*R positions per prefix instead of K*(P + R)).
+        chunk: positions whose full-vocabulary logits exist at once (recomputed in the backward
+            pass); 0: all at once (then the logits of every response position are held).
     Returns:
         logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
     """
-    logits, targets = response_logits(model, batch, image_features, share_prefix)  # (N, R, V), (N, R)
-    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)
+    if chunk > 0:
+        token_logps = _scored(model, batch, image_features, share_prefix, _chunked_logps_head(model, chunk))[..., 0]
+    else:
+        logits, targets = response_logits(model, batch, image_features, share_prefix)  # (N, R, V), (N, R)
+        token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)
     mask = batch.response_mask.to(token_logps.device)
     return (token_logps * mask).sum(-1), mask.sum(-1)
 

@@ -35,8 +35,9 @@ class Reference:
     policy's adapters off). ``refresh_at``: the steps where the policy becomes the reference."""
 
     def __init__(self, policy, frozen=None, *, enabled: bool = True, out: str = "", refresh_at=(),
-                 share_prefix: bool = True, d: Dist = Dist()):
-        self.policy, self.frozen, self.enabled, self.share_prefix = policy, frozen, enabled, share_prefix
+                 share_prefix: bool = True, chunk: int = 1024, d: Dist = Dist()):
+        self.policy, self.frozen, self.enabled = policy, frozen, enabled
+        self.share_prefix, self.chunk = share_prefix, chunk  # how it is scored (mmpo.logps.sequence_logps)
         self.out, self.refresh_at, self.d = out, sorted(refresh_at), d
         self.table = None  # {(id, view): logp} once a cache is loaded
 
@@ -47,7 +48,8 @@ class Reference:
         frozen = None
         if enabled and cfg.lora_rank == 0 and not cfg.ref_cache:
             frozen = copy.deepcopy(policy).eval().requires_grad_(False)
-        return cls(policy, frozen, enabled=enabled, out=cfg.out, share_prefix=cfg.prefix_sharing, d=d)
+        return cls(policy, frozen, enabled=enabled, out=cfg.out, share_prefix=cfg.prefix_sharing,
+                   chunk=cfg.logps_chunk, d=d)
 
     def place(self, bf16: bool):
         """The frozen copy on the policy's device, sharded the same way (same structure, same shards)."""
@@ -62,7 +64,7 @@ class Reference:
             return torch.zeros(batch.input_ids.shape[0], device=self.d.device)
         if self.table is not None:
             return cached_logps(self.table, batch)
-        return live_logps(self.policy, self.frozen, batch, features, self.share_prefix)
+        return live_logps(self.policy, self.frozen, batch, features, self.share_prefix, self.chunk)
 
     def cached(self, path: str, fp: str, dataset, batch_size: int, pad: int, autocast, num_workers: int = 0
                ) -> "Reference":
@@ -77,7 +79,8 @@ class Reference:
             was_training = self.policy.training
             self.policy.eval()
             with autocast:
-                table = build_cache(path, fp, self.policy, self.frozen, loader, dataset.views, self.d, self.share_prefix)
+                table = build_cache(path, fp, self.policy, self.frozen, loader, dataset.views, self.d,
+                                    self.share_prefix, self.chunk)
             self.policy.train(was_training)
         other = copy.copy(self)
         other.table = table
@@ -110,13 +113,14 @@ class Reference:
 
 
 @torch.no_grad()
-def live_logps(policy, frozen, batch: Batch, image_features=None, share_prefix: bool = True) -> torch.Tensor:
+def live_logps(policy, frozen, batch: Batch, image_features=None, share_prefix: bool = True,
+                chunk: int = 1024) -> torch.Tensor:
     """Reference log-probs ``(N,)`` of every row: ``frozen`` if given, else the policy acting as
     the reference (``lora.as_reference``: adapters off, or their snapshot after a stage refresh)."""
     if frozen is not None:
-        return sequence_logps(frozen, batch, share_prefix=share_prefix)[0]
+        return sequence_logps(frozen, batch, share_prefix=share_prefix, chunk=chunk)[0]
     with lora.as_reference(policy):
-        return sequence_logps(policy, batch, image_features, share_prefix)[0]
+        return sequence_logps(policy, batch, image_features, share_prefix, chunk)[0]
 
 
 @torch.no_grad()
@@ -169,14 +173,15 @@ def load_cache(path: str, fp: str):
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
 
 
-def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist(), share_prefix: bool = True) -> dict:
+def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist(), share_prefix: bool = True,
+                chunk: int = 1024) -> dict:
     """Score every example once with the reference (each rank its share), gather the scores on
     every rank, save them (rank 0), and return the lookup table."""
     table = {}
     for batch in tqdm(loader, desc="reference cache", disable=not d.main):
         if not distributed.all_ranks_have(len(batch), d):
             continue
-        logps = batch.split(live_logps(policy, frozen, batch, share_prefix=share_prefix).float().cpu())
+        logps = batch.split(live_logps(policy, frozen, batch, share_prefix=share_prefix, chunk=chunk).float().cpu())
         for v in views:
             table.update({(i, v): x for i, x in zip(batch.ids, logps[v].tolist())})
     table = distributed.merge_dicts(table, d)

@@ -101,8 +101,8 @@ def test_logits_only_at_response_positions(synthetic):
     shapes = []
     model.lm_head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
     with torch.no_grad():
-        sequence_logps(model, batch, share_prefix=False)
-        sequence_logps(model, batch)  # shared: 2 packed sequences (one per image), 2 responses each
+        sequence_logps(model, batch, share_prefix=False, chunk=0)
+        sequence_logps(model, batch, chunk=0)  # shared: 2 packed sequences (one per image), 2 responses each
     R, V = batch.response_mask.shape[1], model.config.text_config.vocab_size
     assert shapes == [(4, R, V), (2, 2 * R, V)]
     assert R < batch.prompt_len  # 16 image tokens + prompt are never projected to the vocabulary
@@ -187,3 +187,28 @@ def test_prefix_sharing_falls_back_with_one_warning_where_the_mask_cannot_reach(
     assert not L.prefix_sharing_supported(model) and not L.prefix_sharing_supported(model)
     out = capsys.readouterr().out
     assert out.count("warning: prefix sharing needs sdpa or eager attention") == 1
+
+
+def test_chunked_log_probs_are_exact_and_never_hold_more_than_a_chunk(varied, monkeypatch):
+    """Log-probs of the targets, 7 positions' full-vocabulary logits at a time and recomputed in
+    the backward pass, against all positions at once: equal values and gradients (shared or not),
+    and no log-softmax over more than 7 positions."""
+    model, proc = tiny_model("tiny-llava")
+    ds = PreferenceDataset(varied, proc, ALL_VIEWS, m_prime="contrast")
+    batch = collate([ds[0], ds[1]], ALL_VIEWS, proc.tokenizer.pad_token_id)
+    rows = []
+    real = L.F.log_softmax
+    monkeypatch.setattr(L.F, "log_softmax", lambda x, dim: rows.append(x.numel() // x.shape[-1]) or real(x, dim=dim))
+    out = {}
+    for share, chunk in ((False, 0), (False, 7), (True, 7)):
+        model.zero_grad()
+        rows.clear()
+        logps, _ = sequence_logps(model, batch, share_prefix=share, chunk=chunk)
+        logps.sum().backward()
+        out[share, chunk] = logps.detach(), model.lm_head.weight.grad.clone(), max(rows)
+    R = batch.response_mask.shape[1]
+    assert out[False, 0][2] == len(batch) * len(ALL_VIEWS) * R  # all at once: every response position
+    for key in ((False, 7), (True, 7)):
+        assert out[key][2] <= 7
+        torch.testing.assert_close(out[key][0], out[False, 0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[key][1], out[False, 0][1], rtol=1e-4, atol=1e-5)  # summed in other orders
