@@ -1,119 +1,424 @@
-"""Speed figures: ``python -m mmpo.bench [--model tiny-llava] [--steps 20]``.
+"""Where every millisecond of a training step goes: ``python -m mmpo.bench``.
 
-1. Scoring one mDPO batch: the fused pass (all views at once, each image encoded once, logits
-   at response positions only) against the naive way (one full forward per view).
-2. Training throughput of every objective through train.py, with the reference live and cached.
-Timings on shared CPUs vary by +-20% between runs: compare the ratios printed within one run.
+    python -m mmpo.bench                       # every objective, tiny and LLaVA-1.5 shapes (~10 min, 2-core CPU)
+    python -m mmpo.bench --smoke               # the smallest run (what tests/test_bench.py runs)
+    python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
+    python -m mmpo.bench --lora --bf16 --compare-trl --out runs/bench-lora
+
+The *step* is one optimizer step as train.py takes it (``accumulate``, then ``optimizer_step``),
+rebuilt here from the same package calls: the shared vision pass, the policy's log-probs, the
+reference's, the objective, backward, clipping, AdamW. The *floor* is one bare forward + backward
+of the policy over exactly the token positions that step needs: one vision pass per image, then
+the model called on the very inputs ``sequence_logps`` builds (packed sequences, or full ones
+without prefix sharing), the log-softmax of its response logits gathered and summed: no
+objective, no reference, no optimizer, no chunking. step / floor is what mmpo adds; with a
+reference cache only the objective, chunking's recomputation and the optimizer are left. Each
+optimisation is then switched off alone (the cache and bf16: on), a row each.
+
+Every step and floor is called once first: its warm-up, during which its peak memory is taken;
+then all take turns --steps times on one fixed batch (a slow spell of a shared machine falls on
+all alike), and the median is reported. Peak memory is what a call adds to what lives before it
+(weights, AdamW's moments, a frozen reference): CUDA's ``max_memory_allocated``; on Linux CPUs
+the peak RSS (VmHWM), reset through ``/proc/self/clear_refs`` once freed memory is handed back
+(``malloc_trim``); elsewhere, none. Each (shape, objective) runs in a process of its own.
+Timings on shared CPUs vary by +-20% between runs: compare the ratios within one run.
 """
 import argparse
+import contextlib
+import copy
+import ctypes
+import gc
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 import transformers
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmpo.cli import script
+from mmpo.config import Config, resolve
 from mmpo.data import PreferenceDataset, collate, pad_id
-from mmpo.logps import sequence_logps
-from mmpo.models import load_model, tiny_llava
-from mmpo.objectives import OBJECTIVES
+from mmpo.logps import encode_images, lm_positions, prefix_groups, sequence_logps, supports_fused_images
+from mmpo.lora import add_lora
+from mmpo.models import freeze_vision_tower, image_path_frozen, load_model, tiny_llava
+from mmpo.objectives import OBJECTIVES, compute
+from mmpo.reference import Reference, live_logps
 from mmpo.synthetic import make_synthetic
 
+# the shapes benchmarked without --model: the tiny model as the tests build it, and the same
+# model with LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words)
+SHAPES = {"tiny": {}, "llava-1.5": dict(size=336, patch=14, vocab_size=32000)}
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t) / repeat
-
-
-def naive_logps(model, batch):
-    """One forward per view with full logits, every image re-encoded: what a simple loop does."""
-    out = []
-    n = len(batch.ids)
-    for v in range(len(batch.views)):
-        rows = slice(v * n, (v + 1) * n)
-        images = [batch.images[i] for i in batch.image_index[rows].tolist()]
-        pixel = {k: torch.cat([im[k] for im in images]) for k in images[0]}
-        logits = model(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows],
-                       **{k: x[rows] for k, x in batch.extra.items()}, **pixel).logits  # (n, T, V)
-        logp = torch.log_softmax(logits[:, batch.prompt_len - 1:-1].float(), -1)
-        tok = logp.gather(2, batch.input_ids[rows, batch.prompt_len:, None]).squeeze(-1)
-        out.append((tok * batch.response_mask[rows]).sum(-1))
-    return torch.cat(out)
+# each optimisation switched off alone (or, for the cache and bf16, on): what differs from "all on"
+VARIANTS = {
+    "all on": {},
+    "no prefix sharing": {"share_prefix": False},
+    "no shared vision pass": {"share_features": False},
+    "no chunked log-probs": {"chunk": 0},
+    "full logits": {"chunk": 0, "response_only": False},
+    "ref cache": {"ref_cache": True},
+    "bf16": {"bf16": True},
+}
+ALL_ON = dict(share_prefix=True, share_features=True, chunk=Config.logps_chunk, response_only=True, ref_cache=False,
+              bf16=False)
 
 
-def bench_scoring(model_name: str, data: str, batch_size: int, repeat: int, model=None, proc=None):
-    if model is None:
-        model, proc = load_model(model_name)
-    model.eval()
-    views = OBJECTIVES["mdpo"].views
-    ds = PreferenceDataset(data, proc, views)
-    batch = collate([ds[i] for i in range(batch_size)], views, pad_id(proc.tokenizer))
+# ---- data ------------------------------------------------------------------------------------
+
+FILLER = " It sits on a noisy background, clear of the edges, and nothing else is in the picture."
+
+
+def bench_data(out_dir: str, n: int, answer_chars: int = 0) -> str:
+    """The synthetic dataset; with ``answer_chars`` every answer lengthened to that many
+    characters (the tiny models' tokenizer has one token per byte: that many tokens)."""
+    path = make_synthetic(os.path.join(out_dir, "synthetic"), n=n)
+    if not answer_chars:
+        return path
+    long_path = os.path.join(out_dir, "synthetic", f"answers-{answer_chars}.jsonl")  # beside the images it names
+    with open(path) as f, open(long_path, "w") as g:
+        for line in f:
+            row = json.loads(line)
+            for k in ("chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased"):
+                row[k] = (row[k] + FILLER * (answer_chars // len(FILLER) + 1))[:answer_chars]
+            g.write(json.dumps(row) + "\n")
+    return long_path
+
+
+# ---- the two things timed: a step and its floor ----------------------------------------------
+
+@contextlib.contextmanager
+def full_logits(*models):
+    """Logits at every position, the response ones then selected: scoring without
+    ``logits_to_keep`` (what a plain loop does), to see what response-only logits save."""
+    keep = {}
+
+    def before(module, args, kwargs):
+        kept = kwargs["logits_to_keep"]  # (kept,) columns; consecutive ones as a slice, a view as a plain loop takes
+        consecutive = bool((kept.diff() == 1).all())
+        keep[id(module)] = slice(int(kept[0]), int(kept[-1]) + 1) if consecutive else kept
+        return args, {**kwargs, "logits_to_keep": 0}
+
+    def after(module, args, kwargs, out):
+        out.logits = out.logits[:, keep[id(module)]]  # (rows, kept, V) from (rows, T, V)
+        return out
+    hooks = [h for m in models for h in (m.register_forward_pre_hook(before, with_kwargs=True),
+                                         m.register_forward_hook(after, with_kwargs=True))]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def make_step(model, ref: Reference, batch, objective: str, options: dict, optimizer, params, s: dict, table,
+              max_grad_norm: float):
+    """One optimizer step of train.py (``accumulate`` with one micro-batch, ``optimizer_step``)
+    with the settings ``s`` (``ALL_ON``'s keys); ``table``: the reference cache, or None."""
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=s["bf16"])
+    share_features = s["share_features"] and supports_fused_images(model) and image_path_frozen(model)
+    models = [model] + ([ref.frozen] if ref.frozen is not None else [])
+
+    def step():
+        ref.share_prefix, ref.chunk, ref.table = s["share_prefix"], s["chunk"], table  # the steps take turns with one reference
+        with autocast, (contextlib.nullcontext() if s["response_only"] else full_logits(*models)):
+            features = None
+            if share_features:  # one vision pass per image, shared by the policy and the reference
+                with torch.no_grad():
+                    features = encode_images(model, batch)
+            policy_logps, lengths = sequence_logps(model, batch, features, s["share_prefix"], s["chunk"])  # (N,) all views
+            ref_logps = ref.logps(batch, features).to(policy_logps)
+        loss, metrics = compute(objective, batch.split(policy_logps), batch.split(ref_logps),
+                                batch.split(lengths.float()), **options)
+        loss.mean().backward()
+        sums = {k: float(v) for k, v in metrics.items()}  # train.py logs them: a device sync
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return sums
+    return step
+
+
+def make_floor(model, batch, params, share_prefix: bool, bf16: bool):
+    """One bare forward + backward of the policy over the token positions the step needs: the
+    model called on the inputs ``sequence_logps`` builds for it (captured once), after one vision
+    pass per distinct image; the loss is the plain sum of the response positions' log-softmax."""
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured.update(kwargs)
+    hook = model.register_forward_pre_hook(capture, with_kwargs=True)
     with torch.no_grad():
-        fused = timed(lambda: sequence_logps(model, batch), repeat)
-        naive = timed(lambda: naive_logps(model, batch), repeat)
-        diff = (sequence_logps(model, batch)[0] - naive_logps(model, batch)).abs().max().item()
-    vocab = model.get_output_embeddings().weight.shape[0]
-    T, R = batch.input_ids.shape[1], batch.response_mask.shape[1]
-    print(f"scoring one mDPO batch of {batch_size} ({len(views)} views, {len(batch.images)} distinct images) on {model_name}")
-    print(f"  fused: {fused * 1e3:7.1f} ms   naive per-view: {naive * 1e3:7.1f} ms   speed-up x{naive / fused:.2f}"
-          f"   max |diff| {diff:.1e}")
-    print(f"  logits: {len(views) * batch_size}x{R}x{vocab} fused vs {len(views) * batch_size}x{T}x{vocab} full"
-          f" ({T / R:.1f}x fewer floats); vision tower calls: 1 vs {len(views)}")
+        sequence_logps(model, batch, share_prefix=share_prefix, chunk=0)
+    hook.remove()
+    # the image of each row the model is called on: one per prefix group, or one per view
+    index = [batch.image_index[g[0]].item() for g in prefix_groups(batch)] if share_prefix else batch.image_index.tolist()
+    fused = "mm_encoder_outputs" in captured
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def floor():
+        kwargs = dict(captured)
+        with autocast:
+            if fused:  # the frozen vision tower, once per distinct image (as the step needs at least)
+                with torch.no_grad():
+                    features = encode_images(model, batch)
+                kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=[features[i] for i in index])}
+            logits = model(**kwargs).logits  # (rows, kept positions, V)
+        targets = kwargs["input_ids"][:, -logits.shape[1]:]  # the tokens those positions predict
+        F.log_softmax(logits.float(), -1).gather(2, targets[..., None]).sum().backward()
+        for p in params:
+            p.grad = None
+    return floor
 
 
-def quiet_run(args) -> None:
-    """train.py as its own process (the package runs scripts, it does not import them)."""
-    done = subprocess.run([sys.executable, script("train.py"), *args], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"train.py {' '.join(args)} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+# ---- measuring -------------------------------------------------------------------------------
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def bench_training(model_name: str, data: str, steps: int, out: str):
-    print(f"training throughput on {model_name}, batch 8, {steps} steps (after 2 warm-up steps)")
+def peak_memory(fn, device) -> float | None:
+    """What one call of ``fn`` adds at its peak to the memory that lives before it, in bytes:
+    CUDA's max allocated; on Linux the peak RSS, restarted from the RSS once freed memory is handed
+    back to the system; elsewhere None."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # what was freed leaves the RSS: it is then what lives
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
+        base = _status_kb("VmRSS")
+    except (OSError, AttributeError, StopIteration):
+        fn()
+        return None
+    fn()
+    return (_status_kb("VmHWM") - base) * 1024
+
+
+def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
+    """``steps`` timings (seconds) of each of ``fns``, taking turns: a slow spell of a shared
+    machine, or what one leaves behind in the allocator, falls on every one of them alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {k: [] for k in fns}
+    for _ in range(steps):
+        for k, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+# ---- one (shape, objective), in a process of its own -----------------------------------------
+
+def build(spec: dict, objective: str):
+    """The policy (vision tower frozen; LoRA or fully trainable), its reference, optimizer, the
+    objective's options and one batch of ``spec["batch_size"]`` examples, as train.py makes them."""
+    cfg = resolve(Config(objective=objective, model=spec["model"], lora_rank=64 if spec["lora"] else 0), set())
+    shape = SHAPES.get(spec["shape"]) if spec["model"] == "tiny-llava" else None
+    model, processor = tiny_llava(**shape) if shape else load_model(spec["model"])
+    device = torch.device(spec["device"])
+    freeze_vision_tower(model)
+    frozen = None
+    if spec["lora"]:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    else:
+        frozen = copy.deepcopy(model).eval().requires_grad_(False).to(device)
+    model.to(device).train()
+    views = OBJECTIVES[objective].views
+    dataset = PreferenceDataset(spec["data"], processor, views, m_prime=cfg.m_prime, max_length=cfg.max_length)
+    batch = collate([dataset[i] for i in range(spec["batch_size"])], views, pad_id(processor.tokenizer))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
+    return model, Reference(model, frozen), batch, OBJECTIVES[objective].options(cfg), optimizer, params, cfg
+
+
+def run_one(spec: dict) -> list[dict]:
+    """Every variant of ``spec`` for one (shape, objective), and its floor: a row each."""
+    objective, device = spec["objective"], torch.device(spec["device"])
+    model, ref, batch, options, optimizer, params, cfg = build(spec, objective)
+    n = len(batch)
+    settings = {name: {**ALL_ON, **VARIANTS[name]} for name in spec["variants"]}
+    table = None
+    if any(s["ref_cache"] for s in settings.values()):  # built before any clock starts, as --ref-cache does
+        logps = batch.split(live_logps(model, ref.frozen, batch, chunk=0).float().cpu())
+        table = {(i, v): x for v in batch.views for i, x in zip(batch.ids, logps[v].tolist())}
+    fns = {}
+    for name, s in settings.items():
+        floor = ("floor", s["share_prefix"], s["bf16"])  # the positions the step needs, in its precision
+        if floor not in fns:
+            fns[floor] = make_floor(model, batch, params, s["share_prefix"], s["bf16"])
+        fns[name] = make_step(model, ref, batch, objective, options, optimizer, params, s,
+                              table if s["ref_cache"] else None, cfg.max_grad_norm)
+    fns["all on"]()  # AdamW's moments are made in the first step: they belong to the steady state
+    memory = {k: peak_memory(fn, device) for k, fn in fns.items()}  # each one's warm-up too
+    times = interleaved_times(fns, device, spec["steps"])
     rows = []
-    for objective in (o for o in OBJECTIVES if OBJECTIVES[o].reference):  # the preference objectives
-        for mode, extra in (("LoRA r64, live ref", []), ("full FT, cached ref", ["--lora-rank", "0", "--ref-cache", os.path.join(out, f"{objective}.ref")])):
-            run_dir = os.path.join(out, f"{objective}-{len(extra)}")
-            args = ["--objective", objective, "--model", model_name, "--data", data, "--out", run_dir,
-                    "--max-steps", str(steps + 2), "--save-every", "0", *extra]
-            if extra:  # build the cache outside the timed run
-                quiet_run([*args[:-2], "--max-steps", "1", "--out", run_dir + "-warm"] + extra)
-            quiet_run(args)
-            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-                m = [json.loads(line) for line in f]
-            # samples/s over the steps after warm-up, from the cumulative figures
-            t2 = 2 * 8 / m[1]["samples_per_s"]
-            tn = len(m) * 8 / m[-1]["samples_per_s"]
-            rows.append((objective, mode, (len(m) - 2) * 8 / (tn - t2), len(OBJECTIVES[objective].views)))
-    for objective, mode, sps, n_views in rows:
-        print(f"  {objective:7s} {mode:20s} {sps:6.1f} samples/s  {sps / 8:5.2f} steps/s  ({n_views} views)")
+    for name, s in settings.items():
+        floor = ("floor", s["share_prefix"], s["bf16"])
+        t, t_floor = statistics.median(times[name]), statistics.median(times[floor])
+        mem, mem_floor = memory[name], memory[floor]
+        rows.append({
+            "shape": spec["shape"], "model": spec["model"], "objective": objective, "variant": name,
+            "views": len(batch.views), "reference": "cache" if s["ref_cache"] else ("lora" if spec["lora"] else "frozen"),
+            "batch_size": n, "prompt_len": batch.prompt_len, "response_len": batch.response_mask.shape[1],
+            "step_ms": t * 1e3, "samples_per_s": n / t, "floor_ms": t_floor * 1e3, "step_over_floor": t / t_floor,
+            "step_ms_each": [x * 1e3 for x in times[name]], "floor_ms_each": [x * 1e3 for x in times[floor]],
+            "peak_mb": None if mem is None else mem / 2**20,
+            "floor_peak_mb": None if mem_floor is None else mem_floor / 2**20,
+            "peak_over_floor": None if mem is None or not mem_floor else mem / mem_floor,
+            "positions_per_example": lm_positions(batch, s["share_prefix"]) / n,
+            "positions_shared_per_example": lm_positions(batch, True) / n,
+            "positions_unshared_per_example": lm_positions(batch, False) / n,
+        })
+    return rows
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+def _f(x, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def markdown(rows: list[dict], caption: str) -> str:
+    """Two tables: every objective with all optimisations on, then what switching each one off
+    (the cache and bf16: on) does to the step's time and peak memory, against "all on"."""
+    base = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "all on"}
+    cached = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "ref cache"}
+    out = [caption, "", "| shape | objective | views | step ms | samples/s | floor ms | step/floor | step/floor, ref cache "
+           "| peak MB | peak/floor | LM positions/example, shared / unshared |", "|" + "---|" * 11]
+    for key, r in base.items():
+        c = cached.get(key)
+        out.append(f"| {r['shape']} | {r['objective']} | {r['views']} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} "
+                   f"| {r['floor_ms']:.0f} | {r['step_over_floor']:.2f} | {_f(c and c['step_over_floor'], '.2f')} "
+                   f"| {_f(r['peak_mb'], '.0f')} | {_f(r['peak_over_floor'], '.2f')} "
+                   f"| {r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f} |")
+    variants = [v for v in VARIANTS if v != "all on" and any(r["variant"] == v for r in rows)]
+    if variants:
+        out += ["", "step time x / peak memory x against all on:", "",
+                "| shape | objective | " + " | ".join(variants) + " |", "|" + "---|" * (2 + len(variants))]
+        for (shape, objective), b in base.items():
+            cells = []
+            for v in variants:
+                r = next((r for r in rows if (r["shape"], r["objective"], r["variant"]) == (shape, objective, v)), None)
+                mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
+                cells.append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
+            out.append(f"| {shape} | {objective} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def compare_trl() -> str:
+    try:
+        import trl
+    except ImportError:
+        return "--compare-trl: trl is not installed, TRL's DPOTrainer is skipped"
+    return f"--compare-trl: trl {trl.__version__} is installed, but the TRL comparison is not implemented yet: skipped"
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+def child(spec: dict) -> list[dict]:
+    """``run_one`` in a fresh process: its memory is its own, and the parent stays light."""
+    done = subprocess.run([sys.executable, "-m", "mmpo.bench", "--one", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"mmpo.bench {spec['shape']} {spec['objective']} failed:\n{done.stderr.strip()[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny-llava")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--model", default="tiny-llava", help="a tiny model, hub id or local directory")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="tiny-llava only: at its own shape (tiny), at LLaVA-1.5's")
+    p.add_argument("--objectives", default=",".join(o for o in OBJECTIVES if OBJECTIVES[o].reference))
+    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "bf16"),
+                   help="comma-separated, of: " + ", ".join(VARIANTS) + " (all on is always measured)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--answer-length", type=int, default=64,
+                   help="characters of every answer at the LLaVA-1.5 shape and on --model (tiny models: one token "
+                        "each); 0 or the tiny shape: the synthetic data's own (~20)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per measurement (the median is reported)")
+    p.add_argument("--lora", action="store_true", help="LoRA r64 with the adapters-off reference (default: full "
+                                                       "fine-tuning, a frozen copy as the reference)")
+    p.add_argument("--bf16", action="store_true", help="also bf16 autocast (by itself on a GPU that has it)")
+    p.add_argument("--compare-trl", action="store_true", help="also TRL's DPOTrainer, where trl is installed")
+    p.add_argument("--smoke", action="store_true", help="tiny shape, DPO, one timed step: the test's run")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one (shape, objective) in this process
     args = p.parse_args(argv)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    variants = ["all on"] + [v for v in args.variants.split(",") if v and v != "all on"]
+    if (args.bf16 or (device == "cuda" and torch.cuda.is_bf16_supported())) and "bf16" not in variants:
+        variants.append("bf16")
+    shapes = [s for s in args.shapes.split(",") if s] if args.model == "tiny-llava" else [args.model]
+    objectives = args.objectives.split(",")
+    if args.smoke:
+        shapes, objectives, variants, args.steps = ["tiny"], ["dpo"], ["all on", "no prefix sharing"], 1
+    unknown = [v for v in variants if v not in VARIANTS] + [o for o in objectives if o not in OBJECTIVES]
+    unknown += [s for s in shapes if args.model == "tiny-llava" and s not in SHAPES]
+    if unknown:
+        raise SystemExit(f"unknown variant, objective or shape: {', '.join(unknown)}")
+    notes = []
+    if not args.lora and "no shared vision pass" in variants:
+        variants.remove("no shared vision pass")
+        notes.append("no shared vision pass: measured with --lora only; a frozen reference copy encodes the images "
+                     "itself, so under full fine-tuning the policy has no one to share its vision pass with")
+    os.makedirs(args.out, exist_ok=True)
+    machine = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+               "device": torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()}-core CPU, {cpu_name()}"}
+    caption = (f"{machine['device']}, torch {machine['torch']}, {machine['threads']} threads; "
+               f"{'LoRA r64, adapters-off reference' if args.lora else 'full fine-tuning, live frozen reference'}, "
+               f"batch {args.batch_size}, fp32; median of {args.steps} step(s) after one warm-up")
+    print(caption)
+    rows = []
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_synthetic(os.path.join(tmp, "data"), n=64)
-        print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
-        bench_scoring(args.model, data, 8, args.repeat)
-        # the same tiny LLaVA with LLaVA-1.5's proportions: 576 image tokens, a 32000-word vocabulary
-        model, proc = tiny_llava(size=336, patch=14, vocab_size=32000)
-        bench_scoring("tiny-llava with 336px/14 images and vocab 32000", data, 4, args.repeat, model, proc)
-        if not args.skip_training:
-            bench_training(args.model, data, args.steps, tmp)
+        for shape in shapes:
+            data = bench_data(tmp, max(2 * args.batch_size, 8), 0 if shape == "tiny" else args.answer_length)
+            for objective in objectives:
+                spec = {"shape": shape, "model": "tiny-llava" if shape in SHAPES else shape, "objective": objective,
+                        "variants": variants, "batch_size": args.batch_size, "steps": args.steps,
+                        "lora": args.lora, "device": device, "data": data}
+                rows += child(spec)
+                print(f"  {shape} {objective}: " + ", ".join(f"{r['variant']} {r['step_ms']:.0f} ms"
+                                                             for r in rows[-len(variants):])
+                      + f", floor {rows[-len(variants)]['floor_ms']:.0f} ms ({time.perf_counter() - t0:.0f} s)", flush=True)
+    table = markdown(rows, caption) + "".join(f"\n{n}\n" for n in notes)
+    trl = compare_trl() if args.compare_trl else None
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump({"machine": machine, "settings": {**{k: v for k, v in vars(args).items() if k != "one"},
+                                                    "variants": variants, "objectives": objectives, "shapes": shapes},
+                   "rows": rows, "notes": notes, "trl": trl}, f, indent=1, allow_nan=False)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(table)
+    print(table)
+    if trl:
+        print(trl)
+    print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.md ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
