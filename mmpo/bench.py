@@ -3,7 +3,7 @@
     python -m mmpo.bench                       # every objective, tiny and LLaVA-1.5 shapes (~10 min, 2-core CPU)
     python -m mmpo.bench --smoke               # the smallest run (what tests/test_bench.py runs)
     python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
-    python -m mmpo.bench --lora --bf16 --compare-trl --out runs/bench-lora
+    python -m mmpo.bench --lora --bf16 --out runs/bench-lora
 
 The *step* is one optimizer step as train.py takes it (``accumulate``, then ``optimizer_step``),
 rebuilt here from the same package calls: the shared vision pass, the policy's log-probs, the
@@ -319,14 +319,6 @@ def markdown(rows: list[dict], caption: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def compare_trl() -> str:
-    try:
-        import trl
-    except ImportError:
-        return "--compare-trl: trl is not installed, TRL's DPOTrainer is skipped"
-    return f"--compare-trl: trl {trl.__version__} is installed, but the TRL comparison is not implemented yet: skipped"
-
-
 # ---- the command line ------------------------------------------------------------------------
 
 def child(spec: dict) -> list[dict]:
@@ -360,7 +352,6 @@ def main(argv=None):
     p.add_argument("--lora", action="store_true", help="LoRA r64 with the adapters-off reference (default: full "
                                                        "fine-tuning, a frozen copy as the reference)")
     p.add_argument("--bf16", action="store_true", help="also bf16 autocast (by itself on a GPU that has it)")
-    p.add_argument("--compare-trl", action="store_true", help="also TRL's DPOTrainer, where trl is installed")
     p.add_argument("--smoke", action="store_true", help="tiny shape, DPO, one timed step: the test's run")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one (shape, objective) in this process
@@ -408,16 +399,13 @@ def main(argv=None):
                                                              for r in rows[-len(variants):])
                       + f", floor {rows[-len(variants)]['floor_ms']:.0f} ms ({time.perf_counter() - t0:.0f} s)", flush=True)
     table = markdown(rows, caption) + "".join(f"\n{n}\n" for n in notes)
-    trl = compare_trl() if args.compare_trl else None
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump({"machine": machine, "settings": {**{k: v for k, v in vars(args).items() if k != "one"},
                                                     "variants": variants, "objectives": objectives, "shapes": shapes},
-                   "rows": rows, "notes": notes, "trl": trl}, f, indent=1, allow_nan=False)
+                   "rows": rows, "notes": notes}, f, indent=1, allow_nan=False)
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(table)
     print(table)
-    if trl:
-        print(trl)
     print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.md ({time.perf_counter() - t0:.0f} s)")
 
 
