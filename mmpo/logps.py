@@ -90,11 +90,12 @@ def _positions(model, batch: Batch, device):
                                 **_to(batch.extra, device), **grids)[0]
 
 
-def _scored(model, batch: Batch, image_features, share_prefix: bool, head) -> torch.Tensor:
+def scored(model, batch: Batch, image_features, share_prefix: bool, head) -> torch.Tensor:
     """One forward over every view of ``batch``; the output layer's values at the positions that
-    predict each response token, ``(N, R, ...)`` rows as in ``batch``. ``head(targets)``: a
-    context in which the output layer gives what is wanted of the targets ``(B, T)`` it predicts
-    (full logits, or their log-probs)."""
+    predict each response token, ``(N, R, ...)`` rows as in ``batch``. ``head(targets, needed)``:
+    a context in which the output layer gives what is wanted of the targets ``(B, T)`` it predicts
+    (full logits, or their log-probs); ``needed`` ``(B, T)`` marks the targets that are real
+    response tokens (not padding, not a packed sequence's filler block)."""
     if share_prefix and prefix_sharing_supported(model):
         return _shared_prefix_scored(model, batch, image_features, head)
     device = model.device
@@ -107,44 +108,49 @@ def _scored(model, batch: Batch, image_features, share_prefix: bool, head) -> to
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     # the output at column j predicts the token at j + 1: keep columns P-1 .. P+R-2
     keep = torch.arange(P - 1, P + R - 1, device=device)
-    with head(input_ids[:, P:P + R]):
+    with head(input_ids[:, P:P + R], batch.response_mask.to(device).bool()):
         return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False,
                      **kwargs).logits
 
 
 @contextlib.contextmanager
-def _logits_head(targets):
+def _logits_head(targets, needed):
     yield
 
 
 def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = True):
     """Logits at the response positions only, ``(N, R, V)`` float32, and the targets ``(N, R)``."""
-    logits = _scored(model, batch, image_features, share_prefix, _logits_head)
+    logits = scored(model, batch, image_features, share_prefix, _logits_head)
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     return logits.float(), batch.input_ids[:, P:P + R].to(logits.device)
 
 
-def _chunked_logps_head(model, chunk: int):
-    """A ``head`` for ``_scored``: inside it, the model's output layer returns the log-probs of its
+def logps_head(model, chunk: int):
+    """A ``head`` for ``scored``: inside it, the model's output layer returns the log-probs of its
     targets ``(B, T, 1)`` instead of logits ``(B, T, V)``, ``chunk`` positions at a time, each
     chunk's logits recomputed in the backward pass (activation checkpointing of the output layer):
-    full-vocabulary logits never exist for more than ``chunk`` positions at once. Row-wise, so the
-    values are those of one log-softmax over every position. The output layer is replaced for the
-    forward only (its weights, names and sharding are untouched)."""
+    full-vocabulary logits never exist for more than ``chunk`` positions at once. Only the
+    ``needed`` targets are projected (the others get log-prob 0 and no gradient: they are masked
+    out of every sum), so response padding and a packed sequence's filler block cost no
+    vocabulary projection. Row-wise, so the values are those of one log-softmax over every
+    position. The output layer is replaced for the forward only (its weights, names and sharding
+    are untouched)."""
     layer = model.get_output_embeddings()
 
     @contextlib.contextmanager
-    def head(targets):
+    def head(targets, needed):
         project = layer.forward
 
         def one_chunk(h, t):  # (n, H), (n,) -> (n,)
             return F.log_softmax(project(h).float(), dim=-1).gather(1, t[:, None]).squeeze(1)
 
         def token_logps(hidden):  # (B, T, H) -> (B, T, 1)
-            h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+            where = needed.reshape(-1).nonzero().squeeze(1)  # (n,) the real response tokens
+            h, t = hidden.reshape(-1, hidden.shape[-1])[where], targets.reshape(-1)[where]
             parts = [checkpoint(one_chunk, h[i:i + chunk], t[i:i + chunk], use_reentrant=False)
                      for i in range(0, len(t), chunk)]
-            return torch.cat(parts).view(*targets.shape, 1)
+            out = torch.zeros(targets.numel(), dtype=torch.float32, device=hidden.device)
+            return out.index_put((where,), torch.cat(parts) if parts else out[:0]).view(*targets.shape, 1)
         layer.forward = token_logps
         try:
             yield
@@ -249,10 +255,13 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     # token: kept once per block), then block j's columns 0 .. R-2. Output jR + r predicts packed column P + jR + r.
     keep = torch.cat([torch.cat([torch.tensor([P - 1]), torch.arange(P + j * R, P + (j + 1) * R - 1)])
                       for j in range(K)]).to(device)  # (K * R,)
-    with head(packed[:, P:]):
+    cols = (block_of[:, None] * R + torch.arange(R)[None]).to(device)  # (N, R) each row's outputs in its group's
+    group_of = group_of.to(device)
+    needed = torch.zeros(G, K * R, dtype=torch.bool, device=device)  # filler blocks and padding: False
+    needed[group_of[:, None], cols] = batch.response_mask.to(device).bool()
+    with head(packed[:, P:], needed):
         out = model(input_ids=packed, attention_mask=mask, logits_to_keep=keep, use_cache=False, **kwargs).logits
-    cols = (block_of[:, None] * R + torch.arange(R)[None]).to(device)  # (N, R)
-    return out[group_of.to(device)[:, None], cols]  # (N, R, ...)
+    return out[group_of[:, None], cols]  # (N, R, ...)
 
 
 def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True, chunk: int = 1024):
@@ -271,7 +280,7 @@ def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool 
         logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
     """
     if chunk > 0:
-        token_logps = _scored(model, batch, image_features, share_prefix, _chunked_logps_head(model, chunk))[..., 0]
+        token_logps = scored(model, batch, image_features, share_prefix, logps_head(model, chunk))[..., 0]
     else:
         logits, targets = response_logits(model, batch, image_features, share_prefix)  # (N, R, V), (N, R)
         token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)

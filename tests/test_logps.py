@@ -192,7 +192,9 @@ def test_prefix_sharing_falls_back_with_one_warning_where_the_mask_cannot_reach(
 def test_chunked_log_probs_are_exact_and_never_hold_more_than_a_chunk(varied, monkeypatch):
     """Log-probs of the targets, 7 positions' full-vocabulary logits at a time and recomputed in
     the backward pass, against all positions at once: equal values and gradients (shared or not),
-    and no log-softmax over more than 7 positions."""
+    no log-softmax over more than 7 positions, and in the forward pass exactly the real response
+    tokens projected: never a padding position, nor (shared) a filler block of a prefix with
+    fewer views (here 4 views see the image and 3 the contrast image, so K = 4)."""
     model, proc = tiny_model("tiny-llava")
     ds = PreferenceDataset(varied, proc, ALL_VIEWS, m_prime="contrast")
     batch = collate([ds[0], ds[1]], ALL_VIEWS, proc.tokenizer.pad_token_id)
@@ -204,11 +206,14 @@ def test_chunked_log_probs_are_exact_and_never_hold_more_than_a_chunk(varied, mo
         model.zero_grad()
         rows.clear()
         logps, _ = sequence_logps(model, batch, share_prefix=share, chunk=chunk)
+        projected = sum(rows)
         logps.sum().backward()
-        out[share, chunk] = logps.detach(), model.lm_head.weight.grad.clone(), max(rows)
-    R = batch.response_mask.shape[1]
+        out[share, chunk] = logps.detach(), model.lm_head.weight.grad.clone(), max(rows), projected
+    R, real = batch.response_mask.shape[1], int(batch.response_mask.sum())
     assert out[False, 0][2] == len(batch) * len(ALL_VIEWS) * R  # all at once: every response position
+    assert real < len(batch) * len(ALL_VIEWS) * R  # (the fixture pads responses)
     for key in ((False, 7), (True, 7)):
         assert out[key][2] <= 7
+        assert out[key][3] == real
         torch.testing.assert_close(out[key][0], out[False, 0][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out[key][1], out[False, 0][1], rtol=1e-4, atol=1e-5)  # summed in other orders
