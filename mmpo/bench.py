@@ -10,10 +10,11 @@ rebuilt here from the same package calls: the shared vision pass, the policy's l
 reference's, the objective, backward, clipping, AdamW. The *floor* is one bare forward + backward
 of the policy over exactly the token positions that step needs: one vision pass per image, then
 the model called on the very inputs ``sequence_logps`` builds (packed sequences, or full ones
-without prefix sharing), the log-softmax of its response logits gathered and summed: no
-objective, no reference, no optimizer, no chunking. step / floor is what mmpo adds; with a
-reference cache only the objective, chunking's recomputation and the optimizer are left. Each
-optimisation is then switched off alone (the cache and bf16: on), a row each.
+without prefix sharing), the log-probs of the response tokens computed as the step computes them
+(chunk by chunk, or all at once where chunking is off) and summed: no objective, no reference, no
+optimizer. step / floor is what mmpo adds; with a reference cache only the objective and the
+optimizer are left. Each optimisation is then switched off alone (the cache and bf16: on), a row
+each, against its own floor.
 
 Every step and floor is called once first: its warm-up, during which its peak memory is taken;
 then all take turns --steps times on one fixed batch (a slow spell of a shared machine falls on
@@ -28,6 +29,7 @@ import contextlib
 import copy
 import ctypes
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -42,9 +44,10 @@ import torch.nn.functional as F
 import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from mmpo.cli import script
 from mmpo.config import Config, resolve
 from mmpo.data import PreferenceDataset, collate, pad_id
-from mmpo.logps import encode_images, lm_positions, prefix_groups, sequence_logps, supports_fused_images
+from mmpo.logps import encode_images, lm_positions, logps_head, prefix_groups, scored, sequence_logps, supports_fused_images
 from mmpo.lora import add_lora
 from mmpo.models import freeze_vision_tower, image_path_frozen, load_model, tiny_llava
 from mmpo.objectives import OBJECTIVES, compute
@@ -144,33 +147,41 @@ def make_step(model, ref: Reference, batch, objective: str, options: dict, optim
     return step
 
 
-def make_floor(model, batch, params, share_prefix: bool, bf16: bool):
+def make_floor(model, batch, params, share_prefix: bool, bf16: bool, chunk: int):
     """One bare forward + backward of the policy over the token positions the step needs: the
     model called on the inputs ``sequence_logps`` builds for it (captured once), after one vision
-    pass per distinct image; the loss is the plain sum of the response positions' log-softmax."""
+    pass per distinct image, its response log-probs computed as the step's are (``chunk``) and
+    summed: no objective, no reference, no optimizer."""
     captured = {}
 
-    def capture(module, args, kwargs):
-        captured.update(kwargs)
-    hook = model.register_forward_pre_hook(capture, with_kwargs=True)
+    @contextlib.contextmanager
+    def capture_head(targets, needed):  # the targets of the kept outputs, and which are real response tokens
+        captured.update(targets=targets, needed=needed)
+        yield
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: captured.update(kwargs=kwargs), with_kwargs=True)
     with torch.no_grad():
-        sequence_logps(model, batch, share_prefix=share_prefix, chunk=0)
+        scored(model, batch, None, share_prefix, capture_head)
     hook.remove()
     # the image of each row the model is called on: one per prefix group, or one per view
     index = [batch.image_index[g[0]].item() for g in prefix_groups(batch)] if share_prefix else batch.image_index.tolist()
-    fused = "mm_encoder_outputs" in captured
+    fused = "mm_encoder_outputs" in captured["kwargs"]
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
+    targets, needed = captured["targets"], captured["needed"]
 
     def floor():
-        kwargs = dict(captured)
+        kwargs = dict(captured["kwargs"])
         with autocast:
             if fused:  # the frozen vision tower, once per distinct image (as the step needs at least)
                 with torch.no_grad():
                     features = encode_images(model, batch)
                 kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=[features[i] for i in index])}
-            logits = model(**kwargs).logits  # (rows, kept positions, V)
-        targets = kwargs["input_ids"][:, -logits.shape[1]:]  # the tokens those positions predict
-        F.log_softmax(logits.float(), -1).gather(2, targets[..., None]).sum().backward()
+            if chunk:  # the step's output layer: the real response tokens' log-probs, chunk by chunk
+                with logps_head(model, chunk)(targets, needed):
+                    loss = model(**kwargs).logits.sum()
+            else:  # every kept output's logits at once
+                logits = model(**kwargs).logits
+                loss = F.log_softmax(logits.float(), -1).gather(2, targets[..., None])[..., 0][needed].sum()
+        loss.backward()
         for p in params:
             p.grad = None
     return floor
@@ -183,27 +194,46 @@ def _status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+class AddedPeak:
+    """What the code run between ``start()`` and ``stop()`` adds at its peak to the memory that
+    lives before it, in bytes (``.bytes``): CUDA's max allocated; on Linux the peak RSS, restarted
+    from the RSS once freed memory is handed back to the system; elsewhere None."""
+
+    def __init__(self, device):
+        self.device, self.base, self.bytes = device, None, None
+
+    def start(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # what was freed leaves the RSS: it is then what lives
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
+            self.base = _status_kb("VmRSS") * 1024
+        except (OSError, AttributeError, StopIteration):
+            self.base = None
+
+    def stop(self):
+        if self.base is None:
+            self.bytes = None
+        elif self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.bytes = _status_kb("VmHWM") * 1024 - self.base
+        return self.bytes
+
+
 def peak_memory(fn, device) -> float | None:
-    """What one call of ``fn`` adds at its peak to the memory that lives before it, in bytes:
-    CUDA's max allocated; on Linux the peak RSS, restarted from the RSS once freed memory is handed
-    back to the system; elsewhere None."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        return torch.cuda.max_memory_allocated(device) - base
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # what was freed leaves the RSS: it is then what lives
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
-        base = _status_kb("VmRSS")
-    except (OSError, AttributeError, StopIteration):
-        fn()
-        return None
+    """What one call of ``fn`` adds at its peak to the memory that lives before it (``AddedPeak``)."""
+    peak = AddedPeak(device)
+    peak.start()
     fn()
-    return (_status_kb("VmHWM") - base) * 1024
+    return peak.stop()
 
 
 def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
@@ -257,9 +287,9 @@ def run_one(spec: dict) -> list[dict]:
         table = {(i, v): x for v in batch.views for i, x in zip(batch.ids, logps[v].tolist())}
     fns = {}
     for name, s in settings.items():
-        floor = ("floor", s["share_prefix"], s["bf16"])  # the positions the step needs, in its precision
+        floor = ("floor", s["share_prefix"], s["bf16"], s["chunk"])  # the positions the step needs, its precision and head
         if floor not in fns:
-            fns[floor] = make_floor(model, batch, params, s["share_prefix"], s["bf16"])
+            fns[floor] = make_floor(model, batch, params, s["share_prefix"], s["bf16"], s["chunk"])
         fns[name] = make_step(model, ref, batch, objective, options, optimizer, params, s,
                               table if s["ref_cache"] else None, cfg.max_grad_norm)
     fns["all on"]()  # AdamW's moments are made in the first step: they belong to the steady state
@@ -267,7 +297,7 @@ def run_one(spec: dict) -> list[dict]:
     times = interleaved_times(fns, device, spec["steps"])
     rows = []
     for name, s in settings.items():
-        floor = ("floor", s["share_prefix"], s["bf16"])
+        floor = ("floor", s["share_prefix"], s["bf16"], s["chunk"])
         t, t_floor = statistics.median(times[name]), statistics.median(times[floor])
         mem, mem_floor = memory[name], memory[floor]
         rows.append({
@@ -316,7 +346,27 @@ def markdown(rows: list[dict], caption: str) -> str:
                 mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
                 cells.append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
             out.append(f"| {shape} | {objective} | " + " | ".join(cells) + " |")
+    trl = {r["shape"]: r for r in rows if r["variant"] == "TRL DPOTrainer"}
+    if trl:
+        out += ["", "against TRL's DPOTrainer (same model, data and batch, this run; all on, live frozen reference): "
+                "TRL step / mmpo step, and mmpo peak / TRL peak:", "",
+                "| shape | TRL DPO step ms | TRL peak MB | TRL LM positions/example | objective | x faster | peak x |",
+                "|" + "---|" * 7]
+        for (shape, objective), b in base.items():
+            t = trl.get(shape)
+            if t:
+                mem = None if t["peak_mb"] is None or b["peak_mb"] is None else b["peak_mb"] / t["peak_mb"]
+                out.append(f"| {shape} | {t['step_ms']:.0f} | {_f(t['peak_mb'], '.0f')} | {t['positions_per_example']:.0f} "
+                           f"| {objective} | {t['step_ms'] / b['step_ms']:.1f} | {_f(mem, '.2f')} |")
     return "\n".join(out) + "\n"
+
+
+def compare_trl(spec: dict) -> dict:
+    """TRL's DPOTrainer on ``spec``'s model, data and batch, by compare_trl.py in a process of its own."""
+    done = subprocess.run([sys.executable, script("compare_trl.py"), json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"compare_trl.py {spec['shape']} failed:\n{done.stderr.strip()[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -352,6 +402,9 @@ def main(argv=None):
     p.add_argument("--lora", action="store_true", help="LoRA r64 with the adapters-off reference (default: full "
                                                        "fine-tuning, a frozen copy as the reference)")
     p.add_argument("--bf16", action="store_true", help="also bf16 autocast (by itself on a GPU that has it)")
+    p.add_argument("--compare-trl", action="store_true",
+                   help="also TRL's DPOTrainer at each built-in shape (compare_trl.py; TRL is not a dependency: "
+                        "skipped with one line where it is not installed)")
     p.add_argument("--smoke", action="store_true", help="tiny shape, DPO, one timed step: the test's run")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one (shape, objective) in this process
@@ -378,6 +431,14 @@ def main(argv=None):
         variants.remove("no shared vision pass")
         notes.append("no shared vision pass: measured with --lora only; a frozen reference copy encodes the images "
                      "itself, so under full fine-tuning the policy has no one to share its vision pass with")
+    if args.compare_trl and importlib.util.find_spec("trl") is None:
+        args.compare_trl = False
+        notes.append("--compare-trl: skipped, trl is not installed (it is not a dependency of mmpo)")
+        print(notes[-1])
+    elif args.compare_trl and args.model != "tiny-llava":
+        args.compare_trl = False
+        notes.append("--compare-trl: skipped, it runs at the built-in shapes only")
+        print(notes[-1])
     os.makedirs(args.out, exist_ok=True)
     machine = {"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()}-core CPU, {cpu_name()}"}
@@ -390,6 +451,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for shape in shapes:
             data = bench_data(tmp, max(2 * args.batch_size, 8), 0 if shape == "tiny" else args.answer_length)
+            if args.compare_trl:
+                rows.append(compare_trl({"shape": shape, "data": data, "batch_size": args.batch_size,
+                                         "steps": args.steps, "device": device}))
+                print(f"  {shape} TRL DPOTrainer: {rows[-1]['step_ms']:.0f} ms ({time.perf_counter() - t0:.0f} s)", flush=True)
             for objective in objectives:
                 spec = {"shape": shape, "model": "tiny-llava" if shape in SHAPES else shape, "objective": objective,
                         "variants": variants, "batch_size": args.batch_size, "steps": args.steps,

@@ -7,8 +7,9 @@ import math
 from mmpo import bench
 
 
-def test_bench_smoke_writes_every_figure(tmp_path, capsys):
-    bench.main(["--smoke", "--out", str(tmp_path)])
+def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: None)  # as where trl is not installed
+    bench.main(["--smoke", "--compare-trl", "--out", str(tmp_path)])
     with open(tmp_path / "bench.json") as f:  # strict JSON: NaN or Infinity would not parse
         report = json.load(f, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
     rows = report["rows"]
@@ -27,4 +28,23 @@ def test_bench_smoke_writes_every_figure(tmp_path, capsys):
     assert {r["variant"]: r["positions_per_example"] for r in rows} == {"all on": P + 2 * R, "no prefix sharing": 2 * (P + R)}
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny | dpo | 2 |" in table and "no prefix sharing" in table
-    assert table in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert table in out
+    # --compare-trl without trl: one line, said and saved, and the run goes on
+    skipped = "--compare-trl: skipped, trl is not installed (it is not a dependency of mmpo)"
+    assert report["notes"] == [skipped] and out.count(skipped) == 2 and "TRL DPOTrainer" not in table
+
+
+def _row(objective, variant, step_ms, peak_mb, **extra):
+    return {"shape": "llava-1.5", "objective": objective, "variant": variant, "views": 2, "step_ms": step_ms,
+            "samples_per_s": 4000 / step_ms, "floor_ms": step_ms / 2, "step_over_floor": 2.0, "peak_mb": peak_mb,
+            "peak_over_floor": 1.0, "positions_shared_per_example": 1000, "positions_unshared_per_example": 1600, **extra}
+
+
+def test_trl_table_divides_trls_step_by_mmpos_and_mmpos_peak_by_trls():
+    rows = [_row("dpo", "all on", 2000, 1000), _row("symmpo", "all on", 5000, 2000),
+            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642)]
+    table = bench.markdown(rows, "caption")
+    assert "| llava-1.5 | 17000 | 4000 | 1642 | dpo | 8.5 | 0.25 |" in table
+    assert "| llava-1.5 | 17000 | 4000 | 1642 | symmpo | 3.4 | 0.50 |" in table
+    assert table.count("| llava-1.5 | dpo |") == 1  # TRL's row is not one of mmpo's
