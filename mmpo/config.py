@@ -82,7 +82,7 @@ class Config:
     prefix_sharing: bool = opt(True, "score each image + prompt prefix once per pass for all the views on it, with a block "
                                      "attention mask (exact: the same log-probs and gradients); --no-prefix-sharing: every "
                                      "view as a full sequence")
-    logps_chunk: int = opt(1024, "response positions whose full-vocabulary logits exist at once when scoring, recomputed in "
+    logps_chunk: int = opt(256, "response positions whose full-vocabulary logits exist at once when scoring, recomputed in "
                                  "the backward pass (exact); 0: the logits of every response position at once")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass")
     ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")

@@ -264,7 +264,7 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     return out[group_of[:, None], cols]  # (N, R, ...)
 
 
-def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True, chunk: int = 1024):
+def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True, chunk: int = 256):
     """Summed log pi(response | image, prompt) of every row of ``batch``.
 
     Args:
