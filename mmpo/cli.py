@@ -3,12 +3,12 @@
 Light on purpose (no torch, no transformers at import), so that ``--help`` and option errors
 answer at once.
 """
+import argparse
 import os
 import sys
 
 
-# the checkout this package lives in: train.py and eval.py are scripts there, which the package
-# runs as programs (``script``) and never imports
+# the checkout this package lives in (to be moved to the programs that run train.py / eval.py)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,6 +22,42 @@ def script(name: str) -> str:
 
 class UserError(Exception):
     """A problem with the user's input or options, reported in one line (no traceback)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are a UserError: one line, exit status 2 through ``run``, no usage dump."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def check_limits(values, limits: dict):
+    """``limits``: {option name: (check, what the value must be)}; the first value out of range
+    is a one-line error naming its flag."""
+    for name, (ok, what) in limits.items():
+        value = getattr(values, name)
+        if not ok(value):
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be {what}")
+
+
+def check_model_path(flag: str, name: str, tiny: tuple[str, ...] = ()):
+    """A model name that can only be a local folder (it starts with . / ~, exists, or has more
+    than one /) must be a model directory; anything else is left to transformers as a hub id,
+    which would answer a mistyped path with a puzzling message about repo ids."""
+    if not name.strip():
+        raise UserError(f"{flag} is empty")
+    if name in tiny or not (name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1):
+        return
+    if not os.path.isdir(name):
+        raise UserError(f"{flag} {name}: no such directory")
+    if not os.path.isfile(os.path.join(name, "config.json")):
+        raise UserError(f"{flag} {name}: not a model directory (no config.json)")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table; each cell as given (format numbers before)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
 
 
 def run(main, *args, light: bool = False) -> int:

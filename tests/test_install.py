@@ -59,7 +59,7 @@ def test_the_wheel_states_the_requirements_and_the_version(wheel):
     assert meta["Name"] == "mmpo" and meta["Version"] == mmpo.__version__ == "0.1.0"
     assert meta["Requires-Python"] == ">=3.10"
     with open(os.path.join(ROOT, "requirements.txt")) as f:  # one list of dependencies, not two
-        required = [Requirement(ln) for ln in f if ln.strip() and not ln.startswith("#")]
+        required = [Requirement(ln.strip()) for ln in f if ln.strip() and not ln.startswith("#")]
     # compared as requirements: the metadata writes "transformers>=5.0,<6" as "transformers<6,>=5.0"
     assert [(r.name, r.specifier) for r in map(Requirement, meta.get_all("Requires-Dist"))] == \
            [(r.name, r.specifier) for r in required]
