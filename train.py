@@ -21,18 +21,22 @@ import math
 import os
 import time
 
-import mmpo  # noqa: F401  before torch runs a kernel: mmpo/cpu_bf16.py keeps bf16 from dying with SIGILL
-import torch
-from tqdm import tqdm
+from mmpo import cpu_bf16
 
-from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report
-from mmpo.cli import UserError
-from mmpo.config import Config, parse_args, recipe_line, resolve, typed_flags
-from mmpo.data import PreferenceDataset, collate, pad_id
-from mmpo.logps import encode_images, sequence_logps, supports_fused_images
-from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
-from mmpo.objectives import OBJECTIVES, compute
-from mmpo.synthetic import make_synthetic
+cpu_bf16.guard()  # before torch runs a bf16 kernel: on some CPUs one dies with SIGILL (mmpo/cpu_bf16.py)
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report  # noqa: E402
+from mmpo.cli import UserError  # noqa: E402
+from mmpo.config import Config, parse_args, typed_flags  # noqa: E402
+from mmpo.data import PreferenceDataset, collate, pad_id  # noqa: E402
+from mmpo.logps import encode_images, sequence_logps, supports_fused_images  # noqa: E402
+from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model  # noqa: E402
+from mmpo.objectives import shared_metrics  # noqa: E402
+from mmpo.recipes import OBJECTIVES, Objective, recipe_line, resolve  # noqa: E402
+from mmpo.synthetic import make_synthetic  # noqa: E402
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -47,7 +51,7 @@ def configure(cfg: Config, typed: set[str], d) -> Config:
     cfg = resolve(cfg, typed)
     if not cfg.resume:
         checkpoint.claim_out(cfg.out, cfg.overwrite, d)
-    check_model_name(cfg.model)
+    cli.check_model_path("--model", cfg.model, TINY_MODELS)
     report.check_report_to(cfg.report_to)
     if cfg.recipe == "paper" and d.main:
         print(recipe_line(cfg))
@@ -59,17 +63,6 @@ def configure(cfg: Config, typed: set[str], d) -> Config:
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
         raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
     return cfg
-
-
-def check_model_name(name: str):
-    """A --model that looks like a path must be a model directory (else transformers would try
-    it as a hub id and answer with a puzzling message)."""
-    if name in TINY_MODELS or not (name.startswith((".", "/", "~")) or os.path.exists(name)):
-        return
-    if not os.path.isdir(name):
-        raise UserError(f"--model {name}: no such directory")
-    if not os.path.isfile(os.path.join(name, "config.json")):
-        raise UserError(f"--model {name}: not a model directory (no config.json)")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -228,40 +221,51 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 # ---- one step --------------------------------------------------------------------------------
 
-def accumulate(model, ref, batches, options: dict, cfg: Config, autocast, share_features: bool, d):
-    """The gradients of one optimizer step over --grad-accum micro-batches. Returns the summed
-    metrics (None as soon as a loss is not finite on some rank: the step is skipped) and what was
-    seen: micro-batches, samples and tokens (all ranks)."""
+def train_step(model, ref, batches: list, objective: Objective, options: dict, optimizer, params, cfg: Config,
+               autocast, share_features: bool, d):
+    """One optimizer step over the micro-batches ``batches`` (--grad-accum of them): the five
+    things a step does, in order. Returns the summed metrics (None as soon as a loss is not finite
+    on some rank: no update is made), what was seen (micro-batches, samples, tokens of all ranks)
+    and the gradient norm before clipping."""
     sums, seen = {}, {"micro": 0, "samples": 0, "tokens": 0}
-    for _ in range(cfg.grad_accum):
-        batch = next(batches)
+    for batch in batches:
         if not distributed.all_ranks_have(len(batch), d):  # every rank runs every forward, or none does
             continue
         with autocast:
+            # 1. encode the images: with the vision tower frozen, each image once, shared by policy and reference
             features = None
-            if share_features:  # one vision pass per image, shared by the policy and the reference
+            if share_features:
                 with torch.no_grad():
                     features = encode_images(model, batch)
-            policy_logps, lengths = sequence_logps(model, batch, features, cfg.prefix_sharing, cfg.logps_chunk)  # (N,)
-            ref_logps = ref.logps(batch, features).to(policy_logps)
-        loss, metrics = compute(cfg.objective, batch.split(policy_logps), batch.split(ref_logps),
-                                batch.split(lengths.float()), **options)
+            # 2. score the views: the summed log-prob of every response, (views x examples,)
+            policy, lengths = sequence_logps(model, batch, features, cfg.prefix_sharing, cfg.logps_chunk)
+            # 3. score the reference: adapters off, a frozen copy, or the cache (mmpo/reference.py)
+            ref_logps = ref.logps(batch, features).to(policy)
+        # 4. the objective's loss function, on {view: (examples,)}
+        policy, ref_logps, lengths = batch.split(policy), batch.split(ref_logps), batch.split(lengths.float())
+        args = (policy, ref_logps, lengths) if objective.needs_lengths else (policy, ref_logps)
+        loss, own = objective.fn(*args, **options)
         loss = loss.mean()
         if not distributed.all_ranks_have(int(torch.isfinite(loss)), d):
-            return None, seen
-        (loss / cfg.grad_accum).backward()
-        for k, v in {"loss": loss.detach(), **metrics}.items():
+            optimizer.zero_grad(set_to_none=True)
+            return None, seen, None
+        # 5. backward; the gradients add up over the micro-batches
+        (loss / len(batches)).backward()
+        beta = options.get("beta", 0.1) if objective.reference else None  # 0.1: every loss's default
+        metrics = {"loss": loss.detach(), **shared_metrics(policy, ref_logps, objective.views, beta), **own}
+        for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         seen["micro"] += 1
         seen["samples"] += len(batch) * d.world
         seen["tokens"] += int(batch.attention_mask.sum()) * d.world
-    return sums, seen
+    # ... and the step: clip, update, clear
+    grad_norm = optimizer_step(optimizer, params, cfg.max_grad_norm) if sums else None
+    return sums, seen, grad_norm
 
 
-def skip_step(optimizer, nonfinite: int, step: int, cfg: Config, d) -> int:
-    """A non-finite loss: no update. A run that keeps producing them stops, its last good
+def skip_step(nonfinite: int, step: int, cfg: Config, d) -> int:
+    """A non-finite loss: no update was made. A run that keeps producing them stops, its last good
     checkpoint kept. Returns the count of non-finite steps in a row."""
-    optimizer.zero_grad(set_to_none=True)
     if d.main:
         tqdm.write(f"step {step + 1}: non-finite loss, step skipped ({nonfinite} in a row)")
     if nonfinite >= cfg.max_nonfinite:
@@ -310,8 +314,8 @@ def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
 def main(cfg: Config, typed: set[str] = frozenset()):
     d = distributed.setup()
     cfg = configure(cfg, typed, d)
-    objective = OBJECTIVES[cfg.objective]
-    options = objective.options(cfg)
+    objective = OBJECTIVES[cfg.objective]  # its loss function, views, options (mmpo/recipes.py)
+    options = objective.options(cfg, d)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding
 
     dataset, eval_set = load_data(cfg, objective.views, d)  # every row checked before any model is loaded
@@ -343,12 +347,14 @@ def main(cfg: Config, typed: set[str] = frozenset()):
     while step < len(steps):
         if step in ref.refresh_at:
             ref.refresh(step)
-        sums, seen = accumulate(model, ref, batches, options, cfg, autocast, share_features, d)
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        sums, seen, step_norm = train_step(model, ref, micro, objective, options, optimizer, params, cfg, autocast,
+                                           share_features, d)
         samples, tokens = samples + seen["samples"], tokens + seen["tokens"]
         if sums is None:
-            nonfinite = skip_step(optimizer, nonfinite + 1, step, cfg, d)
+            nonfinite = skip_step(nonfinite + 1, step, cfg, d)
         elif sums:
-            nonfinite, grad_norm = 0, optimizer_step(optimizer, params, cfg.max_grad_norm)
+            nonfinite, grad_norm = 0, step_norm
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         step += 1
@@ -363,7 +369,8 @@ def main(cfg: Config, typed: set[str] = frozenset()):
             bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('rewards/accuracies', float('nan')):.2f}",
                             sps=f"{row['samples_per_s']:.1f}")
         if eval_set is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == len(steps)):
-            row.update(report.evaluate(model, eval_set, eval_ref.logps, cfg.objective, options, cfg.batch_size, pad, d, autocast))
+            row.update(report.evaluate(model, eval_set, eval_ref.logps, objective, options, cfg.batch_size, pad, d, autocast,
+                                       share_prefix=cfg.prefix_sharing, chunk=cfg.logps_chunk))
             if "eval/loss" in row:  # absent when every held-out example is longer than --max-length
                 evals.append(row)
         if (sums and (step % cfg.log_every == 0 or step == len(steps))) or "eval/loss" in row:

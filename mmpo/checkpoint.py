@@ -227,7 +227,7 @@ def resume_config(cfg, typed: set[str], world: int):
     a different value is an error, never silently ignored. On another number of processes the
     accumulation is rescaled to keep the global batch."""
     from mmpo.cli import UserError
-    from mmpo.config import RESUMABLE, Config, check_limits
+    from mmpo.config import RESUMABLE, Config, check_config
     run = cfg.resume
     path = os.path.join(run, "config.json")
     if not os.path.isfile(path):
@@ -250,7 +250,7 @@ def resume_config(cfg, typed: set[str], world: int):
         elif new != old:
             raise UserError(f"--resume {run}: --{name.replace('_', '-')} {new} differs from the run's {old}; a resumed run "
                             f"may change only {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE))}")
-    check_limits(saved)
+    check_config(saved)
     ckpt = latest(run)
     if ckpt:
         with open(os.path.join(ckpt, "trainer_state.json")) as f:

@@ -2,9 +2,10 @@
 
 Each field is a flag (``batch_size`` -> ``--batch-size``); its help text is the field's
 metadata. ``parse_args`` stays light (no torch), so that --help and option errors answer at
-once; ``resolve`` then takes from the objective's entry in ``mmpo.objectives.OBJECTIVES`` every
+once; ``mmpo.recipes.resolve`` then takes from the objective's entry in ``OBJECTIVES`` every
 field left at None and, with --recipe paper, the released hyperparameters. The resolved values
-are what ``OUT/config.json`` records.
+are what ``OUT/config.json`` records. Every other module takes its defaults from here
+(``Config.logps_chunk``, ``M_PRIMES``...): one owner per parameter.
 """
 import argparse
 import dataclasses
@@ -12,10 +13,11 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from mmpo.cli import UserError
+from mmpo.cli import Parser, UserError, check_limits
 
 TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
-NOISE_STEPS = 1000  # length of the diffusion schedule (VCD's), shared by train, prepare and the data
+# the second image m': a perturbation of m by name (mmpo.perturb.corrupt), or a real similar image
+M_PRIMES = ("crop", "noise", "blank", "contrast")
 
 
 def opt(default, help: str, **kw):
@@ -25,7 +27,7 @@ def opt(default, help: str, **kw):
 @dataclass
 class Config:
     objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen answers, no "
-                         "reference), or any other name registered in mmpo.objectives.OBJECTIVES")
+                         "reference), or any other name registered in mmpo.recipes.OBJECTIVES")
     data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
     model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
@@ -65,8 +67,8 @@ class Config:
     # the second image m'
     m_prime: str = opt(None, "the second image m' when the data has no corrupt_image: a corruption of m -- crop (mDPO default) | "
                             "noise (MFPO default) | blank -- or contrast: the row's contrast_image, a real similar image (SymMPO default)",
-                          choices=("crop", "noise", "blank", "contrast"))
-    noise_step: int = opt(None, "diffusion step t of the noise (of 1000), added to the normalized pixels (default: the data's noise_step, else 500)")
+                          choices=M_PRIMES)
+    noise_step: int = opt(None, "diffusion step t of the noise (of mmpo.perturb.NOISE_STEPS), added to the normalized pixels (default: the data's noise_step, else 500)")
     redraw_m_prime: bool = opt(False, "draw a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released mDPO does; "
                                          "default: one m' per example for the whole run (a --ref-cache needs it fixed)")
     # curriculum (MFPO sec. 3.3)
@@ -102,51 +104,6 @@ class Config:
     max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row")
 
 
-def numbers(text: str, n: int, flag: str) -> tuple[float, ...]:
-    """An option of ``n`` comma-separated numbers ("1,1,1"), as floats."""
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n:
-        raise UserError(f"{flag}: expected {n} comma-separated numbers, got {text!r}")
-    return values
-
-
-def resolve(cfg: Config, typed: set[str]) -> Config:
-    """The run's full configuration: with ``--recipe paper`` the objective's released
-    hyperparameters, except the flags in ``typed`` (given on the command line); then the
-    objective's defaults for every field left at None. A resumed run (``cfg.resume``) was
-    resolved when it started: only its objective is checked."""
-    from mmpo.objectives import OBJECTIVES  # torch: after the command line is checked
-    if cfg.objective not in OBJECTIVES:
-        raise UserError(f"--objective {cfg.objective}: unknown; choose one of {', '.join(OBJECTIVES)}")
-    obj = OBJECTIVES[cfg.objective]
-    if cfg.recipe == "paper" and not cfg.resume:
-        if obj.recipe is None:
-            raise UserError(f"--recipe paper: --objective {cfg.objective} has no released configuration; "
-                            f"leave --recipe out")
-        for name, value in obj.recipe[1].items():
-            if name not in typed:
-                setattr(cfg, name, value)
-    if cfg.lr is None:
-        # the papers' rates are for 7B models; a tiny random model needs far larger steps
-        cfg.lr = 1e-3 if cfg.model in TINY_MODELS else obj.lr
-    if cfg.weight_decay is None:
-        cfg.weight_decay = obj.weight_decay
-    if cfg.m_prime is None:
-        cfg.m_prime = obj.m_prime
-    check_limits(cfg)
-    return cfg
-
-
-def recipe_line(cfg: Config) -> str:
-    """What --recipe paper set, for the start of a run."""
-    from mmpo.objectives import OBJECTIVES
-    source, values = OBJECTIVES[cfg.objective].recipe
-    return f"recipe paper ({source}): " + ", ".join(f"{k}={getattr(cfg, k)}" for k in values)
-
-
 # (check, what the value must be) for every option with a range; checked where it is parsed
 LIMITS = {
     "epochs": (lambda v: v >= 1, "at least 1"),
@@ -164,7 +121,6 @@ LIMITS = {
     "symmpo_lam": (lambda v: v >= 0, "0 or more"),
     "symmpo_gamma": (lambda v: v >= 0, "0 or more"),
     "symmpo_eta": (lambda v: v >= 0, "0 or more"),
-    "noise_step": (lambda v: v is None or 0 <= v < NOISE_STEPS, f"a diffusion step in [0, {NOISE_STEPS})"),
     "logps_chunk": (lambda v: v >= 0, "0 (off) or more"),
     "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
     "lora_alpha": (lambda v: v > 0, "positive"),
@@ -180,11 +136,12 @@ LIMITS = {
 RESUMABLE = {"max_steps", "epochs", "save_every", "log_every", "eval_every", "num_workers", "report_to"}
 
 
-def check_limits(cfg: Config):
-    for name, (ok, what) in LIMITS.items():
-        value = getattr(cfg, name)
-        if not ok(value):
-            raise UserError(f"--{name.replace('_', '-')} {value}: must be {what}")
+def check_config(cfg: Config):
+    check_limits(cfg, LIMITS)
+    if cfg.noise_step is not None:
+        from mmpo.perturb import NOISE_STEPS  # its one owner (torch): imported only when --noise-step is given
+        if not 0 <= cfg.noise_step < NOISE_STEPS:
+            raise UserError(f"--noise-step {cfg.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
     for pattern in filter(None, cfg.lora_targets.split(",")):
         try:
             re.compile(pattern)
@@ -196,13 +153,8 @@ def check_limits(cfg: Config):
         raise UserError(f"--ref-cache {cfg.ref_cache}: is a folder; give a file, e.g. {os.path.join(cfg.ref_cache, 'ref.safetensors')}")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump, caught by train.py
-        raise UserError(message)
-
-
-def _parser(defaults: bool = True) -> _Parser:
-    p = _Parser(prog="train.py", description="Multimodal preference optimization of a vision-language model.",
+def _parser(defaults: bool = True) -> Parser:
+    p = Parser(prog="train.py", description="Multimodal preference optimization of a vision-language model.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
@@ -227,5 +179,5 @@ def parse_args(argv=None) -> Config:
     """The command line as a Config, every range checked; the objective and what it decides
     (its defaults, --recipe paper) are ``resolve``'s, after torch is imported."""
     cfg = Config(**vars(_parser().parse_args(argv)))
-    check_limits(cfg)
+    check_config(cfg)
     return cfg

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from mmpo import perturb
-from mmpo.config import NOISE_STEPS
+from mmpo.config import M_PRIMES
 from mmpo.perturb import stable_seed
-from mmpo.rows import M_PRIMES, VIEWS, DataError, load_image, read_rows, required_fields, to_pil, to_tensor
+from mmpo.rows import VIEWS, DataError, load_image, read_rows, required_fields, to_pil, to_tensor
 
 
 def pixel_keys(inputs: dict) -> list[str]:
@@ -34,12 +34,11 @@ def processed_mask(image_processor, mask: Image.Image) -> dict[str, torch.Tensor
 
 def noised(inputs: dict, t: int, generator: torch.Generator, masks: dict | None = None) -> dict:
     """The processor outputs of m' = VCD's diffusion noise at step t on the processed,
-    normalized pixels of m (within ``masks``, per pixel key, when given). Not ``perturb.corrupt``'s
-    "noise", which acts on a decoded [0, 1] image to bake the noise into an image file."""
+    normalized pixels of m (within ``masks``, per pixel key, when given)."""
     out = dict(inputs)
     for k in pixel_keys(inputs):
-        out[k] = perturb.diffusion_noise(inputs[k], t=t, mask=None if masks is None else masks[k],
-                                         generator=generator, steps=NOISE_STEPS)
+        out[k] = perturb.corrupt(inputs[k], "noise", generator, t=t, mask=None if masks is None else masks[k],
+                                 normalized=True)
     return out
 
 

@@ -57,6 +57,18 @@ def mean_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
     return dict(zip(keys, (t / d.world).tolist()))
 
 
+def global_mean(d: Dist):
+    """The mean of a tensor over the global batch: each rank's mean averaged over the ranks (equal
+    shards), the same on every rank. What NaPO's dynamic q is taken from (``objectives.napo``)."""
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        m = x.mean()
+        if d.enabled:
+            dist.all_reduce(m)
+            m = m / d.world
+        return m
+    return mean
+
+
 def all_ranks_have(n: int, d: Dist) -> bool:
     """True when every rank has n > 0 (under FSDP all ranks must run every forward together)."""
     if not d.enabled:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from mmpo.config import Config
 from mmpo.data import Batch
 
 
@@ -118,7 +119,7 @@ def _logits_head(targets, needed):
     yield
 
 
-def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = True):
+def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = Config.prefix_sharing):
     """Logits at the response positions only, ``(N, R, V)`` float32, and the targets ``(N, R)``."""
     logits = scored(model, batch, image_features, share_prefix, _logits_head)
     P, R = batch.prompt_len, batch.response_mask.shape[1]
@@ -264,7 +265,8 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     return out[group_of[:, None], cols]  # (N, R, ...)
 
 
-def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = True, chunk: int = 256):
+def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = Config.prefix_sharing,
+                   chunk: int = Config.logps_chunk):
     """Summed log pi(response | image, prompt) of every row of ``batch``.
 
     Args:

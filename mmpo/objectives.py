@@ -1,29 +1,22 @@
-"""The five preference objectives (and plain SFT), as functions of per-view log-probabilities,
-and ``OBJECTIVES``: what a run needs to know about each.
+"""The five preference objectives and plain SFT, each a function of per-view log-probabilities.
 
-Every loss takes ``policy`` and ``ref``: dicts mapping a view name (METHODS.md) to the
-*summed* response log-probability of each example, shape ``(batch,)``. It returns ``(loss, metrics)``:
-the unreduced per-example loss ``(batch,)`` and a dict of the detached scalars that are its own.
+Every loss takes ``policy`` and ``ref``: dicts mapping a view name (METHODS.md) to the *summed*
+response log-probability of each example, shape ``(batch,)``, and its hyperparameters as keyword
+arguments. It returns ``(loss, metrics)``: the unreduced per-example loss ``(batch,)`` and a dict
+of the detached scalars that are its own.
 
     logratio(v) = policy[v] - ref[v]      (METHODS.md's lr(v)); the implicit reward is beta * logratio(v)
 
-Each loss needs nothing but torch: copy any one function (``napo`` names the three helpers it
-needs). What every objective logs alike (``rewards/<view>``, ``logps/<view>``, ``rewards/margins``,
-``rewards/accuracies``) is added by ``compute``, the one place training and evaluation call an
-objective from. A new objective is one function and one ``OBJECTIVES`` entry (README).
+This file imports torch and nothing else: copy any one function (``napo`` names the helpers it
+needs) into your own project. Which views and options each objective takes in a run, its defaults
+and its released configuration are in ``mmpo/recipes.py``; ``shared_metrics`` (below) is what every
+objective logs alike.
 """
-from typing import Callable, NamedTuple
-
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from mmpo.config import Config, numbers
 
-Logps = dict[str, torch.Tensor]
-
-
-def dpo(policy: Logps, ref: Logps, *, beta: float = 0.1):
+def dpo(policy: dict, ref: dict, *, beta: float = 0.1):
     """DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, eq. 7).
 
     Prefer y_w over y_l under the same image: L = -log sig(beta * h_resp), with the response
@@ -42,7 +35,7 @@ def dpo(policy: Logps, ref: Logps, *, beta: float = 0.1):
     return -F.logsigmoid(beta * h_resp), {}
 
 
-def mdpo(policy: Logps, ref: Logps, *, beta: float = 0.1, delta: float = 0.0,
+def mdpo(policy: dict, ref: dict, *, beta: float = 0.1, delta: float = 0.0,
          response: bool = True, conditional: bool = True, anchor: bool = True,
          rejected_anchor: bool = False, corrupt_anchor: bool = False):
     """mDPO (Wang et al. 2024, https://arxiv.org/abs/2406.11839, sec. 3, L_MDPO).
@@ -84,7 +77,7 @@ def mdpo(policy: Logps, ref: Logps, *, beta: float = 0.1, delta: float = 0.0,
                   "rewards/image_accuracies": (h_image > 0).float().mean()}
 
 
-def mfpo(policy: Logps, ref: Logps, *, beta: float = 0.1, eta: float = 0.0,
+def mfpo(policy: dict, ref: dict, *, beta: float = 0.1, eta: float = 0.0,
          weights: tuple[float, float, float] = (1.0, 1.0, 1.0)):
     """MFPO (Jiang et al. 2024, https://arxiv.org/abs/2410.15334, eq. 5-7).
 
@@ -139,17 +132,9 @@ def box_cox_loss(x: torch.Tensor, q) -> torch.Tensor:
     return torch.where(q < 1e-4, -ls, box_cox)
 
 
-def batch_mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    """The batch mean of ``x``, detached, averaged over all ranks: every rank gets the same q."""
-    m = x.detach().float().mean()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(m, op=dist.ReduceOp.SUM)
-        m = m / dist.get_world_size()
-    return m
-
-
-def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: str = "code"):
-    """NaPO's noise-robustness q from the batch-mean margin (detached, mean over ranks).
+def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: str = "code", batch_mean=torch.mean):
+    """NaPO's noise-robustness q from the batch-mean margin, detached. ``batch_mean``: the mean
+    of a tensor over the whole global batch (the caller's: over every rank in distributed runs).
 
     A large mean margin means the pairs look clean, so q falls towards BCE; a small or
     negative one means noise, so q rises towards MAE.
@@ -157,7 +142,7 @@ def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: st
       code (default): q = clip(2 * (1 - sig(alpha * mean(margin))), 0.001, 1)
     """
     with torch.no_grad():
-        m = batch_mean_over_ranks(margin)
+        m = batch_mean(margin.detach().float())
         if form == "paper":
             return (1 - torch.sigmoid(alpha * beta * m)).clamp(0.01, 1.0)
         if form == "code":
@@ -165,9 +150,9 @@ def dynamic_q(margin: torch.Tensor, *, alpha: float, beta: float = 0.1, form: st
         raise ValueError(f"unknown NaPO q_form {form!r}: expected 'code' or 'paper'")
 
 
-def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
+def napo(policy: dict, ref: dict, lengths: dict, *, beta: float = 0.1,
          weights=(0.04, 0.48, 0.48), q=None, q_form: str = "code",
-         alpha: tuple[float, float] = (0.5, 0.01)):
+         alpha: tuple[float, float] = (0.5, 0.01), batch_mean=torch.mean):
     """NaPO (Zhang et al., CVPR 2025, https://arxiv.org/abs/2503.17928, eq. 12-14).
 
     Negatives built automatically by the model itself (answers without the image, or without
@@ -177,8 +162,7 @@ def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
         L = g_l * L_DPO(chosen, rejected) + g_lb * L_q(chosen, lang_biased)
             + g_vb * L_q(chosen, vision_biased)
 
-    To copy it, copy ``box_cox_loss``, ``dynamic_q`` and ``batch_mean_over_ranks`` (above) with
-    it: torch is all they need.
+    To copy it, copy ``box_cox_loss`` and ``dynamic_q`` (above) with it: torch is all they need.
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``lang_biased``, ``vision_biased`` ``(batch,)``.
@@ -190,6 +174,9 @@ def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
         q: a float fixes q for both negative types; None makes it dynamic (``dynamic_q``).
         q_form: "code" (default) or "paper" form of the dynamic q.
         alpha: (alpha_lang, alpha_vision) of the dynamic q.
+        batch_mean: the mean over the global batch that q and the dynamic weights are taken
+            from; in a distributed run the caller passes one that averages over every rank
+            (``mmpo.distributed.global_mean``), so that every rank uses the same q.
     Returns:
         loss ``(batch,)``; ``rewards/lang_accuracies`` and ``rewards/vision_accuracies`` (the share
         of pairs against each negative ranked right), ``napo/q_{lang,vision}`` and
@@ -203,15 +190,16 @@ def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
     h_vb = logratio["chosen"] - logratio["vision_biased"]  # (batch,)
     if q is None:
         per_token = {v: logratio[v] / lengths[v].clamp_min(1) for v in ("chosen", "lang_biased")}
-        q_lb = dynamic_q(per_token["chosen"] - per_token["lang_biased"], alpha=alpha[0], beta=beta, form=q_form)
-        q_vb = dynamic_q(h_vb, alpha=alpha[1], beta=beta, form=q_form)
+        q_lb = dynamic_q(per_token["chosen"] - per_token["lang_biased"], alpha=alpha[0], beta=beta, form=q_form,
+                         batch_mean=batch_mean)
+        q_vb = dynamic_q(h_vb, alpha=alpha[1], beta=beta, form=q_form, batch_mean=batch_mean)
     else:
         q_lb = q_vb = torch.tensor(float(q), device=h_resp.device)
     if isinstance(weights, str):
         if weights != "dynamic":
             raise ValueError(f"unknown NaPO weights {weights!r}: expected 3 floats or 'dynamic'")
         with torch.no_grad():
-            means = torch.stack([batch_mean_over_ranks(beta * h) for h in (h_resp, h_lb, h_vb)])  # (3,)
+            means = torch.stack([batch_mean((beta * h).detach().float()) for h in (h_resp, h_lb, h_vb)])  # (3,)
             g = torch.nan_to_num(means / means.sum(), nan=1.0 / 3).clamp(0.01, 1.0)
         g_l, g_lb, g_vb = g.unbind()
     else:
@@ -229,7 +217,7 @@ def napo(policy: Logps, ref: Logps, lengths: Logps, *, beta: float = 0.1,
     return loss, metrics
 
 
-def symmpo(policy: Logps, ref: Logps, *, beta: float = 0.1, lam: float = 0.5,
+def symmpo(policy: dict, ref: dict, *, beta: float = 0.1, lam: float = 0.5,
            gamma: float = 1e-4, eta: float = 1.0, delta: float = 0.0, margin_form: str = "code"):
     """SymMPO (Liu et al., NeurIPS 2025, https://arxiv.org/abs/2506.11712).
 
@@ -276,7 +264,7 @@ def symmpo(policy: Logps, ref: Logps, *, beta: float = 0.1, lam: float = 0.5,
                   "symmpo/loss_anchor": l_anchor.detach().mean()}
 
 
-def sft(policy: Logps, ref: Logps, lengths: Logps):
+def sft(policy: dict, ref: dict, lengths: dict):
     """Supervised fine-tuning: the next-token cross-entropy of the chosen answer given the image
     and the prompt, averaged over every answer token of the batch (as a causal LM's loss is).
 
@@ -293,80 +281,7 @@ def sft(policy: Logps, ref: Logps, lengths: Logps):
     return -policy["chosen"] * (n.numel() / n.sum()), {}
 
 
-# ---- the registry: what a run needs to know about each objective --------------------------
-
-class Objective(NamedTuple):
-    """One objective: its loss, what it scores, and its defaults. Every default a run takes
-    from the objective (``mmpo.config.resolve``) is here, next to its loss."""
-    fn: Callable  # (policy, ref[, lengths], **options) -> (loss (batch,), its own metrics)
-    views: tuple[str, ...]  # what the model scores for each example (METHODS.md's views)
-    options: Callable[[Config], dict]  # the loss's keyword arguments, from the command line
-    lr: float  # the paper's learning rate (its model: a 7B one); tiny-* models take 1e-3
-    weight_decay: float = 0.0
-    m_prime: str = "crop"  # the second image m' when the data has none (--m-prime)
-    reference: bool = True  # False: no reference model is built or scored (SFT)
-    needs_lengths: bool = False  # the loss takes the response token counts too
-    recipe: tuple[str, dict] | None = None  # --recipe paper: (its source, {Config field: value})
-
-
-def _mdpo_options(cfg: Config) -> dict:
-    return {"beta": cfg.beta, "delta": cfg.mdpo_delta, "response": cfg.mdpo_response,
-            "conditional": cfg.mdpo_conditional, "anchor": cfg.mdpo_anchor,
-            "rejected_anchor": cfg.mdpo_rejected_anchor, "corrupt_anchor": cfg.mdpo_corrupt_anchor}
-
-
-def _mfpo_options(cfg: Config) -> dict:
-    return {"beta": cfg.beta, "eta": cfg.mfpo_eta, "weights": numbers(cfg.mfpo_weights, 3, "--mfpo-weights")}
-
-
-def _napo_options(cfg: Config) -> dict:
-    weights = "dynamic" if cfg.napo_weights == "dynamic" else numbers(cfg.napo_weights, 3, "--napo-weights")
-    return {"beta": cfg.beta, "weights": weights, "q": cfg.napo_q, "q_form": cfg.napo_q_form,
-            "alpha": numbers(cfg.napo_alpha, 2, "--napo-alpha")}
-
-
-def _symmpo_options(cfg: Config) -> dict:
-    return {"beta": cfg.beta, "lam": cfg.symmpo_lam, "gamma": cfg.symmpo_gamma, "eta": cfg.symmpo_eta,
-            "delta": cfg.symmpo_delta, "margin_form": cfg.symmpo_margin_form}
-
-
-# The released configurations (--recipe paper): every hyperparameter the authors' training script
-# sets, with the file it comes from. Batch sizes are per process, as released: mDPO ran on one
-# process, SymMPO on 4 GPUs (global batch 128), NaPO's GPU count is not in its script.
-_MDPO_RECIPE = dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4,
-                    grad_accum=8, lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048,
-                    mdpo_delta=0.0)
-
-OBJECTIVES: dict[str, Objective] = {
-    "dpo": Objective(dpo, ("chosen", "rejected"), lambda cfg: {"beta": cfg.beta}, lr=1e-5,
-                     recipe=("mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml", _MDPO_RECIPE)),
-    "mdpo": Objective(mdpo, ("chosen", "rejected", "chosen_on_corrupt"), _mdpo_options, lr=1e-5,
-                      recipe=("luka-group/mDPO bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "crop"})),
-    # MFPO releases no code and its supplementary configuration is not public: mDPO's, with its noise
-    "mfpo": Objective(mfpo, ("chosen", "rejected", "chosen_on_corrupt"), _mfpo_options, lr=1e-5, m_prime="noise",
-                      recipe=("unpublished; mDPO's bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "noise"})),
-    "napo": Objective(napo, ("chosen", "rejected", "lang_biased", "vision_biased"), _napo_options, lr=5e-7,
-                      weight_decay=0.01, needs_lengths=True,
-                      recipe=("zhangzef/NaPO script/pipeline/llava15_train_bias.sh + pipeline.sh",
-                              dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, adam_beta2=0.999, beta=0.1,
-                                   batch_size=1, grad_accum=4, lora_rank=0, dtype="bf16", max_length=2048,
-                                   napo_q_form="code", napo_alpha="0.5,0.01"))),
-    "symmpo": Objective(symmpo, ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt"),
-                        _symmpo_options, lr=5e-6, weight_decay=0.01, m_prime="contrast",
-                        recipe=("iLearn-Lab/NeurIPS25-SymMPO script/train/llava15_train_main.sh + run.sh",
-                                dict(lr=5e-6, epochs=10, max_steps=670, warmup=0.05, weight_decay=0.01,
-                                     adam_beta2=0.999, beta=0.1, batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16",
-                                     max_length=2048, symmpo_lam=0.5, symmpo_gamma=1e-4, symmpo_eta=1.0,
-                                     symmpo_delta=0.0, symmpo_margin_form="code", m_prime="contrast"))),
-    # LLaVA-1.5's visual instruction tuning (stage 2), 8 GPUs: global batch 128
-    "sft": Objective(sft, ("chosen",), lambda cfg: {}, lr=2e-5, reference=False, needs_lengths=True,
-                     recipe=("haotian-liu/LLaVA scripts/v1_5/finetune.sh",
-                             dict(lr=2e-5, epochs=1, warmup=0.03, weight_decay=0.0, adam_beta2=0.999, batch_size=16,
-                                  grad_accum=1, lora_rank=0, dtype="bf16", max_length=2048))),
-}
-
-
-def shared_metrics(policy: Logps, ref: Logps, views: tuple[str, ...], beta: float | None) -> dict:
+def shared_metrics(policy: dict, ref: dict, views: tuple[str, ...], beta: float | None) -> dict:
     """What every objective logs alike, under TRL's names: for each view the mean summed log-prob
     ``logps/<view>`` and, with a reference (``beta`` not None), the mean implicit reward
     ``rewards/<view>`` = beta * logratio; for the response pair (chosen, rejected) the reward
@@ -382,18 +297,3 @@ def shared_metrics(policy: Logps, ref: Logps, views: tuple[str, ...], beta: floa
             out["rewards/margins"] = (beta * h_resp).mean()
             out["rewards/accuracies"] = (h_resp > 0).float().mean()
     return out
-
-
-def compute(name: str, policy: Logps, ref: Logps, lengths: Logps, **options):
-    """Run objective ``name``: the one place the training loop and the evaluation call one from.
-
-    Returns its loss ``(batch,)`` and its metrics: ``shared_metrics`` over the objective's views
-    (the rewards with the loss's own ``options["beta"]``, 0.1 when not given: every loss's
-    default), then the loss's own."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
-    obj = OBJECTIVES[name]
-    args = (policy, ref, lengths) if obj.needs_lengths else (policy, ref)
-    loss, own = obj.fn(*args, **options)
-    beta = options.get("beta", 0.1) if obj.reference else None
-    return loss, {**shared_metrics(policy, ref, obj.views, beta), **own}

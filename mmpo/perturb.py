@@ -4,8 +4,8 @@ Every function takes a float image ``(C, H, W)`` or a batch ``(B, C, H, W)``, ke
 and device, and draws its randomness from an explicit ``torch.Generator`` so that one m' can be
 reproduced exactly (the policy and the reference must see the same m' in a step). ``corrupt`` is
 the one entry point by name (``crop``, ``noise``, ``blank``: the words of ``train.py --m-prime``
-and ``prepare symmpo --contrast``); the functions below it are the perturbations themselves.
-Self-contained: torch only.
+and ``prepare symmpo --contrast``), for training's m' and for prepared images alike; the
+functions below it are the perturbations themselves. ``corrupt`` and its helpers need torch only.
 """
 import hashlib
 import math
@@ -20,32 +20,35 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-KINDS = ("crop", "noise", "blank")  # the perturbations that make m' from m, by name
+NOISE_STEPS = 1000  # length of the diffusion schedule (VCD's): t is one of its steps
 
 
-def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = 500, steps: int = 1000,
+def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = 500, mask=None, normalized: bool = False,
             value: float = 0.0) -> torch.Tensor:
-    """m' from an image ``x`` in [0, 1], (C, H, W) or (B, C, H, W), by the name the flags use:
+    """m' from an image ``x``, (C, H, W) or (B, C, H, W), by the name the flags use:
 
     - ``crop``: mDPO's ``random_crop`` (a box of 1-20% of the image, resized back), on the
-      decoded image, before any processor;
-    - ``noise``: ``diffusion_noise`` at step ``t``, on the pixels rescaled to [-1, 1] (the range
-      diffusion models work in) and mapped back to [0, 1]. This is the noise baked into an image
-      file, for ``prepare symmpo --contrast noise`` (the model must answer for m', so m' must be
-      an image). Training's noise is not this: ``mmpo.data.noised`` calls ``diffusion_noise`` on
-      the processor's normalized pixel tensor, as VCD does, so its strength does not depend on
-      the image's size, and it needs no 8-bit rounding;
+      decoded image in [0, 1], before any processor;
+    - ``noise``: ``diffusion_noise`` at step ``t`` of ``NOISE_STEPS`` (only inside ``mask`` when
+      given: MFPO's key regions). Training adds it to the processor's *normalized* pixel tensor
+      (``normalized=True``), as VCD does, so its strength does not depend on the image's size;
+      an image in [0, 1] (``prepare symmpo --contrast noise``, which bakes m' into a file the
+      model must answer for) is rescaled to [-1, 1], the range diffusion models work in, and back;
     - ``blank``: an image of the same shape filled with ``value`` (0 black, 1 white).
 
     The result can leave [0, 1] (noise); whoever turns it into an 8-bit image clamps it.
+    Lifting it: copy ``NOISE_STEPS``, ``random_crop``, ``crop_box``, ``_batched``, ``_uniform``,
+    ``diffusion_noise``, ``alpha_bar`` and ``blank`` with it.
     """
     if kind == "crop":
         return random_crop(x, generator=generator)
+    if kind == "noise" and normalized:
+        return diffusion_noise(x, t=t, mask=mask, generator=generator, steps=NOISE_STEPS)
     if kind == "noise":
-        return (diffusion_noise(x * 2 - 1, t=t, generator=generator, steps=steps) + 1) / 2
+        return (diffusion_noise(x * 2 - 1, t=t, mask=mask, generator=generator, steps=NOISE_STEPS) + 1) / 2
     if kind == "blank":
         return blank(x, value)
-    raise ValueError(f"unknown corruption {kind!r}: choose one of {', '.join(KINDS)}")
+    raise ValueError(f"unknown corruption {kind!r}: choose crop, noise or blank")
 
 
 def _batched(img: torch.Tensor):
@@ -94,7 +97,7 @@ def random_crop(img: torch.Tensor, area=(0.01, 0.2), ratio=(3 / 4, 4 / 3), gener
     return unbatch(torch.cat(out).to(img.dtype))
 
 
-def alpha_bar(steps: int = 1000) -> torch.Tensor:
+def alpha_bar(steps: int = NOISE_STEPS) -> torch.Tensor:
     """Cumulative signal fraction abar_t of the noise schedule of visual contrastive decoding
     (VCD, Leng et al. 2024), which MFPO cites: beta_t = sigmoid(linspace(-6, 6, T)) *
     (5e-3 - 1e-5) + 1e-5, abar_t = prod_{s<=t} (1 - beta_s). Shape (steps,), float64."""
@@ -102,7 +105,7 @@ def alpha_bar(steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
-def diffusion_noise(img: torch.Tensor, t: int = 500, mask=None, generator=None, steps: int = 1000):
+def diffusion_noise(img: torch.Tensor, t: int = 500, mask=None, generator=None, steps: int = NOISE_STEPS):
     """Forward diffusion to step t: m' = sqrt(abar_t) * x + sqrt(1 - abar_t) * eps, eps ~ N(0, I).
 
     As in VCD, ``img`` is the model's *normalized pixel tensor*, after its processor has resized

@@ -18,7 +18,7 @@ import os
 import shutil
 
 from mmpo.cli import UserError
-from mmpo.config import NOISE_STEPS, TINY_MODELS  # the light homes of these (mmpo.models and mmpo.data import torch)
+from mmpo.config import M_PRIMES, TINY_MODELS
 from mmpo.files import write_atomic
 
 SETTINGS = "prepare.json"  # beside OUT/data.jsonl: what decided its rows
@@ -69,7 +69,7 @@ def build_parser() -> Parser:
     p.add_argument("--threshold", type=float, default=0.1, help="mfpo: detection score threshold, in [0, 1]")
     p.add_argument("--lang-image", choices=("none", "white", "black"), default="none",
                    help="napo: language-biased answers without an image, or with a blank one")
-    p.add_argument("--contrast", choices=("neighbor", "crop", "noise", "blank"), default="neighbor",
+    p.add_argument("--contrast", choices=("neighbor", *(k for k in M_PRIMES if k != "contrast")), default="neighbor",
                    help="symmpo: m' is the nearest other image (neighbor), or m perturbed (the ablations, as "
                         "train.py --m-prime names them)")
     p.add_argument("--pool", default="", help="symmpo: a folder of candidate contrast images (default: the data's)")
@@ -81,6 +81,7 @@ def build_parser() -> Parser:
 
 def check_options(args) -> None:
     """The options' ranges, before the data is read or a model loaded."""
+    from mmpo.perturb import NOISE_STEPS  # its one owner (torch): after --help has answered
     problems = [
         (args.batch_size < 1, f"--batch-size {args.batch_size}: must be at least 1"),
         (args.k < 1, f"--k {args.k}: must be at least 1"),

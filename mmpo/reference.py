@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from mmpo import checkpoint, distributed, lora
+from mmpo.config import Config
 from mmpo.data import Batch, collate
 from mmpo.distributed import Dist
 from mmpo.files import atomic_path
@@ -35,7 +36,7 @@ class Reference:
     policy's adapters off). ``refresh_at``: the steps where the policy becomes the reference."""
 
     def __init__(self, policy, frozen=None, *, enabled: bool = True, out: str = "", refresh_at=(),
-                 share_prefix: bool = True, chunk: int = 1024, d: Dist = Dist()):
+                 share_prefix: bool = Config.prefix_sharing, chunk: int = Config.logps_chunk, d: Dist = Dist()):
         self.policy, self.frozen, self.enabled = policy, frozen, enabled
         self.share_prefix, self.chunk = share_prefix, chunk  # how it is scored (mmpo.logps.sequence_logps)
         self.out, self.refresh_at, self.d = out, sorted(refresh_at), d
@@ -64,7 +65,7 @@ class Reference:
             return torch.zeros(batch.input_ids.shape[0], device=self.d.device)
         if self.table is not None:
             return cached_logps(self.table, batch)
-        return live_logps(self.policy, self.frozen, batch, features, self.share_prefix, self.chunk)
+        return live_logps(self.policy, self.frozen, batch, features, share_prefix=self.share_prefix, chunk=self.chunk)
 
     def cached(self, path: str, fp: str, dataset, batch_size: int, pad: int, autocast, num_workers: int = 0
                ) -> "Reference":
@@ -80,7 +81,7 @@ class Reference:
             self.policy.eval()
             with autocast:
                 table = build_cache(path, fp, self.policy, self.frozen, loader, dataset.views, self.d,
-                                    self.share_prefix, self.chunk)
+                                    share_prefix=self.share_prefix, chunk=self.chunk)
             self.policy.train(was_training)
         other = copy.copy(self)
         other.table = table
@@ -113,8 +114,7 @@ class Reference:
 
 
 @torch.no_grad()
-def live_logps(policy, frozen, batch: Batch, image_features=None, share_prefix: bool = True,
-                chunk: int = 1024) -> torch.Tensor:
+def live_logps(policy, frozen, batch: Batch, image_features=None, *, share_prefix: bool, chunk: int) -> torch.Tensor:
     """Reference log-probs ``(N,)`` of every row: ``frozen`` if given, else the policy acting as
     the reference (``lora.as_reference``: adapters off, or their snapshot after a stage refresh)."""
     if frozen is not None:
@@ -173,8 +173,7 @@ def load_cache(path: str, fp: str):
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
 
 
-def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist = Dist(), share_prefix: bool = True,
-                chunk: int = 1024) -> dict:
+def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist, *, share_prefix: bool, chunk: int) -> dict:
     """Score every example once with the reference (each rank its share), gather the scores on
     every rank, save them (rank 0), and return the lookup table."""
     table = {}

@@ -14,7 +14,7 @@ from mmpo import distributed
 from mmpo.cli import UserError
 from mmpo.data import collate
 from mmpo.logps import sequence_logps
-from mmpo.objectives import compute
+from mmpo.recipes import Objective, loss
 
 
 def check_report_to(report_to: str):
@@ -60,8 +60,8 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def evaluate(model, eval_set, ref_logps, objective: str, options: dict, batch_size: int, pad: int,
-             d=distributed.Dist(), autocast=None) -> dict:
+def evaluate(model, eval_set, ref_logps, objective: Objective, options: dict, batch_size: int, pad: int,
+             d=distributed.Dist(), autocast=None, *, share_prefix: bool, chunk: int) -> dict:
     """Held-out figures of the current policy: the objective's loss and metrics over the whole
     set, and the conditional accuracy, the fraction of examples with logp(y_w | m) > logp(y_w | m')
     (the image matters to the chosen answer). ``ref_logps(batch)`` gives the reference's ``(N,)``."""
@@ -75,7 +75,7 @@ def evaluate(model, eval_set, ref_logps, objective: str, options: dict, batch_si
         if not distributed.all_ranks_have(len(batch), d):
             continue
         with autocast or torch.autocast("cpu", enabled=False):
-            logps, lengths = sequence_logps(model, batch)
+            logps, lengths = sequence_logps(model, batch, None, share_prefix, chunk)
             ref = ref_logps(batch)
         pol, ref, n = (batch.split(t.float().cpu()) for t in (logps, ref, lengths))  # each {view: (n_examples,)}
         for v in batch.views:
@@ -87,8 +87,8 @@ def evaluate(model, eval_set, ref_logps, objective: str, options: dict, batch_si
         return {}
     table = {v: torch.tensor([[scores[(i, v)][k] for i in ids] for k in range(3)]) for v in eval_set.views}
     policy, reference, lengths = ({v: t[k] for v, t in table.items()} for k in range(3))
-    loss, metrics = compute(objective, policy, reference, lengths, **options)
-    out = {"eval/loss": loss.mean().item(), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+    value, metrics = loss(objective, policy, reference, lengths, options)
+    out = {"eval/loss": value.mean().item(), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
     out["eval/cond_acc"] = (policy["chosen"] > policy["chosen_on_corrupt"]).float().mean().item()
     out["eval/examples"] = len(ids)
     return out

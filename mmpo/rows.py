@@ -24,7 +24,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mmpo.cli import UserError
-from mmpo.config import NOISE_STEPS
+from mmpo.config import M_PRIMES
+from mmpo.perturb import NOISE_STEPS
 
 # view -> (which image, which response field). "corrupt" is m': corrupt_image, a perturbation
 # made on the fly, or SymMPO's contrast_image.
@@ -40,8 +41,6 @@ VIEWS = {
 }
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
 IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
-# what m' can be: a corruption of m (made on the fly), or SymMPO's real contrast_image
-M_PRIMES = ("crop", "noise", "blank", "contrast")
 
 
 class DataError(UserError):

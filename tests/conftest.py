@@ -7,7 +7,9 @@ sys.path.insert(0, ROOT)
 
 # first: on a CPU whose AMX kernels die with SIGILL this sets ONEDNN_MAX_CPU_ISA for the whole
 # session and every subprocess (torchrun workers) before torch runs a bf16 kernel
-import mmpo  # noqa: E402, F401
+from mmpo import cpu_bf16  # noqa: E402
+
+cpu_bf16.guard()
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402

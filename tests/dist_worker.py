@@ -25,7 +25,9 @@ def napo_q(d):
     """Each rank sees different margins; the dynamic q must come out identical everywhere."""
     from mmpo.objectives import dynamic_q
     margins = torch.tensor([1.0, 3.0]) if d.rank == 0 else torch.tensor([-2.0, 10.0])
-    return {"q_code": dynamic_q(margins, alpha=0.5).item(), "q_paper": dynamic_q(margins, alpha=0.5, form="paper").item()}
+    mean = distributed.global_mean(d)  # what a run passes to napo
+    return {"q_code": dynamic_q(margins, alpha=0.5, batch_mean=mean).item(),
+            "q_paper": dynamic_q(margins, alpha=0.5, form="paper", batch_mean=mean).item()}
 
 
 def bf16(d):

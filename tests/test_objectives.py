@@ -1,8 +1,8 @@
 """Each objective against numbers worked out by hand from the formulas of METHODS.md.
 
 Log-ratios are chosen so every term is easy to evaluate: with beta = 0.1 a log-ratio of 10
-gives a beta-scaled reward of 1. A loss returns only its own metrics; ``compute`` adds the
-rewards/* and logps/* every objective shares.
+gives a beta-scaled reward of 1. A loss returns only its own metrics; ``recipes.loss`` adds the
+rewards/* and logps/* every objective shares (``objectives.shared_metrics``).
 """
 import dataclasses
 import inspect
@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from mmpo import objectives as O
+from mmpo import recipes
 from mmpo.config import Config
+from mmpo.distributed import Dist
+from mmpo.recipes import OBJECTIVES
+
+
+def compute(name, policy, ref, lengths, **options):
+    """What a run computes for objective ``name``: its loss and metrics, shared ones included."""
+    return recipes.loss(OBJECTIVES[name], policy, ref, lengths, options)
 
 
 def logsig(x):
@@ -39,8 +47,8 @@ def test_dpo_by_hand():
     # h_resp = [10, -10] -> beta*h_resp = [1, -1]
     assert loss.shape == (2,)
     assert loss.tolist() == pytest.approx([-logsig(1.0), -logsig(-1.0)], abs=1e-6)
-    assert own == {}  # DPO has nothing of its own to log: compute adds the shared figures
-    loss2, m = O.compute("dpo", policy, ref, {}, beta=0.1)
+    assert own == {}  # DPO has nothing of its own to log: recipes.loss adds the shared figures
+    loss2, m = compute("dpo", policy, ref, {}, beta=0.1)
     assert torch.equal(loss2, loss)
     assert m["rewards/chosen"].item() == pytest.approx(0.1 * (10 - 5) / 2)
     assert m["rewards/rejected"].item() == pytest.approx(0.1 * (0 + 5) / 2)
@@ -52,11 +60,11 @@ def test_dpo_by_hand():
 
 def test_the_shared_rewards_take_the_beta_of_the_loss():
     policy, ref = views(chosen=[10.0, 30.0], rejected=[0.0, 10.0])
-    _, m = O.compute("dpo", policy, ref, {}, beta=0.5)
+    _, m = compute("dpo", policy, ref, {}, beta=0.5)
     assert m["rewards/chosen"].item() == pytest.approx(0.5 * 20)
     assert m["rewards/rejected"].item() == pytest.approx(0.5 * 5)
     assert m["rewards/margins"].item() == pytest.approx(0.5 * 15)
-    _, default = O.compute("dpo", policy, ref, {})  # no beta given: the loss's default, 0.1
+    _, default = compute("dpo", policy, ref, {})  # no beta given: the loss's default, 0.1
     assert default["rewards/chosen"].item() == pytest.approx(0.1 * 20)
 
 
@@ -74,7 +82,7 @@ def test_mdpo_by_hand_and_each_switch():
     assert extra == pytest.approx(t_resp + t_img + t_anc - logsig(-(-1.0 - 0.5)) - logsig(-(2.0 - 0.5)), abs=1e-6)
     assert m["rewards/image_accuracies"].item() == 0.0  # h_image < 0
     assert m["rewards/image_margins"].item() == pytest.approx(-1.0)
-    _, shared = O.compute("mdpo", policy, ref, {}, beta=0.1, delta=0.5)
+    _, shared = compute("mdpo", policy, ref, {}, beta=0.1, delta=0.5)
     assert shared["rewards/accuracies"].item() == 1.0  # h_resp > 0
     assert shared["rewards/chosen_on_corrupt"].item() == pytest.approx(2.0)
 
@@ -233,14 +241,14 @@ def test_symmpo_margin_term_code_and_paper_forms():
 
 # ---- every objective ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(O.OBJECTIVES))
+@pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_gradients_reach_policy_never_ref(name):
     torch.manual_seed(0)
-    views_ = O.OBJECTIVES[name].views
+    views_ = OBJECTIVES[name].views
     policy = {v: torch.randn(3, requires_grad=True) for v in views_}
     ref = {v: torch.randn(3, requires_grad=True) for v in views_}
     lengths = {v: torch.full((3,), 4.0) for v in views_}
-    loss, metrics = O.compute(name, policy, ref, lengths)
+    loss, metrics = compute(name, policy, ref, lengths)
     assert loss.shape == (3,)
     loss.mean().backward()
     for v in views_:
@@ -248,7 +256,7 @@ def test_gradients_reach_policy_never_ref(name):
     for v in views_:
         assert ref[v].grad is None, v
     assert all(not t.requires_grad for t in metrics.values())  # metrics are detached
-    if O.OBJECTIVES[name].reference:  # a preference objective
+    if OBJECTIVES[name].reference:  # a preference objective
         assert "rewards/accuracies" in metrics and "rewards/chosen" in metrics
 
 
@@ -256,37 +264,72 @@ def test_sft_is_the_token_mean_cross_entropy():
     # two answers of 2 and 6 tokens with summed log-probs -1 and -3: the loss of the batch is
     # the per-token one, (1 + 3) / (2 + 6) = 0.5, not the mean of per-answer means (0.5 + 0.5) / 2
     policy = {"chosen": torch.tensor([-1.0, -3.0], requires_grad=True)}
-    loss, metrics = O.compute("sft", policy, {}, {"chosen": torch.tensor([2.0, 6.0])})
+    loss, metrics = compute("sft", policy, {}, {"chosen": torch.tensor([2.0, 6.0])})
     assert loss.mean().item() == pytest.approx(0.5)
     loss.mean().backward()
     assert policy["chosen"].grad.tolist() == pytest.approx([-1 / 8, -1 / 8])  # every token weighs the same
     assert metrics["logps/chosen"].item() == pytest.approx(-2.0)
 
 
-def test_unknown_objective_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown objective 'ppo'.*dpo, mdpo"):
-        O.compute("ppo", {}, {}, {})
+# ---- each loss lifted alone: its source, run with nothing but torch ---------------------------
 
-
-def module_names(fn) -> set[str]:
-    """The names of mmpo.objectives that ``fn`` reads (its comprehensions included)."""
-    def names(code):
-        return set(code.co_names).union(*(names(c) for c in code.co_consts if inspect.iscode(c)))
-    return names(fn.__code__) & set(vars(O))
+def lifted(fn, helpers=()):
+    """``fn`` (and the helpers its docstring names) re-created from source text alone, in a namespace
+    holding only ``torch`` and ``F``: what a reader gets by copying it into a fresh script."""
+    space = {"torch": torch, "F": torch.nn.functional}
+    for obj in (*helpers, fn):
+        source = inspect.getsource(obj) if not isinstance(obj, str) else obj
+        exec(compile(source, f"<copied {getattr(obj, '__name__', 'constant')}>", "exec"), space)
+    return space[fn.__name__]
 
 
 @pytest.mark.parametrize("name", ["dpo", "mdpo", "mfpo", "napo", "symmpo", "sft"])
-def test_each_loss_can_be_copied_with_nothing_but_torch(name):
-    own_helpers = {"napo": {"box_cox_loss", "dynamic_q", "batch_mean_over_ranks"}}.get(name, set())
-    assert module_names(O.OBJECTIVES[name].fn) - {"torch", "F"} == own_helpers
-    if name == "napo":  # ... and what napo's helpers read in turn
-        assert module_names(O.box_cox_loss) <= {"torch", "F"}
-        assert module_names(O.dynamic_q) - {"torch"} == {"batch_mean_over_ranks"}
-        assert module_names(O.batch_mean_over_ranks) == {"dist"}
+def test_each_loss_copied_alone_runs_with_nothing_but_torch(name):
+    fn = OBJECTIVES[name].fn
+    helpers = (O.box_cox_loss, O.dynamic_q) if name == "napo" else ()
+    if name == "napo":  # its docstring names what to copy with it
+        assert "``box_cox_loss`` and ``dynamic_q``" in fn.__doc__
+    copy = lifted(fn, helpers)
+    torch.manual_seed(0)
+    views_ = OBJECTIVES[name].views
+    policy = {v: torch.randn(4) * 5 for v in views_}
+    ref = {v: torch.randn(4) * 5 for v in views_}
+    lengths = {v: torch.tensor([3.0, 5.0, 8.0, 2.0]) for v in views_}
+    args = (policy, ref, lengths) if OBJECTIVES[name].needs_lengths else (policy, ref)
+    options = [{}] + ([{"weights": "dynamic"}, {"q": 0.3}, {"q_form": "paper"}] if name == "napo" else [])
+    for extra in options:
+        want, want_m = fn(*args, **extra)
+        got, got_m = copy(*args, **extra)
+        assert torch.equal(got, want), extra
+        assert want_m.keys() == got_m.keys() and all(torch.equal(torch.as_tensor(got_m[k]), torch.as_tensor(want_m[k]))
+                                                     for k in want_m)
+
+
+def test_napo_takes_its_cross_rank_mean_from_the_caller():
+    """q comes from the batch-mean margin over *every* rank: the caller passes that mean in (a run
+    passes ``distributed.global_mean``), so the loss itself holds no collective."""
+    policy, ref = views(chosen=[10.0, 0.0], rejected=[0.0, 0.0], lang_biased=[0.0, 0.0], vision_biased=[0.0, -30.0])
+    lengths = {v: torch.ones(2) for v in policy}
+    seen = []
+    other_ranks = lambda x: (seen.append(x) or (x.mean() + 4.0) / 2)  # another rank whose mean is 4
+    _, m = O.napo(policy, ref, lengths, batch_mean=other_ranks)
+    # vision: h_vb = [10, 30], local mean 20, global (20 + 4) / 2 = 12: q = 2 (1 - sig(0.01 * 12))
+    assert m["napo/q_vision"].item() == pytest.approx(2 * (1 - sig(0.01 * 12)), rel=1e-6)
+    assert len(seen) == 2 and not any(x.requires_grad for x in seen)
+    assert O.napo(policy, ref, lengths)[1]["napo/q_vision"].item() == pytest.approx(2 * (1 - sig(0.01 * 20)), rel=1e-6)
+    assert OBJECTIVES["napo"].options(Config(), Dist())["batch_mean"](torch.tensor([1.0, 3.0])).item() == 2.0
+
+
+def test_the_objectives_file_imports_only_torch():
+    import ast
+    tree = ast.parse(inspect.getsource(O))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported == {"torch", "torch.nn.functional"}
 
 
 def test_the_registry_holds_each_papers_defaults():
-    objectives = O.OBJECTIVES.items()
+    objectives = OBJECTIVES.items()
     assert {n: o.lr for n, o in objectives} == {"dpo": 1e-5, "mdpo": 1e-5, "mfpo": 1e-5, "napo": 5e-7,
                                                 "symmpo": 5e-6, "sft": 2e-5}
     assert {n for n, o in objectives if o.weight_decay} == {"napo", "symmpo"}
@@ -304,6 +347,9 @@ def test_the_registry_holds_each_papers_defaults():
 def test_the_default_flags_give_each_loss_its_own_defaults(name):
     """The flags' defaults are the papers' (Config), the losses' keyword defaults too: ``options``
     must map one onto the other (a flag sent to the wrong argument shows here)."""
-    fn = O.OBJECTIVES[name].fn
+    fn = OBJECTIVES[name].fn
     defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.kind == p.KEYWORD_ONLY}
-    assert O.OBJECTIVES[name].options(Config()) == defaults
+    options = OBJECTIVES[name].options(Config(), Dist())
+    options.pop("batch_mean", None)  # the caller's cross-rank mean, not a hyperparameter
+    defaults.pop("batch_mean", None)
+    assert options == defaults

@@ -9,8 +9,8 @@ import pytest
 import train
 from conftest import metrics
 from mmpo.cli import UserError
-from mmpo.config import parse_args, resolve, typed_flags
-from mmpo.objectives import OBJECTIVES, Objective
+from mmpo.config import parse_args, typed_flags
+from mmpo.recipes import OBJECTIVES, Objective, resolve
 
 
 def ipo(policy, ref, *, beta=0.1):
@@ -24,7 +24,7 @@ def ipo(policy, ref, *, beta=0.1):
         policy, ref: summed log-probs of views ``chosen`` and ``rejected``, each ``(batch,)``.
         beta: the regularization tau.
     Returns:
-        loss ``(batch,)``, and no metrics of its own (``compute`` adds rewards/* and logps/*).
+        loss ``(batch,)``, and no metrics of its own (a run adds rewards/* and logps/*).
     """
     # the reference is a constant of the objective: no gradient may flow into it
     logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected")}  # each (batch,)
@@ -35,7 +35,7 @@ def ipo(policy, ref, *, beta=0.1):
 @pytest.fixture
 def with_ipo(monkeypatch):
     """IPO registered for one test (monkeypatch takes it out again)."""
-    monkeypatch.setitem(OBJECTIVES, "ipo", Objective(ipo, ("chosen", "rejected"), lambda cfg: {"beta": cfg.beta},
+    monkeypatch.setitem(OBJECTIVES, "ipo", Objective(ipo, ("chosen", "rejected"), lambda cfg, d: {"beta": cfg.beta},
                                                      lr=5e-7))
 
 

@@ -148,5 +148,32 @@ def test_corrupt_noise_acts_on_pixels_scaled_to_minus_one_one():
 
 
 def test_corrupt_names_its_kinds_on_a_wrong_one():
-    with pytest.raises(ValueError, match="unknown corruption 'black': choose one of crop, noise, blank"):
+    with pytest.raises(ValueError, match="unknown corruption 'black': choose crop, noise or blank"):
         P.corrupt(torch.zeros(3, 4, 4), "black")
+
+
+def test_training_noise_is_corrupt_on_the_normalized_pixels():
+    """Training's m' for noise: ``corrupt(..., normalized=True)`` is VCD's noise on the processor's
+    normalized tensor as it is, within a mask when given (no [-1, 1] rescaling)."""
+    x = torch.randn(3, 8, 8)
+    mask = torch.zeros(8, 8)
+    mask[:4] = 1
+    out = P.corrupt(x, "noise", gen(5), t=500, mask=mask, normalized=True)
+    assert torch.equal(out, P.diffusion_noise(x, t=500, mask=mask, generator=gen(5)))
+    assert torch.equal(out[:, 4:], x[:, 4:])
+
+
+def test_corrupt_copied_alone_runs_with_nothing_but_torch():
+    """What its docstring says to copy, executed from source in a namespace holding only torch and
+    F, gives the package's m' for every kind."""
+    import inspect
+    names = ["NOISE_STEPS", "random_crop", "crop_box", "_batched", "_uniform", "diffusion_noise", "alpha_bar", "blank"]
+    for name in names:
+        assert f"``{name}``" in P.corrupt.__doc__
+    space = {"torch": torch, "F": F}
+    exec(f"import math\nNOISE_STEPS = {P.NOISE_STEPS}", space)  # math: the standard library, as crop_box uses it
+    for name in names[1:] + ["corrupt"]:
+        exec(inspect.getsource(getattr(P, name)), space)
+    x = torch.rand(2, 3, 16, 16)
+    for kind, kw in [("crop", {}), ("noise", {"t": 300}), ("noise", {"normalized": True}), ("blank", {"value": 1.0})]:
+        assert torch.equal(space["corrupt"](x, kind, gen(3), **kw), P.corrupt(x, kind, gen(3), **kw)), kind

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 import train
 from conftest import ROOT, assert_identical_runs, metrics, train_killed_after, write_jsonl
 from mmpo import checkpoint, reference
-from mmpo.config import parse_args, resolve, typed_flags
+from mmpo.config import parse_args, typed_flags
+from mmpo.recipes import resolve
 from mmpo.models import tiny_model
 
 FAST = ["--batch-size", "4", "--save-every", "0", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0"]
@@ -140,9 +141,10 @@ def test_a_saved_model_trains_through_model_dir(easy_data, tmp_path):
 
 
 def test_nonfinite_losses_skip_steps_then_stop(easy_data, tmp_path, monkeypatch, capsys):
-    import mmpo.objectives as O
-    real = O.compute
-    monkeypatch.setattr(train, "compute", lambda *a, **k: (real(*a, **k)[0] * float("nan"), real(*a, **k)[1]))
+    from mmpo.recipes import OBJECTIVES
+    real = OBJECTIVES["mdpo"]
+    nan_loss = lambda *a, **k: (real.fn(*a, **k)[0] * float("nan"), real.fn(*a, **k)[1])
+    monkeypatch.setitem(OBJECTIVES, "mdpo", real._replace(fn=nan_loss))
     code = train.run(["--data", easy_data, "--out", str(tmp_path), "--max-steps", "5", "--max-nonfinite", "3", *FAST])
     err = capsys.readouterr()
     assert code == 2
