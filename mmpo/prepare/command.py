@@ -2,8 +2,8 @@
 with its recorded settings, the models it loads, and its summary (``python -m mmpo.prepare``).
 
 Light on purpose: the standard library, mmpo.cli and mmpo.config at import, no torch, no transformers,
-so that --help and option errors answer at once (mmpo/prepare.py checks the command line with this
-module before its own heavy imports). What needs torch or a model is imported inside the function
+so that --help and option errors answer at once (__main__.py checks the command line with this
+module before the heavy imports). What needs torch or a model is imported inside the function
 that uses it.
 
 Resuming: rows already in OUT/data.jsonl are kept and never redone, and every row is reproducible
@@ -100,7 +100,7 @@ def check_options(args) -> None:
 
 
 def nltk_missing() -> bool:
-    from mmpo.keywords import nltk_tagger  # imports torch, so asked only for mfpo --tagger nltk
+    from mmpo.prepare.keywords import nltk_tagger  # imports torch, so asked only for mfpo --tagger nltk
     return nltk_tagger() is None
 
 
@@ -164,9 +164,9 @@ def load_embedder(name: str):
 
 def load_models(args, ctx) -> None:
     """Load what models_to_load names into ctx, each failure one line naming its option."""
-    from mmpo.keywords import embedding_vectors
+    from mmpo.prepare.keywords import embedding_vectors
     from mmpo.models import load_model
-    from mmpo.regions import Grounding, load_detector, load_segmenter
+    from mmpo.prepare.regions import Grounding, load_detector, load_segmenter
     loaders = {"--detector": load_detector, "--segmenter": load_segmenter, "--embedder": load_embedder,
                "--model": lambda name: load_model(name, trust_remote_code=args.trust_remote_code, seed=args.seed)}
     loaded = {flag: load_or_explain(flag, name, loaders[flag]) for flag, name in models_to_load(args)}
@@ -239,7 +239,7 @@ def row_settings(args) -> dict:
         if values.get(n) and os.path.exists(values[n]):
             values[n] = os.path.realpath(values[n])  # one folder, however it is spelled
     if values.get("tagger") == "auto":  # auto means nltk on one machine, the rules on another
-        from mmpo.keywords import nltk_tagger
+        from mmpo.prepare.keywords import nltk_tagger
         values["tagger"] = "auto: " + ("nltk" if nltk_tagger() else "rules")
     return {"method": args.method, "data_sha256": file_sha256(args.data), **values}
 

@@ -1,27 +1,4 @@
-"""Build each method's training data from a preference JSONL.
-
-    python -m mmpo.prepare mfpo   --data IN.jsonl --out DIR   # noise_mask + noise_step: key regions to noise
-    python -m mmpo.prepare napo   --data IN.jsonl --out DIR   # lang_biased, vision_biased by the model
-    python -m mmpo.prepare symmpo --data IN.jsonl --out DIR   # contrast_image, contrast_chosen
-
-Writes DIR/data.jsonl (every input field kept, image paths absolute, new fields added) and the
-new images under DIR/images/, which ``train.py --data DIR/data.jsonl`` reads directly. MFPO's
-noise is not baked into an 8-bit image: the row records what defines m' (the region mask and the
-diffusion step), and training adds the noise to the model's normalized pixel tensor, as VCD does. The
-input is never modified. Re-running continues where a killed run stopped, with the same result as
-one uninterrupted run; DIR/prepare.json records the settings, and a re-run with other settings is
-refused (``--overwrite`` starts afresh). Every mistake is one line. This file holds the three
-pipelines and ``main``; the options, their checks, resuming and model loading are in
-mmpo/prepare_cli.py.
-"""
-import sys
-
-if __name__ == "__main__":  # --help and option errors answer at once, before torch is imported
-    from mmpo import cli
-    from mmpo.prepare_cli import build_parser, check_options
-    if cli.run(lambda: check_options(build_parser().parse_args(sys.argv[1:])), light=True):
-        sys.exit(2)
-
+"""The three pipelines (MFPO, NaPO, SymMPO) and ``main``, which runs one over the rows not yet written."""
 import io
 import json
 import os
@@ -37,10 +14,10 @@ from mmpo.cli import UserError
 from mmpo.perturb import stable_seed
 from mmpo.rows import DataError, load_image, read_rows, to_pil, to_tensor
 from mmpo.generate import generate
-from mmpo.keywords import rank_keywords
-from mmpo.prepare_cli import (build_parser, check_model_name, check_options, done_ids, first_line, load_models,
-                              models_to_load, row_settings, start_output, summary)
-from mmpo.regions import region_mask
+from mmpo.prepare.keywords import rank_keywords
+from mmpo.prepare.command import (build_parser, check_model_name, check_options, done_ids, first_line,
+                                  load_models, models_to_load, row_settings, start_output, summary)
+from mmpo.prepare.regions import region_mask
 
 BASE_FIELDS = {"image", "prompt", "chosen", "rejected"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -276,7 +253,3 @@ def run(argv=None) -> int:
         args = build_parser().parse_args(argv)  # inside cli.run: a bad option is one line too
         print(summary(args.method, main(args), os.path.join(args.out, "data.jsonl")))
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(run())
