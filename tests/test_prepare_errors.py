@@ -109,18 +109,25 @@ def test_a_hub_detector_offline_fails_at_once(data, tmp_path, capsys, monkeypatc
 
 def test_the_segmenter_is_named_when_it_is_the_one_missing(data, tmp_path, capsys, no_model_loads):
     (tmp_path / "det").mkdir()
+    (tmp_path / "det" / "config.json").write_text("{}")
     assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(tmp_path / "det"),
                         "--segmenter", "./no-sam-here"]) == 2
     assert error_line(capsys) == f"error: --segmenter ./no-sam-here: no such directory{GROUNDING_HINT}"
 
 
-def test_a_folder_that_holds_no_detector(data, tmp_path, capsys):
-    """The folder is there but loading fails: the first line of the loader's error says why."""
-    (tmp_path / "det").mkdir()
-    assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(tmp_path / "det"),
-                        "--segmenter", ""]) == 2
+def test_a_folder_that_holds_no_detector(data, tmp_path, capsys, monkeypatch, no_model_loads):
+    """A folder without a config.json is refused before any model loads; one with a config.json
+    that still does not load: the first line of the loader's error says why."""
+    det = tmp_path / "det"
+    det.mkdir()
+    argv = ["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(det), "--segmenter", ""]
+    assert build.run(argv) == 2
+    assert error_line(capsys) == f"error: --detector {det}: not a model directory (no config.json){GROUNDING_HINT}"
+    (det / "config.json").write_text("{}")
+    monkeypatch.undo()
+    assert build.run(argv) == 2
     line = error_line(capsys)
-    assert line.startswith(f"error: --detector {tmp_path / 'det'}: cannot load it (") and line.endswith(GROUNDING_HINT)
+    assert line.startswith(f"error: --detector {det}: cannot load it (") and line.endswith(GROUNDING_HINT)
 
 
 def test_a_model_that_cannot_be_loaded(data, tmp_path, capsys, no_model_loads):
@@ -128,10 +135,16 @@ def test_a_model_that_cannot_be_loaded(data, tmp_path, capsys, no_model_loads):
     assert error_line(capsys) == "error: --model ./no-such-dir: no such directory"  # not the hub's "Repo id must ..."
 
 
-def test_a_folder_that_holds_no_model(data, tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert build.run(["napo", "--data", data, "--out", str(tmp_path / "o"), "--model", str(tmp_path / "empty")]) == 2
-    assert error_line(capsys).startswith(f"error: --model {tmp_path / 'empty'}: cannot load it (")
+def test_a_folder_that_holds_no_model(data, tmp_path, capsys, monkeypatch, no_model_loads):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    argv = ["napo", "--data", data, "--out", str(tmp_path / "o"), "--model", str(folder)]
+    assert build.run(argv) == 2
+    assert error_line(capsys) == f"error: --model {folder}: not a model directory (no config.json)"
+    (folder / "config.json").write_text("{}")
+    monkeypatch.undo()
+    assert build.run(argv) == 2
+    assert error_line(capsys).startswith(f"error: --model {folder}: cannot load it (")
 
 
 def test_an_embedder_that_cannot_be_loaded(data, tmp_path, capsys, no_model_loads):

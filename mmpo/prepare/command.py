@@ -11,12 +11,12 @@ from (seed, id), so a killed run continued gives the rows of one uninterrupted r
 under the same settings, so OUT/prepare.json records what decides the rows (method, input checksum,
 options) and a re-run with other settings is refused (``--overwrite`` starts afresh).
 """
-import argparse
 import hashlib
 import json
 import os
 import shutil
 
+from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import NOISE_STEPS, TINY_MODELS  # the light homes of these (mmpo.models and mmpo.data import torch)
 from mmpo.files import write_atomic
@@ -31,13 +31,8 @@ HINTS = {"--detector": "; what needs no download: a local model directory for --
 HINTS["--segmenter"] = HINTS["--detector"]
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2 through mmpo.cli.run, no usage dump
-        raise UserError(message)
-
-
-def build_parser() -> Parser:
-    p = Parser(prog="python -m mmpo.prepare", description="Build each method's training data from a preference JSONL.")
+def build_parser() -> cli.Parser:
+    p = cli.Parser(prog="python -m mmpo.prepare", description="Build each method's training data from a preference JSONL.")
     p.add_argument("method", choices=("mfpo", "napo", "symmpo"))
     p.add_argument("--data", required=True, help="input preference JSONL (never modified)")
     p.add_argument("--out", required=True, help="output directory: data.jsonl, images/ and prepare.json (the settings)")
@@ -79,15 +74,17 @@ def build_parser() -> Parser:
 
 # ---- one line for each mistake, before anything slow ------------------------------------------
 
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
+          "threshold": (lambda v: 0 <= v <= 1, "a detection score in [0, 1]"),
+          "noise_step": (lambda v: 0 <= v < NOISE_STEPS, f"a diffusion step in [0, {NOISE_STEPS})"),
+          "num_beams": AT_LEAST_1, "max_new_tokens": AT_LEAST_1}
+
+
 def check_options(args) -> None:
     """The options' ranges, before the data is read or a model loaded."""
+    cli.check_limits(args, LIMITS)
     problems = [
-        (args.batch_size < 1, f"--batch-size {args.batch_size}: must be at least 1"),
-        (args.k < 1, f"--k {args.k}: must be at least 1"),
-        (not 0 <= args.threshold <= 1, f"--threshold {args.threshold}: must be a detection score in [0, 1]"),
-        (not 0 <= args.noise_step < NOISE_STEPS, f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})"),
-        (args.num_beams < 1, f"--num-beams {args.num_beams}: must be at least 1"),
-        (args.max_new_tokens < 1, f"--max-new-tokens {args.max_new_tokens}: must be at least 1"),
         (args.do_sample and not args.temperature > 0, f"--temperature {args.temperature}: must be positive with --do-sample"),
         (args.method != "mfpo" and not args.model, f"{args.method} needs --model: the base model whose answers it records"),
         (args.method == "mfpo" and args.tagger == "nltk" and nltk_missing(),
@@ -122,24 +119,25 @@ def hub_offline() -> bool:
 
 
 def check_model_name(flag: str, name: str) -> None:
-    """Fail at once for a model that cannot be there: a path that is no folder, or, offline, a
-    hub id missing from the local cache. (Other failures show when it loads: load_or_explain.)"""
+    """Fail at once, with the option's hint, for a model that cannot be there: cli.check_model_path's
+    path that is no model directory, a name of no hub id's shape ("a b"), or, offline, a hub id
+    missing from the local cache. (Other failures show when it loads: load_or_explain.)"""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import validate_repo_id
-    hint = HINTS.get(flag, "")
-    if flag == "--model" and name in TINY_MODELS or os.path.isdir(name):
-        return
-    if not name:
-        raise UserError(f"{flag} is empty{hint}")
-    if os.path.exists(name):
-        raise UserError(f"{flag} {name}: a file, not a model directory{hint}")
+    tiny = TINY_MODELS if flag == "--model" else ()
     try:
-        validate_repo_id(name)
-    except ValueError:  # not a hub id's shape ("./x", "/a/b", "a/b/c"): it can only be a folder
-        raise UserError(f"{flag} {name}: no such directory{hint}") from None
-    if hub_offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise UserError(f"{flag} {name}: no such directory, and not in the Hugging Face cache "
-                        f"(offline: HF_HUB_OFFLINE is set){hint}")
+        cli.check_model_path(flag, name, tiny)
+        if name in tiny or os.path.isdir(name):
+            return
+        try:
+            validate_repo_id(name)
+        except ValueError:
+            raise UserError(f"{flag} {name}: no such directory") from None
+        if hub_offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise UserError(f"{flag} {name}: no such directory, and not in the Hugging Face cache "
+                            "(offline: HF_HUB_OFFLINE is set)")
+    except UserError as e:
+        raise UserError(f"{e}{HINTS.get(flag, '')}") from None
 
 
 # ---- the models: each failure one line naming its option --------------------------------------
