@@ -9,12 +9,10 @@ Writes DIR/data.jsonl (every input field kept, image paths absolute, new fields 
 new images under DIR/images/, which ``train.py --data DIR/data.jsonl`` reads directly. MFPO's
 noise is not baked into an 8-bit image: the row records what defines m' (the region mask and the
 diffusion step), and training adds the noise to the model's normalized pixel tensor, as VCD does. The
-input is never modified. Re-running continues where a killed run stopped, with the same result as
-one uninterrupted run; DIR/prepare.json records the settings, and a re-run with other settings is
-refused (``--overwrite`` starts afresh). Every mistake is one line.
+input is never modified; a killed run, run again, continues where it stopped (command.py: resuming).
+Every mistake is one line.
 
 build.py: the three pipelines and ``main``; command.py: the options, their checks, resuming,
-model loading and the summary; keywords.py and regions.py: MFPO's keyword ranking and region
-grounding. Importing this package imports nothing: ``python -m mmpo.prepare --help`` answers
-before torch loads.
+model loading and the summary; keywords.py, regions.py: MFPO's keyword ranking and region
+grounding. This file imports nothing, so that ``python -m mmpo.prepare --help`` answers at once.
 """

@@ -84,21 +84,14 @@ LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
 def check_options(args) -> None:
     """The options' ranges, before the data is read or a model loaded."""
     cli.check_limits(args, LIMITS)
-    problems = [
-        (args.do_sample and not args.temperature > 0, f"--temperature {args.temperature}: must be positive with --do-sample"),
-        (args.method != "mfpo" and not args.model, f"{args.method} needs --model: the base model whose answers it records"),
-        (args.method == "mfpo" and args.tagger == "nltk" and nltk_missing(),
-         "--tagger nltk needs nltk and its tagger data (pip install nltk; python -m nltk.downloader "
-         "averaged_perceptron_tagger_eng), or --tagger rules"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise UserError(message)
-
-
-def nltk_missing() -> bool:
-    from mmpo.prepare.keywords import nltk_tagger  # imports torch, so asked only for mfpo --tagger nltk
-    return nltk_tagger() is None
+    if args.do_sample and not args.temperature > 0:
+        raise UserError(f"--temperature {args.temperature}: must be positive with --do-sample")
+    if args.method != "mfpo" and not args.model:
+        raise UserError(f"{args.method} needs --model: the base model whose answers it records")
+    if args.method == "mfpo" and args.tagger == "nltk":
+        from mmpo.prepare.keywords import NLTK_INSTALL, nltk_tagger  # imports torch: asked only for mfpo --tagger nltk
+        if nltk_tagger() is None:
+            raise UserError(f"--tagger nltk needs nltk and its tagger data ({NLTK_INSTALL}), or --tagger rules")
 
 
 def models_to_load(args) -> list[tuple[str, str]]:
@@ -143,7 +136,6 @@ def check_model_name(flag: str, name: str) -> None:
 # ---- the models: each failure one line naming its option --------------------------------------
 
 def load_or_explain(flag: str, name: str, load):
-    """load(name), or one line saying which option's model failed and why."""
     try:
         return load(name)
     except Exception as e:  # missing files, no network, a model of another kind: all about the name given
@@ -161,9 +153,8 @@ def load_embedder(name: str):
 
 
 def load_models(args, ctx) -> None:
-    """Load what models_to_load names into ctx, each failure one line naming its option."""
-    from mmpo.prepare.keywords import embedding_vectors
     from mmpo.models import load_model
+    from mmpo.prepare.keywords import embedding_vectors
     from mmpo.prepare.regions import Grounding, load_detector, load_segmenter
     loaders = {"--detector": load_detector, "--segmenter": load_segmenter, "--embedder": load_embedder,
                "--model": lambda name: load_model(name, trust_remote_code=args.trust_remote_code, seed=args.seed)}
@@ -188,8 +179,8 @@ def finished_rows(path: str) -> tuple[list[str], int]:
         return [], 0
     ids, keep = [], 0
     with open(path, "rb") as f:
-        data = f.read()
-    for line in data.split(b"\n")[:-1]:  # a row is complete once its newline is written
+        lines = f.read().split(b"\n")[:-1]
+    for line in lines:  # a row is complete once its newline is written
         try:
             ids.append(json.loads(line)["id"])
             keep += len(line) + 1
@@ -205,14 +196,6 @@ def done_ids(path: str) -> list[str]:
         with open(path, "r+b") as f:
             f.truncate(keep)
     return ids
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def row_settings(args) -> dict:
@@ -239,7 +222,8 @@ def row_settings(args) -> dict:
     if values.get("tagger") == "auto":  # auto means nltk on one machine, the rules on another
         from mmpo.prepare.keywords import nltk_tagger
         values["tagger"] = "auto: " + ("nltk" if nltk_tagger() else "rules")
-    return {"method": args.method, "data_sha256": file_sha256(args.data), **values}
+    with open(args.data, "rb") as f:
+        return {"method": args.method, "data_sha256": hashlib.sha256(f.read()).hexdigest(), **values}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -311,8 +295,6 @@ def first_line(e: Exception) -> str:
 
 
 def summary(method: str, stats: dict, out_path: str) -> str:
-    """One line per outcome (rows written and already there first, then kept values, fallbacks,
-    truncations and skips), then the output path."""
     first = ("rows written", "rows already there")
     lines = [f"  {k}: {stats.get(k, 0)}" for k in first]
     lines += [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in first and v]
