@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from mmpo import keywords
-from mmpo.keywords import is_noun, noun_flags, pagerank, rank_keywords, word_graph, words
+from mmpo.prepare import keywords
+from mmpo.prepare.keywords import is_noun, noun_flags, pagerank, rank_keywords, word_graph, words
 
 
 def test_keywords_pick_the_object_nouns():

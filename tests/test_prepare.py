@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from conftest import write_jsonl
-from mmpo import models, perturb, prepare
+from mmpo import models, perturb
 from mmpo.generate import generate
 from mmpo.models import byte_tokenizer, tiny_model
 from mmpo.perturb import stable_seed
-from mmpo.regions import Grounding, detect, region_mask
+from mmpo.prepare import build
+from mmpo.prepare.regions import Grounding, detect, region_mask
 from mmpo.rows import load_image, to_pil, to_tensor
 
 FAST = ["--model", "tiny-llava", "--max-new-tokens", "4", "--batch-size", "2"]
@@ -129,8 +130,8 @@ def digest(path):
 
 def test_napo_rows_get_model_answers(plain_data, tmp_path):
     before = digest(plain_data)
-    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "a"), *FAST]) == 0
-    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "b"), *FAST]) == 0
+    assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "a"), *FAST]) == 0
+    assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "b"), *FAST]) == 0
     a, b = read(tmp_path / "a" / "data.jsonl"), read(tmp_path / "b" / "data.jsonl")
     assert len(a) == 6 and a == b  # greedy: the same answers every time
     assert all(r["lang_biased"] and r["vision_biased"] for r in a)
@@ -139,7 +140,7 @@ def test_napo_rows_get_model_answers(plain_data, tmp_path):
 
 
 def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
-    assert prepare.run(["symmpo", "--data", plain_data, "--out", str(tmp_path / "s"), *FAST]) == 0
+    assert build.run(["symmpo", "--data", plain_data, "--out", str(tmp_path / "s"), *FAST]) == 0
     rows = {r["id"]: r for r in read(tmp_path / "s" / "data.jsonl")}
     for r in rows.values():
         assert os.path.realpath(r["contrast_image"]) != os.path.realpath(r["image"])  # never itself
@@ -155,7 +156,7 @@ def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
                                                    num_attention_heads=2, image_size=32, patch_size=8), projection_dim=16))
     clip.save_pretrained(tmp_path / "clip")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "clip")
-    assert prepare.run(["symmpo", "--data", plain_data, "--out", str(tmp_path / "c"), "--embedder", str(tmp_path / "clip"),
+    assert build.run(["symmpo", "--data", plain_data, "--out", str(tmp_path / "c"), "--embedder", str(tmp_path / "clip"),
                         *FAST]) == 0
     assert read(tmp_path / "c" / "data.jsonl")[0]["contrast_image"].endswith("/1.png")
     # a user's contrast answer is kept untouched; ablations build m' from m
@@ -164,13 +165,13 @@ def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
     for r in given:
         r["image"] = os.path.join(os.path.dirname(plain_data), r["image"])
     path = write_jsonl(tmp_path / "given.jsonl", given)
-    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "b"), "--contrast", "blank", *FAST]) == 0
+    assert build.run(["symmpo", "--data", path, "--out", str(tmp_path / "b"), "--contrast", "blank", *FAST]) == 0
     out = read(tmp_path / "b" / "data.jsonl")
     assert out[0]["contrast_chosen"] == "Kept as written."
     black = Image.open(tmp_path / "b" / out[1]["contrast_image"])
     assert black.getextrema() == ((0, 0), (0, 0), (0, 0))
     # --contrast noise bakes perturb.corrupt's noise into an 8-bit image, drawn from (seed, id)
-    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "n"), "--contrast", "noise", "--seed", "7",
+    assert build.run(["symmpo", "--data", path, "--out", str(tmp_path / "n"), "--contrast", "noise", "--seed", "7",
                         *FAST]) == 0
     r = read(tmp_path / "n" / "data.jsonl")[1]
     g = torch.Generator().manual_seed(stable_seed(7, r["id"]))
@@ -185,7 +186,7 @@ def test_mfpo_noises_key_regions(plain_data, tmp_path):
         m.save_pretrained(tmp_path / name)
         p.save_pretrained(tmp_path / name)
     def run(out, threshold):
-        assert prepare.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / out), "--detector", str(tmp_path / "det"),
+        assert build.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / out), "--detector", str(tmp_path / "det"),
                             "--segmenter", str(tmp_path / "seg"), "--threshold", threshold, *FAST]) == 0
         return read(tmp_path / out / "data.jsonl")
 
@@ -203,7 +204,7 @@ def test_mfpo_noises_key_regions(plain_data, tmp_path):
     assert grounded
     for r in grounded:
         assert 0 < mask("all", r).mean() < 1 and set(mask("all", r).unique().tolist()) <= {0.0, 1.0}
-    assert prepare.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / "r"), "--regions", "random",
+    assert build.run(["mfpo", "--data", plain_data, "--out", str(tmp_path / "r"), "--regions", "random",
                         "--noise-step", "300", "--batch-size", "2"]) == 0  # no --model: keywords by position alone
     r0 = read(tmp_path / "r" / "data.jsonl")[0]
     assert r0["noise_step"] == 300
@@ -223,7 +224,7 @@ def test_generate_says_which_answers_stopped_at_the_limit():
 
 
 def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
-    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "n"), *FAST]) == 0
+    assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "n"), *FAST]) == 0
     rows = read(tmp_path / "n" / "data.jsonl")
     # a random tiny model never says </s> within 4 tokens: every answer is cut, and says so
     assert all(r["truncated"] == ["lang_biased", "vision_biased"] for r in rows)
@@ -240,18 +241,18 @@ def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
 def kill_after_first_chunk(monkeypatch, argv):
     """Run ``prepare argv`` and stop it as a kill would, after its first chunk (2 rows with
     --batch-size 2) is written: the method's pipeline raises on the second."""
-    build = f"{argv[0]}_rows"  # napo -> prepare.napo_rows
-    real, calls = getattr(prepare, build), []
+    name = f"{argv[0]}_rows"  # napo -> build.napo_rows
+    real, calls = getattr(build, name), []
 
     def die_on_second_chunk(*a, **k):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(prepare, build, die_on_second_chunk)
+    monkeypatch.setattr(build, name, die_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        prepare.run(argv)
-    monkeypatch.setattr(prepare, build, real)
+        build.run(argv)
+    monkeypatch.setattr(build, name, real)
 
 
 @pytest.mark.parametrize("method, extra", [
@@ -261,14 +262,14 @@ def kill_after_first_chunk(monkeypatch, argv):
 ], ids=["napo", "napo-sampled", "mfpo"])
 def test_killed_prepare_resumes_to_the_same_rows(plain_data, tmp_path, monkeypatch, method, extra):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    assert prepare.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
+    assert build.run([method, "--data", plain_data, "--out", straight, *FAST, *extra]) == 0
     kill_after_first_chunk(monkeypatch, [method, "--data", plain_data, "--out", killed, *FAST, *extra])
     with open(os.path.join(killed, "data.jsonl"), "a") as f:
         f.write('{"id": "p2", "ima')  # a row cut short by the kill
     assert len(read_ok(os.path.join(killed, "data.jsonl"))) == 2
     # mfpo makes each row on its own: its batch size is not a setting, and may change on resume
     other_batch = ["--batch-size", "3"] if method == "mfpo" else []
-    assert prepare.run([method, "--data", plain_data, "--out", killed, *FAST, *extra, *other_batch]) == 0
+    assert build.run([method, "--data", plain_data, "--out", killed, *FAST, *extra, *other_batch]) == 0
     assert read(os.path.join(killed, "data.jsonl")) == read(os.path.join(straight, "data.jsonl"))
     if method == "mfpo":
         for r in read(os.path.join(straight, "data.jsonl")):
@@ -279,7 +280,7 @@ def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch
     """Rows made with --lang-image none must not be continued with --lang-image white."""
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     white = ["napo", "--data", plain_data, *FAST, "--lang-image", "white"]
-    assert prepare.run([*white, "--out", straight]) == 0
+    assert build.run([*white, "--out", straight]) == 0
     kill_after_first_chunk(monkeypatch, ["napo", "--data", plain_data, "--out", killed, *FAST])
     settings = json.load(open(os.path.join(killed, "prepare.json")))
     # what decides the rows; generation pads each batch, so the batch size is one of them
@@ -292,14 +293,14 @@ def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch
     before = digest(os.path.join(killed, "data.jsonl"))
     monkeypatch.setattr(models, "load_model", None)  # refused before any model loads
     capsys.readouterr()
-    assert prepare.run([*white, "--out", killed, "--num-beams", "1"]) == 2
+    assert build.run([*white, "--out", killed, "--num-beams", "1"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: {killed}/data.jsonl holds 2 rows made with other settings: --num-beams 3 (now 1); --lang-image none "
         f"(now white). Run with the old settings to continue, or use another --out, or add --overwrite to start "
         f"afresh (it deletes {killed}/data.jsonl, {killed}/images/ and {killed}/prepare.json)"]
     assert digest(os.path.join(killed, "data.jsonl")) == before  # untouched, even the half-written line
     monkeypatch.undo()
-    assert prepare.run([*white, "--out", killed, "--overwrite"]) == 0
+    assert build.run([*white, "--out", killed, "--overwrite"]) == 0
     assert read(os.path.join(killed, "data.jsonl")) == read(os.path.join(straight, "data.jsonl"))
     assert json.load(open(os.path.join(killed, "prepare.json")))["lang_image"] == "white"
 
@@ -309,7 +310,7 @@ def test_rows_without_recorded_settings_are_refused(plain_data, tmp_path, capsys
     out = tmp_path / "old"
     out.mkdir()
     write_jsonl(out / "data.jsonl", [{"id": "p0", "image": "/x.png", "prompt": "Q", "chosen": "a", "rejected": "b"}])
-    assert prepare.run(["napo", "--data", plain_data, "--out", str(out), *FAST]) == 2
+    assert build.run(["napo", "--data", plain_data, "--out", str(out), *FAST]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: {out}/data.jsonl holds 1 row but no prepare.json is beside it (an older version of prepare, or "
         f"something else, wrote it): its rows cannot be checked against this run's settings: use another --out, or "
@@ -329,21 +330,21 @@ def read_ok(path):
 
 def test_bad_rows_are_one_line_errors(tmp_path, image_dir, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", [{"image": "img/0.png", "prompt": "Q", "chosen": "a"}, "{bad"])
-    assert prepare.run(["napo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava"]) == 2
+    assert build.run(["napo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {path}:1: field 'rejected': missing", f"error: {path}:2: invalid JSON (Expecting property name enclosed in double quotes, column 2)"]
 
 
 def test_napo_needs_a_model(plain_data, tmp_path, capsys):
-    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o")]) == 2
+    assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == "error: napo needs --model: the base model whose answers it records"
 
 
 def test_a_run_that_writes_no_row_is_an_error(plain_data, tmp_path, monkeypatch, capsys):
     """Every answer empty (a random model can answer with whitespace only): not "done" with an
     empty data.jsonl, but one line saying why."""
-    monkeypatch.setattr(prepare, "generate", lambda model, proc, prompts, images, **kw: ([""] * len(prompts),
+    monkeypatch.setattr(build, "generate", lambda model, proc, prompts, images, **kw: ([""] * len(prompts),
                                                                                        [False] * len(prompts)))
-    assert prepare.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o"), *FAST]) == 2
+    assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o"), *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith(f"error: no row written to {tmp_path / 'o' / 'data.jsonl'}: every one of the 6 rows was skipped")

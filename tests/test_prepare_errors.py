@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, write_jsonl
-from mmpo import models, prepare, prepare_cli, regions
-from mmpo.keywords import nltk_tagger
+from mmpo import models
+from mmpo.prepare import build, command, regions
+from mmpo.prepare.keywords import nltk_tagger
 
 GROUNDING_HINT = ("; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
                   "(boxes only), or --regions random|global")
@@ -37,12 +38,12 @@ def no_model_loads(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("a model was loaded")
     for module, name in ((models, "load_model"), (regions, "load_detector"), (regions, "load_segmenter"),
-                         (prepare_cli, "load_embedder")):
+                         (command, "load_embedder")):
         monkeypatch.setattr(module, name, fail)
 
 
 def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
-    """prepare checks its command line with the light prepare_cli before it imports torch: --help
+    """prepare checks its command line with the light mmpo.prepare.command before it imports torch: --help
     and a bad option answer at once, a bad option in one line (argparse's own errors included)."""
     script = ("import runpy, sys; sys.argv = ['prepare', *sys.argv[1:]]\n"
               "try:\n    runpy.run_module('mmpo.prepare', run_name='__main__')\n"
@@ -68,7 +69,7 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
 
 
 def test_a_bad_option_is_one_line_in_process_too(tmp_path, capsys):
-    assert prepare.run(["napo", "--data", "x", "--out", str(tmp_path / "o"), "--lang-image", "grey"]) == 2
+    assert build.run(["napo", "--data", "x", "--out", str(tmp_path / "o"), "--lang-image", "grey"]) == 2
     assert error_line(capsys).startswith("error: argument --lang-image: invalid choice: 'grey'")
 
 
@@ -85,13 +86,13 @@ def test_a_bad_option_is_one_line_in_process_too(tmp_path, capsys):
 ])
 def test_out_of_range_options_are_refused_before_the_data_is_read(tmp_path, capsys, options, line):
     missing = str(tmp_path / "not-read-yet.jsonl")  # the option is reported, not the missing file
-    assert prepare.run(["napo", "--data", missing, "--out", str(tmp_path / "o"), "--model", "tiny-llava", *options]) == 2
+    assert build.run(["napo", "--data", missing, "--out", str(tmp_path / "o"), "--model", "tiny-llava", *options]) == 2
     assert error_line(capsys) == f"error: {line}"
     assert not (tmp_path / "o").exists()
 
 
 def test_a_detector_path_that_does_not_exist(data, tmp_path, capsys, no_model_loads):
-    assert prepare.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
+    assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
                         "--detector", "/nonexistent/dir"]) == 2
     assert error_line(capsys) == f"error: --detector /nonexistent/dir: no such directory{GROUNDING_HINT}"
 
@@ -100,7 +101,7 @@ def test_a_hub_detector_offline_fails_at_once(data, tmp_path, capsys, monkeypatc
     """Offline, a hub id missing from the local cache is refused without the hub's ~30 s of retries."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    assert prepare.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", "no-such-org/no-such-detector"]) == 2
+    assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", "no-such-org/no-such-detector"]) == 2
     assert time.monotonic() - start < 5
     assert error_line(capsys) == ("error: --detector no-such-org/no-such-detector: no such directory, and not in the "
                                   f"Hugging Face cache (offline: HF_HUB_OFFLINE is set){GROUNDING_HINT}")
@@ -108,33 +109,46 @@ def test_a_hub_detector_offline_fails_at_once(data, tmp_path, capsys, monkeypatc
 
 def test_the_segmenter_is_named_when_it_is_the_one_missing(data, tmp_path, capsys, no_model_loads):
     (tmp_path / "det").mkdir()
-    assert prepare.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(tmp_path / "det"),
+    (tmp_path / "det" / "config.json").write_text("{}")
+    assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(tmp_path / "det"),
                         "--segmenter", "./no-sam-here"]) == 2
     assert error_line(capsys) == f"error: --segmenter ./no-sam-here: no such directory{GROUNDING_HINT}"
 
 
-def test_a_folder_that_holds_no_detector(data, tmp_path, capsys):
-    """The folder is there but loading fails: the first line of the loader's error says why."""
-    (tmp_path / "det").mkdir()
-    assert prepare.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(tmp_path / "det"),
-                        "--segmenter", ""]) == 2
+def test_a_folder_that_holds_no_detector(data, tmp_path, capsys, monkeypatch, no_model_loads):
+    """A folder without a config.json is refused before any model loads; one with a config.json
+    that still does not load: the first line of the loader's error says why."""
+    det = tmp_path / "det"
+    det.mkdir()
+    argv = ["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--detector", str(det), "--segmenter", ""]
+    assert build.run(argv) == 2
+    assert error_line(capsys) == f"error: --detector {det}: not a model directory (no config.json){GROUNDING_HINT}"
+    (det / "config.json").write_text("{}")
+    monkeypatch.undo()
+    assert build.run(argv) == 2
     line = error_line(capsys)
-    assert line.startswith(f"error: --detector {tmp_path / 'det'}: cannot load it (") and line.endswith(GROUNDING_HINT)
+    assert line.startswith(f"error: --detector {det}: cannot load it (") and line.endswith(GROUNDING_HINT)
 
 
 def test_a_model_that_cannot_be_loaded(data, tmp_path, capsys, no_model_loads):
-    assert prepare.run(["napo", "--data", data, "--out", str(tmp_path / "o"), "--model", "./no-such-dir"]) == 2
+    assert build.run(["napo", "--data", data, "--out", str(tmp_path / "o"), "--model", "./no-such-dir"]) == 2
     assert error_line(capsys) == "error: --model ./no-such-dir: no such directory"  # not the hub's "Repo id must ..."
 
 
-def test_a_folder_that_holds_no_model(data, tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert prepare.run(["napo", "--data", data, "--out", str(tmp_path / "o"), "--model", str(tmp_path / "empty")]) == 2
-    assert error_line(capsys).startswith(f"error: --model {tmp_path / 'empty'}: cannot load it (")
+def test_a_folder_that_holds_no_model(data, tmp_path, capsys, monkeypatch, no_model_loads):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    argv = ["napo", "--data", data, "--out", str(tmp_path / "o"), "--model", str(folder)]
+    assert build.run(argv) == 2
+    assert error_line(capsys) == f"error: --model {folder}: not a model directory (no config.json)"
+    (folder / "config.json").write_text("{}")
+    monkeypatch.undo()
+    assert build.run(argv) == 2
+    assert error_line(capsys).startswith(f"error: --model {folder}: cannot load it (")
 
 
 def test_an_embedder_that_cannot_be_loaded(data, tmp_path, capsys, no_model_loads):
-    assert prepare.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
+    assert build.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
                         "--embedder", "/nonexistent/clip"]) == 2
     assert error_line(capsys) == ("error: --embedder /nonexistent/clip: no such directory; leave --embedder out to "
                                   "retrieve with the --model's vision tower")
@@ -148,7 +162,7 @@ def test_an_embedder_without_image_features(data, tmp_path, capsys):
                            num_attention_heads=2)).save_pretrained(tmp_path / "text")
     byte_tokenizer(["<s>", "</s>", "<pad>"], "<image>").save_pretrained(tmp_path / "text")
     capsys.readouterr()
-    assert prepare.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
+    assert build.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
                         "--embedder", str(tmp_path / "text")]) == 2
     assert error_line(capsys) == (f"error: --embedder {tmp_path / 'text'}: cannot load it (a LlamaModel gives no image "
                                   "embeddings; give an image-text model such as a CLIP); leave --embedder out to "
@@ -161,7 +175,7 @@ def test_an_embedder_without_image_features(data, tmp_path, capsys):
 ])
 def test_a_pool_with_no_images(data, tmp_path, capsys, no_model_loads, make, line):
     pool = make(tmp_path)
-    assert prepare.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava", "--pool", pool]) == 2
+    assert build.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava", "--pool", pool]) == 2
     assert error_line(capsys) == "error: " + line.format(pool)
 
 
@@ -170,7 +184,7 @@ def test_a_pool_image_that_does_not_open(data, tmp_path, capsys):
     pool.mkdir()
     Image.new("RGB", (32, 32), (9, 9, 9)).save(pool / "a.png")
     (pool / "b.png").write_text("not an image")
-    assert prepare.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava", "--pool", str(pool),
+    assert build.run(["symmpo", "--data", data, "--out", str(tmp_path / "o"), "--model", "tiny-llava", "--pool", str(pool),
                         *["--max-new-tokens", "2", "--num-beams", "1"]]) == 2
     assert error_line(capsys).startswith(f"error: --pool: cannot read image {pool / 'b.png'} (cannot identify image file")
 
@@ -178,7 +192,7 @@ def test_a_pool_image_that_does_not_open(data, tmp_path, capsys):
 def test_one_image_cannot_be_its_own_contrast(tmp_path, image_dir, capsys, monkeypatch, no_model_loads):
     path = write_jsonl(tmp_path / "same.jsonl", [
         {"id": str(i), "image": "img/0.png", "prompt": "Q?", "chosen": "A dog.", "rejected": "A cat."} for i in range(2)])
-    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava"]) == 2
+    assert build.run(["symmpo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava"]) == 2
     assert error_line(capsys) == (f"error: symmpo: the data has only one image, {image_dir / '0.png'}, and it cannot be its "
                                   "own contrast image: give --pool a folder of other images, or --contrast crop|noise|blank")
     # rows that bring their own contrast image need no neighbour: the same data is fine then
@@ -186,14 +200,14 @@ def test_one_image_cannot_be_its_own_contrast(tmp_path, image_dir, capsys, monke
         {"id": str(i), "image": "img/0.png", "contrast_image": "img/1.png", "prompt": "Q?", "chosen": "A dog.",
          "rejected": "A cat."} for i in range(2)])
     monkeypatch.undo()
-    assert prepare.run(["symmpo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
+    assert build.run(["symmpo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
                         "--max-new-tokens", "2", "--num-beams", "1"]) == 0
 
 
 def test_an_out_that_cannot_be_written(data, tmp_path, capsys, no_model_loads):
     (tmp_path / "file").write_text("a regular file")
     out = tmp_path / "file" / "out"
-    assert prepare.run(["napo", "--data", data, "--out", str(out), "--model", "tiny-llava"]) == 2
+    assert build.run(["napo", "--data", data, "--out", str(out), "--model", "tiny-llava"]) == 2
     assert error_line(capsys) == f"error: --out {out}: cannot write there (Not a directory)"
 
 
@@ -203,7 +217,7 @@ def test_an_out_without_write_permission(data, tmp_path, capsys, no_model_loads)
     out.mkdir()
     out.chmod(0o500)
     try:
-        assert prepare.run(["napo", "--data", data, "--out", str(out), "--model", "tiny-llava"]) == 2
+        assert build.run(["napo", "--data", data, "--out", str(out), "--model", "tiny-llava"]) == 2
     finally:
         out.chmod(0o700)
     assert error_line(capsys) == f"error: --out {out}: cannot write there (Permission denied)"
@@ -215,10 +229,10 @@ def test_overwrite_never_deletes_the_input(tmp_path, capsys, no_model_loads):
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "0.png")
     row = {"id": "0", "image": "images/0.png", "prompt": "Q?", "chosen": "A dog.", "rejected": "A cat."}
     data = write_jsonl(tmp_path / "data.jsonl", [row])
-    assert prepare.run(["napo", "--data", data, "--out", str(tmp_path), "--model", "tiny-llava", "--overwrite"]) == 2
+    assert build.run(["napo", "--data", data, "--out", str(tmp_path), "--model", "tiny-llava", "--overwrite"]) == 2
     assert error_line(capsys) == f"error: {data}: --out would overwrite the input"
     other = write_jsonl(tmp_path / "other.jsonl", [row])
-    assert prepare.run(["napo", "--data", other, "--out", str(tmp_path), "--model", "tiny-llava", "--overwrite"]) == 2
+    assert build.run(["napo", "--data", other, "--out", str(tmp_path), "--model", "tiny-llava", "--overwrite"]) == 2
     assert error_line(capsys) == (f"error: --overwrite would delete {tmp_path / 'images'}, which holds input images "
                                   f"({tmp_path / 'images' / '0.png'}): choose another --out")
     assert (tmp_path / "data.jsonl").exists() and (tmp_path / "images" / "0.png").exists()
@@ -226,6 +240,6 @@ def test_overwrite_never_deletes_the_input(tmp_path, capsys, no_model_loads):
 
 @pytest.mark.skipif(nltk_tagger() is not None, reason="nltk and its tagger data are installed here")
 def test_the_nltk_tagger_when_nltk_is_missing(data, tmp_path, capsys, no_model_loads):
-    assert prepare.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--regions", "global", "--tagger", "nltk"]) == 2
+    assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--regions", "global", "--tagger", "nltk"]) == 2
     assert error_line(capsys) == ("error: --tagger nltk needs nltk and its tagger data (pip install nltk; "
                                   "python -m nltk.downloader averaged_perceptron_tagger_eng), or --tagger rules")

@@ -66,8 +66,7 @@ def region_mask(g: Grounding, image: Image.Image, keywords: list[str]) -> torch.
     if not len(boxes):
         return None
     w, h = image.size
-    boxes_masks = torch.stack([box_mask(b, h, w) for b in boxes])  # (n, H, W)
-    masks = boxes_masks
+    masks = boxes_masks = torch.stack([box_mask(b, h, w) for b in boxes])  # (n, H, W)
     if g.segmenter is not None:
         inputs = g.segmenter_processor(images=[image], input_boxes=[boxes.tolist()], return_tensors="pt")
         out = g.segmenter(**inputs.to(g.segmenter.device), multimask_output=False)

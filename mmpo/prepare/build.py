@@ -1,27 +1,4 @@
-"""Build each method's training data from a preference JSONL.
-
-    python -m mmpo.prepare mfpo   --data IN.jsonl --out DIR   # noise_mask + noise_step: key regions to noise
-    python -m mmpo.prepare napo   --data IN.jsonl --out DIR   # lang_biased, vision_biased by the model
-    python -m mmpo.prepare symmpo --data IN.jsonl --out DIR   # contrast_image, contrast_chosen
-
-Writes DIR/data.jsonl (every input field kept, image paths absolute, new fields added) and the
-new images under DIR/images/, which ``train.py --data DIR/data.jsonl`` reads directly. MFPO's
-noise is not baked into an 8-bit image: the row records what defines m' (the region mask and the
-diffusion step), and training adds the noise to the model's normalized pixel tensor, as VCD does. The
-input is never modified. Re-running continues where a killed run stopped, with the same result as
-one uninterrupted run; DIR/prepare.json records the settings, and a re-run with other settings is
-refused (``--overwrite`` starts afresh). Every mistake is one line. This file holds the three
-pipelines and ``main``; the options, their checks, resuming and model loading are in
-mmpo/prepare_cli.py.
-"""
-import sys
-
-if __name__ == "__main__":  # --help and option errors answer at once, before torch is imported
-    from mmpo import cli
-    from mmpo.prepare_cli import build_parser, check_options
-    if cli.run(lambda: check_options(build_parser().parse_args(sys.argv[1:])), light=True):
-        sys.exit(2)
-
+"""The three pipelines (MFPO, NaPO, SymMPO) and ``main``, which runs one over the rows not yet written."""
 import io
 import json
 import os
@@ -32,15 +9,15 @@ import torch
 from tqdm import tqdm
 
 from mmpo import cli, perturb
-from mmpo.files import write_atomic
 from mmpo.cli import UserError
-from mmpo.perturb import stable_seed
-from mmpo.rows import DataError, load_image, read_rows, to_pil, to_tensor
+from mmpo.files import write_atomic
 from mmpo.generate import generate
-from mmpo.keywords import rank_keywords
-from mmpo.prepare_cli import (build_parser, check_model_name, check_options, done_ids, first_line, load_models,
-                              models_to_load, row_settings, start_output, summary)
-from mmpo.regions import region_mask
+from mmpo.perturb import stable_seed
+from mmpo.prepare.command import (build_parser, check_model_name, check_options, done_ids, first_line,
+                                  load_models, models_to_load, row_settings, start_output, summary)
+from mmpo.prepare.keywords import rank_keywords
+from mmpo.prepare.regions import region_mask
+from mmpo.rows import DataError, load_image, read_rows, to_pil, to_tensor
 
 BASE_FIELDS = {"image", "prompt", "chosen", "rejected"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -85,10 +62,7 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
 
 def napo_rows(rows, args, out_dir, stats, ctx):
     """lang_biased: the question without the image (or with a blank one); vision_biased: the
-    image without the question. Greedy, by the base model itself; values already in a row are
-    kept untouched."""
-    model, processor = ctx["model"], ctx["processor"]
-    kw = generation_options(args)
+    image without the question; both by the base model itself. Values already in a row are kept."""
     lang = [r for r in rows if not r.get("lang_biased")]
     vision = [r for r in rows if not r.get("vision_biased")]
     stats["lang_biased kept as given"] += len(rows) - len(lang)
@@ -98,23 +72,20 @@ def napo_rows(rows, args, out_dir, stats, ctx):
         if args.lang_image != "none":
             value = 1.0 if args.lang_image == "white" else 0.0
             blanks = [to_pil(perturb.corrupt(to_tensor(load_image(r["image"])), "blank", value=value)) for r in lang]
-        record(lang, "lang_biased", generate(model, processor, [r["prompt"] for r in lang], blanks, **kw), stats)
+        answer(lang, "lang_biased", [r["prompt"] for r in lang], blanks, args, ctx, stats)
     if vision:
-        images = [load_image(r["image"]) for r in vision]
-        record(vision, "vision_biased", generate(model, processor, [""] * len(vision), images, **kw), stats)
+        answer(vision, "vision_biased", [""] * len(vision), [load_image(r["image"]) for r in vision], args, ctx, stats)
     return keep_answered(rows, ("lang_biased", "vision_biased"), stats)
 
 
-def generation_options(args) -> dict:
-    """NaPO's released generation (1024 new tokens, 3 beams) unless the flags say otherwise."""
-    return dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample,
-                temperature=args.temperature, batch_size=args.batch_size)
-
-
-def record(rows, field: str, generated, stats):
-    """Store generated answers; one that stopped at the token limit is listed in the row's
-    ``truncated``, so training appends no end-of-sequence token to it."""
-    for r, text, cut in zip(rows, *generated):
+def answer(rows, field: str, prompts, images, args, ctx, stats):
+    """The base model's answers into ``field``, by NaPO's released generation (1024 new tokens,
+    3 beams) unless the flags say otherwise. One that stopped at the token limit is listed in the
+    row's ``truncated``, so training appends no end-of-sequence token to it."""
+    texts, cuts = generate(ctx["model"], ctx["processor"], prompts, images, max_new_tokens=args.max_new_tokens,
+                           num_beams=args.num_beams, do_sample=args.do_sample, temperature=args.temperature,
+                           batch_size=args.batch_size)
+    for r, text, cut in zip(rows, texts, cuts):
         r[field] = text
         if cut:
             r["truncated"] = sorted(set(r.get("truncated", [])) | {field})
@@ -122,7 +93,6 @@ def record(rows, field: str, generated, stats):
 
 
 def keep_answered(rows, fields, stats):
-    """Rows whose generated fields are all non-empty; the others are counted as skipped."""
     out = [r for r in rows if all(r[f] for f in fields)]
     stats["rows skipped, the model gave an empty answer (a re-run tries them again)"] += len(rows) - len(out)
     return out
@@ -146,7 +116,6 @@ def image_embeddings(model, processor, paths, batch_size: int, flag: str) -> tor
 
 
 def nearest_other(query: int, paths: list[str], sims: torch.Tensor, pool_paths: list[str]) -> str:
-    """The most similar candidate image that is not the query image itself."""
     me = os.path.realpath(paths[query])
     for j in sims[query].argsort(descending=True).tolist():
         if os.path.realpath(pool_paths[j]) != me:
@@ -194,7 +163,6 @@ def symmpo_rows(rows, args, out_dir, stats, ctx):
     ``perturb.corrupt``: crop, noise, blank);
     contrast_chosen: the base model's answer to the prompt for it. User-provided values are
     kept untouched (the paper rewrites answers with large external models)."""
-    model, processor = ctx["model"], ctx["processor"]
     todo = []
     for row in rows:
         if not row.get("contrast_image"):
@@ -211,10 +179,8 @@ def symmpo_rows(rows, args, out_dir, stats, ctx):
         else:
             todo.append(row)
     if todo:
-        images = [load_image(r["contrast_image"] if os.path.isabs(r["contrast_image"])
-                             else os.path.join(out_dir, r["contrast_image"])) for r in todo]
-        record(todo, "contrast_chosen", generate(model, processor, [r["prompt"] for r in todo], images,
-                                                 **generation_options(args)), stats)
+        images = [load_image(os.path.join(out_dir, r["contrast_image"])) for r in todo]  # absolute, or one saved here
+        answer(todo, "contrast_chosen", [r["prompt"] for r in todo], images, args, ctx, stats)
     return keep_answered(rows, ("contrast_chosen",), stats)
 
 
@@ -223,7 +189,6 @@ def safe(name: str) -> str:
 
 
 def open_image(path: str, flag: str):
-    """load_image, or a one-line error naming the option the image came from."""
     try:
         return load_image(path)
     except (OSError, ValueError) as e:
@@ -256,8 +221,7 @@ def main(args) -> dict:
             chunk = [{k: v for k, v in r.items() if k != "line"} for r in todo[i:i + args.batch_size]]
             torch.manual_seed(stable_seed(args.seed, chunk[0]["id"]))  # --do-sample: a resumed chunk draws the same
             written = build(chunk, args, args.out, stats, ctx)
-            for row in written:
-                f.write(json.dumps(row) + "\n")
+            f.writelines(json.dumps(row) + "\n" for row in written)
             f.flush()
             os.fsync(f.fileno())
             stats["rows written"] += len(written)
@@ -276,7 +240,3 @@ def run(argv=None) -> int:
         args = build_parser().parse_args(argv)  # inside cli.run: a bad option is one line too
         print(summary(args.method, main(args), os.path.join(args.out, "data.jsonl")))
     return cli.run(go)
-
-
-if __name__ == "__main__":
-    sys.exit(run())

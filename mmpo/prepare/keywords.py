@@ -76,6 +76,7 @@ past next beneath underneath atop onto
 """.split())
 SUBJECT_PRONOUNS = set("he she it they who which that someone somebody everyone".split())
 SINGULAR = set("a an one this each every".split())  # "a dog skis": never a compound noun, unlike "his tennis shoes"
+NLTK_INSTALL = "pip install nltk; python -m nltk.downloader averaged_perceptron_tagger_eng"
 
 
 def tokenize(text: str) -> tuple[list[str], list[str], list[str], set[int]]:
@@ -145,8 +146,7 @@ def noun_flags(text: str, tagger: str = "auto") -> list[bool]:
     toks, spell, seps, poss = tokenize(text)
     tag = nltk_tagger() if tagger != "rules" else None
     if tagger == "nltk" and tag is None:
-        raise RuntimeError("tagger='nltk' needs nltk and its tagger data: "
-                           "pip install nltk; python -m nltk.downloader averaged_perceptron_tagger_eng")
+        raise RuntimeError(f"tagger='nltk' needs nltk and its tagger data: {NLTK_INSTALL}")
     if tag is not None:
         seq, where = [], []
         for t, w in enumerate(spell):
@@ -244,15 +244,9 @@ def pagerank(omega: torch.Tensor, *, a: float = 0.85, norm: str = "paper", iters
 def rank_keywords(text: str, k: int = 3, *, vectors=None, phi: float = 1.0, gamma: float = 0.5,
                   lam: float = 0.05, a: float = 0.85, iters: int = 1000, tol: float = 1e-10,
                   norm: str = "paper", tagger: str = "auto") -> list[str]:
-    """The top-k nouns of ``text`` by MFPO's weighted PageRank (deterministic).
-
-    Args:
-        vectors: optional callable word -> 1-D tensor (word embeddings) for the semantic term.
-        phi, gamma, lam: positional decay exponent, weight of similarity, positional damping.
-        a: PageRank damping factor. iters, tol: power-iteration limits.
-        norm: "paper" (default) or "column", see ``pagerank``.
-        tagger: "auto", "nltk" or "rules": how nouns are told from verbs, see ``noun_flags``.
-    """
+    """The top-k nouns of ``text`` by MFPO's weighted PageRank (deterministic). vectors: an
+    optional word -> 1-D tensor (word embeddings) for the semantic term; phi, gamma, lam, a: as in
+    the formulas above; norm: see ``pagerank``; tagger: see ``noun_flags``."""
     cands, omega = word_graph(text, vectors=vectors, phi=phi, gamma=gamma, lam=lam)
     if not cands:
         return []

@@ -2,8 +2,8 @@
 with its recorded settings, the models it loads, and its summary (``python -m mmpo.prepare``).
 
 Light on purpose: the standard library, mmpo.cli and mmpo.config at import, no torch, no transformers,
-so that --help and option errors answer at once (mmpo/prepare.py checks the command line with this
-module before its own heavy imports). What needs torch or a model is imported inside the function
+so that --help and option errors answer at once (__main__.py checks the command line with this
+module before the heavy imports). What needs torch or a model is imported inside the function
 that uses it.
 
 Resuming: rows already in OUT/data.jsonl are kept and never redone, and every row is reproducible
@@ -11,12 +11,12 @@ from (seed, id), so a killed run continued gives the rows of one uninterrupted r
 under the same settings, so OUT/prepare.json records what decides the rows (method, input checksum,
 options) and a re-run with other settings is refused (``--overwrite`` starts afresh).
 """
-import argparse
 import hashlib
 import json
 import os
 import shutil
 
+from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import M_PRIMES, TINY_MODELS
 from mmpo.files import write_atomic
@@ -31,13 +31,8 @@ HINTS = {"--detector": "; what needs no download: a local model directory for --
 HINTS["--segmenter"] = HINTS["--detector"]
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2 through mmpo.cli.run, no usage dump
-        raise UserError(message)
-
-
-def build_parser() -> Parser:
-    p = Parser(prog="python -m mmpo.prepare", description="Build each method's training data from a preference JSONL.")
+def build_parser() -> cli.Parser:
+    p = cli.Parser(prog="python -m mmpo.prepare", description="Build each method's training data from a preference JSONL.")
     p.add_argument("method", choices=("mfpo", "napo", "symmpo"))
     p.add_argument("--data", required=True, help="input preference JSONL (never modified)")
     p.add_argument("--out", required=True, help="output directory: data.jsonl, images/ and prepare.json (the settings)")
@@ -79,30 +74,26 @@ def build_parser() -> Parser:
 
 # ---- one line for each mistake, before anything slow ------------------------------------------
 
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
+          "threshold": (lambda v: 0 <= v <= 1, "a detection score in [0, 1]"),
+          "num_beams": AT_LEAST_1, "max_new_tokens": AT_LEAST_1}
+
+
 def check_options(args) -> None:
     """The options' ranges, before the data is read or a model loaded."""
+    cli.check_limits(args, LIMITS)
     from mmpo.perturb import NOISE_STEPS  # its one owner (torch): after --help has answered
-    problems = [
-        (args.batch_size < 1, f"--batch-size {args.batch_size}: must be at least 1"),
-        (args.k < 1, f"--k {args.k}: must be at least 1"),
-        (not 0 <= args.threshold <= 1, f"--threshold {args.threshold}: must be a detection score in [0, 1]"),
-        (not 0 <= args.noise_step < NOISE_STEPS, f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})"),
-        (args.num_beams < 1, f"--num-beams {args.num_beams}: must be at least 1"),
-        (args.max_new_tokens < 1, f"--max-new-tokens {args.max_new_tokens}: must be at least 1"),
-        (args.do_sample and not args.temperature > 0, f"--temperature {args.temperature}: must be positive with --do-sample"),
-        (args.method != "mfpo" and not args.model, f"{args.method} needs --model: the base model whose answers it records"),
-        (args.method == "mfpo" and args.tagger == "nltk" and nltk_missing(),
-         "--tagger nltk needs nltk and its tagger data (pip install nltk; python -m nltk.downloader "
-         "averaged_perceptron_tagger_eng), or --tagger rules"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise UserError(message)
-
-
-def nltk_missing() -> bool:
-    from mmpo.keywords import nltk_tagger  # imports torch, so asked only for mfpo --tagger nltk
-    return nltk_tagger() is None
+    if not 0 <= args.noise_step < NOISE_STEPS:
+        raise UserError(f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
+    if args.do_sample and not args.temperature > 0:
+        raise UserError(f"--temperature {args.temperature}: must be positive with --do-sample")
+    if args.method != "mfpo" and not args.model:
+        raise UserError(f"{args.method} needs --model: the base model whose answers it records")
+    if args.method == "mfpo" and args.tagger == "nltk":
+        from mmpo.prepare.keywords import NLTK_INSTALL, nltk_tagger  # imports torch: asked only for mfpo --tagger nltk
+        if nltk_tagger() is None:
+            raise UserError(f"--tagger nltk needs nltk and its tagger data ({NLTK_INSTALL}), or --tagger rules")
 
 
 def models_to_load(args) -> list[tuple[str, str]]:
@@ -123,30 +114,30 @@ def hub_offline() -> bool:
 
 
 def check_model_name(flag: str, name: str) -> None:
-    """Fail at once for a model that cannot be there: a path that is no folder, or, offline, a
-    hub id missing from the local cache. (Other failures show when it loads: load_or_explain.)"""
+    """Fail at once, with the option's hint, for a model that cannot be there: cli.check_model_path's
+    path that is no model directory, a name of no hub id's shape ("a b"), or, offline, a hub id
+    missing from the local cache. (Other failures show when it loads: load_or_explain.)"""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import validate_repo_id
-    hint = HINTS.get(flag, "")
-    if flag == "--model" and name in TINY_MODELS or os.path.isdir(name):
-        return
-    if not name:
-        raise UserError(f"{flag} is empty{hint}")
-    if os.path.exists(name):
-        raise UserError(f"{flag} {name}: a file, not a model directory{hint}")
+    tiny = TINY_MODELS if flag == "--model" else ()
     try:
-        validate_repo_id(name)
-    except ValueError:  # not a hub id's shape ("./x", "/a/b", "a/b/c"): it can only be a folder
-        raise UserError(f"{flag} {name}: no such directory{hint}") from None
-    if hub_offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
-        raise UserError(f"{flag} {name}: no such directory, and not in the Hugging Face cache "
-                        f"(offline: HF_HUB_OFFLINE is set){hint}")
+        cli.check_model_path(flag, name, tiny)
+        if name in tiny or os.path.isdir(name):
+            return
+        try:
+            validate_repo_id(name)
+        except ValueError:
+            raise UserError(f"{flag} {name}: no such directory") from None
+        if hub_offline() and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise UserError(f"{flag} {name}: no such directory, and not in the Hugging Face cache "
+                            "(offline: HF_HUB_OFFLINE is set)")
+    except UserError as e:
+        raise UserError(f"{e}{HINTS.get(flag, '')}") from None
 
 
 # ---- the models: each failure one line naming its option --------------------------------------
 
 def load_or_explain(flag: str, name: str, load):
-    """load(name), or one line saying which option's model failed and why."""
     try:
         return load(name)
     except Exception as e:  # missing files, no network, a model of another kind: all about the name given
@@ -164,10 +155,9 @@ def load_embedder(name: str):
 
 
 def load_models(args, ctx) -> None:
-    """Load what models_to_load names into ctx, each failure one line naming its option."""
-    from mmpo.keywords import embedding_vectors
     from mmpo.models import load_model
-    from mmpo.regions import Grounding, load_detector, load_segmenter
+    from mmpo.prepare.keywords import embedding_vectors
+    from mmpo.prepare.regions import Grounding, load_detector, load_segmenter
     loaders = {"--detector": load_detector, "--segmenter": load_segmenter, "--embedder": load_embedder,
                "--model": lambda name: load_model(name, trust_remote_code=args.trust_remote_code, seed=args.seed)}
     loaded = {flag: load_or_explain(flag, name, loaders[flag]) for flag, name in models_to_load(args)}
@@ -191,8 +181,8 @@ def finished_rows(path: str) -> tuple[list[str], int]:
         return [], 0
     ids, keep = [], 0
     with open(path, "rb") as f:
-        data = f.read()
-    for line in data.split(b"\n")[:-1]:  # a row is complete once its newline is written
+        lines = f.read().split(b"\n")[:-1]
+    for line in lines:  # a row is complete once its newline is written
         try:
             ids.append(json.loads(line)["id"])
             keep += len(line) + 1
@@ -208,14 +198,6 @@ def done_ids(path: str) -> list[str]:
         with open(path, "r+b") as f:
             f.truncate(keep)
     return ids
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def row_settings(args) -> dict:
@@ -240,9 +222,10 @@ def row_settings(args) -> dict:
         if values.get(n) and os.path.exists(values[n]):
             values[n] = os.path.realpath(values[n])  # one folder, however it is spelled
     if values.get("tagger") == "auto":  # auto means nltk on one machine, the rules on another
-        from mmpo.keywords import nltk_tagger
+        from mmpo.prepare.keywords import nltk_tagger
         values["tagger"] = "auto: " + ("nltk" if nltk_tagger() else "rules")
-    return {"method": args.method, "data_sha256": file_sha256(args.data), **values}
+    with open(args.data, "rb") as f:
+        return {"method": args.method, "data_sha256": hashlib.sha256(f.read()).hexdigest(), **values}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -314,8 +297,6 @@ def first_line(e: Exception) -> str:
 
 
 def summary(method: str, stats: dict, out_path: str) -> str:
-    """One line per outcome (rows written and already there first, then kept values, fallbacks,
-    truncations and skips), then the output path."""
     first = ("rows written", "rows already there")
     lines = [f"  {k}: {stats.get(k, 0)}" for k in first]
     lines += [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in first and v]
