@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo import toy, toyworld as W
+from mmpo.toy import __main__ as toy, world as W
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,6 +123,13 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
         toy.claim(out, toy.Settings(steps=32), overwrite=False)
     toy.claim(out, toy.Settings(steps=32), overwrite=True)
     assert json.load(open(os.path.join(out, "toy.json")))["steps"] == 32
+
+
+def test_outside_a_checkout_it_says_so_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setattr(toy, "CHECKOUT", str(tmp_path))  # no train.py, no eval.py there
+    with pytest.raises(toy.UserError, match=r"^this runs train\.py of the repository, not found at .*: run it from a checkout$"):
+        toy.main(["--smoke", "--out", str(tmp_path / "toy")])
+    assert not (tmp_path / "toy").exists()
 
 
 @pytest.mark.parametrize("args,message", [

@@ -5,7 +5,7 @@ in CPU minutes, from scratch, with nothing downloaded:
     python -m mmpo.toy --out runs/toy-quick --seeds 1
     python -m mmpo.toy --smoke --out /tmp/toy     # the pipeline in seconds (CI); its numbers mean nothing
 
-1. A synthetic world with a language prior (``mmpo/toyworld.py``): one shape of one colour on a
+1. A synthetic world with a language prior (``mmpo/toy/world.py``): one shape of one colour on a
    noisy background; circles are usually red, squares blue, ... ("What color is the circle?").
 2. A base model that reads the image: tiny-llava trained from scratch by ``train.py --objective
    sft`` on the world's answers, where each shape has its typical colour 80% of the time.
@@ -37,7 +37,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-from mmpo.cli import REPO, UserError, script
+from mmpo.cli import UserError
+
+# the checkout whose train.py and eval.py every stage runs (mmpo/toy/ -> mmpo/ -> the checkout)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def checkout_script(name: str) -> str:
+    path = os.path.join(CHECKOUT, name)
+    if not os.path.isfile(path):
+        raise UserError(f"this runs {name} of the repository, not found at {path}: run it from a checkout")
+    return path
 
 # name -> (objective, the world's data file, label in the table)
 METHODS = {
@@ -83,7 +93,7 @@ class Settings:
         return OBJECTIVES["mdpo" if self.lr_rule == "shared" else objective].lr * self.lr_scale
 
 
-WORLD = ("n_sft", "n_pref", "n_heldout", "n_test", "p_prior", "p_hedged_sft", "counter_share")  # toyworld.build's
+WORLD = ("n_sft", "n_pref", "n_heldout", "n_test", "p_prior", "p_hedged_sft", "counter_share")  # world.build's
 
 SMOKE = dict(seeds=1, methods="dpo,mdpo", n_sft=48, n_pref=16, n_heldout=8, n_test=8, sft_steps=3, sft_batch=8,
              steps=2, batch=4, gen_tokens=8, gen_beams=1)
@@ -133,11 +143,11 @@ def run_jobs(jobs: list[Job], out: str, workers: int):
                     break
                 waiting.remove(j)
                 env = {**os.environ, "OMP_NUM_THREADS": str(j.threads), "MKL_NUM_THREADS": str(j.threads),
-                       "TQDM_DISABLE": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                       "TQDM_DISABLE": "1", "PYTHONPATH": CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", "")}
                 log = open(os.path.join(logs, j.name + ".log"), "w")
                 log.write(" ".join(j.argv) + "\n\n")
                 log.flush()
-                proc = subprocess.Popen(j.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                proc = subprocess.Popen(j.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=CHECKOUT)
                 running[j.name] = (proc, time.perf_counter(), log)
                 print(f"  start {j.name}", flush=True)
             time.sleep(0.2)
@@ -165,7 +175,7 @@ def jobs_for(s: Settings, out: str, paths: dict, cores: int) -> list[Job]:
     py = sys.executable
     base = os.path.join(out, "base")
     methods = s.methods.split(",")
-    jobs = [Job("sft", [py, script("train.py"), "--objective", "sft", "--model", "tiny-llava", "--data", paths["sft"],
+    jobs = [Job("sft", [py, checkout_script("train.py"), "--objective", "sft", "--model", "tiny-llava", "--data", paths["sft"],
                         "--lora-rank", "0", "--batch-size", str(s.sft_batch), "--max-steps", str(s.sft_steps),
                         "--epochs", str(max(1, math.ceil(s.sft_steps * s.sft_batch / s.n_sft))),
                         "--lr", str(s.sft_lr), "--warmup", "0.03", "--weight-decay", "0", "--save-every", "0",
@@ -179,14 +189,14 @@ def jobs_for(s: Settings, out: str, paths: dict, cores: int) -> list[Job]:
     for seed in range(s.seeds):
         for m in methods:
             objective, data, _ = METHODS[m]
-            argv = [py, script("train.py"), "--objective", objective, "--model", os.path.join(base, "final"),
+            argv = [py, checkout_script("train.py"), "--objective", objective, "--model", os.path.join(base, "final"),
                     "--data", paths[data], "--lora-rank", "0", "--batch-size", str(s.batch),
                     "--max-steps", str(s.steps), "--epochs", str(max(1, math.ceil(s.steps * s.batch / s.n_pref))),
                     "--lr", f"{s.lr(objective):g}", "--warmup", "0.1", "--weight-decay", "0", "--save-every", "0",
                     "--seed", str(seed), "--out", os.path.join(out, "runs", f"{m}-seed{seed}"), "--overwrite"]
             jobs.append(Job(f"{m}-seed{seed}", argv, ["prepare-napo" if m == "napo" else "sft"]))
         runs = [os.path.join(out, "runs", f"{m}-seed{seed}") for m in methods]
-        argv = [py, script("eval.py"), "--checkpoint", *runs, "--data", paths["heldout"], "--bench", "qa", paths["test"],
+        argv = [py, checkout_script("eval.py"), "--checkpoint", *runs, "--data", paths["heldout"], "--bench", "qa", paths["test"],
                 "--max-new-tokens", str(s.gen_tokens), "--batch-size", "32", "--out", os.path.join(out, "eval", f"seed{seed}")]
         if seed:  # the base model's column once
             argv.append("--no-base")
@@ -364,18 +374,18 @@ def main(argv=None):
     args, s = parse_args(argv)
     out = os.path.abspath(args.out)
     for name in ("train.py", "eval.py"):  # before anything is written
-        script(name)
+        checkout_script(name)
     claim(out, s, args.overwrite)
     cores = os.cpu_count() or 1
     workers = args.workers or cores
     t0 = time.perf_counter()
-    from mmpo import toyworld  # torch: after the options are checked
+    from mmpo.toy.world import build  # torch: after the options are checked
     world = os.path.join(out, "world")
     paths_file = os.path.join(world, "paths.json")
     if not os.path.exists(paths_file):
         print(f"world: {s.n_sft} SFT examples, {s.n_pref} training pairs, {s.n_heldout} held-out pairs, "
               f"{s.n_test} test questions")
-        paths = toyworld.build(world, **{k: getattr(s, k) for k in WORLD})
+        paths = build(world, **{k: getattr(s, k) for k in WORLD})
         with open(paths_file, "w") as f:  # relative: a moved OUT still reads its own world
             json.dump({k: os.path.relpath(p, world) for k, p in paths.items()}, f)
     with open(paths_file) as f:
