@@ -137,6 +137,10 @@ def test_outside_a_checkout_it_says_so_before_writing(tmp_path, monkeypatch):
     (["--methods", "dpo,dpo"], "--methods dpo,dpo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
     (["--p-prior", "1.5"], "--p-prior 1.5: must be a share in [0, 1]"),
     (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--lr-scale", "nan"], "--lr-scale nan: must be positive"),
+    (["--workers", "-1"], "--workers -1: must be 0 (the cores) or more"),
+    (["--steps", "x"], "argument --steps: invalid int value: 'x'"),  # argparse's own, in one line too
+    (["--methods", ""], "--methods : each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
 ])
 def test_option_errors_are_one_line(args, message, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mmpo.toy", "--out", str(tmp_path / "toy"), *args], capture_output=True,

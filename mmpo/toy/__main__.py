@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-from mmpo.cli import UserError
+from mmpo.cli import Parser, UserError, check_limits, markdown_table
 
 # the checkout whose train.py and eval.py every stage runs (mmpo/toy/ -> mmpo/ -> the checkout)
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -269,19 +269,14 @@ def collect(s: Settings, out: str) -> dict:
 
 def markdown(results: dict) -> str:
     s = results["settings"]
-    head = "| method | " + " | ".join(h for _, _, h in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    lines.append("| base (SFT) | " + " | ".join(f"{results['base'][k]:.3f}" if k in results["base"] else "–"
-                                               for k, _, _ in COLUMNS) + " |")
-    for r in results["methods"].values():
-        cells = [f"{r['mean'][k]:.3f} ± {r['std'][k]:.3f}" for k, _, _ in COLUMNS]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Mean ± standard deviation over {s['seeds']} seed(s) of the preference training (one base model). "
-                 f"{s['n_test']} test questions ({s['counter_share']:.0%} counter-prior), {s['n_heldout']} held-out pairs, "
-                 f"{s['steps']} steps of batch {s['batch']} on {s['n_pref']} training pairs; learning rates: "
-                 + ", ".join(f"{results['methods'][m]['label']} {v:g}" for m, v in results["lr"].items()) + ".")
-    return "\n".join(lines) + "\n"
+    rows = [["base (SFT)"] + [f"{results['base'][k]:.3f}" if k in results["base"] else "–" for k, _, _ in COLUMNS]]
+    rows += [[r["label"]] + [f"{r['mean'][k]:.3f} ± {r['std'][k]:.3f}" for k, _, _ in COLUMNS]
+             for r in results["methods"].values()]
+    return (markdown_table(["method"] + [h for _, _, h in COLUMNS], rows)
+            + f"\nMean ± standard deviation over {s['seeds']} seed(s) of the preference training (one base model). "
+            f"{s['n_test']} test questions ({s['counter_share']:.0%} counter-prior), {s['n_heldout']} held-out pairs, "
+            f"{s['steps']} steps of batch {s['batch']} on {s['n_pref']} training pairs; learning rates: "
+            + ", ".join(f"{results['methods'][m]['label']} {v:g}" for m, v in results["lr"].items()) + ".\n")
 
 
 def plot(results: dict, path: str) -> str | None:
@@ -311,8 +306,7 @@ def plot(results: dict, path: str) -> str | None:
 # ---- the command line ----------------------------------------------------------------------
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
-    p = argparse.ArgumentParser(prog="python -m mmpo.toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m mmpo.toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/toy", help="output directory (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run of the whole pipeline (CI): tiny data, "
                    "a few steps, one seed, DPO and mDPO; its numbers mean nothing")
@@ -327,22 +321,18 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     values.update({f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None})
     s = Settings(**values)
     chosen = s.methods.split(",")
-    if not s.methods or any(m not in METHODS for m in chosen) or len(set(chosen)) < len(chosen):
+    if any(m not in METHODS for m in chosen) or len(set(chosen)) < len(chosen):
         raise UserError(f"--methods {s.methods}: each once, among {', '.join(METHODS)}")
     if s.lr_rule not in ("shared", "paper"):
         raise UserError(f"--lr-rule {s.lr_rule}: shared or paper")
-    for name in ("seeds", "n_sft", "n_pref", "n_heldout", "n_test", "sft_steps", "sft_batch", "steps", "batch",
-                 "gen_tokens", "gen_beams"):
-        if getattr(s, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be at least 1")
-    for name in ("sft_lr", "lr_scale"):
-        if not 0 < getattr(s, name) < math.inf:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be positive")
-    for name in ("p_prior", "p_hedged_sft", "counter_share"):
-        if not 0 <= getattr(s, name) <= 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be a share in [0, 1]")
-    if args.workers < 0:
-        raise UserError(f"--workers {args.workers}: must be 0 (the cores) or more")
+    count = (lambda v: v >= 1, "at least 1")
+    rate = (lambda v: 0 < v < math.inf, "positive")
+    share = (lambda v: 0 <= v <= 1, "a share in [0, 1]")
+    check_limits(s, {**dict.fromkeys(("seeds", "n_sft", "n_pref", "n_heldout", "n_test", "sft_steps", "sft_batch",
+                                      "steps", "batch", "gen_tokens", "gen_beams"), count),
+                     **dict.fromkeys(("sft_lr", "lr_scale"), rate),
+                     **dict.fromkeys(("p_prior", "p_hedged_sft", "counter_share"), share)})
+    check_limits(args, {"workers": (lambda v: v >= 0, "0 (the cores) or more")})
     return args, s
 
 
