@@ -24,8 +24,7 @@ in CPU minutes, from scratch, with nothing downloaded:
 Writes ``OUT/results.json``, ``OUT/results.md`` (mean ± std over seeds) and, with matplotlib,
 ``OUT/results.png``. Every stage runs ``train.py``, ``prepare`` or ``eval.py`` as a separate
 process (one CPU thread each, as many at once as there are cores; the SFT, which everything
-waits for, takes every core); its log is under
-``OUT/logs/``. Killed and re-run with the same options, it continues: finished stages are kept.
+waits for, takes every core); its log is under ``OUT/logs/``. Killed and re-run with the same options, it continues: finished stages are kept.
 """
 import argparse
 import json
@@ -49,6 +48,7 @@ def checkout_script(name: str) -> str:
         raise UserError(f"this runs {name} of the repository, not found at {path}: run it from a checkout")
     return path
 
+
 # name -> (objective, the world's data file, label in the table)
 METHODS = {
     "dpo": ("dpo", "prefs", "DPO"),
@@ -58,7 +58,6 @@ METHODS = {
     "napo": ("napo", "napo", "NaPO"),
     "symmpo": ("symmpo", "prefs", "SymMPO"),
 }
-
 
 
 @dataclass
@@ -171,17 +170,22 @@ def run_jobs(jobs: list[Job], out: str, workers: int):
             log.close()
 
 
+def train(objective: str, model: str, data: str, *, batch: int, steps: int, n: int, lr: str, warmup: str, seed: int,
+          out: str) -> list[str]:
+    """train.py with full fine-tuning for ``steps`` steps (epochs enough for them over ``n`` rows)."""
+    return [sys.executable, checkout_script("train.py"), "--objective", objective, "--model", model, "--data", data,
+            "--lora-rank", "0", "--batch-size", str(batch), "--max-steps", str(steps),
+            "--epochs", str(max(1, math.ceil(steps * batch / n))), "--lr", lr, "--warmup", warmup,
+            "--weight-decay", "0", "--save-every", "0", "--seed", str(seed), "--out", out, "--overwrite"]
+
+
 def jobs_for(s: Settings, out: str, paths: dict, cores: int) -> list[Job]:
-    py = sys.executable
     base = os.path.join(out, "base")
     methods = s.methods.split(",")
-    jobs = [Job("sft", [py, checkout_script("train.py"), "--objective", "sft", "--model", "tiny-llava", "--data", paths["sft"],
-                        "--lora-rank", "0", "--batch-size", str(s.sft_batch), "--max-steps", str(s.sft_steps),
-                        "--epochs", str(max(1, math.ceil(s.sft_steps * s.sft_batch / s.n_sft))),
-                        "--lr", str(s.sft_lr), "--warmup", "0.03", "--weight-decay", "0", "--save-every", "0",
-                        "--seed", "0", "--out", base, "--overwrite"], [], threads=cores)]
+    jobs = [Job("sft", train("sft", "tiny-llava", paths["sft"], batch=s.sft_batch, steps=s.sft_steps, n=s.n_sft,
+                             lr=str(s.sft_lr), warmup="0.03", seed=0, out=base), [], threads=cores)]
     if "napo" in methods:  # NaPO's negatives: the base model's own answers without the image / the question
-        jobs.append(Job("prepare-napo", [py, "-m", "mmpo.prepare", "napo", "--data", paths["prefs"],
+        jobs.append(Job("prepare-napo", [sys.executable, "-m", "mmpo.prepare", "napo", "--data", paths["prefs"],
                                          "--out", os.path.join(out, "napo"), "--model", os.path.join(base, "final"),
                                          "--max-new-tokens", str(s.gen_tokens), "--num-beams", str(s.gen_beams),
                                          "--batch-size", "32", "--overwrite"], ["sft"]))
@@ -189,15 +193,14 @@ def jobs_for(s: Settings, out: str, paths: dict, cores: int) -> list[Job]:
     for seed in range(s.seeds):
         for m in methods:
             objective, data, _ = METHODS[m]
-            argv = [py, checkout_script("train.py"), "--objective", objective, "--model", os.path.join(base, "final"),
-                    "--data", paths[data], "--lora-rank", "0", "--batch-size", str(s.batch),
-                    "--max-steps", str(s.steps), "--epochs", str(max(1, math.ceil(s.steps * s.batch / s.n_pref))),
-                    "--lr", f"{s.lr(objective):g}", "--warmup", "0.1", "--weight-decay", "0", "--save-every", "0",
-                    "--seed", str(seed), "--out", os.path.join(out, "runs", f"{m}-seed{seed}"), "--overwrite"]
+            argv = train(objective, os.path.join(base, "final"), paths[data], batch=s.batch, steps=s.steps,
+                         n=s.n_pref, lr=f"{s.lr(objective):g}", warmup="0.1", seed=seed,
+                         out=os.path.join(out, "runs", f"{m}-seed{seed}"))
             jobs.append(Job(f"{m}-seed{seed}", argv, ["prepare-napo" if m == "napo" else "sft"]))
         runs = [os.path.join(out, "runs", f"{m}-seed{seed}") for m in methods]
-        argv = [py, checkout_script("eval.py"), "--checkpoint", *runs, "--data", paths["heldout"], "--bench", "qa", paths["test"],
-                "--max-new-tokens", str(s.gen_tokens), "--batch-size", "32", "--out", os.path.join(out, "eval", f"seed{seed}")]
+        argv = [sys.executable, checkout_script("eval.py"), "--checkpoint", *runs, "--data", paths["heldout"],
+                "--bench", "qa", paths["test"], "--max-new-tokens", str(s.gen_tokens), "--batch-size", "32",
+                "--out", os.path.join(out, "eval", f"seed{seed}")]
         if seed:  # the base model's column once
             argv.append("--no-base")
         jobs.append(Job(f"eval-seed{seed}", argv, [f"{m}-seed{seed}" for m in methods]))
@@ -239,7 +242,6 @@ def finite_or_null(x):
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for one seed)."""
     m = sum(values) / len(values)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return m, sd
