@@ -36,7 +36,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-from mmpo.cli import Parser, UserError, check_limits, markdown_table
+from mmpo.cli import Parser, UserError, check_limits, markdown_table, run
+from mmpo.files import write_atomic
 
 # the checkout whose train.py and eval.py every stage runs (mmpo/toy/ -> mmpo/ -> the checkout)
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -160,8 +161,7 @@ def run_jobs(jobs: list[Job], out: str, workers: int):
                         last = [line.strip() for line in f if line.strip()][-1:]
                     raise UserError(f"{name} failed (exit {proc.returncode}): {last[0] if last else ''} "
                                     f"[log: {os.path.join(logs, name + '.log')}]")
-                with open(os.path.join(logs, name + ".done"), "w") as f:  # how long it took, for results.json
-                    f.write(f"{time.perf_counter() - t0:.1f}\n")
+                write_atomic(os.path.join(logs, name + ".done"), f"{time.perf_counter() - t0:.1f}\n")  # for results.json
                 done.add(name)
                 print(f"  done  {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
@@ -358,8 +358,7 @@ def claim(out: str, s: Settings, overwrite: bool):
     elif os.path.isdir(out) and os.listdir(out):
         raise UserError(f"--out {out}: a folder that is not empty and holds no toy run; choose another")
     os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(asdict(s), f, indent=1)
+    write_atomic(path, json.dumps(asdict(s), indent=1))
 
 
 def main(argv=None):
@@ -378,18 +377,16 @@ def main(argv=None):
         print(f"world: {s.n_sft} SFT examples, {s.n_pref} training pairs, {s.n_heldout} held-out pairs, "
               f"{s.n_test} test questions")
         paths = build(world, **{k: getattr(s, k) for k in WORLD})
-        with open(paths_file, "w") as f:  # relative: a moved OUT still reads its own world
-            json.dump({k: os.path.relpath(p, world) for k, p in paths.items()}, f)
+        # relative: a moved OUT still reads its own world
+        write_atomic(paths_file, json.dumps({k: os.path.relpath(p, world) for k, p in paths.items()}))
     with open(paths_file) as f:
         paths = {k: os.path.join(world, p) for k, p in json.load(f).items()}
     run_jobs(jobs_for(s, out, paths, cores), out, workers)
     results = collect(s, out)
     results["seconds"] = {"this_call": time.perf_counter() - t0, "stages": stage_seconds(out)}
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(finite_or_null(results), f, indent=1, allow_nan=False)
+    write_atomic(os.path.join(out, "results.json"), json.dumps(finite_or_null(results), indent=1, allow_nan=False))
     md = markdown(results)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
+    write_atomic(os.path.join(out, "results.md"), md)
     print(md)
     picture = plot(results, os.path.join(out, "results.png"))
     print(f"wrote {os.path.join(out, 'results.json')}, {os.path.join(out, 'results.md')}"
@@ -397,5 +394,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from mmpo import cli
-    sys.exit(cli.run(main, light=True))
+    sys.exit(run(main, light=True))
