@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo import toy, toyworld as W
+from mmpo.toy import __main__ as toy, world as W
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,11 +125,22 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
     assert json.load(open(os.path.join(out, "toy.json")))["steps"] == 32
 
 
+def test_outside_a_checkout_it_says_so_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setattr(toy, "CHECKOUT", str(tmp_path))  # no train.py, no eval.py there
+    with pytest.raises(toy.UserError, match=r"^this runs train\.py of the repository, not found at .*: run it from"):
+        toy.main(["--smoke", "--out", str(tmp_path / "toy")])
+    assert not (tmp_path / "toy").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--methods", "dpo,ppo"], "--methods dpo,ppo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
     (["--methods", "dpo,dpo"], "--methods dpo,dpo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
     (["--p-prior", "1.5"], "--p-prior 1.5: must be a share in [0, 1]"),
     (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--lr-scale", "nan"], "--lr-scale nan: must be positive"),
+    (["--workers", "-1"], "--workers -1: must be 0 (the cores) or more"),
+    (["--steps", "x"], "argument --steps: invalid int value: 'x'"),  # argparse's own, in one line too
+    (["--methods", ""], "--methods : each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
 ])
 def test_option_errors_are_one_line(args, message, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mmpo.toy", "--out", str(tmp_path / "toy"), *args], capture_output=True,

@@ -19,7 +19,7 @@ Everything is drawn from an explicit seed; images are PNGs any tiny model reads.
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from PIL import Image, ImageDraw
@@ -64,6 +64,12 @@ def other_color(color: str, g: torch.Generator) -> str:
     return _pick([c for c in COLORS if c != color], g)
 
 
+def hallucination(s: Scene, g: torch.Generator) -> str:
+    """The colour a prior-following model says: the shape's typical colour on a counter-prior
+    image, some other colour on a typical one (every rejected answer's)."""
+    return PRIOR[s.shape] if not s.prior_consistent else other_color(s.color, g)
+
+
 def scene(g: torch.Generator, shape: str | None = None, color: str | None = None, p_prior: float = 0.8) -> Scene:
     """A random scene; its colour is the shape's prior with probability ``p_prior`` unless given.
     Sizes run from 5 to 15 pixels across: a small object on a busy background is hard to see,
@@ -103,11 +109,6 @@ def render(s: Scene) -> tuple[Image.Image, Image.Image]:
     mask = Image.new("L", (SIZE, SIZE), 0)
     _draw(ImageDraw.Draw(mask), s, 255)
     return img, mask
-
-
-def recolored(s: Scene, color: str) -> Scene:
-    """The same scene with the object in ``color`` (SymMPO's contrast image)."""
-    return Scene(s.shape, color, s.cx, s.cy, s.r, s.bg)
 
 
 def _scenes(n: int, p_prior: float, g: torch.Generator) -> list[Scene]:
@@ -178,10 +179,8 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_p
     black = w.image(Image.new("RGB", (SIZE, SIZE)), "black.png")
     prefs, prefs_mfpo, prefs_blank = [], [], []
     for i, s in enumerate(_scenes(n_pref, 1 - counter_share, g)):
-        # the rejected colour is the hallucination a prior-following model makes: the shape's
-        # typical colour on a counter-prior image, some other colour on a typical one
-        wrong = PRIOR[s.shape] if not s.prior_consistent else other_color(s.color, g)
-        contrast = recolored(s, other_color(s.color, g))
+        wrong = hallucination(s, g)
+        contrast = replace(s, color=other_color(s.color, g))  # SymMPO's: the same scene in another colour
         img, mask = render(s)
         scenes[f"pref-{i}"] = s
         row = {"id": f"pref-{i}", "image": w.image(img, f"pref-{i}.png"), "prompt": question(s.shape),
@@ -196,7 +195,7 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_p
 
     heldout = []
     for i, s in enumerate(_scenes(n_heldout, 1 - counter_share, g)):
-        wrong = PRIOR[s.shape] if not s.prior_consistent else other_color(s.color, g)
+        wrong = hallucination(s, g)
         scenes[f"heldout-{i}"] = s
         heldout.append({"id": f"heldout-{i}", "image": w.image(render(s)[0], f"heldout-{i}.png"),
                         "prompt": question(s.shape), "chosen": answer(s.shape, s.color),

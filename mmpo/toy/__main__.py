@@ -5,7 +5,7 @@ in CPU minutes, from scratch, with nothing downloaded:
     python -m mmpo.toy --out runs/toy-quick --seeds 1
     python -m mmpo.toy --smoke --out /tmp/toy     # the pipeline in seconds (CI); its numbers mean nothing
 
-1. A synthetic world with a language prior (``mmpo/toyworld.py``): one shape of one colour on a
+1. A synthetic world with a language prior (``mmpo/toy/world.py``): one shape of one colour on a
    noisy background; circles are usually red, squares blue, ... ("What color is the circle?").
 2. A base model that reads the image: tiny-llava trained from scratch by ``train.py --objective
    sft`` on the world's answers, where each shape has its typical colour 80% of the time.
@@ -24,8 +24,7 @@ in CPU minutes, from scratch, with nothing downloaded:
 Writes ``OUT/results.json``, ``OUT/results.md`` (mean ± std over seeds) and, with matplotlib,
 ``OUT/results.png``. Every stage runs ``train.py``, ``prepare`` or ``eval.py`` as a separate
 process (one CPU thread each, as many at once as there are cores; the SFT, which everything
-waits for, takes every core); its log is under
-``OUT/logs/``. Killed and re-run with the same options, it continues: finished stages are kept.
+waits for, takes every core); its log is under ``OUT/logs/``. Killed and re-run with the same options, it continues: finished stages are kept.
 """
 import argparse
 import json
@@ -37,7 +36,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-from mmpo.cli import REPO, UserError, script
+from mmpo.cli import Parser, UserError, check_limits, markdown_table, run
+from mmpo.files import write_atomic
+
+# the checkout whose train.py and eval.py every stage runs (mmpo/toy/ -> mmpo/ -> the checkout)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def checkout_script(name: str) -> str:
+    path = os.path.join(CHECKOUT, name)
+    if not os.path.isfile(path):
+        raise UserError(f"this runs {name} of the repository, not found at {path}: run it from a checkout")
+    return path
+
 
 # name -> (objective, the world's data file, label in the table)
 METHODS = {
@@ -48,7 +59,6 @@ METHODS = {
     "napo": ("napo", "napo", "NaPO"),
     "symmpo": ("symmpo", "prefs", "SymMPO"),
 }
-
 
 
 @dataclass
@@ -83,7 +93,7 @@ class Settings:
         return OBJECTIVES["mdpo" if self.lr_rule == "shared" else objective].lr * self.lr_scale
 
 
-WORLD = ("n_sft", "n_pref", "n_heldout", "n_test", "p_prior", "p_hedged_sft", "counter_share")  # toyworld.build's
+WORLD = ("n_sft", "n_pref", "n_heldout", "n_test", "p_prior", "p_hedged_sft", "counter_share")  # world.build's
 
 SMOKE = dict(seeds=1, methods="dpo,mdpo", n_sft=48, n_pref=16, n_heldout=8, n_test=8, sft_steps=3, sft_batch=8,
              steps=2, batch=4, gen_tokens=8, gen_beams=1)
@@ -133,11 +143,11 @@ def run_jobs(jobs: list[Job], out: str, workers: int):
                     break
                 waiting.remove(j)
                 env = {**os.environ, "OMP_NUM_THREADS": str(j.threads), "MKL_NUM_THREADS": str(j.threads),
-                       "TQDM_DISABLE": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                       "TQDM_DISABLE": "1", "PYTHONPATH": CHECKOUT + os.pathsep + os.environ.get("PYTHONPATH", "")}
                 log = open(os.path.join(logs, j.name + ".log"), "w")
                 log.write(" ".join(j.argv) + "\n\n")
                 log.flush()
-                proc = subprocess.Popen(j.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                proc = subprocess.Popen(j.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=CHECKOUT)
                 running[j.name] = (proc, time.perf_counter(), log)
                 print(f"  start {j.name}", flush=True)
             time.sleep(0.2)
@@ -151,8 +161,7 @@ def run_jobs(jobs: list[Job], out: str, workers: int):
                         last = [line.strip() for line in f if line.strip()][-1:]
                     raise UserError(f"{name} failed (exit {proc.returncode}): {last[0] if last else ''} "
                                     f"[log: {os.path.join(logs, name + '.log')}]")
-                with open(os.path.join(logs, name + ".done"), "w") as f:  # how long it took, for results.json
-                    f.write(f"{time.perf_counter() - t0:.1f}\n")
+                write_atomic(os.path.join(logs, name + ".done"), f"{time.perf_counter() - t0:.1f}\n")  # for results.json
                 done.add(name)
                 print(f"  done  {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     finally:
@@ -161,17 +170,22 @@ def run_jobs(jobs: list[Job], out: str, workers: int):
             log.close()
 
 
+def train(objective: str, model: str, data: str, *, batch: int, steps: int, n: int, lr: str, warmup: str, seed: int,
+          out: str) -> list[str]:
+    """train.py with full fine-tuning for ``steps`` steps (epochs enough for them over ``n`` rows)."""
+    return [sys.executable, checkout_script("train.py"), "--objective", objective, "--model", model, "--data", data,
+            "--lora-rank", "0", "--batch-size", str(batch), "--max-steps", str(steps),
+            "--epochs", str(max(1, math.ceil(steps * batch / n))), "--lr", lr, "--warmup", warmup,
+            "--weight-decay", "0", "--save-every", "0", "--seed", str(seed), "--out", out, "--overwrite"]
+
+
 def jobs_for(s: Settings, out: str, paths: dict, cores: int) -> list[Job]:
-    py = sys.executable
     base = os.path.join(out, "base")
     methods = s.methods.split(",")
-    jobs = [Job("sft", [py, script("train.py"), "--objective", "sft", "--model", "tiny-llava", "--data", paths["sft"],
-                        "--lora-rank", "0", "--batch-size", str(s.sft_batch), "--max-steps", str(s.sft_steps),
-                        "--epochs", str(max(1, math.ceil(s.sft_steps * s.sft_batch / s.n_sft))),
-                        "--lr", str(s.sft_lr), "--warmup", "0.03", "--weight-decay", "0", "--save-every", "0",
-                        "--seed", "0", "--out", base, "--overwrite"], [], threads=cores)]
+    jobs = [Job("sft", train("sft", "tiny-llava", paths["sft"], batch=s.sft_batch, steps=s.sft_steps, n=s.n_sft,
+                             lr=str(s.sft_lr), warmup="0.03", seed=0, out=base), [], threads=cores)]
     if "napo" in methods:  # NaPO's negatives: the base model's own answers without the image / the question
-        jobs.append(Job("prepare-napo", [py, "-m", "mmpo.prepare", "napo", "--data", paths["prefs"],
+        jobs.append(Job("prepare-napo", [sys.executable, "-m", "mmpo.prepare", "napo", "--data", paths["prefs"],
                                          "--out", os.path.join(out, "napo"), "--model", os.path.join(base, "final"),
                                          "--max-new-tokens", str(s.gen_tokens), "--num-beams", str(s.gen_beams),
                                          "--batch-size", "32", "--overwrite"], ["sft"]))
@@ -179,15 +193,14 @@ def jobs_for(s: Settings, out: str, paths: dict, cores: int) -> list[Job]:
     for seed in range(s.seeds):
         for m in methods:
             objective, data, _ = METHODS[m]
-            argv = [py, script("train.py"), "--objective", objective, "--model", os.path.join(base, "final"),
-                    "--data", paths[data], "--lora-rank", "0", "--batch-size", str(s.batch),
-                    "--max-steps", str(s.steps), "--epochs", str(max(1, math.ceil(s.steps * s.batch / s.n_pref))),
-                    "--lr", f"{s.lr(objective):g}", "--warmup", "0.1", "--weight-decay", "0", "--save-every", "0",
-                    "--seed", str(seed), "--out", os.path.join(out, "runs", f"{m}-seed{seed}"), "--overwrite"]
+            argv = train(objective, os.path.join(base, "final"), paths[data], batch=s.batch, steps=s.steps,
+                         n=s.n_pref, lr=f"{s.lr(objective):g}", warmup="0.1", seed=seed,
+                         out=os.path.join(out, "runs", f"{m}-seed{seed}"))
             jobs.append(Job(f"{m}-seed{seed}", argv, ["prepare-napo" if m == "napo" else "sft"]))
         runs = [os.path.join(out, "runs", f"{m}-seed{seed}") for m in methods]
-        argv = [py, script("eval.py"), "--checkpoint", *runs, "--data", paths["heldout"], "--bench", "qa", paths["test"],
-                "--max-new-tokens", str(s.gen_tokens), "--batch-size", "32", "--out", os.path.join(out, "eval", f"seed{seed}")]
+        argv = [sys.executable, checkout_script("eval.py"), "--checkpoint", *runs, "--data", paths["heldout"],
+                "--bench", "qa", paths["test"], "--max-new-tokens", str(s.gen_tokens), "--batch-size", "32",
+                "--out", os.path.join(out, "eval", f"seed{seed}")]
         if seed:  # the base model's column once
             argv.append("--no-base")
         jobs.append(Job(f"eval-seed{seed}", argv, [f"{m}-seed{seed}" for m in methods]))
@@ -229,7 +242,6 @@ def finite_or_null(x):
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for one seed)."""
     m = sum(values) / len(values)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return m, sd
@@ -259,19 +271,14 @@ def collect(s: Settings, out: str) -> dict:
 
 def markdown(results: dict) -> str:
     s = results["settings"]
-    head = "| method | " + " | ".join(h for _, _, h in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    lines.append("| base (SFT) | " + " | ".join(f"{results['base'][k]:.3f}" if k in results["base"] else "–"
-                                               for k, _, _ in COLUMNS) + " |")
-    for r in results["methods"].values():
-        cells = [f"{r['mean'][k]:.3f} ± {r['std'][k]:.3f}" for k, _, _ in COLUMNS]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Mean ± standard deviation over {s['seeds']} seed(s) of the preference training (one base model). "
-                 f"{s['n_test']} test questions ({s['counter_share']:.0%} counter-prior), {s['n_heldout']} held-out pairs, "
-                 f"{s['steps']} steps of batch {s['batch']} on {s['n_pref']} training pairs; learning rates: "
-                 + ", ".join(f"{results['methods'][m]['label']} {v:g}" for m, v in results["lr"].items()) + ".")
-    return "\n".join(lines) + "\n"
+    rows = [["base (SFT)"] + [f"{results['base'][k]:.3f}" if k in results["base"] else "–" for k, _, _ in COLUMNS]]
+    rows += [[r["label"]] + [f"{r['mean'][k]:.3f} ± {r['std'][k]:.3f}" for k, _, _ in COLUMNS]
+             for r in results["methods"].values()]
+    return (markdown_table(["method"] + [h for _, _, h in COLUMNS], rows)
+            + f"\nMean ± standard deviation over {s['seeds']} seed(s) of the preference training (one base model). "
+            f"{s['n_test']} test questions ({s['counter_share']:.0%} counter-prior), {s['n_heldout']} held-out pairs, "
+            f"{s['steps']} steps of batch {s['batch']} on {s['n_pref']} training pairs; learning rates: "
+            + ", ".join(f"{results['methods'][m]['label']} {v:g}" for m, v in results["lr"].items()) + ".\n")
 
 
 def plot(results: dict, path: str) -> str | None:
@@ -301,8 +308,7 @@ def plot(results: dict, path: str) -> str | None:
 # ---- the command line ----------------------------------------------------------------------
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
-    p = argparse.ArgumentParser(prog="python -m mmpo.toy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m mmpo.toy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/toy", help="output directory (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run of the whole pipeline (CI): tiny data, "
                    "a few steps, one seed, DPO and mDPO; its numbers mean nothing")
@@ -317,22 +323,18 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
     values.update({f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None})
     s = Settings(**values)
     chosen = s.methods.split(",")
-    if not s.methods or any(m not in METHODS for m in chosen) or len(set(chosen)) < len(chosen):
+    if any(m not in METHODS for m in chosen) or len(set(chosen)) < len(chosen):
         raise UserError(f"--methods {s.methods}: each once, among {', '.join(METHODS)}")
     if s.lr_rule not in ("shared", "paper"):
         raise UserError(f"--lr-rule {s.lr_rule}: shared or paper")
-    for name in ("seeds", "n_sft", "n_pref", "n_heldout", "n_test", "sft_steps", "sft_batch", "steps", "batch",
-                 "gen_tokens", "gen_beams"):
-        if getattr(s, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be at least 1")
-    for name in ("sft_lr", "lr_scale"):
-        if not 0 < getattr(s, name) < math.inf:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be positive")
-    for name in ("p_prior", "p_hedged_sft", "counter_share"):
-        if not 0 <= getattr(s, name) <= 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)}: must be a share in [0, 1]")
-    if args.workers < 0:
-        raise UserError(f"--workers {args.workers}: must be 0 (the cores) or more")
+    count = (lambda v: v >= 1, "at least 1")
+    rate = (lambda v: 0 < v < math.inf, "positive")
+    share = (lambda v: 0 <= v <= 1, "a share in [0, 1]")
+    check_limits(s, {**dict.fromkeys(("seeds", "n_sft", "n_pref", "n_heldout", "n_test", "sft_steps", "sft_batch",
+                                      "steps", "batch", "gen_tokens", "gen_beams"), count),
+                     **dict.fromkeys(("sft_lr", "lr_scale"), rate),
+                     **dict.fromkeys(("p_prior", "p_hedged_sft", "counter_share"), share)})
+    check_limits(args, {"workers": (lambda v: v >= 0, "0 (the cores) or more")})
     return args, s
 
 
@@ -356,38 +358,35 @@ def claim(out: str, s: Settings, overwrite: bool):
     elif os.path.isdir(out) and os.listdir(out):
         raise UserError(f"--out {out}: a folder that is not empty and holds no toy run; choose another")
     os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(asdict(s), f, indent=1)
+    write_atomic(path, json.dumps(asdict(s), indent=1))
 
 
 def main(argv=None):
     args, s = parse_args(argv)
     out = os.path.abspath(args.out)
     for name in ("train.py", "eval.py"):  # before anything is written
-        script(name)
+        checkout_script(name)
     claim(out, s, args.overwrite)
     cores = os.cpu_count() or 1
     workers = args.workers or cores
     t0 = time.perf_counter()
-    from mmpo import toyworld  # torch: after the options are checked
+    from mmpo.toy.world import build  # torch: after the options are checked
     world = os.path.join(out, "world")
     paths_file = os.path.join(world, "paths.json")
     if not os.path.exists(paths_file):
         print(f"world: {s.n_sft} SFT examples, {s.n_pref} training pairs, {s.n_heldout} held-out pairs, "
               f"{s.n_test} test questions")
-        paths = toyworld.build(world, **{k: getattr(s, k) for k in WORLD})
-        with open(paths_file, "w") as f:  # relative: a moved OUT still reads its own world
-            json.dump({k: os.path.relpath(p, world) for k, p in paths.items()}, f)
+        paths = build(world, **{k: getattr(s, k) for k in WORLD})
+        # relative: a moved OUT still reads its own world
+        write_atomic(paths_file, json.dumps({k: os.path.relpath(p, world) for k, p in paths.items()}))
     with open(paths_file) as f:
         paths = {k: os.path.join(world, p) for k, p in json.load(f).items()}
     run_jobs(jobs_for(s, out, paths, cores), out, workers)
     results = collect(s, out)
     results["seconds"] = {"this_call": time.perf_counter() - t0, "stages": stage_seconds(out)}
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(finite_or_null(results), f, indent=1, allow_nan=False)
+    write_atomic(os.path.join(out, "results.json"), json.dumps(finite_or_null(results), indent=1, allow_nan=False))
     md = markdown(results)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
+    write_atomic(os.path.join(out, "results.md"), md)
     print(md)
     picture = plot(results, os.path.join(out, "results.png"))
     print(f"wrote {os.path.join(out, 'results.json')}, {os.path.join(out, 'results.md')}"
@@ -395,5 +394,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from mmpo import cli
-    sys.exit(cli.run(main, light=True))
+    sys.exit(run(main, light=True))
