@@ -89,7 +89,7 @@ class Settings:
         (NaPO's 5e-7 and SymMPO's 5e-6 are smaller). The default scale, 5, is a tenth of the
         toy's SFT rate over LLaVA-1.5's (1e-3 / 2e-5 = 50): at 50 DPO's chosen answers
         collapsed on the training pairs (README)."""
-        from mmpo.objectives import OBJECTIVES  # torch: only asked once the options are checked
+        from mmpo.recipes import OBJECTIVES  # torch: only asked once the options are checked
         return OBJECTIVES["mdpo" if self.lr_rule == "shared" else objective].lr * self.lr_scale
 
 
