@@ -217,3 +217,53 @@ def test_chunked_log_probs_are_exact_and_never_hold_more_than_a_chunk(varied, mo
         assert out[key][3] == real
         torch.testing.assert_close(out[key][0], out[False, 0][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out[key][1], out[False, 0][1], rtol=1e-4, atol=1e-5)  # summed in other orders
+
+
+# ---- one owner per parameter: every scoring call takes the run's chunk and prefix sharing --------
+
+def test_the_reference_and_the_held_out_evaluation_score_as_the_run_says(varied, tmp_path, monkeypatch):
+    """The reference (live, and its cache) and the held-out evaluation take --logps-chunk and
+    prefix sharing from the run, and their figures do not depend on them: chunk 7 or 0 (all at
+    once), shared or not, give the same log-probs."""
+    import copy
+
+    from mmpo import report
+    from mmpo.distributed import Dist
+    from mmpo.recipes import OBJECTIVES
+    from mmpo.reference import Reference
+
+    torch.manual_seed(0)
+    model, processor = tiny_model("tiny-llava")
+    model.eval()
+    views = ("chosen", "rejected", "chosen_on_corrupt")
+    ds = PreferenceDataset(varied, processor, views)
+    batch = collate([ds[i] for i in range(len(ds))], views, processor.tokenizer.pad_token_id)
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    seen = []
+    real = L.sequence_logps
+
+    def spy(m, b, features=None, share_prefix=True, chunk=256):
+        seen.append((share_prefix, chunk))
+        return real(m, b, features, share_prefix, chunk)
+    import mmpo.reference as R
+    monkeypatch.setattr(R, "sequence_logps", spy)
+    monkeypatch.setattr(report, "sequence_logps", spy)
+    figures = {}
+    for share in (True, False):
+        for chunk in (7, 0):
+            seen.clear()
+            ref = Reference(model, frozen, share_prefix=share, chunk=chunk)
+            live = ref.logps(batch)
+            cached = ref.cached(str(tmp_path / f"c{share}{chunk}.safetensors"), "fp", ds, 2,
+                                processor.tokenizer.pad_token_id, torch.autocast("cpu", enabled=False)).logps(batch)
+            held = report.evaluate(model, ds, ref.logps, OBJECTIVES["mdpo"], {"beta": 0.1}, 2,
+                                   processor.tokenizer.pad_token_id, share_prefix=share, chunk=chunk)
+            assert seen and set(seen) == {(share, chunk)}  # every call scored as the run said
+            torch.testing.assert_close(cached, live.float(), atol=1e-5, rtol=0)
+            figures[share, chunk] = (live, held)
+    live0, held0 = figures[True, 0]
+    for live, held in figures.values():
+        torch.testing.assert_close(live, live0, atol=1e-4, rtol=0)
+        assert held.keys() == held0.keys()
+        for k in held0:
+            assert held[k] == pytest.approx(held0[k], abs=1e-4), k
