@@ -13,6 +13,9 @@ then the root takes what is left (embeddings, projector, lm_head).
 - ``--batch-size`` is per process: the global batch is batch_size * grad_accum * world, and step k
   trains on the same examples whatever the world size (2 processes of batch 2 reproduce 1 of
   batch 4, tested to 1e-5 for every objective).
+- The reference is sharded like the policy: under LoRA it is the policy itself (adapters off),
+  under full fine-tuning a frozen copy sharded the same way, or a ``--ref-cache`` that each rank
+  fills with its share of the examples.
 - Metrics are means over ranks (``mean_over_ranks``); only rank 0 logs and writes files.
 """
 import os
