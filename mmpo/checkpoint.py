@@ -9,6 +9,11 @@
 - ``rng-<rank>.safetensors`` and ``trainer_state.json`` (step, scheduler, counters).
 It is written under a temporary name and renamed into place, then ``OUT/latest`` is replaced
 (also by rename) to name it: a run killed at any moment leaves the previous checkpoint intact.
+
+The data order depends only on (seed, epoch) (``mmpo.curriculum.plan``), so with the RNG states
+``train.py --resume OUT`` continues with the losses and weights of an uninterrupted run (tested
+bit for bit). On another number of processes ``--grad-accum`` is rescaled to keep the global
+batch, and only dropout's random stream starts afresh.
 """
 import dataclasses
 import json

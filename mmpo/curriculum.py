@@ -9,8 +9,10 @@ Every example is scored by the mean entropy of the model's predictive distributi
 tokens of its chosen response (one no-grad pass): a low entropy means the model already finds the
 answer easy. Sorted by that score, the data is split into thirds, and training runs on easy,
 then medium, then hard (``train.py --curriculum easy-to-hard``). A ``difficulty`` column in the
-data is used as it is. Scores are cached next to the data, keyed by a fingerprint of the model
-and the data, like the reference cache.
+data is used as it is. Scores are cached next to the data (``DATA.difficulty-<fingerprint>.json``),
+keyed by a fingerprint of the model and the data, like the reference cache. ``--epochs`` passes
+run over each stage; ``--refresh-ref-per-stage`` makes the policy the reference at each stage
+boundary (``mmpo/reference.py``).
 """
 import json
 import os

@@ -2,6 +2,16 @@
 
 Each example becomes a prompt per image (m, and m' when a view needs it) and a response per
 field; a batch holds every view of every example, so one forward pass scores them all.
+
+Where m' is made. Diffusion noise goes on the processor's normalized pixels (``noised``), as in
+VCD: at t = 500 the residual has std sqrt(1 - abar_500) = 0.505 at any image size. Noise on the
+raw image would be averaged away by the processor's downscale: on a 336-px CLIP processor its
+std measured 0.83, 0.48 and 0.24 for 336x336, 640x480 and 1365x1024 images. The crop (mDPO) is
+cut from the decoded image and resized back to its size, before the processor; released mDPO
+crops the processed square tensor instead. The two agree for square images; under a
+centre-cropping processor (LLaVA-1.5's CLIP) a non-square image's m' is the central square of
+the resized crop: still at most 20% of the image, but the box is drawn over the whole image,
+not only the part the model sees.
 """
 import copy
 from dataclasses import dataclass, field
