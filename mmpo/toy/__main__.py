@@ -25,6 +25,116 @@ Writes ``OUT/results.json``, ``OUT/results.md`` (mean ± std over seeds) and, wi
 ``OUT/results.png``. Every stage runs ``train.py``, ``prepare`` or ``eval.py`` as a separate
 process (one CPU thread each, as many at once as there are cores; the SFT, which everything
 waits for, takes every core); its log is under ``OUT/logs/``. Killed and re-run with the same options, it continues: finished stages are kept.
+
+Results of the default run on a 2-core CPU (3 seeds, mean ± std; the base is one SFT model):
+
+| method | counter-prior acc ↑ | prior-consistent acc ↑ | says the prior ↓ | names no colour ↓ | held-out pref acc ↑ | held-out reward acc ↑ | cond acc (noise) ↑ | cond acc (crop) ↑ | sighted − blind ↑ | train reward acc | train log p(chosen) |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| base (SFT) | 0.844 | 0.961 | 0.133 | 0.000 | 0.953 | – | 0.734 | 0.781 | 0.453 | – | – |
+| DPO | 0.792 ± 0.120 | 0.846 ± 0.138 | 0.044 ± 0.012 | 0.122 ± 0.136 | 0.992 ± 0.000 | 0.974 ± 0.018 | 0.781 ± 0.041 | 0.776 ± 0.065 | 0.490 ± 0.023 | 0.995 ± 0.009 | -1.181 ± 1.234 |
+| DPO (no image) | 0.815 ± 0.024 | 0.938 ± 0.036 | 0.138 ± 0.032 | 0.007 ± 0.011 | 0.945 ± 0.028 | 0.490 ± 0.009 | 0.760 ± 0.023 | 0.779 ± 0.032 | 0.451 ± 0.005 | 1.000 ± 0.000 | -6.336 ± 2.386 |
+| mDPO | 0.820 ± 0.041 | 0.904 ± 0.024 | 0.044 ± 0.005 | 0.073 ± 0.032 | 0.984 ± 0.008 | 0.943 ± 0.009 | 0.807 ± 0.063 | 0.810 ± 0.016 | 0.490 ± 0.025 | 0.992 ± 0.008 | -1.046 ± 0.251 |
+| MFPO | 0.893 ± 0.023 | 0.924 ± 0.012 | 0.055 ± 0.008 | 0.014 ± 0.011 | 0.984 ± 0.014 | 0.958 ± 0.016 | 0.812 ± 0.031 | 0.802 ± 0.048 | 0.482 ± 0.032 | 0.995 ± 0.009 | -0.359 ± 0.142 |
+| NaPO | 0.497 ± 0.044 | 0.688 ± 0.064 | 0.089 ± 0.051 | 0.292 ± 0.072 | 0.766 ± 0.051 | 0.581 ± 0.030 | 0.456 ± 0.027 | 0.708 ± 0.043 | 0.263 ± 0.036 | 1.000 ± 0.000 | -10.252 ± 0.967 |
+| SymMPO | 0.888 ± 0.024 | 0.911 ± 0.016 | 0.042 ± 0.009 | 0.035 ± 0.007 | 0.979 ± 0.009 | 0.966 ± 0.005 | 0.750 ± 0.014 | 0.799 ± 0.024 | 0.469 ± 0.000 | 0.990 ± 0.012 | -0.492 ± 0.049 |
+
+Columns: greedy-answer accuracy on prior-consistent and counter-prior test images (128 each);
+*says the prior*: share of counter-prior answers naming the shape's typical colour (over all
+counter-prior answers, unreadable ones included: a model that names nothing scores 0, read it
+with the next column); *names no colour*: answers from which no colour can be read; *held-out
+pref acc*: logp(chosen) > logp(rejected) on held-out pairs (no shortcut: only the colour
+differs); *held-out reward acc*: the same with the implicit reward against the base; *cond acc*:
+logp(chosen | m) > logp(chosen | m'); *sighted − blind*: preference accuracy with the image minus
+with a black image; *train*: over the last quarter of the training steps, on pairs with the shortcut.
+
+What it shows.
+- The shortcut is learnt by everything: every method, DPO with no image included, reaches a
+  training reward accuracy of 0.99-1.00 (as mDPO's Figure 1 found for real data).
+- DPO did not ignore the image here: on held-out pairs its implicit reward prefers the true colour
+  97% of the time (DPO with no image: 49%, chance), and it cuts prior answers on counter-prior
+  images from 13.3% to 4.4%. The papers' strong claim (DPO learns about as little from the image
+  as DPO without it) is not reproduced in this world: the colour word differs between chosen and
+  rejected too, and DPO learns it along with the hedge. DPO with no image learns only the hedge;
+  its answers and prior answers (13.8%) stay the base's.
+- What DPO risks is its answers: in one seed of three its words break up ("The circle is
+  blued."): 28% name no colour, accuracy 0.66 / 0.69; the other two end near or above the base
+  (0.84 and 0.88 counter-prior). Hence 0.79 ± 0.12.
+- MFPO and SymMPO beat the base in every seed on counter-prior images (0.87-0.91 vs 0.844), prior
+  answers 4-6%, almost every answer readable, chosen log-prob nearly where it started (-0.36,
+  -0.49; base -0.4). mDPO lowers prior answers as much as DPO (4.4%) and varies less across seeds
+  (±0.041 vs ±0.120 counter-prior), but is no better than the base there (0.820 vs 0.844; 0.773 in
+  one seed), with 4-10% unreadable; DPO's two unbroken seeds (0.836, 0.883) match or beat it.
+  Every trained method loses some prior-consistent accuracy (0.90-0.94 for all but DPO and NaPO,
+  vs 0.961), DPO with no image included; no tested explanation.
+- NaPO at the shared rate degrades the model (0.497 counter-prior, 29% unreadable, chosen log-prob
+  -10). Its rate is 100x its released one (5e-7), the others run at 5-10x theirs; and its
+  generated negatives are poor here: the base never saw a question without an image or an image
+  without a question, so lang_biased is "red" for squares and triangles too (the typical colour
+  for only 256 of 512 pairs, identical to the chosen answer in 175, which then carry no signal),
+  and 424 of 512 vision_biased answers are fragments cut at the token limit.
+- The image-reliance figures do not separate the methods: cond acc (noise) goes from 0.73 to
+  0.75-0.81 for every method but NaPO, DPO (0.78) and DPO with no image (0.76) included, seed
+  spreads as large as the differences; sighted − blind is 0.45-0.49 for all but NaPO, because on
+  held-out pairs that differ only in colour a blind model is at chance by construction and the
+  base already reads the image.
+
+What it does not show: that any of this holds at 7B scale, with real images, real hallucination
+data, LoRA or the papers' step counts; the papers' effect sizes (their benchmarks are not run);
+variance across base models (one SFT base; seeds vary the preference training only). It is a
+unit test of the mechanisms (a text shortcut in the pairs, an objective that conditions on the
+image), small enough to rerun and change.
+
+How the papers' settings were scaled. Each objective keeps its paper's hyperparameters: beta
+0.1; mDPO delta 0 with its three terms; MFPO weights 1,1,1 and t=500; NaPO weights 0.04/0.48/0.48
+and dynamic q (code form, alpha 0.5/0.01); SymMPO lambda 0.5, gamma 1e-4, eta 1; NaPO's
+generation with 3 beams as released but 24 new tokens instead of 1024 (answers are 20 tokens).
+Shared by every method: full fine-tuning (as NaPO and SymMPO; mDPO's LoRA left out so runs differ
+only in the objective), AdamW without weight decay, warm-up 0.1 then cosine, one learning rate,
+mDPO's 1e-5 x 5 = 5e-5. The factor: our SFT rate (1e-3) over LLaVA-1.5's (2e-5) is 50, and at 50x
+(5e-4) DPO's log-prob of its chosen answers fell from -0.4 to -51 by step 17 and -148 by step 49
+on the *training* pairs; the factor was divided by 10 for every method, on DPO's training curve
+alone, never on the evaluation. Other choices, one flag away: `--lr-scale 50`; `--lr-rule paper`
+(each paper's own rate times the scale: NaPO 5e-7, SymMPO 5e-6 before scaling).
+
+The two other learning-rate choices (3 seeds each, same base; `--lr-scale 50` and
+`--lr-rule paper --methods napo,symmpo`):
+
+| method (lr) | counter-prior acc ↑ | prior-consistent acc ↑ | says the prior ↓ | names no colour ↓ | held-out reward acc ↑ | train log p(chosen) |
+|---|---|---|---|---|---|---|
+| DPO (0.0005) | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.999 ± 0.002 | 0.643 ± 0.084 | -196.162 ± 53.418 |
+| DPO (no image) (0.0005) | 0.026 ± 0.045 | 0.026 ± 0.045 | 0.018 ± 0.032 | 0.896 ± 0.180 | 0.271 ± 0.127 | -61.863 ± 18.439 |
+| mDPO (0.0005) | 0.786 ± 0.066 | 0.880 ± 0.059 | 0.062 ± 0.041 | 0.060 ± 0.020 | 0.849 ± 0.039 | -1.368 ± 0.349 |
+| MFPO (0.0005) | 0.836 ± 0.031 | 0.893 ± 0.058 | 0.076 ± 0.020 | 0.012 ± 0.014 | 0.797 ± 0.014 | -0.534 ± 0.197 |
+| NaPO (0.0005) | 0.052 ± 0.048 | 0.049 ± 0.052 | 0.013 ± 0.016 | 0.926 ± 0.067 | 0.484 ± 0.043 | -66.593 ± 8.784 |
+| SymMPO (0.0005) | 0.932 ± 0.012 | 0.904 ± 0.018 | 0.013 ± 0.009 | 0.022 ± 0.005 | 0.945 ± 0.049 | -0.947 ± 0.214 |
+
+| method (lr) | counter-prior acc ↑ | prior-consistent acc ↑ | says the prior ↓ | names no colour ↓ | held-out reward acc ↑ | train log p(chosen) |
+|---|---|---|---|---|---|---|
+| NaPO (2.5e-06) | 0.849 ± 0.005 | 0.961 ± 0.000 | 0.133 ± 0.000 | 0.000 ± 0.000 | 0.763 ± 0.016 | -0.524 ± 0.036 |
+| SymMPO (2.5e-05) | 0.904 ± 0.005 | 0.938 ± 0.000 | 0.052 ± 0.005 | 0.014 ± 0.006 | 0.961 ± 0.014 | -0.402 ± 0.074 |
+
+At 50x, DPO, DPO with no image and NaPO collapse in every seed (accuracy at most 0.09 in any
+seed, 69-100% of answers naming no colour, chosen log-prob -47 to -247 per seed); mDPO, MFPO and
+SymMPO, whose losses also reward the chosen answer on the real image against m', stay readable,
+and SymMPO reaches the best counter-prior accuracy of all runs (0.932, prior answers 1.3%) at a
+cost on prior-consistent images (0.904). With the papers' own rates NaPO (2.5e-6) barely moves
+in 64 steps (held-out reward accuracy 0.76), and SymMPO at 2.5e-5 does better than at the shared
+5e-5 on most figures (0.904 counter-prior, 0.938 prior-consistent, 1.4% unreadable; prior answers
+5.2% vs 4.2%). DPO, mDPO and MFPO have the same rate under both rules. So the one-rate default is
+not the best rate for every method and every effect's size depends on the rate; what holds at
+both rates tried for all six: DPO and DPO with no image learn the shortcut equally, DPO alone
+also learns the colour from the image (held-out reward accuracy 0.64 vs 0.27 at 50x), and mDPO,
+MFPO and SymMPO keep readable answers where DPO may not; SymMPO ends above the base on
+counter-prior images at every rate, MFPO at 5e-5 only (0.836 at 50x).
+
+Timing and reproducibility. Each stage is a train.py, prepare or eval.py process with one CPU
+thread, as many at once as there are cores; the SFT, which everything waits for, takes them all
+(two 2-thread processes on two cores are far slower: an SFT step took 5-6 s instead of 0.26 s).
+The default run's 20.5 min on a 2-core CPU: world 10 s, SFT 3 min, the 18 preference runs 52-115
+s each, the three evaluations 125-150 s each, two at a time. One thread and fixed seeds, so the
+figures repeat exactly: `--seeds 1` from a fresh clone (11 min) gave every seed-0 figure of the
+table's run bit for bit. Killed and re-run with the same options it keeps finished stages; other
+options in the same --out are refused (--overwrite).
 """
 import argparse
 import json
