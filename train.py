@@ -5,9 +5,11 @@
     torchrun --nproc_per_node 8 train.py ...               # FSDP2 over 8 GPUs (gloo on CPU)
 
 Every option: ``python train.py --help`` (mmpo/config.py). ``main`` reads top to bottom:
-configuration, data, model, reference, schedule, optimizer, the loop, the final model. Each step
-above the loop is a function of this file or a package call; what a step computes (log-probs,
-objectives, the reference, checkpoints) lives in the package, one file per concept.
+configuration, data, model, reference, schedule, optimizer, the loop, the final model.
+``train_step`` is the training step, the one definition of it (``python -m mmpo.bench`` times
+this one): encode the images, score the views, score the reference, call the objective's loss
+function, backward and step. Each call is one jump away, into the library: mmpo/logps.py,
+mmpo/reference.py, mmpo/recipes.py (which loss, views and options) and mmpo/objectives.py.
 """
 import sys
 

@@ -24,7 +24,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mmpo.cli import UserError
-from mmpo.config import M_PRIMES
 from mmpo.perturb import NOISE_STEPS
 
 # view -> (which image, which response field). "corrupt" is m': corrupt_image, a perturbation

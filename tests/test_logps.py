@@ -228,7 +228,6 @@ def test_the_reference_and_the_held_out_evaluation_score_as_the_run_says(varied,
     import copy
 
     from mmpo import report
-    from mmpo.distributed import Dist
     from mmpo.recipes import OBJECTIVES
     from mmpo.reference import Reference
 
