@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import TINY_MODELS
-from mmpo.hallucination import POPE_PARSERS
+from mmpo.metrics import POPE_PARSERS
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
@@ -357,7 +357,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from mmpo import hallucination, lora
+from mmpo import lora, metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.rows import DataError, load_image, read_rows
 from mmpo.generate import generate
@@ -440,38 +440,16 @@ def score(model, dataset: PreferenceDataset, batch_size: int) -> tuple[dict[str,
     return {v: torch.cat(x) for v, x in out.items()}, cut
 
 
-# ---- metrics -----------------------------------------------------------------------------
-
-def preference_metrics(logps: dict, ref: dict, negatives: list[str], beta: float) -> dict:
-    """Chosen against each negative: log-prob accuracy, and implicit-reward accuracy and margin
-    against the base model (0 for the base model itself)."""
-    out = {}
-    for v in negatives:
-        out[f"pref/{v}/logp_acc"] = (logps["chosen"] > logps[v]).float().mean().item()
-        h = (logps["chosen"] - ref["chosen"]) - (logps[v] - ref[v])
-        out[f"pref/{v}/reward_acc"] = (h > 0).float().mean().item()
-        out[f"pref/{v}/reward_margin"] = (beta * h).mean().item()
-    return out
-
-
-def reliance_metrics(model, data, processor, args) -> dict:
-    """How much the answers depend on the image: the chosen answer on m against m' (crop,
-    noise, blank), and chosen-over-rejected with a blank image against the real one."""
+def reliance(model, data: str, processor, args) -> dict:
+    """The chosen answer on m against m' (crop, noise, blank), and with a blank m' chosen over
+    rejected with and without the image."""
     out = {}
     for kind in ("crop", "noise", "blank"):
         views = ("chosen", "rejected", "chosen_on_corrupt", "rejected_on_corrupt") if kind == "blank" else \
             ("chosen", "chosen_on_corrupt")
         ds = PreferenceDataset(data, processor, views, m_prime=kind, seed=args.seed, max_length=args.max_length,
                                prefer_field=False)
-        lp = score(model, ds, args.batch_size)[0]
-        gap = lp["chosen"] - lp["chosen_on_corrupt"]
-        out[f"reliance/{kind}/cond_acc"] = (gap > 0).float().mean().item()
-        out[f"reliance/{kind}/logp_gap"] = gap.mean().item()
-        if kind == "blank":
-            sighted = (lp["chosen"] > lp["rejected"]).float().mean().item()
-            blind = (lp["chosen_on_corrupt"] > lp["rejected_on_corrupt"]).float().mean().item()
-            out["reliance/sighted_acc"], out["reliance/blind_acc"] = sighted, blind
-            out["reliance/sighted_minus_blind"] = sighted - blind
+        out.update(metrics.reliance_metrics(kind, score(model, ds, args.batch_size)[0]))
     return out
 
 
@@ -497,87 +475,10 @@ def read_bench(kind: str, path: str) -> list[dict]:
         where = f"{path}:{r['line']}"
         if not r.get("prompt"):
             errors.append(f"{where}: field '{'prompt' if kind == 'chair' else 'question'}': missing")
-        if kind == "chair":
-            objs, captions = r.get("objects"), r.get("captions", [])
-            if not isinstance(objs, list) or not all(isinstance(o, str) for o in objs):
-                errors.append(f"{where}: field 'objects': must be a list of object names")
-                objs = []
-            for o in objs:
-                try:
-                    hallucination.to_category(o)
-                except ValueError as e:
-                    errors.append(f"{where}: field 'objects': {e}")
-            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-                errors.append(f"{where}: field 'captions': must be a list of captions")
-        elif kind == "pope" and r.get("answer") not in ("yes", "no"):
-            errors.append(f"{where}: field 'answer': must be \"yes\" or \"no\"")
-        elif kind == "qa":
-            errors += [f"{where}: {problem}" for problem in qa_problems(r)]
+        errors += [f"{where}: {problem}" for problem in metrics.label_problems(kind, r)]
     if errors:
         raise DataError(errors)
     return rows
-
-
-def qa_problems(row: dict) -> list[str]:
-    """What is wrong with a QA row's answer, options, group and prior (null is absent)."""
-    def text(v) -> bool:
-        return isinstance(v, str) and bool(v.strip())
-    problems = []
-    answer, options, group, prior = (row.get(k) for k in ("answer", "options", "group", "prior"))
-    if answer is None:
-        problems.append("field 'answer': missing")
-    elif not text(answer):
-        problems.append("field 'answer': must be a non-empty string")
-    if options is not None:
-        if not isinstance(options, list) or not all(text(o) for o in options):
-            problems.append("field 'options': must be a list of non-empty strings")
-            options = None
-        else:
-            seen = {}  # options are read whatever their case and spacing: "Red" is "red"
-            for o in options:
-                key = " ".join(o.lower().split())
-                if key not in seen:
-                    seen[key] = o
-                    continue
-                shown = [json.dumps(x, ensure_ascii=False) for x in (seen[key], o)]
-                problems.append(f"field 'options': {shown[0]} twice" if seen[key] == o else
-                                f"field 'options': {shown[0]} and {shown[1]} read alike")
-            if text(answer) and answer not in options:
-                problems.append(f"field 'options': must contain the answer {json.dumps(answer, ensure_ascii=False)}")
-    if group is not None and not text(group):
-        problems.append("field 'group': must be a non-empty string")
-    if prior is not None:
-        if not text(prior):
-            problems.append("field 'prior': must be a non-empty string")
-        elif options is not None and prior not in options:
-            problems.append(f"field 'prior': {json.dumps(prior, ensure_ascii=False)} is not one of the options")
-    return problems
-
-
-def qa_choices(row: dict) -> list[str]:
-    """What a QA answer is read against: the row's options, else its answer and its prior."""
-    if row.get("options") is not None:
-        return row["options"]
-    return list(dict.fromkeys(x for x in (row["answer"], row.get("prior")) if x is not None))
-
-
-def qa_metrics(rows: list[dict], reads: list[str | None]) -> dict:
-    """Accuracy (read == answer) and the share of answers naming no option; over the rows whose
-    prior is not their answer, how many there are and how often the prior was read."""
-    n = len(rows)
-    m = {"examples": n, "accuracy": sum(x == r["answer"] for r, x in zip(rows, reads)) / max(1, n),
-         "unread": reads.count(None) / max(1, n)}
-    tempted = [x == r["prior"] for r, x in zip(rows, reads) if r.get("prior") not in (None, r["answer"])]
-    if tempted:
-        m["prior_examples"], m["prior_rate"] = len(tempted), sum(tempted) / len(tempted)
-    return m
-
-
-def true_objects(row: dict) -> list[str]:
-    """A CHAIR row's true objects: its ``objects``, plus every object its reference
-    ``captions`` mention, as the reference evaluation takes both COCO's instance labels and
-    the objects of COCO's five captions per image."""
-    return row["objects"] + [c for caption in row.get("captions", []) for c in hallucination.object_mentions(caption)]
 
 
 def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: str, bench: str | None = None) -> dict:
@@ -591,20 +492,20 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
     answers, cut = generate(model, processor, [r["prompt"] for r in rows], images, max_new_tokens=args.max_new_tokens,
                             num_beams=args.num_beams, batch_size=args.batch_size, show=True)
     if kind == "chair":
-        truths = [true_objects(r) for r in rows]
-        m = hallucination.chair(answers, truths)
-        details = [hallucination.chair_answer(a, t) for a, t in zip(answers, truths)]
+        truths = [metrics.true_objects(r) for r in rows]
+        m = metrics.chair(answers, truths)
+        details = [metrics.chair_answer(a, t) for a, t in zip(answers, truths)]
         details = [{"objects": d["objects"], "hallucinated": d["hallucinated"]} for d in details]
     elif kind == "pope":
-        m = hallucination.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
-        details = [{"parsed": hallucination.parse_yes_no(a, args.pope_parse)} for a in answers]
+        m = metrics.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
+        details = [{"parsed": metrics.parse_yes_no(a, args.pope_parse)} for a in answers]
     else:
-        reads = [hallucination.read_option(a, qa_choices(r)) for r, a in zip(rows, answers)]
-        m = qa_metrics(rows, reads)
+        reads = [metrics.read_option(a, metrics.qa_choices(r)) for r, a in zip(rows, answers)]
+        m = metrics.qa_metrics(rows, reads)
         details = [{"read": x, "correct": x == r["answer"]} for r, x in zip(rows, reads)]
         for g in sorted({r["group"] for r in rows if r.get("group") is not None}):  # after the whole bench's
             inside = [i for i, r in enumerate(rows) if r.get("group") == g]
-            figures = qa_metrics([rows[i] for i in inside], [reads[i] for i in inside])
+            figures = metrics.qa_metrics([rows[i] for i in inside], [reads[i] for i in inside])
             groups.update({f"{g}/{k}": v for k, v in figures.items()})
     with open(os.path.join(args.out, f"answers-{column}-{bench}.jsonl"), "w", encoding="utf-8") as f:
         for r, a, t, d in zip(rows, answers, cut, details):
@@ -737,8 +638,8 @@ def data_metrics(model, processor, col: Column, args, negatives: list[str], refs
     if col.weights is None:
         refs[col.base.key] = logps
     return {"data/examples": len(ds), "data/truncated": cut,
-            **preference_metrics(logps, refs[col.base.key], negatives, args.beta),
-            **reliance_metrics(model, args.data, processor, args)}
+            **metrics.preference_metrics(logps, refs[col.base.key], negatives, args.beta),
+            **reliance(model, args.data, processor, args)}
 
 
 def main(args) -> dict:

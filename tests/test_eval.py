@@ -1,7 +1,7 @@
 """eval.py: image reliance on a model that ignores the image; checkpoints side by side, each on
 its own base model, giving exactly what it gives alone; the table's directions and counts;
-benchmark options and answer lengths; QA's reading of short answers and its figures (CHAIR and
-POPE themselves: test_hallucination.py; every mistake on the command line: test_eval_errors.py)."""
+benchmark options and answer lengths; QA's figures (the metrics themselves: test_metrics.py;
+every mistake on the command line: test_eval_errors.py)."""
 import json
 import os
 import subprocess
@@ -16,7 +16,7 @@ import eval as evaluate
 import train
 from conftest import ROOT, write_jsonl
 from mmpo.cli import UserError
-from mmpo.hallucination import read_option
+from mmpo.metrics import read_option
 from mmpo.models import tiny_model
 
 
@@ -24,7 +24,7 @@ def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):
     model, proc = tiny_model("tiny-llava")
     model.eval()
     args = SimpleNamespace(seed=0, max_length=1024, batch_size=4)
-    seeing = evaluate.reliance_metrics(model, synthetic, proc, args)
+    seeing = evaluate.reliance(model, synthetic, proc, args)
     assert seeing["reliance/crop/logp_gap"] != 0.0  # a random model still reacts to its image
 
     real = model.get_image_features
@@ -34,7 +34,7 @@ def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):
         out.pooler_output = [torch.zeros_like(f) for f in out.pooler_output]
         return out
     model.get_image_features = blind_features
-    blind = evaluate.reliance_metrics(model, synthetic, proc, args)
+    blind = evaluate.reliance(model, synthetic, proc, args)
     for kind in ("crop", "noise", "blank"):
         assert blind[f"reliance/{kind}/logp_gap"] == 0.0
         assert blind[f"reliance/{kind}/cond_acc"] == 0.0
@@ -352,28 +352,6 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
     assert m["pope-p/accuracy"] == 1 and m["pope-adversarial/accuracy"] == 1 and "pope/accuracy" not in m
     assert os.path.isfile(tmp_path / "splits" / "answers-base-pope-adversarial.jsonl")
     assert asked[4:] == [(7, 3), (7, 3)]
-
-
-def test_read_option_reads_the_option_named_first_as_a_whole_word():
-    colors = ["red", "green", "blue", "yellow"]
-    assert read_option("The circle is red.", colors) == "red"
-    assert read_option("The circle is red, not blue.", ["red", "blue"]) == "red"  # the first named, not the last
-    assert read_option("Not blue: RED!", ["red", "blue"]) == "blue"  # no sense of negation; any case
-    assert read_option("It is dark red", ["red", "dark red"]) == "dark red"  # starts first
-    assert read_option("dark red", ["dark", "dark red"]) == "dark red"  # both start there: the longer
-    assert read_option("It is dark\n red", ["red", "dark red"]) == "dark red"  # any spacing between words
-    assert read_option("It is dark-red", ["red", "dark red"]) == "red"  # a hyphen is no space; red is a word there
-    assert read_option("reddish", colors) is None  # whole words only
-    assert read_option("A bluegreen circle.", colors) is None
-    assert read_option("I cannot tell.", colors) is None
-    assert read_option("Red's the one.", colors) == "red"
-    assert read_option("The Circle Is Red.", ["Red", "Blue"]) == "Red"  # the option as written
-    # no options: the answer (and the prior) are what a row is read against
-    assert read_option("Blue.", ["blue"]) == "blue"
-    assert read_option("Light blue.", ["light blue", "blue"]) == "light blue"
-    assert read_option("The circle is red.", ["blue", "red"]) == "red"
-    with pytest.raises(ValueError, match="a blank option"):
-        read_option("Red.", ["red", " "])
 
 
 def test_qa_reads_hand_made_answers(tmp_path, image_dir, monkeypatch):
