@@ -56,6 +56,7 @@ def ws(tmp_path, image_dir):
     folder("adapter", {"adapter_config.json": {**adapter, "base_model_name_or_path": "tiny-llava"},
                        "adapter_model.safetensors": ""})
     folder("not-a-model", {"weights.bin": ""})
+    folder("no-model-type", {"config.json": {"architectures": []}})
     folder("jsonl-folder", {"data.jsonl": ""})
     (tmp_path / "a-file.txt").write_text("x")
     (tmp_path / "other").mkdir()
@@ -108,8 +109,10 @@ COMMAND_LINE = [
     (["--model", "", *D], "--model is empty"),
     (["--model", "{ws}/killed", *D], "--model {ws}/killed: a train.py run, not a base model; give it as "
                                      "--checkpoint {ws}/killed"),
-    (["--model", "{ws}/not-a-model", *D], "--model {ws}/not-a-model: not a model directory (no config.json with a "
-                                          "model_type)"),
+    (["--model", "{ws}/not-a-model", *D], "--model {ws}/not-a-model: not a model directory (no config.json)"),
+    (["--model", "{ws}/no-model-type", *D], "--model {ws}/no-model-type: not a model directory (its config.json has "
+                                            "no model_type)"),
+    (["--model", "org\\model", *D], "--model org\\model: no such directory"),
     # the output folder
     ([*TINY, *D, "--out", "{ws}/a-file.txt"], "--out {ws}/a-file.txt: a file, not a folder"),
     ([*TINY, *D, "--out", "{ws}/a-file.txt/eval"], "--out {ws}/a-file.txt/eval: {ws}/a-file.txt is a file, not a folder"),
