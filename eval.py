@@ -38,6 +38,7 @@ import sys
 from eval_columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
+from mmpo.config import LIMITS as TRAIN_LIMITS, Config
 from mmpo.metrics import POPE_PARSERS
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=1024,
                    help="prompt + image + response tokens when scoring --data; responses are cut to fit, an example "
                         "whose prompt and image alone reach it is an error")
+    # --data is scored as train.py scores it: these two are train.py's options, with its defaults
+    p.add_argument("--logps-chunk", type=int, default=Config.logps_chunk,
+                   help="response positions whose full-vocabulary logits exist at once when scoring --data, as in "
+                        "train.py (exact); 0: every response position at once")
+    p.add_argument("--prefix-sharing", action=argparse.BooleanOptionalAction, default=Config.prefix_sharing,
+                   help="score each image + prompt prefix of --data once for all the views on it, as in train.py "
+                        "(exact); --no-prefix-sharing: every view as a full sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the corrupted images m' (crop, noise)")
     p.add_argument("--max-new-tokens", type=int, default=1024,
                    help="longest answer, in tokens; generation also stops at end-of-sequence (published CHAIR "
@@ -98,6 +106,7 @@ LIMITS = {
     "max_new_tokens": (lambda v: v >= 1, "at least 1"),
     "num_beams": (lambda v: v >= 1, "at least 1 (1: greedy)"),
     "beta": (lambda v: 0 < v < math.inf, "a positive number"),
+    "logps_chunk": TRAIN_LIMITS["logps_chunk"],
 }
 
 
@@ -172,18 +181,19 @@ def response_cut(ex, dataset: PreferenceDataset) -> bool:
 
 
 @torch.no_grad()
-def score(model, dataset: PreferenceDataset, batch_size: int) -> tuple[dict[str, torch.Tensor], int]:
+def score(model, dataset: PreferenceDataset, args) -> tuple[dict[str, torch.Tensor], int]:
     """Summed log-probs of every view of every example, {view: (n,)} in data order, and the
     number of examples with a response cut at --max-length."""
     pad = pad_id(dataset.processor.tokenizer)
     out, cut = {v: [] for v in dataset.views}, 0
-    for i in tqdm(range(0, len(dataset), batch_size), desc="score", leave=False):
-        examples = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
+    for i in tqdm(range(0, len(dataset), args.batch_size), desc="score", leave=False):
+        examples = [dataset[j] for j in range(i, min(i + args.batch_size, len(dataset)))]
         batch = collate(examples, dataset.views, pad)
         if batch.skipped:  # leaving it out would score the columns on different examples
             raise UserError(f"{batch.skipped[0]}: too long to score; raise --max-length")
         cut += sum(response_cut(ex, dataset) for ex in examples)
-        for v, lp in batch.split(sequence_logps(model, batch)[0].float().cpu()).items():
+        logps = sequence_logps(model, batch, share_prefix=args.prefix_sharing, chunk=args.logps_chunk)[0]
+        for v, lp in batch.split(logps.float().cpu()).items():
             out[v].append(lp)
     return {v: torch.cat(x) for v, x in out.items()}, cut
 
@@ -197,7 +207,7 @@ def reliance(model, data: str, processor, args) -> dict:
             ("chosen", "chosen_on_corrupt")
         ds = PreferenceDataset(data, processor, views, m_prime=kind, seed=args.seed, max_length=args.max_length,
                                prefer_field=False)
-        out.update(metrics.reliance_metrics(kind, score(model, ds, args.batch_size)[0]))
+        out.update(metrics.reliance_metrics(kind, score(model, ds, args)[0]))
     return out
 
 
@@ -219,7 +229,7 @@ def reference_logps(base: Base, args, views: list[str]) -> dict[str, torch.Tenso
     """A base model's log-probs on --data, the reference of its checkpoints' implicit rewards
     (scored on its own only when it has no column, under --no-base)."""
     model, processor = load_column(Column("base", base), args.trust_remote_code)
-    return score(model, PreferenceDataset(args.data, processor, views, max_length=args.max_length), args.batch_size)[0]
+    return score(model, PreferenceDataset(args.data, processor, views, max_length=args.max_length), args)[0]
 
 
 def data_metrics(model, processor, col: Column, args, negatives: list[str], refs: dict) -> dict:
@@ -227,7 +237,7 @@ def data_metrics(model, processor, col: Column, args, negatives: list[str], refs
     response cut at --max-length. ``refs`` holds each base's log-probs (base key -> {view: (n,)});
     a base column adds its own."""
     ds = PreferenceDataset(args.data, processor, ["chosen", *negatives], max_length=args.max_length)
-    logps, cut = score(model, ds, args.batch_size)
+    logps, cut = score(model, ds, args)
     if col.weights is None:
         refs[col.base.key] = logps
     return {"data/examples": len(ds), "data/truncated": cut,

@@ -75,6 +75,7 @@ COMMAND_LINE = [
     ([*TINY, *D, "--beta", "0"], "--beta 0.0: must be a positive number"),
     ([*TINY, *D, "--beta", "nan"], "--beta nan: must be a positive number"),
     ([*TINY, *D, "--max-length", "1"], "--max-length 1: must be at least 2"),
+    ([*TINY, *D, "--logps-chunk", "-1"], "--logps-chunk -1: must be 0 (off) or more"),
     ([*TINY, *D, "--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),
     ([*TINY, *D, "--pope-parse", "loose"], "argument --pope-parse: invalid choice: 'loose'..."),
     ([*TINY, *D, "--frobnicate"], "unrecognized arguments: --frobnicate"),
