@@ -34,212 +34,17 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 
+from eval_columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
-from mmpo.config import TINY_MODELS
-from mmpo.hallucination import POPE_PARSERS
+from mmpo.config import LIMITS as TRAIN_LIMITS, Config
+from mmpo.metrics import POPE_PARSERS
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
 
-BENCH_FIELDS = {"chair": ("image", "prompt", "objects"), "pope": ("image", "question", "answer"),
-                "qa": ("image", "question", "answer", "options", "group", "prior")}
-
-
-# ---- which model each column is ------------------------------------------------------------
-
-@dataclass
-class Base:
-    """A base model. ``key`` is what it is (two bases with one key are the same weights): a hub
-    id, a folder's real path, or a tiny model's name and seed; ``source`` is what loads it and
-    ``label`` its short name in the table."""
-    key: str
-    source: str
-    label: str
-    origin: str = "--model"  # who named it, for messages
-
-    def describe(self) -> str:
-        return self.source if self.label in self.source else f"{self.label} ({self.source})"
-
-
-@dataclass
-class Column:
-    """One column of the table: a base model (``weights`` None), or a checkpoint on its base."""
-    name: str
-    base: Base | None  # None: a model directory that records no base, without --model
-    weights: str | None = None  # the folder holding the adapter (``adapter``) or the full model
-    adapter: bool = False
-    given: str = ""  # --checkpoint as typed, for messages
-    run: str | None = None  # the train.py run it comes from (its metrics.jsonl), if any
-
-    def describe(self) -> str:
-        base = self.base.describe() if self.base else "no recorded base"
-        return base if self.weights is None else f"{self.weights} on {base}"
-
-
-def read_json(path: str) -> dict:
-    """A JSON object from a file; a broken one is a one-line error naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return doc
-
-
-def run_config(folder: str | None) -> dict | None:
-    """The train.py configuration of a run directory (its config.json names an objective and a
-    model), else None: a model directory's config.json names neither."""
-    path = os.path.join(folder or "", "config.json")
-    if folder is None or not os.path.isfile(path):
-        return None
-    cfg = read_json(path)
-    return cfg if "objective" in cfg and "model" in cfg else None
-
-
-def is_model_dir(folder: str) -> bool:
-    """A transformers model directory: a config.json with a model_type."""
-    path = os.path.join(folder, "config.json")
-    return os.path.isfile(path) and "model_type" in read_json(path)
-
-
-def looks_like_path(name: str) -> bool:
-    """A model name that can only be a local folder (transformers would try anything else as a
-    hub id and answer with a puzzling message about repo ids)."""
-    return name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1 or "\\" in name
-
-
-def base_model(name: str, origin: str = "--model") -> Base:
-    """The identity of a base model, as --model names it or train.py records it."""
-    if name in TINY_MODELS:
-        return Base(f"{name} (seed 0)", name, name, origin)  # eval builds tiny models with seed 0
-    if os.path.isdir(name):
-        folder = os.path.realpath(name)
-        run = run_config(os.path.dirname(folder))
-        if os.path.basename(folder) == "base_model" and run and run["model"] in TINY_MODELS:
-            # train.py's copy of a tiny model, built from (name, seed): every run of that name
-            # and seed has the same weights, so they share one base column and one reference
-            seed = run.get("seed", 0)
-            label = run["model"] if seed == 0 else f"{run['model']}-seed{seed}"
-            return Base(f"{run['model']} (seed {seed})", name, label, origin)
-        return Base(folder, name, os.path.basename(folder), origin)
-    return Base(name, name, name.rsplit("/", 1)[-1], origin)
-
-
-def check_model(name: str):
-    """--model must be loadable by its name: a path must be a model directory (not a run)."""
-    if not name.strip():
-        raise UserError("--model is empty")
-    if name in TINY_MODELS or not looks_like_path(name):
-        return
-    if not os.path.isdir(name):
-        raise UserError(f"--model {name}: no such directory")
-    if run_config(name) is not None:
-        raise UserError(f"--model {name}: a train.py run, not a base model; give it as --checkpoint {name}")
-    if not is_model_dir(name):
-        raise UserError(f"--model {name}: not a model directory (no config.json with a model_type)")
-
-
-def column_name(path: str, run_dir: str | None) -> str:
-    """A checkpoint's column: its folder's name, or its run's (runs/dpo/final -> dpo,
-    runs/dpo/checkpoint-50 -> dpo-checkpoint-50)."""
-    name = os.path.basename(os.path.abspath(path))
-    if run_dir and os.path.realpath(run_dir) != os.path.realpath(path):
-        run_name = os.path.basename(os.path.abspath(run_dir))
-        return run_name if name == "final" else f"{run_name}-{name}"
-    return name
-
-
-def checkpoint_column(path: str) -> Column:
-    """What --checkpoint PATH holds (LoRA adapters or a full model) and the base it was trained on."""
-    where = f"--checkpoint {path}"
-    if not os.path.exists(path):
-        raise UserError(f"{where}: no such directory")
-    if not os.path.isdir(path):
-        raise UserError(f"{where}: a file, not a train.py output directory")
-    run_dir, weights = None, path
-    own = run_config(path)
-    if own is not None:
-        run_dir, weights = path, os.path.join(path, "final")
-        if not os.path.isdir(weights):
-            hint = ""
-            if own.get("lora_rank", 0) > 0 and os.path.isfile(os.path.join(path, "latest")):
-                with open(os.path.join(path, "latest")) as f:  # train.py's pointer to its newest checkpoint
-                    hint = f"; its latest adapters: --checkpoint {os.path.join(path, f.read().strip())}"
-            raise UserError(f"{where}: a train.py run with no final/ yet (still training, or stopped early){hint}")
-    elif run_config(os.path.dirname(os.path.abspath(path))) is not None:
-        run_dir = os.path.dirname(os.path.abspath(path))
-    run = run_config(run_dir)
-    recorded, record = None, ""
-    adapter = os.path.isfile(os.path.join(weights, "adapter_config.json"))
-    if adapter:
-        record = os.path.join(weights, "adapter_config.json")
-        recorded = read_json(record).get("base_model_name_or_path") or None
-        if not os.path.isfile(os.path.join(weights, "adapter_model.safetensors")):
-            raise UserError(f"{where}: {record} without the adapter weights (adapter_model.safetensors)")
-    elif is_model_dir(weights):
-        if run is not None:  # a full model: train.py's config.json names what it started from
-            record = os.path.join(run_dir, "config.json")
-            recorded = os.path.join(run_dir, "base_model") if run["model"] in TINY_MODELS else run["model"]
-    elif os.path.isfile(os.path.join(weights, "trainable.safetensors")):
-        raise UserError(f"{where}: a full fine-tuning checkpoint, kept for resuming training; "
-                        f"evaluate the run's final/")
-    else:
-        raise UserError(f"{where}: neither a train.py output nor a model directory "
-                        f"(no final/, adapter_config.json or config.json)")
-    base = None
-    if recorded is not None:
-        if looks_like_path(recorded) and not os.path.isdir(recorded):
-            raise UserError(f"{where}: its base model {recorded} (named in {record}) is not there")
-        base = base_model(recorded, f"the base model of {where}")
-    return Column(column_name(path, run_dir), base, weights, adapter, path, run_dir)
-
-
-def base_names(bases: list[Base]) -> list[str]:
-    """'base' for one base model; 'base-<label>' for several, so each can be told apart."""
-    if len(bases) == 1:
-        return ["base"]
-    names = [f"base-{b.label}" for b in bases]
-    return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names, 1)]
-
-
-def resolve_columns(args) -> list[Column]:
-    """The base columns, then one column per checkpoint, each with its own base model.
-
-    Without --model each distinct base gets a column (rather than none): a checkpoint's figures
-    mean something only next to those of the model it started from."""
-    checkpoints = [checkpoint_column(p) for p in args.checkpoint]
-    if args.model is not None:
-        check_model(args.model)
-        given = base_model(args.model)
-        for c in checkpoints:
-            if c.base is None:  # a model directory with no record: --model is its reference
-                c.base = given
-            elif c.base.key != given.key:
-                raise UserError(f"--checkpoint {c.given} was trained on {c.base.describe()}, not on --model "
-                                f"{args.model}: leave --model out to evaluate each checkpoint on its own base")
-        bases = [given]
-    else:
-        distinct = {}
-        for c in checkpoints:  # the first checkpoint on each base says where it loads from
-            if c.base is not None:
-                distinct.setdefault(c.base.key, c.base)
-        bases = list(distinct.values())
-    for c in checkpoints:
-        if c.base is None and (c.adapter or args.data):
-            why = "its adapters" if c.adapter else "the implicit rewards on --data"
-            raise UserError(f"--checkpoint {c.given}: records no base model, which {why} need: give --model BASE")
-    columns = ([] if args.no_base else [Column(n, b) for n, b in zip(base_names(bases), bases)]) + checkpoints
-    if not columns:
-        raise UserError("no model to evaluate: give --checkpoint, or --model without --no-base")
-    names = [c.name for c in columns]
-    if len(set(names)) != len(names):
-        raise UserError(f"two columns share a name: {names}; give the checkpoints distinct directory names")
-    return columns
+BENCHES = ("chair", "pope", "qa")
 
 
 # ---- the command line ----------------------------------------------------------------------
@@ -253,13 +58,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2 (through cli.run), no usage dump
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="eval.py", description=__doc__, formatter_class=_Formatter)
+    p = cli.Parser(prog="eval.py", description=__doc__, formatter_class=_Formatter)
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="DIR",
                    help="train.py output directories (or a final/, a checkpoint-N/, a model directory), one column "
                         "each, each on its own base model")
@@ -277,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=1024,
                    help="prompt + image + response tokens when scoring --data; responses are cut to fit, an example "
                         "whose prompt and image alone reach it is an error")
+    # --data is scored as train.py scores it: these two are train.py's options, with its defaults
+    p.add_argument("--logps-chunk", type=int, default=Config.logps_chunk,
+                   help="response positions whose full-vocabulary logits exist at once when scoring --data, as in "
+                        "train.py (exact); 0: every response position at once")
+    p.add_argument("--prefix-sharing", action=argparse.BooleanOptionalAction, default=Config.prefix_sharing,
+                   help="score each image + prompt prefix of --data once for all the views on it, as in train.py "
+                        "(exact); --no-prefix-sharing: every view as a full sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the corrupted images m' (crop, noise)")
     p.add_argument("--max-new-tokens", type=int, default=1024,
                    help="longest answer, in tokens; generation also stops at end-of-sequence (published CHAIR "
@@ -293,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# (check, what the value must be) for every option with a range
 LIMITS = {
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "max_length": (lambda v: v >= 2, "at least 2"),
     "max_new_tokens": (lambda v: v >= 1, "at least 1"),
     "num_beams": (lambda v: v >= 1, "at least 1 (1: greedy)"),
     "beta": (lambda v: 0 < v < math.inf, "a positive number"),
+    "logps_chunk": TRAIN_LIMITS["logps_chunk"],
 }
 
 
@@ -329,16 +136,13 @@ def check_out(out: str):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """The command line, checked: option ranges, benchmark kinds, the output folder, and each
-    column's model (``args.columns``). Light: no model is loaded, no data read."""
+    """The command line, checked, with each column's model (``args.columns``). Light: no model
+    is loaded, no data read."""
     args = build_parser().parse_args(argv)
-    for name, (ok, what) in LIMITS.items():
-        if not ok(getattr(args, name)):
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {what}")
+    cli.check_limits(args, LIMITS)
     for kind, _ in args.bench:
-        if kind not in BENCH_FIELDS:
-            raise UserError(f"--bench {kind}: unknown benchmark, choose {', '.join(list(BENCH_FIELDS)[:-1])} "
-                            f"or {list(BENCH_FIELDS)[-1]}")
+        if kind not in BENCHES:
+            raise UserError(f"--bench {kind}: unknown benchmark, choose {', '.join(BENCHES[:-1])} or {BENCHES[-1]}")
     if not args.data and not args.bench:
         raise UserError("nothing to evaluate: give --data and/or --bench")
     args.bench_names = bench_names(args.bench)
@@ -354,65 +158,18 @@ if __name__ == "__main__":  # --help and every mistake above answer at once, bef
         sys.exit(2)
 
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
-from mmpo import hallucination, lora
+from mmpo import metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
-from mmpo.rows import DataError, load_image, read_rows
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps
-from mmpo.models import load_model
+from mmpo.rows import DataError, load_image, read_rows
 
 EXTRA_NEGATIVES = {"lang_biased": "lang_biased", "vision_biased": "vision_biased", "contrast_on_image": "contrast_chosen"}
 
 
-# ---- models ------------------------------------------------------------------------------
-
-def first_line(e: Exception, limit: int = 200) -> str:
-    """What went wrong, short enough for one line of an error message."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def load(source: str, what: str, trust_remote_code: bool):
-    """load_model, every failure (missing files, no network, a model of another kind) one line."""
-    try:
-        return load_model(source, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise UserError(f"{what}: cannot load {source} ({first_line(e)})") from None
-
-
-def load_column(col: Column, trust_remote_code: bool):
-    """(model, processor) of a column, in eval mode: a base model, a full model, or a base model
-    with a checkpoint's adapters (and the base's processor)."""
-    what = f"--checkpoint {col.given}" if col.weights else col.base.origin
-    if col.weights is not None and not col.adapter:
-        model, processor = load(col.weights, what, trust_remote_code)
-    else:
-        model, processor = load(col.base.source, what, trust_remote_code)
-        if col.adapter:
-            try:
-                lora.load_adapter(model, col.weights, dropout=0.0)
-            except (OSError, ValueError, RuntimeError, KeyError) as e:
-                raise UserError(f"{what}: its adapters do not fit {col.base.describe()} ({first_line(e)})") from None
-            check_adapter_loaded(model, col, what)
-    return model.eval(), processor
-
-
-def check_adapter_loaded(model, col: Column, what: str):
-    """Every adapter weight found its layer: load_adapter skips the ones that have none, and a
-    base whose layers are named otherwise would be evaluated as itself under the checkpoint's name."""
-    with safe_open(os.path.join(col.weights, "adapter_model.safetensors"), "pt") as f:
-        names = [k.removeprefix("base_model.model.") for k in f.keys()]
-    have = model.state_dict()
-    unused = [n for n in names if n not in have]
-    if not names:
-        raise UserError(f"{what}: its adapter_model.safetensors holds no weights")
-    if unused:
-        raise UserError(f"{what}: {len(unused)} of its {len(names)} adapter weights have no place in "
-                        f"{col.base.describe()} (e.g. {unused[0]})")
-
+# ---- --data: summed log-probs ---------------------------------------------------------------
 
 def response_cut(ex, dataset: PreferenceDataset) -> bool:
     """Whether --max-length cut one of this example's responses (its log-probs then score a
@@ -424,54 +181,33 @@ def response_cut(ex, dataset: PreferenceDataset) -> bool:
 
 
 @torch.no_grad()
-def score(model, dataset: PreferenceDataset, batch_size: int) -> tuple[dict[str, torch.Tensor], int]:
+def score(model, dataset: PreferenceDataset, args) -> tuple[dict[str, torch.Tensor], int]:
     """Summed log-probs of every view of every example, {view: (n,)} in data order, and the
     number of examples with a response cut at --max-length."""
     pad = pad_id(dataset.processor.tokenizer)
     out, cut = {v: [] for v in dataset.views}, 0
-    for i in tqdm(range(0, len(dataset), batch_size), desc="score", leave=False):
-        examples = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
+    for i in tqdm(range(0, len(dataset), args.batch_size), desc="score", leave=False):
+        examples = [dataset[j] for j in range(i, min(i + args.batch_size, len(dataset)))]
         batch = collate(examples, dataset.views, pad)
         if batch.skipped:  # leaving it out would score the columns on different examples
             raise UserError(f"{batch.skipped[0]}: too long to score; raise --max-length")
         cut += sum(response_cut(ex, dataset) for ex in examples)
-        for v, lp in batch.split(sequence_logps(model, batch)[0].float().cpu()).items():
+        logps = sequence_logps(model, batch, share_prefix=args.prefix_sharing, chunk=args.logps_chunk)[0]
+        for v, lp in batch.split(logps.float().cpu()).items():
             out[v].append(lp)
     return {v: torch.cat(x) for v, x in out.items()}, cut
 
 
-# ---- metrics -----------------------------------------------------------------------------
-
-def preference_metrics(logps: dict, ref: dict, negatives: list[str], beta: float) -> dict:
-    """Chosen against each negative: log-prob accuracy, and implicit-reward accuracy and margin
-    against the base model (0 for the base model itself)."""
-    out = {}
-    for v in negatives:
-        out[f"pref/{v}/logp_acc"] = (logps["chosen"] > logps[v]).float().mean().item()
-        h = (logps["chosen"] - ref["chosen"]) - (logps[v] - ref[v])
-        out[f"pref/{v}/reward_acc"] = (h > 0).float().mean().item()
-        out[f"pref/{v}/reward_margin"] = (beta * h).mean().item()
-    return out
-
-
-def reliance_metrics(model, data, processor, args) -> dict:
-    """How much the answers depend on the image: the chosen answer on m against m' (crop,
-    noise, blank), and chosen-over-rejected with a blank image against the real one."""
+def reliance(model, data: str, processor, args) -> dict:
+    """The chosen answer on m against m' (crop, noise, blank), and with a blank m' chosen over
+    rejected with and without the image."""
     out = {}
     for kind in ("crop", "noise", "blank"):
         views = ("chosen", "rejected", "chosen_on_corrupt", "rejected_on_corrupt") if kind == "blank" else \
             ("chosen", "chosen_on_corrupt")
         ds = PreferenceDataset(data, processor, views, m_prime=kind, seed=args.seed, max_length=args.max_length,
                                prefer_field=False)
-        lp = score(model, ds, args.batch_size)[0]
-        gap = lp["chosen"] - lp["chosen_on_corrupt"]
-        out[f"reliance/{kind}/cond_acc"] = (gap > 0).float().mean().item()
-        out[f"reliance/{kind}/logp_gap"] = gap.mean().item()
-        if kind == "blank":
-            sighted = (lp["chosen"] > lp["rejected"]).float().mean().item()
-            blind = (lp["chosen_on_corrupt"] > lp["rejected_on_corrupt"]).float().mean().item()
-            out["reliance/sighted_acc"], out["reliance/blind_acc"] = sighted, blind
-            out["reliance/sighted_minus_blind"] = sighted - blind
+        out.update(metrics.reliance_metrics(kind, score(model, ds, args)[0]))
     return out
 
 
@@ -489,6 +225,28 @@ def data_negatives(path: str) -> list[str]:
     return negatives
 
 
+def reference_logps(base: Base, args, views: list[str]) -> dict[str, torch.Tensor]:
+    """A base model's log-probs on --data, the reference of its checkpoints' implicit rewards
+    (scored on its own only when it has no column, under --no-base)."""
+    model, processor = load_column(Column("base", base), args.trust_remote_code)
+    return score(model, PreferenceDataset(args.data, processor, views, max_length=args.max_length), args)[0]
+
+
+def data_metrics(model, processor, col: Column, args, negatives: list[str], refs: dict) -> dict:
+    """A column's figures on --data, with the number of examples behind them and of those with a
+    response cut at --max-length. ``refs`` holds each base's log-probs (base key -> {view: (n,)});
+    a base column adds its own."""
+    ds = PreferenceDataset(args.data, processor, ["chosen", *negatives], max_length=args.max_length)
+    logps, cut = score(model, ds, args)
+    if col.weights is None:
+        refs[col.base.key] = logps
+    return {"data/examples": len(ds), "data/truncated": cut,
+            **metrics.preference_metrics(logps, refs[col.base.key], negatives, args.beta),
+            **reliance(model, args.data, processor, args)}
+
+
+# ---- --bench: generated answers --------------------------------------------------------------
+
 def read_bench(kind: str, path: str) -> list[dict]:
     """Benchmark rows, every problem reported as file:line: field 'x': what is wrong."""
     rows = read_rows(path, {"image"})  # (read_rows files a "question" under "prompt")
@@ -497,114 +255,35 @@ def read_bench(kind: str, path: str) -> list[dict]:
         where = f"{path}:{r['line']}"
         if not r.get("prompt"):
             errors.append(f"{where}: field '{'prompt' if kind == 'chair' else 'question'}': missing")
-        if kind == "chair":
-            objs, captions = r.get("objects"), r.get("captions", [])
-            if not isinstance(objs, list) or not all(isinstance(o, str) for o in objs):
-                errors.append(f"{where}: field 'objects': must be a list of object names")
-                objs = []
-            for o in objs:
-                try:
-                    hallucination.to_category(o)
-                except ValueError as e:
-                    errors.append(f"{where}: field 'objects': {e}")
-            if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-                errors.append(f"{where}: field 'captions': must be a list of captions")
-        elif kind == "pope" and r.get("answer") not in ("yes", "no"):
-            errors.append(f"{where}: field 'answer': must be \"yes\" or \"no\"")
-        elif kind == "qa":
-            errors += [f"{where}: {problem}" for problem in qa_problems(r)]
+        errors += [f"{where}: {problem}" for problem in metrics.label_problems(kind, r)]
     if errors:
         raise DataError(errors)
     return rows
 
 
-def qa_problems(row: dict) -> list[str]:
-    """What is wrong with a QA row's answer, options, group and prior (null is absent)."""
-    def text(v) -> bool:
-        return isinstance(v, str) and bool(v.strip())
-    problems = []
-    answer, options, group, prior = (row.get(k) for k in ("answer", "options", "group", "prior"))
-    if answer is None:
-        problems.append("field 'answer': missing")
-    elif not text(answer):
-        problems.append("field 'answer': must be a non-empty string")
-    if options is not None:
-        if not isinstance(options, list) or not all(text(o) for o in options):
-            problems.append("field 'options': must be a list of non-empty strings")
-            options = None
-        else:
-            seen = {}  # options are read whatever their case and spacing: "Red" is "red"
-            for o in options:
-                key = " ".join(o.lower().split())
-                if key not in seen:
-                    seen[key] = o
-                    continue
-                shown = [json.dumps(x, ensure_ascii=False) for x in (seen[key], o)]
-                problems.append(f"field 'options': {shown[0]} twice" if seen[key] == o else
-                                f"field 'options': {shown[0]} and {shown[1]} read alike")
-            if text(answer) and answer not in options:
-                problems.append(f"field 'options': must contain the answer {json.dumps(answer, ensure_ascii=False)}")
-    if group is not None and not text(group):
-        problems.append("field 'group': must be a non-empty string")
-    if prior is not None:
-        if not text(prior):
-            problems.append("field 'prior': must be a non-empty string")
-        elif options is not None and prior not in options:
-            problems.append(f"field 'prior': {json.dumps(prior, ensure_ascii=False)} is not one of the options")
-    return problems
-
-
-def qa_choices(row: dict) -> list[str]:
-    """What a QA answer is read against: the row's options, else its answer and its prior."""
-    if row.get("options") is not None:
-        return row["options"]
-    return list(dict.fromkeys(x for x in (row["answer"], row.get("prior")) if x is not None))
-
-
-def qa_metrics(rows: list[dict], reads: list[str | None]) -> dict:
-    """Accuracy (read == answer) and the share of answers naming no option; over the rows whose
-    prior is not their answer, how many there are and how often the prior was read."""
-    n = len(rows)
-    m = {"examples": n, "accuracy": sum(x == r["answer"] for r, x in zip(rows, reads)) / max(1, n),
-         "unread": reads.count(None) / max(1, n)}
-    tempted = [x == r["prior"] for r, x in zip(rows, reads) if r.get("prior") not in (None, r["answer"])]
-    if tempted:
-        m["prior_examples"], m["prior_rate"] = len(tempted), sum(tempted) / len(tempted)
-    return m
-
-
-def true_objects(row: dict) -> list[str]:
-    """A CHAIR row's true objects: its ``objects``, plus every object its reference
-    ``captions`` mention, as the reference evaluation takes both COCO's instance labels and
-    the objects of COCO's five captions per image."""
-    return row["objects"] + [c for caption in row.get("captions", []) for c in hallucination.object_mentions(caption)]
-
-
-def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: str, bench: str | None = None) -> dict:
-    """Answers to a benchmark (named ``bench``, default its kind), saved by example id with what
-    was read from each, and its metrics with the mean answer length (CHAIR grows with it, so
-    compare columns of similar length) and how many answers hit --max-new-tokens; a QA bench's
-    figures per group come last."""
-    bench = bench or kind
-    groups = {}  # a QA bench's figures per group
+def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: str, bench: str) -> dict:
+    """Answers to a benchmark, saved by example id with what was read from each, and its metrics
+    with the mean answer length (CHAIR grows with it, so compare columns of similar length) and
+    how many answers hit --max-new-tokens; a QA bench's figures per group come last."""
+    groups = {}
     images = [load_image(r["image"]) for r in rows]
     answers, cut = generate(model, processor, [r["prompt"] for r in rows], images, max_new_tokens=args.max_new_tokens,
                             num_beams=args.num_beams, batch_size=args.batch_size, show=True)
     if kind == "chair":
-        truths = [true_objects(r) for r in rows]
-        m = hallucination.chair(answers, truths)
-        details = [hallucination.chair_answer(a, t) for a, t in zip(answers, truths)]
+        truths = [metrics.true_objects(r) for r in rows]
+        m = metrics.chair(answers, truths)
+        details = [metrics.chair_answer(a, t) for a, t in zip(answers, truths)]
         details = [{"objects": d["objects"], "hallucinated": d["hallucinated"]} for d in details]
     elif kind == "pope":
-        m = hallucination.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
-        details = [{"parsed": hallucination.parse_yes_no(a, args.pope_parse)} for a in answers]
+        m = metrics.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
+        details = [{"parsed": metrics.parse_yes_no(a, args.pope_parse)} for a in answers]
     else:
-        reads = [hallucination.read_option(a, qa_choices(r)) for r, a in zip(rows, answers)]
-        m = qa_metrics(rows, reads)
+        reads = [metrics.read_option(a, metrics.qa_choices(r)) for r, a in zip(rows, answers)]
+        m = metrics.qa_metrics(rows, reads)
         details = [{"read": x, "correct": x == r["answer"]} for r, x in zip(rows, reads)]
-        for g in sorted({r["group"] for r in rows if r.get("group") is not None}):  # after the whole bench's
+        for g in sorted({r["group"] for r in rows if r.get("group") is not None}):
             inside = [i for i, r in enumerate(rows) if r.get("group") == g]
-            figures = qa_metrics([rows[i] for i in inside], [reads[i] for i in inside])
+            figures = metrics.qa_metrics([rows[i] for i in inside], [reads[i] for i in inside])
             groups.update({f"{g}/{k}": v for k, v in figures.items()})
     with open(os.path.join(args.out, f"answers-{column}-{bench}.jsonl"), "w", encoding="utf-8") as f:
         for r, a, t, d in zip(rows, answers, cut, details):
@@ -634,19 +313,15 @@ def direction(key: str) -> str:
 
 
 def markdown(columns: list[str], table: dict, bases: list[str]) -> str:
-    """The table: a row per metric with its direction, the ``*/examples`` row heading each group
-    with its count, and which base model each column is (its implicit rewards' reference)."""
-    keys = list(dict.fromkeys(k for c in columns for k in table[c]))
-    lines = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
-             "| base model | " + " | ".join(bases) + " |"]
-    for k in keys:
-        cells = [table[c].get(k) for c in columns]
-        name = f"{k} {direction(k)}".strip()
-        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.4g}" for v in cells) + " |")
-    lines += ["", "↑ higher is better, ↓ lower is better, no arrow: neither. `*/examples`: the examples behind "
-                  "the figures below it. Implicit rewards (`reward_acc`, `reward_margin`) are against each "
-                  "column's base model."]
-    return "\n".join(lines) + "\n"
+    """A row per metric with its direction (each group headed by its ``*/examples`` count), under
+    the base model of each column (its implicit rewards' reference)."""
+    def cell(v) -> str:
+        return "" if v is None else f"{v:.4g}"
+    rows = [[f"{k} {direction(k)}".strip(), *(cell(table[c].get(k)) for c in columns)]
+            for k in dict.fromkeys(k for c in columns for k in table[c])]
+    return cli.markdown_table(["metric", *columns], [["base model", *bases], *rows]) + (
+        "\n↑ higher is better, ↓ lower is better, no arrow: neither. `*/examples`: the examples behind the figures "
+        "below it. Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model.\n")
 
 
 def training_curves(run: str | None) -> dict[str, tuple[list, list]]:
@@ -679,9 +354,7 @@ def plot(columns: list[Column], table: dict, out: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for col in columns:
-        if col.run is None:  # a base model, or a model directory from elsewhere: no training to draw
-            continue
+    for col in (c for c in columns if c.run is not None):  # base models have no training to draw
         curves = training_curves(col.run)
         line, = axes[0].plot(*curves["loss"], label=col.name)
         if curves["eval/loss"][0]:
@@ -689,8 +362,9 @@ def plot(columns: list[Column], table: dict, out: str) -> str:
         axes[1].plot(*curves["rewards/accuracies"], label=col.name)
     for ax, title in zip(axes, ("loss ↓", "reward accuracy ↑")):
         ax.set_xlabel("step"), ax.set_title(title), ax.legend()
+    paths = [os.path.join(out, "curves.png"), os.path.join(out, "metrics.png")]
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "curves.png"))
+    fig.savefig(paths[0])
     names = [c.name for c in columns]
     keys = [k for k in dict.fromkeys(k for c in names for k in table[c])
             if k.endswith(("acc", "chair_s", "chair_i", "f1", "accuracy", "prior_rate"))]
@@ -702,8 +376,8 @@ def plot(columns: list[Column], table: dict, out: str) -> str:
                   rotation=60, ha="right", fontsize=7)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "metrics.png"))
-    return f"plots: {os.path.join(out, 'curves.png')}, {os.path.join(out, 'metrics.png')}"
+    fig.savefig(paths[1])
+    return f"plots: {paths[0]}, {paths[1]}"
 
 
 def open_out(out: str):
@@ -719,27 +393,6 @@ def open_out(out: str):
 
 
 # ---- the evaluation ----------------------------------------------------------------------
-
-def reference_logps(base: Base, args, views: list[str]) -> dict[str, torch.Tensor]:
-    """A base model's log-probs on --data, the reference of its checkpoints' implicit rewards
-    (scored on its own only when it has no column, under --no-base)."""
-    model, processor = load_column(Column("base", base), args.trust_remote_code)
-    dataset = PreferenceDataset(args.data, processor, views, max_length=args.max_length)
-    return score(model, dataset, args.batch_size)[0]
-
-
-def data_metrics(model, processor, col: Column, args, negatives: list[str], refs: dict) -> dict:
-    """A column's figures on --data, with the number of examples behind them and of those with a
-    response cut at --max-length. ``refs`` holds each base's log-probs (base key -> {view: (n,)});
-    a base column adds its own."""
-    ds = PreferenceDataset(args.data, processor, ["chosen", *negatives], max_length=args.max_length)
-    logps, cut = score(model, ds, args.batch_size)
-    if col.weights is None:
-        refs[col.base.key] = logps
-    return {"data/examples": len(ds), "data/truncated": cut,
-            **preference_metrics(logps, refs[col.base.key], negatives, args.beta),
-            **reliance_metrics(model, args.data, processor, args)}
-
 
 def main(args) -> dict:
     """Every column's metrics (``args`` from parse_args); writes eval.json, eval.md, the answers."""

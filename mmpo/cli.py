@@ -40,13 +40,19 @@ def check_limits(values, limits: dict):
             raise UserError(f"--{name.replace('_', '-')} {value}: must be {what}")
 
 
+def looks_like_path(name: str) -> bool:
+    """A model name that can only be a local folder: it starts with . / ~, exists, has more than
+    one / or a backslash (transformers would try anything else as a hub id)."""
+    return name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1 or "\\" in name
+
+
 def check_model_path(flag: str, name: str, tiny: tuple[str, ...] = ()):
-    """A model name that can only be a local folder (it starts with . / ~, exists, or has more
-    than one /) must be a model directory; anything else is left to transformers as a hub id,
-    which would answer a mistyped path with a puzzling message about repo ids."""
+    """A model name that ``looks_like_path`` must be a model directory; anything else is left to
+    transformers as a hub id, which would answer a mistyped path with a puzzling message about
+    repo ids."""
     if not name.strip():
         raise UserError(f"{flag} is empty")
-    if name in tiny or not (name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1):
+    if name in tiny or not looks_like_path(name):
         return
     if not os.path.isdir(name):
         raise UserError(f"{flag} {name}: no such directory")

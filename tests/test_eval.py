@@ -1,7 +1,7 @@
-"""eval.py: image reliance on a model that ignores the image; checkpoints side by side, each on
-its own base model, giving exactly what it gives alone; the table's directions and counts;
-benchmark options and answer lengths; QA's reading of short answers and its figures (CHAIR and
-POPE themselves: test_hallucination.py; every mistake on the command line: test_eval_errors.py)."""
+"""eval.py: image reliance on a model that ignores the image; --data scored as training scores
+it; checkpoints side by side, each on its own base model, giving exactly what it gives alone; the
+table's directions and counts; benchmark options and answer lengths; QA's figures (the metrics
+themselves: test_metrics.py; every mistake on the command line: test_eval_errors.py)."""
 import json
 import os
 import subprocess
@@ -16,15 +16,17 @@ import eval as evaluate
 import train
 from conftest import ROOT, write_jsonl
 from mmpo.cli import UserError
-from mmpo.hallucination import read_option
+from mmpo.config import Config
+from mmpo.metrics import read_option
+from mmpo.logps import sequence_logps
 from mmpo.models import tiny_model
 
 
 def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):
     model, proc = tiny_model("tiny-llava")
     model.eval()
-    args = SimpleNamespace(seed=0, max_length=1024, batch_size=4)
-    seeing = evaluate.reliance_metrics(model, synthetic, proc, args)
+    args = SimpleNamespace(seed=0, max_length=1024, batch_size=4, logps_chunk=256, prefix_sharing=True)
+    seeing = evaluate.reliance(model, synthetic, proc, args)
     assert seeing["reliance/crop/logp_gap"] != 0.0  # a random model still reacts to its image
 
     real = model.get_image_features
@@ -34,7 +36,7 @@ def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):
         out.pooler_output = [torch.zeros_like(f) for f in out.pooler_output]
         return out
     model.get_image_features = blind_features
-    blind = evaluate.reliance_metrics(model, synthetic, proc, args)
+    blind = evaluate.reliance(model, synthetic, proc, args)
     for kind in ("crop", "noise", "blank"):
         assert blind[f"reliance/{kind}/logp_gap"] == 0.0
         assert blind[f"reliance/{kind}/cond_acc"] == 0.0
@@ -178,6 +180,37 @@ def test_qa_figures_are_those_of_the_saved_answers(inputs, together):
         assert (m["qa/red/prior_examples"], m["qa/red/prior_rate"]) == (1, rate(["q-e2"], prior))
 
 
+def test_data_figures_do_not_depend_on_how_the_log_probs_are_computed(runs, synthetic, tmp_path, monkeypatch):
+    """--logps-chunk and --prefix-sharing, train.py's options, reach every scoring of --data (the
+    checkpoint's, its reliance, its base's as the reference) and change none of its figures. On
+    the synthetic squares, whose crops differ from the image (a crop of the easy data's plain
+    images is the same image: a gap of rounding noise, whose sign an accuracy would count)."""
+    seen = set()
+
+    def recorded(model, batch, *a, share_prefix, chunk, **k):
+        seen.add((share_prefix, chunk))
+        return sequence_logps(model, batch, *a, share_prefix=share_prefix, chunk=chunk, **k)
+    monkeypatch.setattr(evaluate, "sequence_logps", recorded)
+    rows = [json.loads(line) for line in open(synthetic)][:3]
+    data = write_jsonl(tmp_path / "three.jsonl", [{**r, "image": os.path.join(os.path.dirname(synthetic), r["image"]),
+                                                   "contrast_image": os.path.join(os.path.dirname(synthetic),
+                                                                                  r["contrast_image"])} for r in rows])
+    figures = {}
+    for chunk in (7, 0):
+        for sharing in ("--prefix-sharing", "--no-prefix-sharing"):
+            seen.clear()
+            m = evaluated(tmp_path / f"{chunk}{sharing}", "--checkpoint", runs["mdpo"], "--no-base", "--data", data,
+                          "--logps-chunk", chunk, sharing, "--batch-size", 2)["metrics"]["mdpo"]
+            assert seen == {(sharing == "--prefix-sharing", chunk)}
+            figures[chunk, sharing] = {k: v for k, v in m.items() if k.startswith(("pref/", "reliance/"))}
+    first = figures[7, "--prefix-sharing"]
+    assert "pref/rejected/reward_margin" in first and "reliance/blank/logp_gap" in first
+    assert first["pref/rejected/reward_margin"] != 0  # a real comparison: the checkpoint moved away from its base
+    for other in figures.values():
+        assert other.keys() == first.keys()
+        assert other == {k: pytest.approx(v, abs=1e-5) for k, v in first.items()}
+
+
 def test_model_names_the_base_and_must_be_each_checkpoints(runs, inputs, together, tmp_path):
     # tiny-llava built from config (seed 0) is the base train.py saved for these runs
     report = evaluated(tmp_path, "--model", "tiny-llava", "--checkpoint", runs["mdpo"], *inputs[:2], *inputs[-2:])
@@ -292,6 +325,8 @@ def test_generation_options_and_their_defaults():
     assert args.max_new_tokens == 1024  # long descriptions, as published CHAIR evaluations allow
     assert args.num_beams == 1  # greedy; SymMPO's Object HalBench used 3
     assert args.pope_parse == "standard"
+    # --data is scored as train.py scores it, by default too
+    assert (args.logps_chunk, args.prefix_sharing) == (Config.logps_chunk, Config.prefix_sharing)
     with pytest.raises(UserError, match="invalid choice: 'loose'"):
         evaluate.build_parser().parse_args(["--pope-parse", "loose"])
 
@@ -352,28 +387,6 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
     assert m["pope-p/accuracy"] == 1 and m["pope-adversarial/accuracy"] == 1 and "pope/accuracy" not in m
     assert os.path.isfile(tmp_path / "splits" / "answers-base-pope-adversarial.jsonl")
     assert asked[4:] == [(7, 3), (7, 3)]
-
-
-def test_read_option_reads_the_option_named_first_as_a_whole_word():
-    colors = ["red", "green", "blue", "yellow"]
-    assert read_option("The circle is red.", colors) == "red"
-    assert read_option("The circle is red, not blue.", ["red", "blue"]) == "red"  # the first named, not the last
-    assert read_option("Not blue: RED!", ["red", "blue"]) == "blue"  # no sense of negation; any case
-    assert read_option("It is dark red", ["red", "dark red"]) == "dark red"  # starts first
-    assert read_option("dark red", ["dark", "dark red"]) == "dark red"  # both start there: the longer
-    assert read_option("It is dark\n red", ["red", "dark red"]) == "dark red"  # any spacing between words
-    assert read_option("It is dark-red", ["red", "dark red"]) == "red"  # a hyphen is no space; red is a word there
-    assert read_option("reddish", colors) is None  # whole words only
-    assert read_option("A bluegreen circle.", colors) is None
-    assert read_option("I cannot tell.", colors) is None
-    assert read_option("Red's the one.", colors) == "red"
-    assert read_option("The Circle Is Red.", ["Red", "Blue"]) == "Red"  # the option as written
-    # no options: the answer (and the prior) are what a row is read against
-    assert read_option("Blue.", ["blue"]) == "blue"
-    assert read_option("Light blue.", ["light blue", "blue"]) == "light blue"
-    assert read_option("The circle is red.", ["blue", "red"]) == "red"
-    with pytest.raises(ValueError, match="a blank option"):
-        read_option("Red.", ["red", " "])
 
 
 def test_qa_reads_hand_made_answers(tmp_path, image_dir, monkeypatch):

@@ -56,6 +56,7 @@ def ws(tmp_path, image_dir):
     folder("adapter", {"adapter_config.json": {**adapter, "base_model_name_or_path": "tiny-llava"},
                        "adapter_model.safetensors": ""})
     folder("not-a-model", {"weights.bin": ""})
+    folder("no-model-type", {"config.json": {"architectures": []}})
     folder("jsonl-folder", {"data.jsonl": ""})
     (tmp_path / "a-file.txt").write_text("x")
     (tmp_path / "other").mkdir()
@@ -74,6 +75,7 @@ COMMAND_LINE = [
     ([*TINY, *D, "--beta", "0"], "--beta 0.0: must be a positive number"),
     ([*TINY, *D, "--beta", "nan"], "--beta nan: must be a positive number"),
     ([*TINY, *D, "--max-length", "1"], "--max-length 1: must be at least 2"),
+    ([*TINY, *D, "--logps-chunk", "-1"], "--logps-chunk -1: must be 0 (off) or more"),
     ([*TINY, *D, "--batch-size", "two"], "argument --batch-size: invalid int value: 'two'"),
     ([*TINY, *D, "--pope-parse", "loose"], "argument --pope-parse: invalid choice: 'loose'..."),
     ([*TINY, *D, "--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -108,8 +110,10 @@ COMMAND_LINE = [
     (["--model", "", *D], "--model is empty"),
     (["--model", "{ws}/killed", *D], "--model {ws}/killed: a train.py run, not a base model; give it as "
                                      "--checkpoint {ws}/killed"),
-    (["--model", "{ws}/not-a-model", *D], "--model {ws}/not-a-model: not a model directory (no config.json with a "
-                                          "model_type)"),
+    (["--model", "{ws}/not-a-model", *D], "--model {ws}/not-a-model: not a model directory (no config.json)"),
+    (["--model", "{ws}/no-model-type", *D], "--model {ws}/no-model-type: not a model directory (its config.json has "
+                                            "no model_type)"),
+    (["--model", "org\\model", *D], "--model org\\model: no such directory"),
     # the output folder
     ([*TINY, *D, "--out", "{ws}/a-file.txt"], "--out {ws}/a-file.txt: a file, not a folder"),
     ([*TINY, *D, "--out", "{ws}/a-file.txt/eval"], "--out {ws}/a-file.txt/eval: {ws}/a-file.txt is a file, not a folder"),

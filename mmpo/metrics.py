@@ -1,6 +1,8 @@
-"""Hallucination metrics on generated answers, computed by the rules of the evaluations that
-papers report: CHAIR (Rohrbach et al. 2018, https://arxiv.org/abs/1809.02156) and POPE (Li et al.
-2023, https://arxiv.org/abs/2305.10355).
+"""The evaluation's metrics, as pure functions of log-probs, answers and labels (no model, no
+I/O; light: no torch import): preference and image reliance from summed log-probs, and the
+hallucination metrics on generated answers, computed by the rules of the evaluations that papers
+report: CHAIR (Rohrbach et al. 2018, https://arxiv.org/abs/1809.02156) and POPE (Li et al. 2023,
+https://arxiv.org/abs/2305.10355).
 
 CHAIR follows the reference code: ``utils/chair.py`` of github.com/LisaAnne/Hallucination and
 its Python 3 port ``chair.py`` of github.com/Maxlinn/CHAIR-metric-standalone, which most LVLM
@@ -28,7 +30,7 @@ singularizer of either (pattern 2.6 or 3.6) treats every word that can be an obj
 are split as current nltk splits them; older nltk releases split fewer characters off (they keep
 "**dog**" as one word). Where the reference divides by zero (no mention, no true object) we
 report 0. The reference's true objects of an image are COCO's instance labels plus the objects
-its five COCO captions mention (eval.py's ``captions`` field does the same).
+its five COCO captions mention (``true_objects`` does the same).
 
 POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
 ``evaluate.py`` (github.com/RUCAIBox/POPE) and LLaVA's ``llava/eval/eval_pope.py`` do: keep the
@@ -40,8 +42,36 @@ as unparsed and wrong. Where the reference divides by zero (no "yes") we report 
 Short answers to a question with a closed set of options (eval.py's ``--bench qa``) are read by
 ``read_option``: the option the answer names first, as a whole word or phrase, whatever its case.
 """
+import json
 import os
 import re
+
+# ---- preference and image reliance, from summed log-probs {view: (n,) tensor} ------------------
+
+def preference_metrics(logps: dict, ref: dict, negatives: list[str], beta: float) -> dict:
+    """Chosen against each negative: log-prob accuracy, and implicit-reward accuracy and margin
+    beta * h against the reference ``ref`` (the base model; 0 for the base model itself)."""
+    out = {}
+    for v in negatives:
+        out[f"pref/{v}/logp_acc"] = (logps["chosen"] > logps[v]).float().mean().item()
+        h = (logps["chosen"] - ref["chosen"]) - (logps[v] - ref[v])
+        out[f"pref/{v}/reward_acc"] = (h > 0).float().mean().item()
+        out[f"pref/{v}/reward_margin"] = (beta * h).mean().item()
+    return out
+
+
+def reliance_metrics(kind: str, lp: dict) -> dict:
+    """How much the chosen answer depends on the image: on m against m' (``kind``: crop, noise,
+    blank); for a blank m', also chosen-over-rejected with the real image (sighted) and without."""
+    gap = lp["chosen"] - lp["chosen_on_corrupt"]
+    out = {f"reliance/{kind}/cond_acc": (gap > 0).float().mean().item(), f"reliance/{kind}/logp_gap": gap.mean().item()}
+    if kind == "blank":
+        sighted = (lp["chosen"] > lp["rejected"]).float().mean().item()
+        blind = (lp["chosen_on_corrupt"] > lp["rejected_on_corrupt"]).float().mean().item()
+        out.update({"reliance/sighted_acc": sighted, "reliance/blind_acc": blind,
+                    "reliance/sighted_minus_blind": sighted - blind})
+    return out
+
 
 # ---- CHAIR: the reference's vocabulary and rules -----------------------------------------------
 
@@ -193,6 +223,12 @@ def chair_answer(text: str, truth: list[str]) -> dict:
     return {"objects": said, "hallucinated": [c for c in said if c not in true], "truth": true}
 
 
+def true_objects(row: dict) -> list[str]:
+    """A CHAIR row's true objects: its ``objects``, plus every object its reference ``captions``
+    mention, as the reference takes both COCO's instance labels and its five captions' objects."""
+    return row["objects"] + [c for caption in row.get("captions", []) for c in object_mentions(caption)]
+
+
 def chair(answers: list[str], truths: list[list[str]]) -> dict:
     """CHAIR_s, CHAIR_i and coverage of ``answers`` against each image's true objects, with the
     mention counts behind them."""
@@ -259,3 +295,83 @@ def read_option(text: str, options: list[str]) -> str | None:
         if m:
             found.append((m.start(), -len(" ".join(words)), option))
     return min(found, key=lambda f: f[:2])[2] if found else None
+
+
+def qa_choices(row: dict) -> list[str]:
+    """What a QA answer is read against: the row's options, else its answer and its prior."""
+    if row.get("options") is not None:
+        return row["options"]
+    return list(dict.fromkeys(x for x in (row["answer"], row.get("prior")) if x is not None))
+
+
+def qa_metrics(rows: list[dict], reads: list[str | None]) -> dict:
+    """Accuracy (read == answer) and the share of answers naming no option; over the rows whose
+    prior is not their answer, how many there are and how often the prior was read."""
+    n = len(rows)
+    m = {"examples": n, "accuracy": sum(x == r["answer"] for r, x in zip(rows, reads)) / max(1, n),
+         "unread": reads.count(None) / max(1, n)}
+    tempted = [x == r["prior"] for r, x in zip(rows, reads) if r.get("prior") not in (None, r["answer"])]
+    if tempted:
+        m["prior_examples"], m["prior_rate"] = len(tempted), sum(tempted) / len(tempted)
+    return m
+
+
+# ---- the labels of each benchmark's rows --------------------------------------------------------
+
+def label_problems(kind: str, row: dict) -> list[str]:
+    """What is wrong with the labels of a benchmark row (``kind``: chair, pope or qa), each as
+    "field 'x': what": CHAIR's objects (names ``to_category`` reads) and captions, POPE's yes/no
+    answer, QA's answer, options, group and prior (null is absent)."""
+    problems = []
+    if kind == "chair":
+        objs, captions = row.get("objects"), row.get("captions", [])
+        if not isinstance(objs, list) or not all(isinstance(o, str) for o in objs):
+            problems.append("field 'objects': must be a list of object names")
+            objs = []
+        for o in objs:
+            try:
+                to_category(o)
+            except ValueError as e:
+                problems.append(f"field 'objects': {e}")
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            problems.append("field 'captions': must be a list of captions")
+    elif kind == "pope" and row.get("answer") not in ("yes", "no"):
+        problems.append("field 'answer': must be \"yes\" or \"no\"")
+    elif kind == "qa":
+        problems += _qa_problems(row)
+    return problems
+
+
+def _qa_problems(row: dict) -> list[str]:
+    def text(v) -> bool:
+        return isinstance(v, str) and bool(v.strip())
+    problems = []
+    answer, options, group, prior = (row.get(k) for k in ("answer", "options", "group", "prior"))
+    if answer is None:
+        problems.append("field 'answer': missing")
+    elif not text(answer):
+        problems.append("field 'answer': must be a non-empty string")
+    if options is not None:
+        if not isinstance(options, list) or not all(text(o) for o in options):
+            problems.append("field 'options': must be a list of non-empty strings")
+            options = None
+        else:
+            seen = {}  # options are read whatever their case and spacing (read_option): "Red" is "red"
+            for o in options:
+                key = " ".join(o.lower().split())
+                if key not in seen:
+                    seen[key] = o
+                    continue
+                shown = [json.dumps(x, ensure_ascii=False) for x in (seen[key], o)]
+                problems.append(f"field 'options': {shown[0]} twice" if seen[key] == o else
+                                f"field 'options': {shown[0]} and {shown[1]} read alike")
+            if text(answer) and answer not in options:
+                problems.append(f"field 'options': must contain the answer {json.dumps(answer, ensure_ascii=False)}")
+    if group is not None and not text(group):
+        problems.append("field 'group': must be a non-empty string")
+    if prior is not None:
+        if not text(prior):
+            problems.append("field 'prior': must be a non-empty string")
+        elif options is not None and prior not in options:
+            problems.append(f"field 'prior': {json.dumps(prior, ensure_ascii=False)} is not one of the options")
+    return problems

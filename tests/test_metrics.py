@@ -1,13 +1,30 @@
-"""CHAIR and POPE read by the reference evaluations' rules, worked by hand.
+"""mmpo.metrics worked by hand: preference and image reliance from log-probs; CHAIR and POPE
+read by the reference evaluations' rules; QA's reading of short answers.
 
 CHAIR: Rohrbach et al. 2018's chair.py (LisaAnne/Hallucination) and its standalone Python 3
 port (Maxlinn/CHAIR-metric-standalone). POPE: the parser of POPE's evaluate.py and LLaVA's
 eval_pope.py. Each example shows one rule; the last CHAIR test adds them all up.
 """
 import pytest
+import torch
 
-from mmpo.hallucination import (CATEGORIES, chair, chair_answer, object_mentions, object_words, parse_yes_no, pope,
-                                singularize, to_category, tokenize)
+from mmpo.metrics import (CATEGORIES, chair, chair_answer, object_mentions, object_words, parse_yes_no, pope,
+                          preference_metrics, read_option, reliance_metrics, singularize, to_category, tokenize)
+
+
+def test_preference_and_reliance_from_log_probs():
+    logps = {"chosen": torch.tensor([-1.0, -2.0, -3.0]), "rejected": torch.tensor([-2.0, -1.0, -4.0])}
+    ref = {"chosen": torch.tensor([-1.0, -1.0, -1.0]), "rejected": torch.tensor([-1.0, -1.0, -1.0])}
+    # h = (chosen - ref) - (rejected - ref): 1, -1, 1
+    assert preference_metrics(logps, ref, ["rejected"], beta=0.5) == pytest.approx(
+        {"pref/rejected/logp_acc": 2 / 3, "pref/rejected/reward_acc": 2 / 3, "pref/rejected/reward_margin": 0.5 / 3})
+    assert preference_metrics(logps, logps, ["rejected"], 0.1)["pref/rejected/reward_margin"] == 0  # its own reference
+    lp = {**logps, "chosen_on_corrupt": torch.tensor([-2.0, -2.0, -2.0]), "rejected_on_corrupt": torch.tensor([-1.0] * 3)}
+    assert reliance_metrics("crop", lp) == pytest.approx({"reliance/crop/cond_acc": 1 / 3, "reliance/crop/logp_gap": 0.0})
+    # sighted: chosen over rejected on 1 and 3; blind (blank m'): never
+    assert reliance_metrics("blank", lp) == pytest.approx({
+        "reliance/blank/cond_acc": 1 / 3, "reliance/blank/logp_gap": 0.0, "reliance/sighted_acc": 2 / 3,
+        "reliance/blind_acc": 0.0, "reliance/sighted_minus_blind": 2 / 3})
 
 
 def test_the_synonym_list_has_the_80_coco_categories():
@@ -173,3 +190,27 @@ def test_pope_labels_must_be_yes_or_no():
     """A label such as "Yes" would silently count every answer wrong."""
     with pytest.raises(ValueError, match="POPE labels must be 'yes' or 'no', got 'Yes'"):
         pope(["yes"], ["Yes"])
+
+
+# ---- short answers with a closed set of options ------------------------------------------------
+
+def test_read_option_reads_the_option_named_first_as_a_whole_word():
+    colors = ["red", "green", "blue", "yellow"]
+    assert read_option("The circle is red.", colors) == "red"
+    assert read_option("The circle is red, not blue.", ["red", "blue"]) == "red"  # the first named, not the last
+    assert read_option("Not blue: RED!", ["red", "blue"]) == "blue"  # no sense of negation; any case
+    assert read_option("It is dark red", ["red", "dark red"]) == "dark red"  # starts first
+    assert read_option("dark red", ["dark", "dark red"]) == "dark red"  # both start there: the longer
+    assert read_option("It is dark\n red", ["red", "dark red"]) == "dark red"  # any spacing between words
+    assert read_option("It is dark-red", ["red", "dark red"]) == "red"  # a hyphen is no space; red is a word there
+    assert read_option("reddish", colors) is None  # whole words only
+    assert read_option("A bluegreen circle.", colors) is None
+    assert read_option("I cannot tell.", colors) is None
+    assert read_option("Red's the one.", colors) == "red"
+    assert read_option("The Circle Is Red.", ["Red", "Blue"]) == "Red"  # the option as written
+    # no options: the answer (and the prior) are what a row is read against
+    assert read_option("Blue.", ["blue"]) == "blue"
+    assert read_option("Light blue.", ["light blue", "blue"]) == "light blue"
+    assert read_option("The circle is red.", ["blue", "red"]) == "red"
+    with pytest.raises(ValueError, match="a blank option"):
+        read_option("Red.", ["red", " "])
