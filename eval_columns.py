@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from mmpo import cli
-from mmpo.cli import UserError
+from mmpo.cli import UserError, first_line
 from mmpo.config import TINY_MODELS
 
 @dataclass
@@ -191,11 +191,6 @@ def resolve_columns(args) -> list[Column]:
 
 
 # ---- loading a column's model (heavy: imported when called) --------------------------------
-
-def first_line(e: Exception, limit: int = 200) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 def load(source: str, what: str, trust_remote_code: bool):
     """load_model, every failure (missing files, no network, a model of another kind) one line."""

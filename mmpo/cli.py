@@ -66,6 +66,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
 
 
+def first_line(e: Exception, limit: int = 200) -> str:
+    """An exception as one line: its message's first line (at most ``limit`` characters), or its type."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def run(main, *args, light: bool = False) -> int:
     """Call ``main(*args)``; report user errors (only rank 0 speaks under torchrun). ``light``:
     for checking the command line before the heavy imports (transformers is left alone)."""
@@ -83,7 +89,7 @@ def run(main, *args, light: bool = False) -> int:
             if len(messages) > 20:
                 lines.append(f"... and {len(messages) - 20} more errors")
         else:
-            lines = [f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"]
+            lines = [f"error: {first_line(e, limit=10**6)}"]
     else:
         return 0
     if speak:

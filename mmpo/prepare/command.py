@@ -17,7 +17,7 @@ import os
 import shutil
 
 from mmpo import cli
-from mmpo.cli import UserError
+from mmpo.cli import UserError, first_line
 from mmpo.config import M_PRIMES, TINY_MODELS
 from mmpo.files import write_atomic
 
@@ -289,11 +289,6 @@ def start_output(args, rows, settings: dict) -> None:
         write_atomic(record, json.dumps(settings, indent=1))
     except OSError as e:
         raise UserError(f"--out {args.out}: cannot write there ({e.strerror or first_line(e)})") from None
-
-
-def first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def summary(method: str, stats: dict, out_path: str) -> str:
