@@ -30,7 +30,10 @@ singularizer of either (pattern 2.6 or 3.6) treats every word that can be an obj
 are split as current nltk splits them; older nltk releases split fewer characters off (they keep
 "**dog**" as one word). Where the reference divides by zero (no mention, no true object) we
 report 0. The reference's true objects of an image are COCO's instance labels plus the objects
-its five COCO captions mention (``true_objects`` does the same).
+its five COCO captions mention (``true_objects`` does the same). CHAIR grows with answer length:
+compare columns and papers at similar lengths (eval.py reports them). Object HalBench, as RLHF-V,
+mDPO, MFPO and NaPO report it, runs another pipeline (a refined synonym list, WordNet, objects
+extracted by GPT): figures here match papers that run the reference code, those tables only roughly.
 
 POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
 ``evaluate.py`` (github.com/RUCAIBox/POPE) and LLaVA's ``llava/eval/eval_pope.py`` do: keep the
