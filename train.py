@@ -239,7 +239,9 @@ def train_step(model, ref, batches: list, objective: Objective, options: dict, o
             if share_features:
                 with torch.no_grad():
                     features = encode_images(model, batch)
-            # 2. score the views: the summed log-prob of every response, (views x examples,)
+            # 2. score the views: the summed log-prob of every response, (views x examples,); for this
+            #    forward only, the output layer returns its targets' log-probs, --logps-chunk positions at a time
+            #    (logps.logps_head), so full-vocabulary logits never exist for more than a chunk
             policy, lengths = sequence_logps(model, batch, features, cfg.prefix_sharing, cfg.logps_chunk)
             # 3. score the reference: adapters off, a frozen copy, or the cache (mmpo/reference.py)
             ref_logps = ref.logps(batch, features).to(policy)

@@ -27,7 +27,7 @@ def dpo(policy: dict, ref: dict, *, beta: float = 0.1):
         policy, ref: summed log-probs of views ``chosen`` and ``rejected``, each ``(batch,)``.
         beta: inverse temperature of the implicit reward.
     Returns:
-        loss ``(batch,)``, and no metrics of its own (``compute`` adds rewards/* and logps/*).
+        loss ``(batch,)``, and no metrics of its own (``shared_metrics`` has rewards/* and logps/*).
     """
     # the reference is a constant of the objective: no gradient may flow into it
     logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected")}  # each (batch,)
@@ -275,7 +275,7 @@ def sft(policy: dict, ref: dict, lengths: dict):
         policy: summed log-probs of view ``chosen``, ``(batch,)``; lengths: its token counts.
     Returns:
         loss ``(batch,)`` whose mean is the per-token loss of the batch, and no metrics of its
-        own (``compute`` adds ``logps/chosen``, the mean summed log-prob of an answer).
+        own (``shared_metrics`` has ``logps/chosen``, the mean summed log-prob of an answer).
     """
     n = lengths["chosen"]
     return -policy["chosen"] * (n.numel() / n.sum()), {}
