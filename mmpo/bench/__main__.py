@@ -27,8 +27,6 @@ Timings on shared CPUs vary by +-20% between runs: compare the ratios within one
 import argparse
 import contextlib
 import copy
-import ctypes
-import gc
 import importlib.util
 import json
 import os
@@ -44,7 +42,7 @@ import torch.nn.functional as F
 import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmpo.cli import script
+from mmpo.bench.measure import SHAPES, interleaved_times, peak_memory
 from mmpo.config import Config, resolve
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.logps import encode_images, lm_positions, logps_head, prefix_groups, scored, sequence_logps, supports_fused_images
@@ -54,9 +52,9 @@ from mmpo.objectives import OBJECTIVES, compute
 from mmpo.reference import Reference, live_logps
 from mmpo.synthetic import make_synthetic
 
-# the shapes benchmarked without --model: the tiny model as the tests build it, and the same
-# model with LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words)
-SHAPES = {"tiny": {}, "llava-1.5": dict(size=336, patch=14, vocab_size=32000)}
+# this program's folder (compare_trl.py is beside it), and the folder that holds mmpo/: the checkout
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = os.path.dirname(os.path.dirname(HERE))
 
 # each optimisation switched off alone (or, for the cache and bf16, on): what differs from "all on"
 VARIANTS = {
@@ -187,70 +185,6 @@ def make_floor(model, batch, params, share_prefix: bool, bf16: bool, chunk: int)
     return floor
 
 
-# ---- measuring -------------------------------------------------------------------------------
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-class AddedPeak:
-    """What the code run between ``start()`` and ``stop()`` adds at its peak to the memory that
-    lives before it, in bytes (``.bytes``): CUDA's max allocated; on Linux the peak RSS, restarted
-    from the RSS once freed memory is handed back to the system; elsewhere None."""
-
-    def __init__(self, device):
-        self.device, self.base, self.bytes = device, None, None
-
-    def start(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # what was freed leaves the RSS: it is then what lives
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
-            self.base = _status_kb("VmRSS") * 1024
-        except (OSError, AttributeError, StopIteration):
-            self.base = None
-
-    def stop(self):
-        if self.base is None:
-            self.bytes = None
-        elif self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.bytes = _status_kb("VmHWM") * 1024 - self.base
-        return self.bytes
-
-
-def peak_memory(fn, device) -> float | None:
-    """What one call of ``fn`` adds at its peak to the memory that lives before it (``AddedPeak``)."""
-    peak = AddedPeak(device)
-    peak.start()
-    fn()
-    return peak.stop()
-
-
-def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
-    """``steps`` timings (seconds) of each of ``fns``, taking turns: a slow spell of a shared
-    machine, or what one leaves behind in the allocator, falls on every one of them alike."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {k: [] for k in fns}
-    for _ in range(steps):
-        for k, fn in fns.items():
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return times
-
-
 # ---- one (shape, objective), in a process of its own -----------------------------------------
 
 def build(spec: dict, objective: str):
@@ -363,19 +297,23 @@ def markdown(rows: list[dict], caption: str) -> str:
 
 def compare_trl(spec: dict) -> dict:
     """TRL's DPOTrainer on ``spec``'s model, data and batch, by compare_trl.py in a process of its own."""
-    done = subprocess.run([sys.executable, script("compare_trl.py"), json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"compare_trl.py {spec['shape']} failed:\n{done.stderr.strip()[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_process([os.path.join(HERE, "compare_trl.py"), json.dumps(spec)], f"compare_trl.py {spec['shape']}")
 
 
 # ---- the command line ------------------------------------------------------------------------
 
 def child(spec: dict) -> list[dict]:
     """``run_one`` in a fresh process: its memory is its own, and the parent stays light."""
-    done = subprocess.run([sys.executable, "-m", "mmpo.bench", "--one", json.dumps(spec)], capture_output=True, text=True)
+    return in_process(["-m", "mmpo.bench", "--one", json.dumps(spec)], f"mmpo.bench {spec['shape']} {spec['objective']}")
+
+
+def in_process(argv: list[str], what: str):
+    """``python argv`` in a process of its own, this mmpo first on its import path; what it
+    printed last, read as JSON."""
+    path = os.pathsep.join(p for p in (PACKAGES, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     if done.returncode:
-        raise SystemExit(f"mmpo.bench {spec['shape']} {spec['objective']} failed:\n{done.stderr.strip()[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{done.stderr.strip()[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
