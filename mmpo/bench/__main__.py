@@ -43,8 +43,9 @@ import torch.nn.functional as F
 import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from mmpo import cpu_bf16
 from mmpo.bench.measure import SHAPES, interleaved_times, peak_memory
-from mmpo.cli import UserError
+from mmpo.cli import Parser, UserError, markdown_table, run
 from mmpo.config import Config
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.distributed import Dist
@@ -263,41 +264,42 @@ def _f(x, fmt: str) -> str:
 
 def markdown(rows: list[dict], caption: str) -> str:
     """Two tables: every objective with all optimisations on, then what switching each one off
-    (the cache and bf16: on) does to the step's time and peak memory, against "all on"."""
+    (the cache and bf16: on) does to the step's time and peak memory, against "all on"; and
+    TRL's step against each objective's, where it was measured."""
     base = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "all on"}
     cached = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "ref cache"}
-    out = [caption, "", "| shape | objective | views | step ms | samples/s | floor ms | step/floor | step/floor, ref cache "
-           "| peak MB | peak/floor | LM positions/example, shared / unshared |", "|" + "---|" * 11]
-    for key, r in base.items():
-        c = cached.get(key)
-        out.append(f"| {r['shape']} | {r['objective']} | {r['views']} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} "
-                   f"| {r['floor_ms']:.0f} | {r['step_over_floor']:.2f} | {_f(c and c['step_over_floor'], '.2f')} "
-                   f"| {_f(r['peak_mb'], '.0f')} | {_f(r['peak_over_floor'], '.2f')} "
-                   f"| {r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f} |")
+    out = caption + "\n\n" + markdown_table(
+        ["shape", "objective", "views", "step ms", "samples/s", "floor ms", "step/floor", "step/floor, ref cache",
+         "peak MB", "peak/floor", "LM positions/example, shared / unshared"],
+        [[r["shape"], r["objective"], r["views"], f"{r['step_ms']:.0f}", f"{r['samples_per_s']:.1f}",
+          f"{r['floor_ms']:.0f}", f"{r['step_over_floor']:.2f}", _f(cached.get(key, {}).get("step_over_floor"), ".2f"),
+          _f(r["peak_mb"], ".0f"), _f(r["peak_over_floor"], ".2f"),
+          f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}"]
+         for key, r in base.items()])
     variants = [v for v in VARIANTS if v != "all on" and any(r["variant"] == v for r in rows)]
     if variants:
-        out += ["", "step time x / peak memory x against all on:", "",
-                "| shape | objective | " + " | ".join(variants) + " |", "|" + "---|" * (2 + len(variants))]
+        cells = []
         for (shape, objective), b in base.items():
-            cells = []
+            cells.append([shape, objective])
             for v in variants:
                 r = next((r for r in rows if (r["shape"], r["objective"], r["variant"]) == (shape, objective, v)), None)
                 mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
-                cells.append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
-            out.append(f"| {shape} | {objective} | " + " | ".join(cells) + " |")
+                cells[-1].append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
+        out += "\nstep time x / peak memory x against all on:\n\n" + markdown_table(["shape", "objective"] + variants, cells)
     trl = {r["shape"]: r for r in rows if r["variant"] == "TRL DPOTrainer"}
     if trl:
-        out += ["", "against TRL's DPOTrainer (same model, data and batch, this run; all on, live frozen reference): "
-                "TRL step / mmpo step, and mmpo peak / TRL peak:", "",
-                "| shape | TRL DPO step ms | TRL peak MB | TRL LM positions/example | objective | x faster | peak x |",
-                "|" + "---|" * 7]
+        cells = []
         for (shape, objective), b in base.items():
             t = trl.get(shape)
             if t:
                 mem = None if t["peak_mb"] is None or b["peak_mb"] is None else b["peak_mb"] / t["peak_mb"]
-                out.append(f"| {shape} | {t['step_ms']:.0f} | {_f(t['peak_mb'], '.0f')} | {t['positions_per_example']:.0f} "
-                           f"| {objective} | {t['step_ms'] / b['step_ms']:.1f} | {_f(mem, '.2f')} |")
-    return "\n".join(out) + "\n"
+                cells.append([shape, f"{t['step_ms']:.0f}", _f(t["peak_mb"], ".0f"), f"{t['positions_per_example']:.0f}",
+                              objective, f"{t['step_ms'] / b['step_ms']:.1f}", _f(mem, ".2f")])
+        out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; all on, live frozen reference): "
+                "TRL step / mmpo step, and mmpo peak / TRL peak:\n\n"
+                + markdown_table(["shape", "TRL DPO step ms", "TRL peak MB", "TRL LM positions/example", "objective",
+                                  "x faster", "peak x"], cells))
+    return out
 
 
 def compare_trl(spec: dict) -> dict:
@@ -331,7 +333,8 @@ def cpu_name() -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cpu_bf16.guard()  # before torch runs a bf16 kernel (the bf16 variant; every process this one starts)
+    p = Parser(prog="python -m mmpo.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-llava", help="a tiny model, hub id or local directory")
     p.add_argument("--shapes", default=",".join(SHAPES), help="tiny-llava only: at its own shape (tiny), at LLaVA-1.5's")
     p.add_argument("--objectives", default=",".join(o for o in OBJECTIVES if OBJECTIVES[o].reference))
@@ -352,8 +355,6 @@ def main(argv=None):
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one (shape, objective) in this process
     args = p.parse_args(argv)
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
@@ -369,7 +370,7 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS] + [o for o in objectives if o not in OBJECTIVES]
     unknown += [s for s in shapes if args.model == "tiny-llava" and s not in SHAPES]
     if unknown:
-        raise SystemExit(f"unknown variant, objective or shape: {', '.join(unknown)}")
+        raise UserError(f"unknown variant, objective or shape: {', '.join(unknown)}")
     notes = []
     if not args.lora and "no shared vision pass" in variants:
         variants.remove("no shared vision pass")
@@ -419,4 +420,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))
