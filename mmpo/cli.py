@@ -8,18 +8,6 @@ import os
 import sys
 
 
-# the checkout this package lives in (to be moved to the programs that run train.py / eval.py)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def script(name: str) -> str:
-    """The path of ``name`` (train.py, eval.py) in the checkout this package lives in."""
-    path = os.path.join(REPO, name)
-    if not os.path.isfile(path):
-        raise UserError(f"this runs {name} of the repository, not found at {path}: run it from a checkout")
-    return path
-
-
 class UserError(Exception):
     """A problem with the user's input or options, reported in one line (no traceback)."""
 

@@ -4,7 +4,7 @@ finite, and the one thing that is exact: the language model's token positions pe
 import json
 import math
 
-from mmpo import bench
+from mmpo.bench import __main__ as bench
 
 
 def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):

@@ -1,16 +1,16 @@
 """TRL's DPOTrainer timed on mmpo.bench's model, data and batch: ``python -m mmpo.bench --compare-trl``.
 
-mmpo never imports TRL (no trainer framework in the package); this script, outside it, is what the
-bench runs in a process of its own when TRL happens to be installed. It builds the same policy as
-the bench (tiny LLaVA at the same shape, vision tower frozen, fully fine-tuned), a frozen copy as
-TRL's reference, the bench's first ``batch_size`` examples as TRL's conversational records, and
-trains ``steps + 1`` steps of that one batch with TRL's defaults except where mmpo's run differs:
-fp32, no activation checkpointing (TRL's default is on; mmpo's off), no truncation, mmpo's
-learning rate, weight decay, Adam betas and clipping. The first step is the warm-up; each step is
-timed from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already collated, as in the
-bench), with the memory it adds at its peak measured as the bench measures it.
+mmpo never imports TRL (no trainer framework in the package): this script, which nothing imports, is
+what the bench runs by its path, in a process of its own, when TRL happens to be installed. It
+builds the same policy as the bench (tiny LLaVA at the same shape, vision tower frozen, fully
+fine-tuned), a frozen copy as TRL's reference, the bench's first ``batch_size`` examples as TRL's
+conversational records, and trains ``steps + 1`` steps of that one batch with TRL's defaults except
+where mmpo's run differs: fp32, no activation checkpointing (TRL's default is on; mmpo's off), no
+truncation, mmpo's learning rate, weight decay, Adam betas and clipping. The first step is the
+warm-up; each step is timed from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already
+collated, as in the bench), with the memory it adds at its peak measured as the bench measures it.
 
-    python compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
+    PYTHONPATH=. python mmpo/bench/compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
 prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb, positions_per_example.
 """
@@ -26,9 +26,10 @@ import uuid
 import torch
 import transformers
 
-from mmpo.bench import SHAPES, AddedPeak
-from mmpo.config import Config, resolve
+from mmpo.bench.measure import SHAPES, AddedPeak
+from mmpo.config import Config
 from mmpo.models import freeze_vision_tower, tiny_llava
+from mmpo.recipes import resolve
 
 
 def records(path: str, n: int) -> list[dict]:

@@ -5,16 +5,16 @@
     python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
     python -m mmpo.bench --lora --bf16 --out runs/bench-lora
 
-The *step* is one optimizer step as train.py takes it (``accumulate``, then ``optimizer_step``),
-rebuilt here from the same package calls: the shared vision pass, the policy's log-probs, the
-reference's, the objective, backward, clipping, AdamW. The *floor* is one bare forward + backward
-of the policy over exactly the token positions that step needs: one vision pass per image, then
-the model called on the very inputs ``sequence_logps`` builds (packed sequences, or full ones
-without prefix sharing), the log-probs of the response tokens computed as the step computes them
-(chunk by chunk, or all at once where chunking is off) and summed: no objective, no reference, no
-optimizer. step / floor is what mmpo adds; with a reference cache only the objective and the
-optimizer are left. Each optimisation is then switched off alone (the cache and bf16: on), a row
-each, against its own floor.
+The *step* is train.py's own ``train_step`` (the checkout's train.py, loaded as a module), on one
+micro-batch: the shared vision pass, the policy's log-probs, the reference's, the objective's loss
+function, backward, clipping, AdamW; each variant changes only its inputs. The *floor* is one bare
+forward + backward of the policy over exactly the token positions that step needs: one vision pass
+per image, then the model called on the very inputs ``sequence_logps`` builds (packed sequences, or
+full ones without prefix sharing), the log-probs of the response tokens computed as the step
+computes them (chunk by chunk, or all at once where chunking is off) and summed: no objective, no
+reference, no optimizer. step / floor is what mmpo adds; with a reference cache only the objective
+and the optimizer are left. Each optimisation is then switched off alone (the cache and bf16: on), a
+row each, against its own floor.
 
 Every step and floor is called once first: its warm-up, during which its peak memory is taken;
 then all take turns --steps times on one fixed batch (a slow spell of a shared machine falls on
@@ -27,8 +27,7 @@ Timings on shared CPUs vary by +-20% between runs: compare the ratios within one
 import argparse
 import contextlib
 import copy
-import ctypes
-import gc
+import dataclasses
 import importlib.util
 import json
 import os
@@ -44,19 +43,22 @@ import torch.nn.functional as F
 import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmpo.cli import script
-from mmpo.config import Config, resolve
+from mmpo import cpu_bf16
+from mmpo.bench.measure import SHAPES, interleaved_times, peak_memory
+from mmpo.cli import Parser, UserError, markdown_table, run
+from mmpo.config import Config
 from mmpo.data import PreferenceDataset, collate, pad_id
-from mmpo.logps import encode_images, lm_positions, logps_head, prefix_groups, scored, sequence_logps, supports_fused_images
+from mmpo.distributed import Dist
+from mmpo.logps import encode_images, lm_positions, logps_head, prefix_groups, scored, supports_fused_images
 from mmpo.lora import add_lora
 from mmpo.models import freeze_vision_tower, image_path_frozen, load_model, tiny_llava
-from mmpo.objectives import OBJECTIVES, compute
-from mmpo.reference import Reference, live_logps
+from mmpo.recipes import OBJECTIVES, resolve
+from mmpo.reference import Reference
 from mmpo.synthetic import make_synthetic
 
-# the shapes benchmarked without --model: the tiny model as the tests build it, and the same
-# model with LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words)
-SHAPES = {"tiny": {}, "llava-1.5": dict(size=336, patch=14, vocab_size=32000)}
+# this program's folder (compare_trl.py is beside it), and the folder that holds mmpo/: the checkout
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = os.path.dirname(os.path.dirname(HERE))
 
 # each optimisation switched off alone (or, for the cache and bf16, on): what differs from "all on"
 VARIANTS = {
@@ -119,31 +121,34 @@ def full_logits(*models):
             h.remove()
 
 
-def make_step(model, ref: Reference, batch, objective: str, options: dict, optimizer, params, s: dict, table,
-              max_grad_norm: float):
-    """One optimizer step of train.py (``accumulate`` with one micro-batch, ``optimizer_step``)
-    with the settings ``s`` (``ALL_ON``'s keys); ``table``: the reference cache, or None."""
-    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=s["bf16"])
+def train_script():
+    """The checkout's train.py as a module (importing it runs nothing: its command is behind
+    ``__name__ == "__main__"``), for its ``train_step``."""
+    path = os.path.join(PACKAGES, "train.py")
+    if not os.path.isfile(path):
+        raise UserError(f"this times train.py of the repository, not found at {path}: run it from a checkout")
+    spec = importlib.util.spec_from_file_location("train", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return train
+
+
+def step_with(train, model, ref: Reference, batch, objective, options: dict, optimizer, params, cfg: Config, s: dict,
+              table, d: Dist):
+    """train.py's ``train_step`` on ``batch``, the settings ``s`` (``ALL_ON``'s keys) as its inputs:
+    prefix sharing and chunking in its Config (the reference scored alike), the shared vision pass,
+    autocast; ``table``: the reference cache (with ``s["ref_cache"]``); full logits by hooks."""
+    cfg = dataclasses.replace(cfg, prefix_sharing=s["share_prefix"], logps_chunk=s["chunk"])
+    ref = copy.copy(ref)  # the steps take turns: each with its own view of the one reference
+    ref.share_prefix, ref.chunk, ref.table = cfg.prefix_sharing, cfg.logps_chunk, table if s["ref_cache"] else None
+    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=s["bf16"])
     share_features = s["share_features"] and supports_fused_images(model) and image_path_frozen(model)
-    models = [model] + ([ref.frozen] if ref.frozen is not None else [])
+    models = [m for m in (model, ref.frozen) if m is not None]
 
     def step():
-        ref.share_prefix, ref.chunk, ref.table = s["share_prefix"], s["chunk"], table  # the steps take turns with one reference
-        with autocast, (contextlib.nullcontext() if s["response_only"] else full_logits(*models)):
-            features = None
-            if share_features:  # one vision pass per image, shared by the policy and the reference
-                with torch.no_grad():
-                    features = encode_images(model, batch)
-            policy_logps, lengths = sequence_logps(model, batch, features, s["share_prefix"], s["chunk"])  # (N,) all views
-            ref_logps = ref.logps(batch, features).to(policy_logps)
-        loss, metrics = compute(objective, batch.split(policy_logps), batch.split(ref_logps),
-                                batch.split(lengths.float()), **options)
-        loss.mean().backward()
-        sums = {k: float(v) for k, v in metrics.items()}  # train.py logs them: a device sync
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return sums
+        with contextlib.nullcontext() if s["response_only"] else full_logits(*models):
+            return train.train_step(model, ref, [batch], objective, options, optimizer, params, cfg, autocast,
+                                    share_features, d)
     return step
 
 
@@ -187,121 +192,56 @@ def make_floor(model, batch, params, share_prefix: bool, bf16: bool, chunk: int)
     return floor
 
 
-# ---- measuring -------------------------------------------------------------------------------
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
-class AddedPeak:
-    """What the code run between ``start()`` and ``stop()`` adds at its peak to the memory that
-    lives before it, in bytes (``.bytes``): CUDA's max allocated; on Linux the peak RSS, restarted
-    from the RSS once freed memory is handed back to the system; elsewhere None."""
-
-    def __init__(self, device):
-        self.device, self.base, self.bytes = device, None, None
-
-    def start(self):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # what was freed leaves the RSS: it is then what lives
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
-            self.base = _status_kb("VmRSS") * 1024
-        except (OSError, AttributeError, StopIteration):
-            self.base = None
-
-    def stop(self):
-        if self.base is None:
-            self.bytes = None
-        elif self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.bytes = _status_kb("VmHWM") * 1024 - self.base
-        return self.bytes
-
-
-def peak_memory(fn, device) -> float | None:
-    """What one call of ``fn`` adds at its peak to the memory that lives before it (``AddedPeak``)."""
-    peak = AddedPeak(device)
-    peak.start()
-    fn()
-    return peak.stop()
-
-
-def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
-    """``steps`` timings (seconds) of each of ``fns``, taking turns: a slow spell of a shared
-    machine, or what one leaves behind in the allocator, falls on every one of them alike."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {k: [] for k in fns}
-    for _ in range(steps):
-        for k, fn in fns.items():
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    return times
-
-
 # ---- one (shape, objective), in a process of its own -----------------------------------------
 
-def build(spec: dict, objective: str):
+def build(spec: dict, train, d: Dist):
     """The policy (vision tower frozen; LoRA or fully trainable), its reference, optimizer, the
-    objective's options and one batch of ``spec["batch_size"]`` examples, as train.py makes them."""
-    cfg = resolve(Config(objective=objective, model=spec["model"], lora_rank=64 if spec["lora"] else 0), set())
+    run's Config and one batch of ``spec["batch_size"]`` examples, as train.py makes them."""
+    cfg = resolve(Config(objective=spec["objective"], model=spec["model"], lora_rank=64 if spec["lora"] else 0), set())
     shape = SHAPES.get(spec["shape"]) if spec["model"] == "tiny-llava" else None
     model, processor = tiny_llava(**shape) if shape else load_model(spec["model"])
-    device = torch.device(spec["device"])
     freeze_vision_tower(model)
-    frozen = None
     if spec["lora"]:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
-    else:
-        frozen = copy.deepcopy(model).eval().requires_grad_(False).to(device)
-    model.to(device).train()
-    views = OBJECTIVES[objective].views
+    objective = OBJECTIVES[cfg.objective]
+    ref = Reference.for_run(model, cfg, objective.reference, d)  # adapters off, or a frozen copy
+    train.place(model, ref, cfg, d)
+    views = objective.views
     dataset = PreferenceDataset(spec["data"], processor, views, m_prime=cfg.m_prime, max_length=cfg.max_length)
     batch = collate([dataset[i] for i in range(spec["batch_size"])], views, pad_id(processor.tokenizer))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
-    return model, Reference(model, frozen), batch, OBJECTIVES[objective].options(cfg), optimizer, params, cfg
+    optimizer = train.make_optimizer(params, cfg, n_steps=1)[0]  # one step: no warmup, the full learning rate
+    return model, ref, batch, optimizer, params, cfg
 
 
 def run_one(spec: dict) -> list[dict]:
     """Every variant of ``spec`` for one (shape, objective), and its floor: a row each."""
-    objective, device = spec["objective"], torch.device(spec["device"])
-    model, ref, batch, options, optimizer, params, cfg = build(spec, objective)
+    train, d = train_script(), Dist(device=torch.device(spec["device"]))
+    model, ref, batch, optimizer, params, cfg = build(spec, train, d)
+    objective = OBJECTIVES[cfg.objective]
+    options = objective.options(cfg, d)
     n = len(batch)
     settings = {name: {**ALL_ON, **VARIANTS[name]} for name in spec["variants"]}
     table = None
     if any(s["ref_cache"] for s in settings.values()):  # built before any clock starts, as --ref-cache does
-        logps = batch.split(live_logps(model, ref.frozen, batch, chunk=0).float().cpu())
+        logps = batch.split(ref.logps(batch).float().cpu())
         table = {(i, v): x for v in batch.views for i, x in zip(batch.ids, logps[v].tolist())}
     fns = {}
     for name, s in settings.items():
         floor = ("floor", s["share_prefix"], s["bf16"], s["chunk"])  # the positions the step needs, its precision and head
         if floor not in fns:
             fns[floor] = make_floor(model, batch, params, s["share_prefix"], s["bf16"], s["chunk"])
-        fns[name] = make_step(model, ref, batch, objective, options, optimizer, params, s,
-                              table if s["ref_cache"] else None, cfg.max_grad_norm)
+        fns[name] = step_with(train, model, ref, batch, objective, options, optimizer, params, cfg, s, table, d)
     fns["all on"]()  # AdamW's moments are made in the first step: they belong to the steady state
-    memory = {k: peak_memory(fn, device) for k, fn in fns.items()}  # each one's warm-up too
-    times = interleaved_times(fns, device, spec["steps"])
+    memory = {k: peak_memory(fn, d.device) for k, fn in fns.items()}  # each one's warm-up too
+    times = interleaved_times(fns, d.device, spec["steps"])
     rows = []
     for name, s in settings.items():
         floor = ("floor", s["share_prefix"], s["bf16"], s["chunk"])
         t, t_floor = statistics.median(times[name]), statistics.median(times[floor])
         mem, mem_floor = memory[name], memory[floor]
         rows.append({
-            "shape": spec["shape"], "model": spec["model"], "objective": objective, "variant": name,
+            "shape": spec["shape"], "model": spec["model"], "objective": spec["objective"], "variant": name,
             "views": len(batch.views), "reference": "cache" if s["ref_cache"] else ("lora" if spec["lora"] else "frozen"),
             "batch_size": n, "prompt_len": batch.prompt_len, "response_len": batch.response_mask.shape[1],
             "step_ms": t * 1e3, "samples_per_s": n / t, "floor_ms": t_floor * 1e3, "step_over_floor": t / t_floor,
@@ -324,58 +264,63 @@ def _f(x, fmt: str) -> str:
 
 def markdown(rows: list[dict], caption: str) -> str:
     """Two tables: every objective with all optimisations on, then what switching each one off
-    (the cache and bf16: on) does to the step's time and peak memory, against "all on"."""
+    (the cache and bf16: on) does to the step's time and peak memory, against "all on"; and
+    TRL's step against each objective's, where it was measured."""
     base = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "all on"}
     cached = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "ref cache"}
-    out = [caption, "", "| shape | objective | views | step ms | samples/s | floor ms | step/floor | step/floor, ref cache "
-           "| peak MB | peak/floor | LM positions/example, shared / unshared |", "|" + "---|" * 11]
-    for key, r in base.items():
-        c = cached.get(key)
-        out.append(f"| {r['shape']} | {r['objective']} | {r['views']} | {r['step_ms']:.0f} | {r['samples_per_s']:.1f} "
-                   f"| {r['floor_ms']:.0f} | {r['step_over_floor']:.2f} | {_f(c and c['step_over_floor'], '.2f')} "
-                   f"| {_f(r['peak_mb'], '.0f')} | {_f(r['peak_over_floor'], '.2f')} "
-                   f"| {r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f} |")
+    out = caption + "\n\n" + markdown_table(
+        ["shape", "objective", "views", "step ms", "samples/s", "floor ms", "step/floor", "step/floor, ref cache",
+         "peak MB", "peak/floor", "LM positions/example, shared / unshared"],
+        [[r["shape"], r["objective"], r["views"], f"{r['step_ms']:.0f}", f"{r['samples_per_s']:.1f}",
+          f"{r['floor_ms']:.0f}", f"{r['step_over_floor']:.2f}", _f(cached.get(key, {}).get("step_over_floor"), ".2f"),
+          _f(r["peak_mb"], ".0f"), _f(r["peak_over_floor"], ".2f"),
+          f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}"]
+         for key, r in base.items()])
     variants = [v for v in VARIANTS if v != "all on" and any(r["variant"] == v for r in rows)]
     if variants:
-        out += ["", "step time x / peak memory x against all on:", "",
-                "| shape | objective | " + " | ".join(variants) + " |", "|" + "---|" * (2 + len(variants))]
+        cells = []
         for (shape, objective), b in base.items():
-            cells = []
+            cells.append([shape, objective])
             for v in variants:
                 r = next((r for r in rows if (r["shape"], r["objective"], r["variant"]) == (shape, objective, v)), None)
                 mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
-                cells.append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
-            out.append(f"| {shape} | {objective} | " + " | ".join(cells) + " |")
+                cells[-1].append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
+        out += "\nstep time x / peak memory x against all on:\n\n" + markdown_table(["shape", "objective"] + variants, cells)
     trl = {r["shape"]: r for r in rows if r["variant"] == "TRL DPOTrainer"}
     if trl:
-        out += ["", "against TRL's DPOTrainer (same model, data and batch, this run; all on, live frozen reference): "
-                "TRL step / mmpo step, and mmpo peak / TRL peak:", "",
-                "| shape | TRL DPO step ms | TRL peak MB | TRL LM positions/example | objective | x faster | peak x |",
-                "|" + "---|" * 7]
+        cells = []
         for (shape, objective), b in base.items():
             t = trl.get(shape)
             if t:
                 mem = None if t["peak_mb"] is None or b["peak_mb"] is None else b["peak_mb"] / t["peak_mb"]
-                out.append(f"| {shape} | {t['step_ms']:.0f} | {_f(t['peak_mb'], '.0f')} | {t['positions_per_example']:.0f} "
-                           f"| {objective} | {t['step_ms'] / b['step_ms']:.1f} | {_f(mem, '.2f')} |")
-    return "\n".join(out) + "\n"
+                cells.append([shape, f"{t['step_ms']:.0f}", _f(t["peak_mb"], ".0f"), f"{t['positions_per_example']:.0f}",
+                              objective, f"{t['step_ms'] / b['step_ms']:.1f}", _f(mem, ".2f")])
+        out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; all on, live frozen reference): "
+                "TRL step / mmpo step, and mmpo peak / TRL peak:\n\n"
+                + markdown_table(["shape", "TRL DPO step ms", "TRL peak MB", "TRL LM positions/example", "objective",
+                                  "x faster", "peak x"], cells))
+    return out
 
 
 def compare_trl(spec: dict) -> dict:
     """TRL's DPOTrainer on ``spec``'s model, data and batch, by compare_trl.py in a process of its own."""
-    done = subprocess.run([sys.executable, script("compare_trl.py"), json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"compare_trl.py {spec['shape']} failed:\n{done.stderr.strip()[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_process([os.path.join(HERE, "compare_trl.py"), json.dumps(spec)], f"compare_trl.py {spec['shape']}")
 
 
 # ---- the command line ------------------------------------------------------------------------
 
 def child(spec: dict) -> list[dict]:
     """``run_one`` in a fresh process: its memory is its own, and the parent stays light."""
-    done = subprocess.run([sys.executable, "-m", "mmpo.bench", "--one", json.dumps(spec)], capture_output=True, text=True)
+    return in_process(["-m", "mmpo.bench", "--one", json.dumps(spec)], f"mmpo.bench {spec['shape']} {spec['objective']}")
+
+
+def in_process(argv: list[str], what: str):
+    """``python argv`` in a process of its own, this mmpo first on its import path; what it
+    printed last, read as JSON."""
+    path = os.pathsep.join(p for p in (PACKAGES, os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
     if done.returncode:
-        raise SystemExit(f"mmpo.bench {spec['shape']} {spec['objective']} failed:\n{done.stderr.strip()[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{done.stderr.strip()[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -388,7 +333,8 @@ def cpu_name() -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cpu_bf16.guard()  # before torch runs a bf16 kernel (the bf16 variant; every process this one starts)
+    p = Parser(prog="python -m mmpo.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-llava", help="a tiny model, hub id or local directory")
     p.add_argument("--shapes", default=",".join(SHAPES), help="tiny-llava only: at its own shape (tiny), at LLaVA-1.5's")
     p.add_argument("--objectives", default=",".join(o for o in OBJECTIVES if OBJECTIVES[o].reference))
@@ -409,11 +355,10 @@ def main(argv=None):
     p.add_argument("--out", default="runs/bench", help="folder for bench.json and bench.md")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one (shape, objective) in this process
     args = p.parse_args(argv)
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
+    train_script()  # before anything runs: the step timed is this checkout's
     device = "cuda" if torch.cuda.is_available() else "cpu"
     variants = ["all on"] + [v for v in args.variants.split(",") if v and v != "all on"]
     if (args.bf16 or (device == "cuda" and torch.cuda.is_bf16_supported())) and "bf16" not in variants:
@@ -425,7 +370,7 @@ def main(argv=None):
     unknown = [v for v in variants if v not in VARIANTS] + [o for o in objectives if o not in OBJECTIVES]
     unknown += [s for s in shapes if args.model == "tiny-llava" and s not in SHAPES]
     if unknown:
-        raise SystemExit(f"unknown variant, objective or shape: {', '.join(unknown)}")
+        raise UserError(f"unknown variant, objective or shape: {', '.join(unknown)}")
     notes = []
     if not args.lora and "no shared vision pass" in variants:
         variants.remove("no shared vision pass")
@@ -475,4 +420,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -1,0 +1,1 @@
+"""The benchmark, ``python -m mmpo.bench`` (a program: the library never imports it)."""

@@ -1,0 +1,73 @@
+"""What the bench and compare_trl.py measure alike: the built-in shapes, and the memory a call adds
+at its peak; and the bench's clock, which lets every measurement take turns."""
+import ctypes
+import gc
+import time
+
+import torch
+
+# the shapes benchmarked without --model: the tiny model as the tests build it, and the same
+# model with LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words)
+SHAPES = {"tiny": {}, "llava-1.5": dict(size=336, patch=14, vocab_size=32000)}
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+class AddedPeak:
+    """What the code run between ``start()`` and ``stop()`` adds at its peak to the memory that
+    lives before it, in bytes (``.bytes``): CUDA's max allocated; on Linux the peak RSS, restarted
+    from the RSS once freed memory is handed back to the system; elsewhere None."""
+
+    def __init__(self, device):
+        self.device, self.base, self.bytes = device, None, None
+
+    def start(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # what was freed leaves the RSS: it is then what lives
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # the peak RSS (VmHWM) restarts from the current RSS
+            self.base = _status_kb("VmRSS") * 1024
+        except (OSError, AttributeError, StopIteration):
+            self.base = None
+
+    def stop(self):
+        if self.base is None:
+            self.bytes = None
+        elif self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self.bytes = _status_kb("VmHWM") * 1024 - self.base
+        return self.bytes
+
+
+def peak_memory(fn, device) -> float | None:
+    """What one call of ``fn`` adds at its peak to the memory that lives before it (``AddedPeak``)."""
+    peak = AddedPeak(device)
+    peak.start()
+    fn()
+    return peak.stop()
+
+
+def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
+    """``steps`` timings (seconds) of each of ``fns``, taking turns: a slow spell of a shared
+    machine, or what one leaves behind in the allocator, falls on every one of them alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {k: [] for k in fns}
+    for _ in range(steps):
+        for k, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return times
