@@ -1,7 +1,8 @@
 """The evaluation's metrics as pure functions of log-probs, answers and labels (no model, no I/O,
 no torch): preference and image reliance from summed log-probs; CHAIR (Rohrbach et al. 2018,
 https://arxiv.org/abs/1809.02156) and POPE (Li et al. 2023, https://arxiv.org/abs/2305.10355) on
-generated answers, by the rules of the reference code that papers run.
+generated answers, by the rules of the reference code that papers run. Where a reference divides
+by zero (no mention, no true object, no "yes") we report 0.
 
 CHAIR follows ``utils/chair.py`` of github.com/LisaAnne/Hallucination (Python 2) and its Python 3
 port ``chair.py`` of github.com/Maxlinn/CHAIR-metric-standalone, which most LVLM papers run: the
@@ -24,18 +25,17 @@ objects are found by the reference's rules, in its order:
     CHAIR_i  = hallucinated mentions / all mentions                (over all answers at once)
     coverage = distinct true categories mentioned / true categories  (the port's "Recall")
 An image's true objects are COCO's instance labels plus the objects its five captions mention
-(``true_objects``), as in the reference. Where the reference divides by zero we report 0. CHAIR
-grows with answer length: compare columns and papers at similar lengths (eval.py reports them).
-Object HalBench, as RLHF-V, mDPO, MFPO and NaPO report it, runs another pipeline (a refined synonym
-list, WordNet, objects extracted by GPT): figures here match papers that run the reference code,
-those tables only roughly.
+(``true_objects``), as in the reference. CHAIR grows with answer length: compare columns and
+papers at similar lengths (eval.py reports them). Object HalBench, as RLHF-V, mDPO, MFPO and NaPO
+report it, runs another pipeline (a refined synonym list, WordNet, objects extracted by GPT):
+figures here match papers that run the reference code, those tables only roughly.
 
 POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
 ``evaluate.py`` (github.com/RUCAIBox/POPE) and LLaVA's ``llava/eval/eval_pope.py`` do: keep the
 text before the first ".", drop commas, split on spaces; the answer is "no" if "No", "not" or
 "no" is one of those words, otherwise "yes" (so "NO!" reads as yes, as there).
 ``parse="strict"`` accepts only an answer that starts with yes or no, and counts anything else
-as unparsed and wrong. Where the reference divides by zero (no "yes") we report 0.
+as unparsed and wrong.
 """
 import json
 import os
@@ -95,7 +95,6 @@ _COCO_DOUBLE_WORDS = ["motor bike", "motor cycle", "air plane", "traffic light",
                       "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
                       "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
                       "stove top oven", "home plate", "train track"]
-# "baby"/"adult" + animal is the animal and "passenger" + jet/train the vehicle, not a person
 _ANIMALS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub"]
 DOUBLE_WORDS: dict[str, str] = {
     **{w: w for w in _COCO_DOUBLE_WORDS},
