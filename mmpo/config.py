@@ -1,11 +1,8 @@
-"""The training configuration: one dataclass, filled from the command line.
-
-Each field is a flag (``batch_size`` -> ``--batch-size``); its help text is the field's
-metadata. ``parse_args`` stays light (no torch), so that --help and option errors answer at
-once; ``mmpo.recipes.resolve`` then takes from the objective's entry in ``OBJECTIVES`` every
-field left at None and, with --recipe paper, the released hyperparameters. The resolved values
-are what ``OUT/config.json`` records. Every other module takes its defaults from here
-(``Config.logps_chunk``, ``M_PRIMES``...): one owner per parameter.
+"""The training configuration: one dataclass, each field a flag (``batch_size`` -> ``--batch-size``)
+with its help text as metadata. Light (no torch), so that --help and option errors answer at once;
+``mmpo.recipes.resolve`` then fills every field left at None from the objective's entry in
+``OBJECTIVES`` (and, with --recipe paper, its released hyperparameters), and ``OUT/config.json``
+records the result. Other modules take their defaults from here (``Config.logps_chunk``, ``M_PRIMES``).
 """
 import argparse
 import dataclasses
@@ -26,14 +23,14 @@ def opt(default, help: str, **kw):
 
 @dataclass
 class Config:
-    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen answers, no "
-                         "reference), or any other name registered in mmpo.recipes.OBJECTIVES")
+    objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen "
+                                 "answers, no reference), or any other name in mmpo.recipes.OBJECTIVES")
     data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
     model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
     trust_remote_code: bool = opt(False, "let transformers run the model repository's own code")
-    recipe: str = opt("practical", "practical: the defaults below | paper: every hyperparameter of the objective as its "
-                      "released configuration (README table); flags given explicitly still win", choices=("practical", "paper"))
+    recipe: str = opt("practical", "practical: the defaults below | paper: the objective's released hyperparameters "
+                                   "(README table); flags given explicitly still win", choices=("practical", "paper"))
     # schedule
     epochs: int = opt(3, "passes over the data (mDPO: 3, NaPO: 4); with a curriculum, over each stage")
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run all epochs)")
@@ -65,12 +62,13 @@ class Config:
     symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
     symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
     # the second image m'
-    m_prime: str = opt(None, "the second image m' when the data has no corrupt_image: a corruption of m -- crop (mDPO default) | "
-                            "noise (MFPO default) | blank -- or contrast: the row's contrast_image, a real similar image (SymMPO default)",
-                          choices=M_PRIMES)
-    noise_step: int = opt(None, "diffusion step t of the noise (of mmpo.perturb.NOISE_STEPS), added to the normalized pixels (default: the data's noise_step, else 500)")
-    redraw_m_prime: bool = opt(False, "draw a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released mDPO does; "
-                                         "default: one m' per example for the whole run (a --ref-cache needs it fixed)")
+    m_prime: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | "
+                             "blank, corruptions of m, or contrast: the row's contrast_image (SymMPO default)",
+                       choices=M_PRIMES)
+    noise_step: int = opt(None, "diffusion step t of the noise (of mmpo.perturb.NOISE_STEPS), added to the normalized "
+                                "pixels (default: the data's noise_step, else 500)")
+    redraw_m_prime: bool = opt(False, "a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released "
+                                      "mDPO does; default: one m' per example per run (a --ref-cache needs it fixed)")
     # curriculum (MFPO sec. 3.3)
     curriculum: str = opt("none", "none | easy-to-hard: train on thirds of the data by the model's entropy on the chosen answer",
                           choices=("none", "easy-to-hard"))
@@ -81,11 +79,10 @@ class Config:
     lora_dropout: float = opt(0.05, "LoRA dropout")
     lora_targets: str = opt("", "comma-separated regexes of Linear names (default: every Linear of the language model)")
     dtype: str = opt("fp32", "fp32 | bf16 (bf16 autocast, fp32 master weights)", choices=("fp32", "bf16"))
-    prefix_sharing: bool = opt(True, "score each image + prompt prefix once per pass for all the views on it, with a block "
-                                     "attention mask (exact: the same log-probs and gradients); --no-prefix-sharing: every "
-                                     "view as a full sequence")
-    logps_chunk: int = opt(256, "response positions whose full-vocabulary logits exist at once when scoring, recomputed in "
-                                 "the backward pass (exact); 0: the logits of every response position at once")
+    prefix_sharing: bool = opt(True, "score each image + prompt prefix once for all the views on it, with a block attention "
+                                     "mask (exact); --no-prefix-sharing: every view as a full sequence")
+    logps_chunk: int = opt(256, "response positions whose full-vocabulary logits exist at once, recomputed in the backward "
+                                "pass (exact); 0: every position at once")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass")
     ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")
     # run
@@ -95,7 +92,7 @@ class Config:
     overwrite: bool = opt(False, "replace the run already in --out (its checkpoints, metrics and final model)")
     save_every: int = opt(50, "checkpoint every N steps (0: only at the end)")
     log_every: int = opt(1, "write metrics.jsonl every N steps")
-    eval_data: str = opt("", "held-out preference JSONL: loss, reward accuracy/margins and conditional accuracy as eval/* metrics")
+    eval_data: str = opt("", "held-out preference JSONL: loss, reward accuracy/margins, conditional accuracy as eval/*")
     eval_every: int = opt(0, "evaluate on --eval-data every N steps (0: only at the end)")
     report_to: str = opt("none", "none | tensorboard (scalars under OUT/tensorboard; needs the tensorboard package)",
                          choices=("none", "tensorboard"))
@@ -104,32 +101,24 @@ class Config:
     max_nonfinite: int = opt(10, "stop after this many non-finite losses in a row")
 
 
-# (check, what the value must be) for every option with a range; checked where it is parsed
+# (check, what the value must be) for every option with a range, in Config's order; checked where it is parsed
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+AT_LEAST_0 = (lambda v: v >= 0, "0 or more")
 LIMITS = {
-    "epochs": (lambda v: v >= 1, "at least 1"),
-    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (all epochs) or at least 1"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "grad_accum": (lambda v: v >= 1, "at least 1"),
-    "lr": (lambda v: v is None or v > 0, "positive"),
+    "epochs": AT_LEAST_1, "max_steps": (lambda v: v == -1 or v >= 1, "-1 (all epochs) or at least 1"),
+    "batch_size": AT_LEAST_1, "grad_accum": AT_LEAST_1, "lr": (lambda v: v is None or v > 0, "positive"),
     "warmup": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "weight_decay": (lambda v: v is None or v >= 0, "0 or more"),
-    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "max_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"), "max_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
     "max_length": (lambda v: v >= 2, "at least 2"),
-    "beta": (lambda v: v > 0, "positive"),
-    "napo_q": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
-    "symmpo_lam": (lambda v: v >= 0, "0 or more"),
-    "symmpo_gamma": (lambda v: v >= 0, "0 or more"),
-    "symmpo_eta": (lambda v: v >= 0, "0 or more"),
+    "beta": (lambda v: v > 0, "positive"), "napo_q": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
+    "symmpo_lam": AT_LEAST_0, "symmpo_gamma": AT_LEAST_0, "symmpo_eta": AT_LEAST_0,
     "logps_chunk": (lambda v: v >= 0, "0 (off) or more"),
-    "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"),
-    "lora_alpha": (lambda v: v > 0, "positive"),
+    "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"), "lora_alpha": (lambda v: v > 0, "positive"),
     "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "save_every": (lambda v: v >= 0, "0 (only at the end) or more"),
-    "log_every": (lambda v: v >= 1, "at least 1"),
-    "eval_every": (lambda v: v >= 0, "0 (only at the end) or more"),
-    "num_workers": (lambda v: v >= 0, "0 or more"),
-    "max_nonfinite": (lambda v: v >= 1, "at least 1"),
+    "save_every": (lambda v: v >= 0, "0 (only at the end) or more"), "log_every": AT_LEAST_1,
+    "eval_every": (lambda v: v >= 0, "0 (only at the end) or more"), "num_workers": AT_LEAST_0,
+    "max_nonfinite": AT_LEAST_1,
 }
 
 # what a resumed run may change: how long it runs and how it reports, never what it computes
@@ -155,18 +144,16 @@ def check_config(cfg: Config):
 
 def _parser(defaults: bool = True) -> Parser:
     p = Parser(prog="train.py", description="Multimodal preference optimization of a vision-language model.",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        help = f.metadata["help"] if f.default is not None else f.metadata["help"] + " %(default).0s"  # says its own default
+        # a None default says what it stands for in the help text: an empty %(default) hides "(default: None)"
+        help = f.metadata["help"] + (" %(default).0s" if f.default is None else "")
         kw = {"help": help, "default": f.default if defaults else argparse.SUPPRESS}
-        if f.type in (bool, "bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-            continue
-        typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        p.add_argument(flag, type=typ, **kw)
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=f.type, choices=f.metadata.get("choices"))
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
     return p
 
 
@@ -176,8 +163,7 @@ def typed_flags(argv) -> set[str]:
 
 
 def parse_args(argv=None) -> Config:
-    """The command line as a Config, every range checked; the objective and what it decides
-    (its defaults, --recipe paper) are ``resolve``'s, after torch is imported."""
+    """The command line as a Config, every range checked (the objective's defaults: ``resolve``)."""
     cfg = Config(**vars(_parser().parse_args(argv)))
     check_config(cfg)
     return cfg

@@ -1,12 +1,10 @@
-"""bfloat16 on CPUs that advertise AMX but whose (virtual) machine forbids it.
-
-On some machines the CPU lists the AMX instructions, oneDNN picks its AMX kernels for any
-bfloat16 matmul, and the process dies with SIGILL (illegal instruction), with no message. The
-cure is ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` in the environment before oneDNN's first kernel
-runs. A machine whose AMX works must keep it, so this does not set it blindly: where the CPU
-advertises AMX and the variable is unset, a child process tries one bfloat16 matmul, and only if
-that dies with SIGILL is the variable set, for this process and every process it starts
-(torchrun workers, test subprocesses). ``import mmpo`` runs it once.
+"""bfloat16 on CPUs that advertise AMX but whose (virtual) machine forbids it: oneDNN picks its
+AMX kernels for any bfloat16 matmul, and the process dies with SIGILL, with no message. The cure is
+``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` before oneDNN's first kernel runs; but a machine whose AMX
+works must keep it, so where the CPU advertises AMX and the variable is unset, a child process tries
+one bfloat16 matmul, and only if that dies with SIGILL is the variable set, for this process and
+every process it starts (torchrun workers, test subprocesses). train.py and the tests' conftest
+call ``guard`` before torch runs a kernel.
 """
 import os
 import signal
@@ -28,7 +26,7 @@ def cpu_advertises_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def probe_bf16_matmul() -> int:
-    """Exit status of a fresh Python that runs one bfloat16 matmul (negative: killed by a signal)."""
+    """Exit status of a fresh Python that runs PROBE (negative: killed by a signal)."""
     env = {k: v for k, v in os.environ.items() if k != VARIABLE}
     try:
         return subprocess.run([sys.executable, "-c", PROBE], env=env, stdout=subprocess.DEVNULL,

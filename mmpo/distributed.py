@@ -1,22 +1,20 @@
-"""Data-parallel training with PyTorch's own FSDP2 (``fully_shard``), from torchrun's environment.
+"""Data-parallel training with PyTorch's own FSDP2 (``fully_shard``), from torchrun's environment:
 
     torchrun --nproc_per_node 8 train.py ...      # NCCL on GPUs, gloo on CPU
 
-One process without torchrun runs exactly as before: every helper here is a no-op then.
-Sharding is bottom-up, as torchtune does it: each transformer block of the language model and
-of the vision tower (the classes the model lists in ``_no_split_modules``) becomes an FSDP unit,
-then the root takes what is left (embeddings, projector, lm_head).
+Without torchrun every helper here is a no-op. Sharding is bottom-up, as torchtune does it: each
+transformer block of the language model and of the vision tower (the classes in the model's
+``_no_split_modules``) becomes an FSDP unit, then the root takes the rest (embeddings, projector,
+lm_head).
 
-- bf16 under FSDP is ``MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)``: blocks
-  compute in bf16, gradients are reduced in fp32, the optimizer keeps fp32 weights (one process
-  uses bf16 autocast instead).
+- bf16 under FSDP computes blocks in bf16 and reduces gradients in fp32; the optimizer keeps fp32
+  weights (one process uses bf16 autocast instead).
 - ``--batch-size`` is per process: the global batch is batch_size * grad_accum * world, and step k
   trains on the same examples whatever the world size (2 processes of batch 2 reproduce 1 of
   batch 4, tested to 1e-5 for every objective).
 - The reference is sharded like the policy: under LoRA it is the policy itself (adapters off),
-  under full fine-tuning a frozen copy sharded the same way, or a ``--ref-cache`` that each rank
-  fills with its share of the examples.
-- Metrics are means over ranks (``mean_over_ranks``); only rank 0 logs and writes files.
+  under full fine-tuning a frozen copy, or a ``--ref-cache`` each rank fills with its share.
+- Metrics are means over ranks; only rank 0 logs and writes files.
 """
 import os
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import torch.distributed as dist
 
 @dataclass
 class Dist:
+    """Where this process stands: rank 0 of 1 without torchrun."""
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
@@ -59,7 +58,7 @@ def barrier(d: Dist):
 
 
 def mean_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
-    """Average a dict of floats over all ranks (equal-sized shards give the global mean)."""
+    """Each value averaged over the ranks (equal-sized shards: the global mean)."""
     if not d.enabled or not values:
         return values
     keys = sorted(values)
@@ -69,8 +68,8 @@ def mean_over_ranks(values: dict[str, float], d: Dist) -> dict[str, float]:
 
 
 def global_mean(d: Dist):
-    """The mean of a tensor over the global batch: each rank's mean averaged over the ranks (equal
-    shards), the same on every rank. What NaPO's dynamic q is taken from (``objectives.napo``)."""
+    """A function: a tensor's mean over the global batch (equal shards), the same on every rank.
+    NaPO's dynamic q is taken from it (``objectives.napo``)."""
     def mean(x: torch.Tensor) -> torch.Tensor:
         m = x.mean()
         if d.enabled:
@@ -89,20 +88,12 @@ def all_ranks_have(n: int, d: Dist) -> bool:
     return t.item() > 0
 
 
-def block_classes(model) -> set[str]:
-    """Class names of the units to shard: the model's ``_no_split_modules``."""
-    names = set()
-    for module in model.modules():
-        names |= set(getattr(module, "_no_split_modules", None) or [])
-    return names
-
-
 def shard(model, d: Dist, bf16: bool = False):
-    """fully_shard every block, then the root; bf16 compute with fp32 reductions when asked.
-    Parameters stay fp32 (the optimizer's master copy); FSDP casts them for compute."""
+    """fully_shard every block, then the root. Parameters stay fp32 (the optimizer's master copy);
+    FSDP casts them for compute."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    classes = block_classes(model)
+    classes = {c for m in model.modules() for c in getattr(m, "_no_split_modules", None) or []}
     blocks = [m for m in model.modules() if type(m).__name__ in classes]
     if not blocks:
         raise ValueError(f"{type(model).__name__} lists no blocks in _no_split_modules: cannot shard it")
@@ -121,19 +112,15 @@ def rank_slice(indices: list[int], d: Dist) -> list[int]:
     return indices[d.rank * n:(d.rank + 1) * n]
 
 
-def rank_share(n: int, batch_size: int, d: Dist) -> list[list[int]]:
-    """This rank's batches of one pass over n examples. Every rank gets the same number of
-    batches (the last ones wrap around to the start), as FSDP needs every rank in every forward."""
-    per_rank = -(-n // d.world)
-    mine = [(d.rank + k * d.world) % n for k in range(per_rank)]
-    return [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
-
-
 def share_loader(dataset, batch_size: int, d: Dist, collate_fn, num_workers: int = 0, generator=None):
-    """One pass over every example of ``dataset``, each rank its share (``rank_share``): for
-    scoring the data (checks, caches, held-out figures), not for training."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=rank_share(len(dataset), batch_size, d),
-                                       num_workers=num_workers, collate_fn=collate_fn, generator=generator)
+    """One pass over every example of ``dataset``, each rank its share: for scoring the data
+    (checks, caches, held-out figures), not for training. Every rank gets the same number of
+    batches (its last ones wrap around to the start), as FSDP needs every rank in every forward."""
+    per_rank = -(-len(dataset) // d.world)
+    mine = [(d.rank + k * d.world) % len(dataset) for k in range(per_rank)]
+    batches = [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                       collate_fn=collate_fn, generator=generator)
 
 
 def merge_dicts(part: dict, d: Dist) -> dict:

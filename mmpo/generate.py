@@ -21,8 +21,8 @@ def eos_ids(model, tokenizer) -> set[int]:
 def generate(model, processor, prompts: list[str], images: list | None, *, max_new_tokens: int = 1024,
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, batch_size: int = 8,
              show: bool = False) -> tuple[list[str], list[bool]]:
-    """Answers to ``prompts``, each with its image (``images`` None: text only), and for each
-    whether it hit ``max_new_tokens`` without an end-of-sequence token (truncated)."""
+    """Answers to ``prompts``, each with its image (``images`` None: text only), and whether each
+    was cut at ``max_new_tokens``."""
     tok = processor.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from the same last column
@@ -37,15 +37,9 @@ def generate(model, processor, prompts: list[str], images: list | None, *, max_n
             ids = model.generate(**inputs, **sampling, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                  min_new_tokens=1, pad_token_id=pad)
             new = ids[:, inputs["input_ids"].shape[1]:]  # (b, new tokens)
-            for row in new.tolist():
-                # finished = an end-of-sequence token was generated (rows are padded after it)
-                truncated.append(len(row) >= max_new_tokens and not (stop & set(row)))
+            # cut = at the limit with no end-of-sequence token (a finished row is padded after its own)
+            truncated += [len(row) >= max_new_tokens and not (stop & set(row)) for row in new.tolist()]
             texts_out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     finally:
         tok.padding_side = side
     return texts_out, truncated
-
-
-def answer(model, processor, prompts: list[str], images: list | None, **kwargs) -> list[str]:
-    """Greedy answers (or as ``generate``'s options say), text only."""
-    return generate(model, processor, prompts, images, **kwargs)[0]

@@ -1,18 +1,18 @@
-"""The evaluation's metrics, as pure functions of log-probs, answers and labels (no model, no
-I/O; light: no torch import): preference and image reliance from summed log-probs, and the
-hallucination metrics on generated answers, computed by the rules of the evaluations that papers
-report: CHAIR (Rohrbach et al. 2018, https://arxiv.org/abs/1809.02156) and POPE (Li et al. 2023,
-https://arxiv.org/abs/2305.10355).
+"""The evaluation's metrics as pure functions of log-probs, answers and labels (no model, no I/O,
+no torch): preference and image reliance from summed log-probs; CHAIR (Rohrbach et al. 2018,
+https://arxiv.org/abs/1809.02156) and POPE (Li et al. 2023, https://arxiv.org/abs/2305.10355) on
+generated answers, by the rules of the reference code that papers run. Where a reference divides
+by zero (no mention, no true object, no "yes") we report 0.
 
-CHAIR follows the reference code: ``utils/chair.py`` of github.com/LisaAnne/Hallucination and
-its Python 3 port ``chair.py`` of github.com/Maxlinn/CHAIR-metric-standalone, which most LVLM
-papers run. An answer's objects are found by the reference's rules, in its order:
-  1. lower-case, split into words as nltk's ``word_tokenize`` does ("dog's" -> dog 's; "dog/cat"
-     and "hot-dog" stay one word, and are no object),
-  2. singularize every word as the reference's singularizer (pattern.en) does, quirks included:
-     it strips any final s, so "bus" becomes "bu" and only "buses" counts as a bus; "doggies",
-     "collies" and "canoes" count as nothing; "people", "men", "children", "geese", "mice",
-     "knives" count,
+CHAIR follows ``utils/chair.py`` of github.com/LisaAnne/Hallucination (Python 2) and its Python 3
+port ``chair.py`` of github.com/Maxlinn/CHAIR-metric-standalone, which most LVLM papers run: the
+same synonym list, rules, CHAIR_s and CHAIR_i; the port adds recall, which we follow. An answer's
+objects are found by the reference's rules, in its order:
+  1. lower-case, split into words as current nltk's ``word_tokenize`` does (older releases keep
+     "**dog**" whole): "dog's" -> dog 's; "dog/cat" and "hot-dog" stay one word, and are no object,
+  2. singularize as pattern.en (2.6 or 3.6 alike for object words), quirks included: any final s
+     is stripped, so "bus" becomes "bu" and only "buses" counts as a bus; "doggies", "collies" and
+     "canoes" count as nothing; "people", "men", "children", "geese", "mice", "knives" count,
   3. join two-word names, left to right, each word in at most one pair (``DOUBLE_WORDS``):
      "hot dog" is no dog, "teddy bear" no bear, "baby dog" / "adult dog" a dog (not a person),
      "passenger jet" / "passenger train" the vehicle, "toilet seat" a toilet, "bow tie" a tie,
@@ -24,26 +24,18 @@ papers run. An answer's objects are found by the reference's rules, in its order
     CHAIR_s  = answers with at least one hallucinated mention / answers
     CHAIR_i  = hallucinated mentions / all mentions                (over all answers at once)
     coverage = distinct true categories mentioned / true categories  (the port's "Recall")
-The two reference versions compute CHAIR_s and CHAIR_i the same way, with the same synonym list
-and rules; the original (Python 2) has no recall, which the port adds and we follow. The
-singularizer of either (pattern 2.6 or 3.6) treats every word that can be an object alike. Words
-are split as current nltk splits them; older nltk releases split fewer characters off (they keep
-"**dog**" as one word). Where the reference divides by zero (no mention, no true object) we
-report 0. The reference's true objects of an image are COCO's instance labels plus the objects
-its five COCO captions mention (``true_objects`` does the same). CHAIR grows with answer length:
-compare columns and papers at similar lengths (eval.py reports them). Object HalBench, as RLHF-V,
-mDPO, MFPO and NaPO report it, runs another pipeline (a refined synonym list, WordNet, objects
-extracted by GPT): figures here match papers that run the reference code, those tables only roughly.
+An image's true objects are COCO's instance labels plus the objects its five captions mention
+(``true_objects``), as in the reference. CHAIR grows with answer length: compare columns and
+papers at similar lengths (eval.py reports them). Object HalBench, as RLHF-V, mDPO, MFPO and NaPO
+report it, runs another pipeline (a refined synonym list, WordNet, objects extracted by GPT):
+figures here match papers that run the reference code, those tables only roughly.
 
 POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
 ``evaluate.py`` (github.com/RUCAIBox/POPE) and LLaVA's ``llava/eval/eval_pope.py`` do: keep the
 text before the first ".", drop commas, split on spaces; the answer is "no" if "No", "not" or
 "no" is one of those words, otherwise "yes" (so "NO!" reads as yes, as there).
 ``parse="strict"`` accepts only an answer that starts with yes or no, and counts anything else
-as unparsed and wrong. Where the reference divides by zero (no "yes") we report 0.
-
-Short answers to a question with a closed set of options (eval.py's ``--bench qa``) are read by
-``read_option``: the option the answer names first, as a whole word or phrase, whatever its case.
+as unparsed and wrong.
 """
 import json
 import os
@@ -78,19 +70,16 @@ def reliance_metrics(kind: str, lp: dict) -> dict:
 
 # ---- CHAIR: the reference's vocabulary and rules -----------------------------------------------
 
-
 def _read_synonyms(path: str) -> dict[str, str]:
-    """Every name of the synonym list -> its category (the first name of its line)."""
+    """Every name of the synonym list -> its category (the first name of its line). Split on ", "
+    as the reference does: a name after a double space keeps its leading space and so never
+    matches a word (" motor bike", " cheesecake")."""
     names = {}
     with open(path) as f:
         for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            # split on ", " as the reference does: a name after a double space keeps its
-            # leading space and so never matches a word (" motor bike", " cheesecake")
-            line = line.strip().split(", ")
-            for name in line:
-                names[name] = line[0]
+            if line.strip() and not line.startswith("#"):
+                line = line.strip().split(", ")
+                names.update({name: line[0] for name in line})
     return names
 
 
@@ -106,7 +95,6 @@ _COCO_DOUBLE_WORDS = ["motor bike", "motor cycle", "air plane", "traffic light",
                       "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
                       "mobile phone", "teddy bear", "hair drier", "potted plant", "bow tie", "laptop computer",
                       "stove top oven", "home plate", "train track"]
-# "baby"/"adult" + animal is the animal and "passenger" + jet/train the vehicle, not a person
 _ANIMALS = ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub"]
 DOUBLE_WORDS: dict[str, str] = {
     **{w: w for w in _COCO_DOUBLE_WORDS},
@@ -196,7 +184,6 @@ def object_words(text: str) -> list[tuple[str, str]]:
 
 
 def object_mentions(text: str) -> list[str]:
-    """The COCO category of every object mention in ``text``, in order, repeats included."""
     return [category for _, category in object_words(text)]
 
 
@@ -227,14 +214,12 @@ def chair_answer(text: str, truth: list[str]) -> dict:
 
 
 def true_objects(row: dict) -> list[str]:
-    """A CHAIR row's true objects: its ``objects``, plus every object its reference ``captions``
-    mention, as the reference takes both COCO's instance labels and its five captions' objects."""
+    """A CHAIR row's ``objects``, plus every object its reference ``captions`` mention."""
     return row["objects"] + [c for caption in row.get("captions", []) for c in object_mentions(caption)]
 
 
 def chair(answers: list[str], truths: list[list[str]]) -> dict:
-    """CHAIR_s, CHAIR_i and coverage of ``answers`` against each image's true objects, with the
-    mention counts behind them."""
+    """CHAIR_s, CHAIR_i and coverage, with the mention counts behind them."""
     judged = [chair_answer(a, t) for a, t in zip(answers, truths, strict=True)]
     mentions = sum(len(j["objects"]) for j in judged)
     hallucinated = sum(len(j["hallucinated"]) for j in judged)
@@ -362,12 +347,11 @@ def _qa_problems(row: dict) -> list[str]:
             seen = {}  # options are read whatever their case and spacing (read_option): "Red" is "red"
             for o in options:
                 key = " ".join(o.lower().split())
-                if key not in seen:
-                    seen[key] = o
-                    continue
-                shown = [json.dumps(x, ensure_ascii=False) for x in (seen[key], o)]
-                problems.append(f"field 'options': {shown[0]} twice" if seen[key] == o else
-                                f"field 'options': {shown[0]} and {shown[1]} read alike")
+                if key in seen:
+                    shown = [json.dumps(x, ensure_ascii=False) for x in (seen[key], o)]
+                    problems.append(f"field 'options': {shown[0]} twice" if seen[key] == o else
+                                    f"field 'options': {shown[0]} and {shown[1]} read alike")
+                seen.setdefault(key, o)
             if text(answer) and answer not in options:
                 problems.append(f"field 'options': must contain the answer {json.dumps(answer, ensure_ascii=False)}")
     if group is not None and not text(group):

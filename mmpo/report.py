@@ -27,19 +27,16 @@ def check_report_to(report_to: str):
         raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
 
 
-def tensorboard_writer(out: str):
-    """A SummaryWriter under OUT/tensorboard."""
-    check_report_to("tensorboard")
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(os.path.join(out, "tensorboard"))
-
-
 class MetricsLog:
     """One JSON row per logged step in OUT/metrics.jsonl, mirrored to TensorBoard (rank 0 only)."""
 
     def __init__(self, out: str, report_to: str = "none", main: bool = True):
         self.file = open(os.path.join(out, "metrics.jsonl"), "a") if main else None
-        self.tb = tensorboard_writer(out) if main and report_to == "tensorboard" else None
+        self.tb = None
+        if main and report_to == "tensorboard":
+            check_report_to(report_to)
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(out, "tensorboard"))
 
     def write(self, row: dict):
         if self.file is None:
@@ -62,9 +59,9 @@ class MetricsLog:
 @torch.no_grad()
 def evaluate(model, eval_set, ref_logps, objective: Objective, options: dict, batch_size: int, pad: int,
              d=distributed.Dist(), autocast=None, *, share_prefix: bool, chunk: int) -> dict:
-    """Held-out figures of the current policy: the objective's loss and metrics over the whole
-    set, and the conditional accuracy, the fraction of examples with logp(y_w | m) > logp(y_w | m')
-    (the image matters to the chosen answer). ``ref_logps(batch)`` gives the reference's ``(N,)``."""
+    """Held-out figures of the current policy: the objective's loss and metrics over the whole set,
+    and the conditional accuracy, the fraction with logp(y_w | m) > logp(y_w | m') (the image matters
+    to the chosen answer). ``ref_logps(batch)`` gives the reference's ``(N,)``."""
     was_training = model.training
     model.eval()
     # an own generator: evaluating mid-run must not draw from the training's RNG (exact resume)
@@ -85,8 +82,9 @@ def evaluate(model, eval_set, ref_logps, objective: Objective, options: dict, ba
     ids = sorted({i for i, _ in scores})
     if not ids:
         return {}
-    table = {v: torch.tensor([[scores[(i, v)][k] for i in ids] for k in range(3)]) for v in eval_set.views}
-    policy, reference, lengths = ({v: t[k] for v, t in table.items()} for k in range(3))
+    # {view: (n_examples,)} each, in id order
+    policy, reference, lengths = ({v: torch.tensor([scores[(i, v)][k] for i in ids]) for v in eval_set.views}
+                                  for k in range(3))
     value, metrics = loss(objective, policy, reference, lengths, options)
     out = {"eval/loss": value.mean().item(), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
     out["eval/cond_acc"] = (policy["chosen"] > policy["chosen_on_corrupt"]).float().mean().item()
