@@ -14,31 +14,28 @@ mmpo/reference.py, mmpo/recipes.py (which loss, views and options) and mmpo/obje
 import sys
 
 if __name__ == "__main__":  # --help and option errors answer at once, before torch is imported
-    from mmpo import cli, config
+    from mmpo import cli, config, cpu_bf16
     if cli.run(config.parse_args, sys.argv[1:], light=True):
         sys.exit(2)
+    cpu_bf16.guard()  # before torch runs a bf16 kernel: on some CPUs one dies with SIGILL (mmpo/cpu_bf16.py)
 
 import functools
 import math
 import os
 import time
 
-from mmpo import cpu_bf16
+import torch
+from tqdm import tqdm
 
-cpu_bf16.guard()  # before torch runs a bf16 kernel: on some CPUs one dies with SIGILL (mmpo/cpu_bf16.py)
-
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report  # noqa: E402
-from mmpo.cli import UserError  # noqa: E402
-from mmpo.config import Config, parse_args, typed_flags  # noqa: E402
-from mmpo.data import PreferenceDataset, collate, pad_id  # noqa: E402
-from mmpo.logps import encode_images, sequence_logps, supports_fused_images  # noqa: E402
-from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model  # noqa: E402
-from mmpo.objectives import shared_metrics  # noqa: E402
-from mmpo.recipes import OBJECTIVES, Objective, recipe_line, resolve  # noqa: E402
-from mmpo.synthetic import make_synthetic  # noqa: E402
+from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report
+from mmpo.cli import UserError
+from mmpo.config import Config, parse_args, typed_flags
+from mmpo.data import PreferenceDataset, collate, pad_id
+from mmpo.logps import encode_images, sequence_logps, supports_fused_images
+from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
+from mmpo.objectives import shared_metrics
+from mmpo.recipes import OBJECTIVES, Objective, recipe_line, resolve
+from mmpo.synthetic import make_synthetic
 
 
 # ---- configuration ---------------------------------------------------------------------------
