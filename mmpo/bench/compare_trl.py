@@ -13,6 +13,11 @@ collated, as in the bench), with the memory it adds at its peak measured as the 
     PYTHONPATH=. python mmpo/bench/compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
 prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb, positions_per_example.
+
+Trl is not a dependency (`pip install trl` beside
+mmpo); without it the bench says so in one line and goes on. In the recorded run trl 1.16.0 was
+installed in a separate folder on PYTHONPATH. It gives `datasets` random fingerprints because
+hashing an in-memory table failed in the datasets/pyarrow pair pip resolved (nothing is cached).
 """
 import copy
 import json
