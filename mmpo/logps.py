@@ -115,7 +115,8 @@ def scored(model, batch: Batch, image_features, share_prefix: bool, head) -> tor
     kwargs.update(_image_inputs(model, batch, batch.image_index.tolist(), image_features, device))
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     keep = torch.arange(P - 1, P + R - 1, device=device)  # the output at column j predicts the token at j + 1
-    with head(input_ids[:, P:P + R], batch.response_mask.to(device).bool()):  # the output layer, for this forward only
+    # under logps_head the output layer is replaced for this forward only
+    with head(input_ids[:, P:P + R], batch.response_mask.to(device).bool()):
         return model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), logits_to_keep=keep,
                      use_cache=False, **kwargs).logits
 
@@ -227,8 +228,8 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
         mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     # output j * R + r predicts packed column P + j * R + r; a block's first token is predicted by
     # the prefix's last column (kept once per block), not by the block before it
-    k = torch.arange(K * R, device=device)
-    keep = torch.where(k % R == 0, P - 1, P + k - 1)  # (K * R,)
+    o = torch.arange(K * R, device=device)
+    keep = torch.where(o % R == 0, P - 1, P + o - 1)  # (K * R,)
     group_of, block_of = torch.zeros(2, len(batch.image_index), dtype=torch.long)  # each row's group, its block there
     for gi, rows in enumerate(groups):
         group_of[rows], block_of[rows] = gi, torch.arange(len(rows))
@@ -236,7 +237,7 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     cols = block_of[:, None] * R + torch.arange(R, device=device)  # (N, R) each row's outputs in its group's
     needed = torch.zeros(G, K * R, dtype=torch.bool, device=device)  # filler blocks and padding: False
     needed[group_of[:, None], cols] = batch.response_mask.to(device).bool()
-    with head(packed[:, P:], needed):  # the output layer, for this forward only
+    with head(packed[:, P:], needed):  # under logps_head the output layer is replaced for this forward only
         out = model(input_ids=packed, attention_mask=mask, logits_to_keep=keep, use_cache=False, **kwargs).logits
     return out[group_of[:, None], cols]  # (N, R, ...)
 

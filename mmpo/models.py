@@ -45,8 +45,8 @@ def byte_tokenizer(specials: list[str], image_token: str) -> PreTrainedTokenizer
 
 
 # the language model of every tiny VLM
-TINY_TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                 tie_word_embeddings=False)
+TINY_TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, tie_word_embeddings=False)
 
 
 def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | None = None):

@@ -133,8 +133,8 @@ def model_fingerprint(name: str, model) -> str:
 
 def cache_fingerprint(model_fp: str, dataset, cfg) -> str:
     """``fingerprint`` of ``dataset``'s reference log-probs: m' and its randomness, lengths, precision."""
-    settings = {"views": dataset.views, "seed": cfg.seed, "noise_step": dataset.noise_step, "max_length": cfg.max_length,
-                "dtype": cfg.dtype, "noise_on": "normalized pixels",
+    settings = {"views": dataset.views, "seed": cfg.seed, "noise_step": dataset.noise_step,
+                "max_length": cfg.max_length, "dtype": cfg.dtype, "noise_on": "normalized pixels",
                 "corruption": cfg.m_prime}  # m' under its first name: caches written before the rename still match
     return fingerprint(model_fp, dataset.path, settings)
 
