@@ -1,18 +1,13 @@
-"""Which examples each optimizer step sees: the training schedule, and MFPO's easy-to-hard
-curriculum (Jiang et al. 2024, sec. 3.3) that orders it.
-
-``plan`` lays out every step of a run before the first one: stages (the whole data, or the
-curriculum's thirds), epochs, and the global batches of each, fixed by the seed alone, so the
-order does not depend on the number of processes and a resumed run picks up where it stopped.
+"""Which examples each optimizer step sees: the training schedule (``plan``), and MFPO's
+easy-to-hard curriculum (Jiang et al. 2024, sec. 3.3) that orders it.
 
 Every example is scored by the mean entropy of the model's predictive distribution over the
 tokens of its chosen response (one no-grad pass): a low entropy means the model already finds the
-answer easy. Sorted by that score, the data is split into thirds, and training runs on easy,
-then medium, then hard (``train.py --curriculum easy-to-hard``). A ``difficulty`` column in the
-data is used as it is. Scores are cached next to the data (``DATA.difficulty-<fingerprint>.json``),
-keyed by a fingerprint of the model and the data, like the reference cache. ``--epochs`` passes
-run over each stage; ``--refresh-ref-per-stage`` makes the policy the reference at each stage
-boundary (``mmpo/reference.py``).
+answer easy. Sorted by that score, the data is split into thirds, trained easy, then medium, then
+hard (``train.py --curriculum easy-to-hard``; ``--refresh-ref-per-stage`` makes the policy the
+reference at each stage boundary, ``mmpo/reference.py``). A ``difficulty`` column in the data is
+used as it is; scores are cached next to the data (``DATA.difficulty-<fingerprint>.json``), keyed
+by a fingerprint of the model and the data, like the reference cache.
 """
 import json
 import os
@@ -74,15 +69,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def plan(stages: list[list[int]], epochs: int, global_batch: int, seed: int) -> list[tuple[int, int, list[int]]]:
-    """Every optimizer step's (stage, epoch, global batch of dataset indices), in training order.
-
-    Each stage (the whole data, or the curriculum's easy / medium / hard thirds) is trained for
-    ``epochs`` passes, each a permutation fixed by (seed, stage, epoch). The last partial batch of
-    a pass is dropped, so every step and every rank sees a full batch.
-    """
+    """Every optimizer step's (stage, epoch, global batch of dataset indices), in training order,
+    laid out before the first step. Each stage (the whole data, or the curriculum's thirds) is
+    trained for ``epochs`` passes, each a permutation fixed by (seed, stage, epoch) alone: the order
+    does not depend on the number of processes, and a resumed run picks up where it stopped. A
+    pass's last partial batch is dropped, so every step and every rank sees a full batch."""
     steps = []
     for s, subset in enumerate(stages):
         for e in range(epochs):
             order = [subset[i] for i in epoch_order(len(subset), seed, (s, e))]
-            steps += [(s, e, order[k * global_batch:(k + 1) * global_batch]) for k in range(len(subset) // global_batch)]
+            n = len(subset) // global_batch
+            steps += [(s, e, order[k * global_batch:(k + 1) * global_batch]) for k in range(n)]
     return steps

@@ -1,28 +1,28 @@
 """Summed response log-probabilities of every view of a batch, in one forward pass.
 
-Four savings over scoring each view separately, all exact (the same log-probs and gradients):
-- each distinct image goes through the vision tower once, even when several views share it
-  (chosen, rejected, lang_biased... all see m), via transformers' ``mm_encoder_outputs``; under
-  LoRA the policy and the reference passes share those features;
-- logits are computed only at response positions (``logits_to_keep``), never for the prompt
-  or the image tokens, so their memory does not grow with the number of image tokens;
-- prefix sharing (``share_prefix``; train.py ``--no-prefix-sharing`` turns it off): the views
-  that see the same image run their image + prompt prefix once, as one packed sequence
-  [prefix][response 1]...[response K] under a block attention mask (see "prefix sharing" below).
-  Why: the prefix is long (LLaVA-1.5: 576 + ~50 tokens, against answers of ~100-250). Positions
-  per example, shared against unshared: DPO P + 2R vs 2(P + R), NaPO P + 4R vs 4(P + R),
-  mDPO/MFPO 2P + 4R vs 3(P + R), SymMPO 2P + 6R vs 5(P + R) (all packed sequences of a batch
-  have the same K, so m''s sequence carries one masked filler response, never projected onto
-  the vocabulary). Wang & Hegde 2024 (https://arxiv.org/abs/2410.20305) do this for text DPO.
-  It needs an attention kernel that takes a 4D mask (sdpa, eager: transformers' defaults); a
-  model loaded with flash attention is scored unshared, with one warning;
-- chunked log-probs (``chunk``; ``--logps-chunk``, 256 by default, 0 off; ``logps_head``): at
-  vocabulary V = 32000 the response logits and their log-softmax are the largest tensors of a
-  step (N * R * V floats, three times over with the gradient). The output layer instead projects
-  ``chunk`` real response tokens at a time, keeps each target's log-prob, and recomputes the
-  chunk's logits in the backward pass: one more output-layer matmul per chunk, for memory. 256
-  rather than 1024: a 256 x 32000 chunk stays nearer the caches; on a 2-core CPU a step was 7.5%
-  (DPO) and 11% (SymMPO) faster at the LLaVA-1.5 shape, with less memory.
+Four savings over scoring each view on its own, all exact (the same log-probs and gradients):
+- each distinct image goes through the vision tower once, however many views see it, via
+  transformers' ``mm_encoder_outputs`` (under LoRA the policy and reference passes share it);
+- logits only at response positions (``logits_to_keep``), never at the prompt or image tokens;
+- prefix sharing (``share_prefix``; ``--no-prefix-sharing``): the views that see the same image
+  run their image + prompt prefix once, as one packed sequence
+
+      [prefix (P, left-padded)] [response 1 (R)] [response 2 (R)] ... [response K (R)]
+
+  under a block attention mask (``block_mask``), each response keeping the positions it has as a
+  full sequence: every log-prob and gradient is the unshared one. The prefix is long (LLaVA-1.5:
+  576 + ~50 tokens, answers ~100-250): per example DPO runs P + 2R positions instead of 2(P + R),
+  NaPO P + 4R vs 4(P + R), mDPO/MFPO 2P + 4R vs 3(P + R), SymMPO 2P + 6R vs 5(P + R) (the packed
+  sequences of a batch share K: m''s carries one masked filler response, never projected). A mask,
+  not a key-value cache: one ordinary forward, so activation checkpointing, FSDP and autocast work
+  unchanged. Wang & Hegde 2024 (https://arxiv.org/abs/2410.20305) do this for text DPO. It needs
+  sdpa or eager attention (transformers' defaults; under flash attention views are scored unshared);
+- chunked log-probs (``chunk``; ``--logps-chunk``, 256 by default, 0 off): at V = 32000 the
+  response logits and their log-softmax are a step's largest tensors (N * R * V floats, three times
+  over with the gradient). ``logps_head`` replaces the output layer for the scoring forward only,
+  projecting ``chunk`` real response tokens at a time and recomputing each chunk's logits in the
+  backward pass. 256, not 1024: a 256 x 32000 chunk stays nearer the caches (2-core CPU, LLaVA-1.5
+  shape: a step 7.5% (DPO) and 11% (SymMPO) faster, with less memory).
 """
 import contextlib
 import inspect
@@ -36,23 +36,16 @@ from mmpo.config import Config
 from mmpo.data import Batch
 
 
-def _pad_to(t: torch.Tensor, shape) -> torch.Tensor:
-    if tuple(t.shape[1:]) == tuple(shape):
-        return t
-    out = t.new_zeros((t.shape[0], *shape))
-    out[(slice(None), *(slice(0, n) for n in t.shape[1:]))] = t
-    return out
-
-
 def _cat_images(images: list[dict]) -> dict:
-    """Concatenate per-image processor outputs along their leading dim. Tiled images (LLaVA-NeXT,
-    Idefics3) can differ in their number of tiles: they are zero-padded as the processors do
-    within one call, and the models skip the padding (by image_sizes, or all-zero tiles)."""
+    """Per-image processor outputs concatenated along dim 0. Tiled images (LLaVA-NeXT, Idefics3) can
+    differ in their number of tiles: zero-padded at the end as the processors do within one call
+    (the models skip the padding, by image_sizes or all-zero tiles)."""
     out = {}
     for k in images[0] if images else ():
         ts = [im[k] for im in images]
         shape = [max(n) for n in zip(*(t.shape[1:] for t in ts))]
-        out[k] = torch.cat([_pad_to(t, shape) for t in ts])
+        # F.pad takes (before, after) pairs from the last dim backwards
+        out[k] = torch.cat([F.pad(t, [p for n, m in zip(t.shape[:0:-1], shape[::-1]) for p in (0, m - n)]) for t in ts])
     return out
 
 
@@ -68,8 +61,7 @@ def supports_fused_images(model) -> bool:
 def encode_images(model, batch: Batch):
     """Features of each distinct image of the batch: a list of (tokens_i, hidden) tensors."""
     inputs = _to(_cat_images(batch.images), model.device)
-    out = model.get_image_features(**inputs, return_dict=True)
-    return list(out.pooler_output)
+    return list(model.get_image_features(**inputs, return_dict=True).pooler_output)
 
 
 def _needs_own_positions(model) -> bool:
@@ -82,10 +74,10 @@ def _needs_own_positions(model) -> bool:
 
 def _image_inputs(model, batch: Batch, image_index: list[int], image_features, device) -> dict:
     """The image inputs of sequences whose images are ``image_index`` (into ``batch.images``):
-    precomputed features where the model takes them (each image encoded once), else pixels."""
+    precomputed features where the model takes them, else pixels (encoded again per sequence)."""
     images = [batch.images[i] for i in image_index]
     if not supports_fused_images(model):
-        return _to(_cat_images(images), device)  # plain path: every sequence's image encoded again
+        return _to(_cat_images(images), device)
     if image_features is None:
         image_features = encode_images(model, batch)
     per_seq = [image_features[i] for i in image_index]
@@ -95,65 +87,52 @@ def _image_inputs(model, batch: Batch, image_index: list[int], image_features, d
 
 
 def _positions(model, batch: Batch, device):
-    """The position ids of every row as a full sequence (prompt + response): counted from each
-    row's first real token, or the model's own multimodal rotary positions (3, N, P + R) for
-    models that have them (Qwen2-VL...), which prefix sharing must hand over explicitly.
-    None: the model computes them itself (the unshared path of such models)."""
+    """Every row's position ids as a full sequence, ``(N, P + R)``: counted from the row's first
+    real token, or the model's own multimodal rotary positions ``(3, N, P + R)`` (Qwen2-VL...),
+    which prefix sharing must hand over explicitly."""
     attention_mask = batch.attention_mask.to(device)
     if _needs_own_positions(model):
         return (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    inner = getattr(model, "model", model)
     images = _cat_images([batch.images[i] for i in batch.image_index.tolist()])
     grids = {k: v.to(device) for k, v in images.items() if k.endswith("grid_thw")}
-    return inner.get_rope_index(batch.input_ids.to(device), attention_mask=attention_mask,
-                                **_to(batch.extra, device), **grids)[0]
+    return getattr(model, "model", model).get_rope_index(batch.input_ids.to(device), attention_mask=attention_mask,
+                                                         **_to(batch.extra, device), **grids)[0]
 
 
 def scored(model, batch: Batch, image_features, share_prefix: bool, head) -> torch.Tensor:
-    """One forward over every view of ``batch``; the output layer's values at the positions that
-    predict each response token, ``(N, R, ...)`` rows as in ``batch``. ``head(targets, needed)``:
-    a context in which the output layer gives what is wanted of the targets ``(B, T)`` it predicts
-    (full logits, or their log-probs); ``needed`` ``(B, T)`` marks the targets that are real
-    response tokens (not padding, not a packed sequence's filler block)."""
+    """One forward over every view of ``batch``: the output layer's values at the positions that
+    predict each response token, ``(N, R, ...)`` rows as in ``batch``. ``head(targets, needed)`` is
+    a context around that forward that decides what the output layer gives: ``logps_head`` replaces
+    it for this forward only (the log-probs of ``targets``, ``(B, T, 1)``), ``_keep_logits`` leaves
+    it (logits ``(B, T, V)``). ``needed`` ``(B, T)``: the real response tokens among ``targets``."""
     if share_prefix and prefix_sharing_supported(model):
         return _shared_prefix_scored(model, batch, image_features, head)
     device = model.device
     input_ids = batch.input_ids.to(device)
-    attention_mask = batch.attention_mask.to(device)
     kwargs = _to(batch.extra, device)
     if _needs_own_positions(model):
         kwargs["position_ids"] = _positions(model, batch, device)
     kwargs.update(_image_inputs(model, batch, batch.image_index.tolist(), image_features, device))
     P, R = batch.prompt_len, batch.response_mask.shape[1]
-    # the output at column j predicts the token at j + 1: keep columns P-1 .. P+R-2
-    keep = torch.arange(P - 1, P + R - 1, device=device)
+    keep = torch.arange(P - 1, P + R - 1, device=device)  # the output at column j predicts the token at j + 1
+    # under logps_head the output layer is replaced for this forward only
     with head(input_ids[:, P:P + R], batch.response_mask.to(device).bool()):
-        return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False,
-                     **kwargs).logits
+        return model(input_ids=input_ids, attention_mask=batch.attention_mask.to(device), logits_to_keep=keep,
+                     use_cache=False, **kwargs).logits
 
 
-@contextlib.contextmanager
-def _logits_head(targets, needed):
-    yield
-
-
-def response_logits(model, batch: Batch, image_features=None, share_prefix: bool = Config.prefix_sharing):
-    """Logits at the response positions only, ``(N, R, V)`` float32, and the targets ``(N, R)``."""
-    logits = scored(model, batch, image_features, share_prefix, _logits_head)
-    P, R = batch.prompt_len, batch.response_mask.shape[1]
-    return logits.float(), batch.input_ids[:, P:P + R].to(logits.device)
+def _keep_logits(targets, needed):
+    """A ``head`` that leaves the output layer as it is: full logits."""
+    return contextlib.nullcontext()
 
 
 def logps_head(model, chunk: int):
-    """A ``head`` for ``scored``: inside it, the model's output layer returns the log-probs of its
-    targets ``(B, T, 1)`` instead of logits ``(B, T, V)``, ``chunk`` positions at a time, each
-    chunk's logits recomputed in the backward pass (activation checkpointing of the output layer):
-    full-vocabulary logits never exist for more than ``chunk`` positions at once. Only the
-    ``needed`` targets are projected (the others get log-prob 0 and no gradient: they are masked
-    out of every sum), so response padding and a packed sequence's filler block cost no
-    vocabulary projection. Row-wise, so the values are those of one log-softmax over every
-    position. The output layer is replaced for the forward only (its weights, names and sharding
-    are untouched)."""
+    """A ``head`` for ``scored``: inside it the output layer is replaced, for this forward only,
+    by one that returns the log-probs of its targets ``(B, T, 1)`` instead of logits ``(B, T, V)``
+    (its weights, names and sharding untouched; leaving the context restores the class's forward).
+    Only the ``needed`` targets are projected, ``chunk`` at a time, each chunk's logits recomputed
+    in the backward pass (activation checkpointing); the others get log-prob 0 and no gradient
+    (they are masked out of every sum). Row-wise, so the values are those of one log-softmax."""
     layer = model.get_output_embeddings()
 
     @contextlib.contextmanager
@@ -170,33 +149,19 @@ def logps_head(model, chunk: int):
                      for i in range(0, len(t), chunk)]
             out = torch.zeros(targets.numel(), dtype=torch.float32, device=hidden.device)
             return out.index_put((where,), torch.cat(parts) if parts else out[:0]).view(*targets.shape, 1)
-        layer.forward = token_logps
+        layer.forward = token_logps  # an instance attribute shadows the class's forward
         try:
             yield
         finally:
-            del layer.forward  # the class's forward again
+            del layer.forward
     return head
 
 
-# ---- prefix sharing ----------------------------------------------------------------------------
-#
-# The views of an example that see the same image share their prefix (image tokens + prompt):
-# DPO's chosen and rejected, mDPO's three views on two images, SymMPO's five on two. Instead of
-# one sequence per view, each distinct prefix becomes one packed sequence
-#
-#     [prefix (P, left-padded)] [response 1 (R)] [response 2 (R)] ... [response K (R)]
-#
-# with a block attention mask: the prefix is causal, and each response attends to the real prefix
-# tokens and causally to itself, never to another response. Each response keeps the positions it
-# has as a full sequence, so every attention score, and so every log-prob and gradient, is the
-# one of the unshared pass; the language model processes P + K * R positions instead of
-# K * (P + R). A mask rather than a key-value cache: one ordinary forward, so activation
-# checkpointing, FSDP and autocast work unchanged, and the gradient reaches the prefix through
-# the attention like any other.
+# ---- prefix sharing (the layout is in the module docstring) -------------------------------------
 
 def prefix_groups(batch: Batch) -> list[list[int]]:
-    """The rows of ``batch`` grouped by the prefix they share (rows with the same image slot of
-    the same example have the same image and prompt), in order of first appearance."""
+    """The rows of ``batch`` grouped by the prefix they share (the same image slot of the same
+    example: the same image and prompt), in order of first appearance."""
     groups: dict[int, list[int]] = {}
     for row, image in enumerate(batch.image_index.tolist()):
         groups.setdefault(image, []).append(row)
@@ -216,8 +181,8 @@ _warned: set[str] = set()
 
 
 def prefix_sharing_supported(model) -> bool:
-    """Whether a block attention mask reaches this model's attention as given: the sdpa and eager
-    kernels take any 4D mask; flash attention takes none (it is then switched off, said once)."""
+    """Whether a block attention mask reaches this model's attention as given: sdpa and eager take
+    any 4D mask, flash attention none (prefix sharing is then off, said once)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
     if impl in ("sdpa", "eager"):
         return True
@@ -233,15 +198,13 @@ def block_mask(prefix_mask: torch.Tensor, k: int, R: int) -> torch.Tensor:
     T = P + k * R. ``prefix_mask`` ``(G, P)``: the real (not padding) prefix tokens. Every
     position also sees itself, so padding never attends to nothing (which would give NaN)."""
     G, P = prefix_mask.shape
-    T = P + k * R
-    block = torch.cat([torch.full((P,), -1), torch.arange(k).repeat_interleave(R)]).to(prefix_mask.device)  # (T,)
-    t = torch.arange(T, device=prefix_mask.device)
-    causal = t[None, :] <= t[:, None]  # (T, T) key <= query
-    to_prefix = (block[None, :] == -1) & ((block[:, None] != -1) | causal)  # any response sees the whole prefix
-    own_block = (block[None, :] == block[:, None]) & (block[:, None] != -1) & causal
+    device = prefix_mask.device
+    block = torch.cat([torch.full((P,), -1), torch.arange(k).repeat_interleave(R)]).to(device)  # (T,) -1: the prefix
+    t = torch.arange(len(block), device=device)
+    # causal, and a key in the prefix or in the query's own block (the prefix precedes every response)
+    allowed = (t[None, :] <= t[:, None]) & ((block[None, :] == -1) | (block[None, :] == block[:, None]))  # (T, T)
     real_key = torch.cat([prefix_mask.bool(), prefix_mask.new_ones(G, k * R, dtype=torch.bool)], 1)  # (G, T)
-    allowed = (to_prefix | own_block)[None] & real_key[:, None, :]
-    return (allowed | torch.eye(T, dtype=torch.bool, device=prefix_mask.device)[None])[:, None]
+    return ((allowed & real_key[:, None, :]) | torch.eye(len(t), dtype=torch.bool, device=device))[:, None]
 
 
 def _shared_prefix_scored(model, batch: Batch, image_features, head):
@@ -249,60 +212,50 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     groups = prefix_groups(batch)
     G, K = len(groups), max(map(len, groups))
-    T = P + K * R
-    first = torch.tensor([g[0] for g in groups])
-    input_ids = batch.input_ids.to(device)
-    # each row's column in the packed layout: its prefix from the group's first row, its response in block j
-    src_row = first[:, None].expand(G, T).clone()  # (G, T) which row each packed column comes from
-    src_col = torch.arange(T).repeat(G, 1)  # (G, T) and which of its columns
-    group_of, block_of = torch.zeros(len(batch.image_index), dtype=torch.long), torch.zeros(len(batch.image_index), dtype=torch.long)
-    for gi, rows in enumerate(groups):
-        for j in range(K):  # a group with fewer views repeats its last response: masked out, never read
-            src_row[gi, P + j * R:P + (j + 1) * R] = rows[min(j, len(rows) - 1)]
-            src_col[gi, P + j * R:P + (j + 1) * R] = torch.arange(P, P + R)
-        for j, r in enumerate(rows):
-            group_of[r], block_of[r] = gi, j
-    src_row, src_col = src_row.to(device), src_col.to(device)
-    packed = input_ids[src_row, src_col]  # (G, T)
+    # which row each packed column comes from: the group's first for the prefix, the j-th view for
+    # block j (a group with fewer views repeats its last: masked out, never read) ...
+    views = torch.tensor([rows + rows[-1:] * (K - len(rows)) for rows in groups])  # (G, K)
+    src_row = torch.cat([views[:, :1].expand(G, P), views.repeat_interleave(R, 1)], 1).to(device)  # (G, T)
+    # ... and which of its columns
+    src_col = torch.cat([torch.arange(P), torch.arange(P, P + R).repeat(K)]).expand(G, -1).to(device)  # (G, T)
+    packed = batch.input_ids.to(device)[src_row, src_col]  # (G, T)
     kwargs = {k: v.to(device)[src_row, src_col] for k, v in batch.extra.items()}
     kwargs["position_ids"] = _positions(model, batch, device)[..., src_row, src_col]  # (G, T), or (3, G, T)
+    first = views[:, 0]
     kwargs.update(_image_inputs(model, batch, batch.image_index[first].tolist(), image_features, device))
     mask = block_mask(batch.attention_mask[first, :P].to(device), K, R)
     if getattr(model.config, "_attn_implementation", "eager") == "eager":  # eager adds the mask to the scores
         mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
-    # the outputs that predict block j's tokens: column P-1 (the prefix's last, for its first
-    # token: kept once per block), then block j's columns 0 .. R-2. Output jR + r predicts packed column P + jR + r.
-    keep = torch.cat([torch.cat([torch.tensor([P - 1]), torch.arange(P + j * R, P + (j + 1) * R - 1)])
-                      for j in range(K)]).to(device)  # (K * R,)
-    cols = (block_of[:, None] * R + torch.arange(R)[None]).to(device)  # (N, R) each row's outputs in its group's
-    group_of = group_of.to(device)
+    # output j * R + r predicts packed column P + j * R + r; a block's first token is predicted by
+    # the prefix's last column (kept once per block), not by the block before it
+    o = torch.arange(K * R, device=device)
+    keep = torch.where(o % R == 0, P - 1, P + o - 1)  # (K * R,)
+    group_of, block_of = torch.zeros(2, len(batch.image_index), dtype=torch.long)  # each row's group, its block there
+    for gi, rows in enumerate(groups):
+        group_of[rows], block_of[rows] = gi, torch.arange(len(rows))
+    group_of, block_of = group_of.to(device), block_of.to(device)
+    cols = block_of[:, None] * R + torch.arange(R, device=device)  # (N, R) each row's outputs in its group's
     needed = torch.zeros(G, K * R, dtype=torch.bool, device=device)  # filler blocks and padding: False
     needed[group_of[:, None], cols] = batch.response_mask.to(device).bool()
-    with head(packed[:, P:], needed):
+    with head(packed[:, P:], needed):  # under logps_head the output layer is replaced for this forward only
         out = model(input_ids=packed, attention_mask=mask, logits_to_keep=keep, use_cache=False, **kwargs).logits
     return out[group_of[:, None], cols]  # (N, R, ...)
 
 
 def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = Config.prefix_sharing,
                    chunk: int = Config.logps_chunk):
-    """Summed log pi(response | image, prompt) of every row of ``batch``.
-
-    Args:
-        model: an image-text-to-text model (possibly LoRA-wrapped or FSDP-sharded).
-        batch: a ``mmpo.data.Batch``.
-        image_features: the output of ``encode_images`` to reuse (e.g. the vision tower is
-            frozen, so the policy and the reference share it); computed here when None.
-        share_prefix: run each image + prompt prefix once for all its views (exact; the
-            language model processes P + K*R positions per prefix instead of K*(P + R)).
-        chunk: positions whose full-vocabulary logits exist at once (recomputed in the backward
-            pass); 0: all at once (then the logits of every response position are held).
-    Returns:
-        logps ``(N,)`` summed over response tokens, lengths ``(N,)`` response token counts.
-    """
+    """Summed log pi(response | image, prompt) of every row of ``batch``, ``(N,)``, and the rows'
+    response lengths ``(N,)``. ``model``: image-text-to-text, possibly LoRA-wrapped or FSDP-sharded.
+    ``image_features``: ``encode_images``'s output to reuse (the policy and the reference share it
+    when the vision path is frozen), computed here when None. ``share_prefix`` and ``chunk`` (0: all
+    logits at once) as in the module docstring."""
     if chunk > 0:
+        # the output layer is replaced for this forward only: it gives each target's log-prob (N, R, 1)
         token_logps = scored(model, batch, image_features, share_prefix, logps_head(model, chunk))[..., 0]
     else:
-        logits, targets = response_logits(model, batch, image_features, share_prefix)  # (N, R, V), (N, R)
+        logits = scored(model, batch, image_features, share_prefix, _keep_logits).float()  # (N, R, V)
+        P, R = batch.prompt_len, batch.response_mask.shape[1]
+        targets = batch.input_ids[:, P:P + R].to(logits.device)  # (N, R)
         token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)  # (N, R)
     mask = batch.response_mask.to(token_logps.device)
     return (token_logps * mask).sum(-1), mask.sum(-1)
@@ -312,8 +265,7 @@ def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool 
 def response_entropy(model, batch: Batch) -> torch.Tensor:
     """Mean over response tokens of the predictive entropy H = -sum_v p log p, per row ``(N,)``
     (MFPO's difficulty score: how unsure the model is while reading the answer)."""
-    logits, _ = response_logits(model, batch)
-    logp = F.log_softmax(logits, dim=-1)
+    logp = F.log_softmax(scored(model, batch, None, Config.prefix_sharing, _keep_logits).float(), dim=-1)  # (N, R, V)
     h = -(logp.exp() * logp).sum(-1)  # (N, R)
     mask = batch.response_mask.to(h.device)
     return (h * mask).sum(-1) / mask.sum(-1).clamp_min(1)

@@ -1,9 +1,8 @@
 """LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685), written here, saved as peft saves it.
 
 W x + (alpha / r) * B A dropout(x), with A (r, in) random and B (out, r) zero, so a fresh
-adapter changes nothing. Under LoRA the reference model is the same model acting as the
-reference (``as_reference``): its adapters switched off, or, after a curriculum stage refresh,
-replaced by their frozen snapshot. No second copy of the weights.
+adapter changes nothing. The reference is the same model with its adapters off, or, after a
+curriculum stage refresh, their frozen snapshot (``as_reference``): no second copy of the weights.
 
 The module layout follows peft's (``q_proj.base_layer``, ``q_proj.lora_A``, ``q_proj.lora_B``)
 and ``save_adapter`` writes ``adapter_model.safetensors`` + ``adapter_config.json`` with peft's
@@ -27,20 +26,21 @@ from mmpo.models import language_model
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, snapshot: bool = False):
         super().__init__()
+        w = base.weight
         self.base_layer = base
-        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=w.device, dtype=w.dtype)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # peft's default init
         nn.init.zeros_(self.lora_B.weight)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
         self.as_reference = False  # True: act as the reference (adapter off, or its snapshot)
         if snapshot:  # a frozen copy of the adapter: the reference after a curriculum stage
-            self.ref_A = nn.Linear(base.in_features, r, bias=False, device=base.weight.device, dtype=base.weight.dtype)
-            self.ref_B = nn.Linear(r, base.out_features, bias=False, device=base.weight.device, dtype=base.weight.dtype)
-            for w in (self.ref_A.weight, self.ref_B.weight):
-                nn.init.zeros_(w)
-                w.requires_grad_(False)
+            self.ref_A = nn.Linear(base.in_features, r, bias=False, device=w.device, dtype=w.dtype)
+            self.ref_B = nn.Linear(r, base.out_features, bias=False, device=w.device, dtype=w.dtype)
+            for p in (self.ref_A.weight, self.ref_B.weight):
+                nn.init.zeros_(p)
+                p.requires_grad_(False)
 
     def forward(self, x):
         out = self.base_layer(x)
@@ -50,33 +50,23 @@ class LoRALinear(nn.Module):
             return out
         return out + self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
 
-    def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
-
-
-def default_targets(model) -> list[str]:
-    """Every Linear of the language model except lm_head (which is outside it): the vision tower
-    and the projector stay frozen (mDPO's released setting)."""
-    lm = language_model(model)
-    prefix = {id(m): n for n, m in model.named_modules()}[id(lm)]
-    return [f"{prefix}.{n}" for n, m in lm.named_modules() if isinstance(m, nn.Linear)]
-
 
 def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, targets=None,
              snapshot: bool = False) -> list[str]:
-    """Freeze the model and wrap the target Linears with adapters. ``targets``: None for
-    ``default_targets``, or regular expressions matched (re.search) against module names.
-    ``snapshot`` gives each adapter a frozen copy that ``as_reference`` then applies (see
-    ``take_snapshot``). Returns the wrapped module names."""
+    """Freeze the model and wrap the target Linears with adapters; returns their names. ``targets``:
+    regular expressions matched (re.search) against module names, or None: every Linear of the
+    language model (lm_head is outside it; the vision tower and projector stay frozen, mDPO's
+    released setting). ``snapshot``: each adapter gets a frozen copy (``take_snapshot``)."""
     if targets is None:
-        names = default_targets(model)
+        lm = language_model(model)
+        prefix = {id(m): n for n, m in model.named_modules()}[id(lm)]
+        names = [f"{prefix}.{n}" for n, m in lm.named_modules() if isinstance(m, nn.Linear)]
     else:
         names = [n for n, m in model.named_modules()
                  if isinstance(m, nn.Linear) and any(re.search(p, n) for p in targets)]
     if not names:
         raise ValueError(f"no Linear module matches the LoRA targets {targets}")
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -86,15 +76,13 @@ def add_lora(model, r: int = 64, alpha: float = 128.0, dropout: float = 0.05, ta
     return names
 
 
-def lora_layers(model):
+def lora_layers(model) -> list[tuple[str, LoRALinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
 @contextlib.contextmanager
 def as_reference(model):
-    """The reference model under LoRA: the same weights with every adapter switched off, or,
-    once ``take_snapshot`` has been called (a curriculum stage boundary), replaced by its frozen
-    snapshot."""
+    """``model`` acting as the reference: every adapter off, or its snapshot once taken."""
     layers = [m for _, m in lora_layers(model)]
     for m in layers:
         m.as_reference = True
@@ -118,26 +106,19 @@ def snapshot_names(adapter: dict) -> dict:
     return {k.replace(".lora_A.", ".ref_A.").replace(".lora_B.", ".ref_B."): v for k, v in adapter.items()}
 
 
-def adapter_state_dict(model, state_dict=None) -> dict[str, torch.Tensor]:
-    """The adapter weights under peft's key names. ``state_dict`` may be a full (e.g. gathered
-    from FSDP) state dict of the model; by default the model's own."""
-    sd = model.state_dict() if state_dict is None else state_dict
-    return {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in sd.items()
-            if ".lora_A." in k or ".lora_B." in k}
-
-
 def save_adapter(model, path: str, base_model: str = "", state_dict=None):
+    """The adapters as peft writes them. ``state_dict``: the model's full one (gathered from FSDP),
+    by default its own."""
+    sd = model.state_dict() if state_dict is None else state_dict
+    weights = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in sd.items()
+               if ".lora_A." in k or ".lora_B." in k}
     os.makedirs(path, exist_ok=True)
-    save_file(adapter_state_dict(model, state_dict), os.path.join(path, "adapter_model.safetensors"))
-    cfg = model.lora_config
-    config = {
-        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
-        "r": cfg["r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
-        "target_modules": cfg["target_modules"], "bias": "none", "fan_in_fan_out": False,
-        "modules_to_save": None, "init_lora_weights": True, "inference_mode": True,
-        "use_rslora": False, "use_dora": False, "layers_to_transform": None, "rank_pattern": {},
-        "alpha_pattern": {},
-    }
+    save_file(weights, os.path.join(path, "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model,
+              **model.lora_config,  # r, lora_alpha, lora_dropout, target_modules
+              "bias": "none", "fan_in_fan_out": False, "modules_to_save": None, "init_lora_weights": True,
+              "inference_mode": True, "use_rslora": False, "use_dora": False, "layers_to_transform": None,
+              "rank_pattern": {}, "alpha_pattern": {}}
     with open(os.path.join(path, "adapter_config.json"), "w") as f:
         json.dump(config, f, indent=2)
 
@@ -150,7 +131,7 @@ def load_adapter(model, path: str, dropout: float | None = None):
     add_lora(model, cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"] if dropout is None else dropout, targets)
     weights = load_file(os.path.join(path, "adapter_model.safetensors"))
     state = {k.removeprefix("base_model.model."): v for k, v in weights.items()}
-    missing = set(k for k in model.state_dict() if ".lora_" in k) - set(state)
+    missing = {k for k in model.state_dict() if ".lora_" in k} - set(state)
     if missing:
         raise ValueError(f"{path}: adapter lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
     model.load_state_dict(state, strict=False)
@@ -159,11 +140,11 @@ def load_adapter(model, path: str, dropout: float | None = None):
 
 @torch.no_grad()
 def merge(model):
-    """Fold every adapter into its base weight and remove the wrappers: a plain model again,
-    ready for ``save_pretrained``."""
+    """Fold every adapter into its base weight (W + (alpha / r) B A) and remove the wrappers: a
+    plain model again, ready for ``save_pretrained``."""
     for name, layer in lora_layers(model):
         base = layer.base_layer
-        base.weight += layer.delta_weight().to(base.weight.dtype)
+        base.weight += (layer.lora_B.weight @ layer.lora_A.weight * layer.scaling).to(base.weight.dtype)  # (out, in)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, base)
     if hasattr(model, "lora_config"):

@@ -1,14 +1,12 @@
-"""Load a vision-language model and its processor: a real one by hub id or local directory, or a
-tiny random one built from config classes (tests and the default run: nothing is downloaded).
-
-Every model goes through transformers' Auto classes, so anything that loads as
-image-text-to-text works; the tiny ones are saved and loaded back through the same path.
+"""Load a vision-language model and its processor: a real one by hub id or local directory
+(transformers' Auto classes: anything that loads as image-text-to-text), or a tiny random one built
+from config classes (tests and the default run: nothing is downloaded).
 """
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
 
-from mmpo.config import TINY_MODELS  # one list, kept in the light config module
+from mmpo.config import TINY_MODELS
 
 # A minimal chat template: user turn with the image, then the assistant's turn.
 # transformers renders templates with trim_blocks, hence the explicit {{ '\n' }}.
@@ -28,31 +26,27 @@ CHAT_TEMPLATE = (
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table, in its fixed order (ids must not depend on
     the hash seed, which ByteLevel.alphabet()'s set order does)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in printable]  # whitespace and control bytes: shifted past 255
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
 
 
 def byte_tokenizer(specials: list[str], image_token: str) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with no files: token id = byte value, special tokens after 256."""
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
-    for i, tok in enumerate(specials):
-        vocab[tok] = 256 + i
+    vocab = {**{ch: b for b, ch in _bytes_to_unicode().items()}, **{t: 256 + i for i, t in enumerate(specials)}}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", additional_special_tokens=[t for t in specials
-                                                                                 if t not in ("<s>", "</s>", "<pad>")])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   additional_special_tokens=[t for t in specials if t not in ("<s>", "</s>", "<pad>")])
     fast.image_token = image_token
     fast.chat_template = CHAT_TEMPLATE.replace("{{ IMAGE }}", "{{ '%s' }}" % image_token)
     return fast
+
+
+# the language model of every tiny VLM
+TINY_TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, tie_word_embeddings=False)
 
 
 def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | None = None):
@@ -63,17 +57,14 @@ def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | 
     tok = processor.tokenizer
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                               image_size=size, patch_size=patch, projection_dim=64)
-    text = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       tie_word_embeddings=False)
+    text = LlamaConfig(vocab_size=vocab_size or len(tok), max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TINY_TEXT)
     # feature layer -2 as in LLaVA-1.5 (with -1 CLIP's post-layernorm would get no gradient)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                          image_seq_length=(size // patch) ** 2, vision_feature_select_strategy="default",
                          vision_feature_layer=-2, projector_hidden_act="gelu")
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    return model, processor
+    return LlavaForConditionalGeneration(config), processor
 
 
 def tiny_llava_processor(size: int = 32, patch: int = 8):
@@ -94,10 +85,9 @@ def _tiny_qwen2vl(seed: int):
     tok = byte_tokenizer(specials, "<|image_pad|>")
     tok.chat_template = CHAT_TEMPLATE.replace("{{ IMAGE }}", "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}")
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
-    text = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+    text = dict(vocab_size=len(tok), max_position_embeddings=1024, bos_token_id=None, eos_token_id=ids["</s>"],
                 rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 10000.0},
-                bos_token_id=None, eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"], tie_word_embeddings=False)
+                pad_token_id=ids["<pad>"], **TINY_TEXT)
     vision = dict(depth=2, embed_dim=64, hidden_size=256, num_heads=4, mlp_ratio=2, patch_size=8,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
@@ -105,14 +95,9 @@ def _tiny_qwen2vl(seed: int):
                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
-    pixels = 32 * 32
-    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=8, merge_size=2,
-                                            temporal_patch_size=2)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels, patch_size=8, merge_size=2,
-                                            temporal_patch_size=2)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
-                                 chat_template=tok.chat_template)
-    return model, processor
+    grid = dict(min_pixels=32 * 32, max_pixels=32 * 32, patch_size=8, merge_size=2, temporal_patch_size=2)
+    return model, Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**grid), tokenizer=tok,
+                                   video_processor=Qwen2VLVideoProcessor(**grid), chat_template=tok.chat_template)
 
 
 def _tiny_idefics3(seed: int):
@@ -122,9 +107,8 @@ def _tiny_idefics3(seed: int):
     ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
     vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                   patch_size=8)
-    text = dict(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=4, max_position_embeddings=512, pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"],
-                eos_token_id=ids["</s>"], tie_word_embeddings=False)
+    text = dict(vocab_size=len(tok), max_position_embeddings=512, pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"],
+                eos_token_id=ids["</s>"], **TINY_TEXT)
     config = Idefics3Config(vision_config=vision, text_config=text, image_token_id=ids["<image>"], scale_factor=2,
                             tie_word_embeddings=False, pad_token_id=ids["<pad>"])
     torch.manual_seed(seed)
@@ -132,13 +116,11 @@ def _tiny_idefics3(seed: int):
     # one 32 px tile, no splitting: 16 patches, pixel-shuffled by 2 into 4 image tokens
     image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": 32},
                                              max_image_size={"longest_edge": 32})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
-                                  chat_template=tok.chat_template)
-    return model, processor
+    return model, Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                                    chat_template=tok.chat_template)
 
 
 def tiny_model(name: str, seed: int = 0):
-    """A tiny random VLM and its processor, built from config classes (no files, no network)."""
     builders = {"tiny-llava": tiny_llava, "tiny-qwen2vl": _tiny_qwen2vl, "tiny-idefics3": _tiny_idefics3}
     if name not in builders:
         raise ValueError(f"unknown tiny model {name!r}: choose one of {', '.join(builders)}")
@@ -148,8 +130,6 @@ def tiny_model(name: str, seed: int = 0):
 
 
 def load_model(name_or_path: str, *, dtype=torch.float32, trust_remote_code: bool = False, seed: int = 0):
-    """``tiny-*`` builds a tiny model; anything else is a hub id or a local directory loaded
-    with AutoModelForImageTextToText / AutoProcessor."""
     if name_or_path in TINY_MODELS:
         model, processor = tiny_model(name_or_path, seed)
         return model.to(dtype), processor
@@ -167,20 +147,16 @@ def language_model(model) -> torch.nn.Module:
     raise ValueError(f"cannot find the language model inside {type(model).__name__}")
 
 
-VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model")
-
-
 def freeze_vision_tower(model):
     """The vision encoder stays frozen in every method here (the projector may train)."""
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in VISION_TOWER_NAMES:
+        if name.rsplit(".", 1)[-1] in ("vision_tower", "visual", "vision_model"):
             module.requires_grad_(False)
 
 
 def image_path_frozen(model) -> bool:
     """True when nothing between the pixels and the language model trains (vision tower and
     projector frozen), so image features are the same for the policy and the reference."""
-    lm = language_model(model)
-    lm_params = {id(p) for p in lm.parameters()} | {id(p) for p in model.get_output_embeddings().parameters()}
+    lm_params = {id(p) for m in (language_model(model), model.get_output_embeddings()) for p in m.parameters()}
     return not any(p.requires_grad for p in model.parameters() if id(p) not in lm_params)
 

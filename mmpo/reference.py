@@ -1,20 +1,14 @@
 """The reference model pi_ref: the one home of everything a run does with it.
 
-Three forms, all giving the same numbers:
+Three forms, all giving the same numbers: under LoRA, the policy with its adapters off (no second
+copy of the weights); under full fine-tuning, a frozen copy of the initial model; or a cache of
+every reference log-prob, computed once before training and stored as safetensors keyed by example
+id and view, with a fingerprint of the model, the data and the view settings (stale: rebuilt). Why
+a cache: the frozen copy costs its weights' memory and one forward per step (step / floor 1.3-1.5
+with it, 1.0-1.2 cached, ``python -m mmpo.bench``). SFT has none (``enabled=False``: zeros).
 
-- under LoRA: the policy with its adapters switched off (no second copy of the weights);
-- under full fine-tuning: a frozen copy of the initial model;
-- from a cache: every reference log-prob computed once before training (``build_cache``),
-  stored as safetensors keyed by example id and view, with a fingerprint of the model, the
-  data and the perturbation settings; a cache whose fingerprint differs is rebuilt.
-
-Why a cache: under full fine-tuning the frozen copy costs its weights' memory and one forward
-per step (step / floor 1.3-1.5 with it, 1.0-1.2 cached, in ``python -m mmpo.bench``). Under
-torchrun each rank scores its share of the examples and every rank gets the whole table.
-
-SFT has none (``Reference(..., enabled=False)`` answers zeros). MFPO's iterative alignment makes
-the policy of each curriculum stage boundary the new reference (``refresh``), saved as
-``OUT/reference-<step>.safetensors`` so that a resumed run restores it (``restore``).
+MFPO's iterative alignment makes the policy of each curriculum stage boundary the new reference
+(``refresh``), saved as ``OUT/reference-<step>.safetensors`` for a resumed run (``restore``).
 """
 import copy
 import hashlib
@@ -35,9 +29,8 @@ from mmpo.logps import sequence_logps
 
 
 class Reference:
-    """pi_ref of one run. ``logps(batch, features)`` gives the reference log-prob of every row of
-    a batch ``(N,)``: from the cache when one is loaded, else live (the frozen copy, or the
-    policy's adapters off). ``refresh_at``: the steps where the policy becomes the reference."""
+    """pi_ref of one run: ``logps(batch, features)`` ``(N,)`` from the cache when one is loaded, else
+    live. ``refresh_at``: the steps where the policy becomes the reference."""
 
     def __init__(self, policy, frozen=None, *, enabled: bool = True, out: str = "", refresh_at=(),
                  share_prefix: bool = Config.prefix_sharing, chunk: int = Config.logps_chunk, d: Dist = Dist()):
@@ -67,8 +60,8 @@ class Reference:
     def logps(self, batch: Batch, features=None) -> torch.Tensor:
         if not self.enabled:  # SFT: nothing to score, zeros keep one path through the loop
             return torch.zeros(batch.input_ids.shape[0], device=self.d.device)
-        if self.table is not None:
-            return cached_logps(self.table, batch)
+        if self.table is not None:  # rows are view-major
+            return torch.tensor([self.table[(i, v)] for v in batch.views for i in batch.ids])
         return live_logps(self.policy, self.frozen, batch, features, share_prefix=self.share_prefix, chunk=self.chunk)
 
     def cached(self, path: str, fp: str, dataset, batch_size: int, pad: int, autocast, num_workers: int = 0
@@ -92,8 +85,8 @@ class Reference:
         return other
 
     def refresh(self, step: int):
-        """Iterative alignment: the policy of this stage boundary becomes the reference (under
-        LoRA, a frozen snapshot of the adapters; else the frozen copy takes the weights)."""
+        """The policy of this stage boundary becomes the reference (under LoRA, a frozen snapshot
+        of the adapters; else the frozen copy takes the weights)."""
         if self.frozen is None:
             lora.take_snapshot(self.policy)
         else:
@@ -103,14 +96,12 @@ class Reference:
         checkpoint.save_reference(self._path(step), self.policy, self.d)
 
     def restore(self, step: int):
-        """A resumed run's reference: the one of the stage it was killed in (none before the first
-        boundary: the initial model)."""
+        """A resumed run's reference: the one of the stage it was killed in (before the first
+        boundary: the initial model, nothing to do)."""
         passed = [b for b in self.refresh_at if b < step]
-        if not passed:
-            return
-        if self.frozen is None:
+        if passed and self.frozen is None:
             checkpoint.load_reference(self._path(max(passed)), self.policy, lora.snapshot_names)
-        else:
+        elif passed:
             checkpoint.load_reference(self._path(max(passed)), self.frozen)
 
     def _path(self, step: int) -> str:
@@ -119,8 +110,8 @@ class Reference:
 
 @torch.no_grad()
 def live_logps(policy, frozen, batch: Batch, image_features=None, *, share_prefix: bool, chunk: int) -> torch.Tensor:
-    """Reference log-probs ``(N,)`` of every row: ``frozen`` if given, else the policy acting as
-    the reference (``lora.as_reference``: adapters off, or their snapshot after a stage refresh)."""
+    """Reference log-probs ``(N,)``: ``frozen`` if given, else the policy acting as the reference
+    (``lora.as_reference``: adapters off, or their snapshot after a stage refresh)."""
     if frozen is not None:
         return sequence_logps(frozen, batch, share_prefix=share_prefix, chunk=chunk)[0]
     with lora.as_reference(policy):
@@ -129,9 +120,8 @@ def live_logps(policy, frozen, batch: Batch, image_features=None, *, share_prefi
 
 @torch.no_grad()
 def model_fingerprint(name: str, model) -> str:
-    """The initial model's identity: its name, config, and a checksum of every weight (the sum
-    and sum of squares of each tensor), so new weights under an old config are noticed too.
-    Call it before adapters are added or weights sharded."""
+    """The initial model's identity: its name, config, and each weight's sum and sum of squares
+    (new weights under an old config are noticed too). Call it before adapters or sharding."""
     h = hashlib.sha256()
     h.update(name.encode())
     h.update(model.config.to_json_string(use_diff=False).encode())
@@ -142,17 +132,16 @@ def model_fingerprint(name: str, model) -> str:
 
 
 def cache_fingerprint(model_fp: str, dataset, cfg) -> str:
-    """What the reference log-probs of ``dataset`` depend on: the initial model, the data file, and
-    how its views are built (m' and its randomness, lengths, precision)."""
-    settings = {"views": dataset.views, "seed": cfg.seed, "noise_step": dataset.noise_step, "max_length": cfg.max_length,
-                "dtype": cfg.dtype, "noise_on": "normalized pixels",
+    """``fingerprint`` of ``dataset``'s reference log-probs: m' and its randomness, lengths, precision."""
+    settings = {"views": dataset.views, "seed": cfg.seed, "noise_step": dataset.noise_step,
+                "max_length": cfg.max_length, "dtype": cfg.dtype, "noise_on": "normalized pixels",
                 "corruption": cfg.m_prime}  # m' under its first name: caches written before the rename still match
     return fingerprint(model_fp, dataset.path, settings)
 
 
 def fingerprint(model_fp: str, data_path: str, settings: dict) -> str:
-    """What reference log-probs (or difficulty scores) depend on: the initial model, the data
-    file (which names its images), and how views are built (seed, m', lengths...)."""
+    """What reference log-probs (or difficulty scores) depend on: the initial model, the data file
+    (which names its images), and how views are built (``settings``)."""
     h = hashlib.sha256()
     h.update(model_fp.encode())
     with open(data_path, "rb") as f:
@@ -163,23 +152,20 @@ def fingerprint(model_fp: str, data_path: str, settings: dict) -> str:
 
 def load_cache(path: str, fp: str):
     """{(id, view): logp} if ``path`` holds a cache with fingerprint ``fp``, else None."""
-    if not os.path.isfile(path):
-        return None
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
             if meta.get("fingerprint") != fp:
                 return None
             logps = f.get_tensor("logps")  # (n_examples, n_views)
-    except (OSError, ValueError, RuntimeError):  # truncated or not a safetensors file: rebuild
+    except (OSError, ValueError, RuntimeError):  # missing, truncated or not a safetensors file: rebuild
         return None
     ids, views = json.loads(meta["ids"]), json.loads(meta["views"])
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}
 
 
 def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist, *, share_prefix: bool, chunk: int) -> dict:
-    """Score every example once with the reference (each rank its share), gather the scores on
-    every rank, save them (rank 0), and return the lookup table."""
+    """Score every example once (each rank its share), gather the table on every rank, save it (rank 0)."""
     table = {}
     for batch in tqdm(loader, desc="reference cache", disable=not d.main):
         if not distributed.all_ranks_have(len(batch), d):
@@ -197,9 +183,3 @@ def build_cache(path: str, fp: str, policy, frozen, loader, views, d: Dist, *, s
             save_file({"logps": logps}, tmp, metadata=meta)
     distributed.barrier(d)
     return table
-
-
-def cached_logps(table: dict, batch: Batch) -> torch.Tensor:
-    """Reference log-probs ``(N,)`` of ``batch`` read from the cache, rows view-major."""
-    return torch.tensor([table[(i, v)] for v in batch.views for i in batch.ids])
-
