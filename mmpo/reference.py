@@ -16,7 +16,7 @@ import json
 import os
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -158,7 +158,7 @@ def load_cache(path: str, fp: str):
             if meta.get("fingerprint") != fp:
                 return None
             logps = f.get_tensor("logps")  # (n_examples, n_views)
-    except (OSError, ValueError, RuntimeError):  # missing, truncated or not a safetensors file: rebuild
+    except (OSError, ValueError, RuntimeError, SafetensorError):  # missing, truncated or not safetensors: rebuild
         return None
     ids, views = json.loads(meta["ids"]), json.loads(meta["views"])
     return {(i, v): logps[r, c].item() for r, i in enumerate(ids) for c, v in enumerate(views)}

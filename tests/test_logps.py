@@ -266,3 +266,17 @@ def test_the_reference_and_the_held_out_evaluation_score_as_the_run_says(varied,
         assert held.keys() == held0.keys()
         for k in held0:
             assert held[k] == pytest.approx(held0[k], abs=1e-4), k
+
+
+def test_a_damaged_reference_cache_is_rebuilt_not_a_crash(tmp_path):
+    """A cache file that is not safetensors, or one cut short, reads as no cache (then rebuilt)."""
+    from safetensors.torch import save_file
+
+    from mmpo.reference import load_cache
+    good = tmp_path / "good.safetensors"
+    save_file({"logps": torch.zeros(1, 1)}, str(good), metadata={"fingerprint": "fp", "ids": '["a"]', "views": '["chosen"]'})
+    assert load_cache(str(good), "fp") == {("a", "chosen"): 0.0}
+    (tmp_path / "garbage").write_bytes(b"not a cache")
+    (tmp_path / "cut").write_bytes(good.read_bytes()[:40])
+    for name in ("garbage", "cut", "missing"):
+        assert load_cache(str(tmp_path / name), "fp") is None, name
