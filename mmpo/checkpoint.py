@@ -28,25 +28,14 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from mmpo import lora
-from mmpo.files import atomic_path, write_atomic
+from mmpo.cli import UserError
+from mmpo.config import RESUMABLE, Config, check_config
 from mmpo.distributed import Dist, barrier
+from mmpo.files import atomic_path, write_atomic
 
 # frozen weights (the base model under LoRA) are reloaded from the model, never checkpointed
 TRAINABLE = StateDictOptions(ignore_frozen_params=True, strict=False)
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    out = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state()
-    return out
-
-
-def set_rng_state(states: dict[str, torch.Tensor]):
-    torch.set_rng_state(states["torch"])
-    if torch.cuda.is_available() and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"])
 
 
 def full_trainable_state(model) -> dict[str, torch.Tensor]:
@@ -79,7 +68,10 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
     barrier(d)
     model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(tmp, "dcp"))
-    save_file(rng_state(), os.path.join(tmp, f"rng-{d.rank}.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, os.path.join(tmp, f"rng-{d.rank}.safetensors"))
     full = full_trainable_state(model)
     if d.main:
         save_weights(model, tmp, full, state.get("base_model", ""))
@@ -113,20 +105,20 @@ def load(ckpt: str, model, optimizer, scheduler, d: Dist = Dist()) -> dict:
     with open(os.path.join(ckpt, "trainer_state.json")) as f:
         meta = json.load(f)
     scheduler.load_state_dict(meta["scheduler"])
-    rng = os.path.join(ckpt, f"rng-{d.rank}.safetensors")
     if meta["world_size"] == d.world:
-        set_rng_state(load_file(rng))
+        rng = load_file(os.path.join(ckpt, f"rng-{d.rank}.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
     elif d.main:  # the data order is the same; only dropout's random stream starts afresh
         print(f"resuming a {meta['world_size']}-process checkpoint on {d.world}: RNG streams are re-seeded")
     return meta
 
 
 def resume(cfg, model, optimizer, scheduler, lr_at, total_steps: int, reference, d: Dist = Dist()) -> dict:
-    """Where a run starts: {"step": 0, "nonfinite": 0} for a new run. Under ``--resume``, the
-    latest checkpoint's trainable weights, optimizer, schedule, RNG and counters, and the
-    reference of the curriculum stage it was in (``reference.restore``). Either way the metrics
+    """Where a run starts: {"step": 0, "nonfinite": 0} for a new run; under ``--resume``, the latest
+    checkpoint's state and the reference of the curriculum stage it was in. Either way the metrics
     log keeps only rows up to that step (a killed run's rows past its checkpoint are redone)."""
-    from mmpo.cli import UserError
     state = {"step": 0, "nonfinite": 0}
     ckpt = latest(cfg.out) if cfg.resume else None
     if ckpt:
@@ -148,6 +140,20 @@ def resume(cfg, model, optimizer, scheduler, lr_at, total_steps: int, reference,
     return state
 
 
+def truncate_metrics(path: str, step: int):
+    if not os.path.isfile(path):
+        return
+    rows = []
+    with open(path) as f:
+        for ln in f:
+            try:
+                if json.loads(ln)["step"] <= step:
+                    rows.append(ln)
+            except (ValueError, KeyError):  # a line cut short by the kill
+                pass
+    write_atomic(path, "".join(rows))
+
+
 def save_reference(path: str, model, d: Dist = Dist()):
     """The policy's trainable weights at a curriculum stage boundary: the reference from then on."""
     full = full_trainable_state(model)
@@ -162,48 +168,21 @@ def load_reference(path: str, module, rename=lambda sd: sd):
     set_model_state_dict(module, rename(load_file(path)), options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def truncate_metrics(path: str, step: int):
-    """Drop metrics rows a killed run wrote after its last checkpoint (they will be redone)."""
-    if not os.path.isfile(path):
-        return
-    rows = []
-    with open(path) as f:
-        for ln in f:
-            try:
-                if json.loads(ln)["step"] <= step:
-                    rows.append(ln)
-            except (ValueError, KeyError):  # a line cut short by the kill
-                pass
-    write_atomic(path, "".join(rows))
-
-
-# options renamed since a run may have been written: old name -> new name
-RENAMED = {"corruption": "m_prime", "redraw_corruption": "redraw_m_prime"}
-
-
 # ---- the run directory: a new run never lands on an old one; a resumed run is the same run ----
 
+# what a run may leave in OUT: nothing else there is ever touched
 RUN_NAMES = ("config.json", "metrics.jsonl", "latest", "final", "merged", "base_model", "synthetic", "tensorboard")
 RUN_PREFIXES = ("checkpoint-", "reference-", ".checkpoint-")
 # a run that got as far as training (config.json is written just before the first step)
 STARTED = ("config.json", "metrics.jsonl", "latest", "final")
 
 
-def run_files(out: str) -> list[str]:
-    """What an earlier run left in ``out`` (nothing else there is ever touched)."""
-    if not os.path.isdir(out):
-        return []
-    return sorted(n for n in os.listdir(out) if n in RUN_NAMES or n.startswith(RUN_PREFIXES))
-
-
 def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
     """Make ``out`` ready for a new run: refuse one that holds a run unless ``overwrite``; the
-    files of that run, or of one that stopped before training (only those), are removed first.
-    Say clearly when ``out`` cannot be written."""
-    from mmpo.cli import UserError
+    files of that run, or of one that stopped before training (only those), are removed first."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out}: not a folder")
-    old = run_files(out)
+    old = sorted(n for n in os.listdir(out) if n in RUN_NAMES or n.startswith(RUN_PREFIXES)) if os.path.isdir(out) else []
     if not overwrite and any(n in STARTED or n.startswith("checkpoint-") for n in old):
         shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
         raise UserError(f"--out {out} already holds a run ({shown}): --resume {out} to continue it, "
@@ -214,7 +193,7 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
                 path = os.path.join(out, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
             os.makedirs(out, exist_ok=True)
-            write_atomic(os.path.join(out, ".write-test"), "")
+            write_atomic(os.path.join(out, ".write-test"), "")  # say now, not at the first checkpoint
             os.remove(os.path.join(out, ".write-test"))
         except OSError as e:
             raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
@@ -228,18 +207,16 @@ def write_config(cfg):
 
 def resume_config(cfg, typed: set[str], world: int):
     """The configuration of the run in ``cfg.resume``, with the options a resumed run may change
-    (how long it runs, how it reports) taken from the command line; any other option typed with
-    a different value is an error, never silently ignored. On another number of processes the
-    accumulation is rescaled to keep the global batch."""
-    from mmpo.cli import UserError
-    from mmpo.config import RESUMABLE, Config, check_config
+    (``RESUMABLE``: how long it runs, how it reports) taken from the command line; any other option
+    typed with a different value is an error, never silently ignored."""
     run = cfg.resume
     path = os.path.join(run, "config.json")
     if not os.path.isfile(path):
         raise UserError(f"--resume {run}: no config.json there, nothing to resume")
     with open(path) as f:
         fields = json.load(f)
-    for old, new in RENAMED.items():  # a run written before an option was renamed
+    # options renamed since a run may have been written: old name -> new name
+    for old, new in {"corruption": "m_prime", "redraw_corruption": "redraw_m_prime"}.items():
         if old in fields:
             fields[new] = fields.pop(old)
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
@@ -260,7 +237,7 @@ def resume_config(cfg, typed: set[str], world: int):
     if ckpt:
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
             saved_world = json.load(f)["world_size"]
-        if saved_world != world:
+        if saved_world != world:  # keep the global batch
             if (saved.grad_accum * saved_world) % world:
                 raise UserError(f"--resume {run}: a global batch of {saved.batch_size * saved.grad_accum * saved_world}"
                                 f" cannot be split over {world} processes of batch {saved.batch_size}")

@@ -3,7 +3,7 @@
 Each example becomes a prompt per image (m, and m' when a view needs it) and a response per
 field; a batch holds every view of every example, so one forward pass scores them all.
 
-Where m' is made. Diffusion noise goes on the processor's normalized pixels (``noised``), as in
+Where m' is made. Diffusion noise goes on the processor's normalized pixels (``noise_inputs``), as in
 VCD: at t = 500 the residual has std sqrt(1 - abar_500) = 0.505 at any image size. Noise on the
 raw image would be averaged away by the processor's downscale: on a 336-px CLIP processor its
 std measured 0.83, 0.48 and 0.24 for 336x336, 640x480 and 1365x1024 images. The crop (mDPO) is
@@ -42,16 +42,6 @@ def processed_mask(image_processor, mask: Image.Image) -> dict[str, torch.Tensor
     return {k: ((out[0][k] - out[1][k]) / (out[2][k] - out[1][k])).clamp(0, 1) for k in pixel_keys(out[0])}
 
 
-def noised(inputs: dict, t: int, generator: torch.Generator, masks: dict | None = None) -> dict:
-    """The processor outputs of m' = VCD's diffusion noise at step t on the processed,
-    normalized pixels of m (within ``masks``, per pixel key, when given)."""
-    out = dict(inputs)
-    for k in pixel_keys(inputs):
-        out[k] = perturb.corrupt(inputs[k], "noise", generator, t=t, mask=None if masks is None else masks[k],
-                                 normalized=True)
-    return out
-
-
 def pad_id(tokenizer) -> int:
     """The id that fills padding: the pad token, or end-of-sequence for tokenizers without one."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -78,19 +68,14 @@ class Example:
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
-    """The rows of a preference JSONL as tokenized multi-view examples.
+    """The rows of a preference JSONL as tokenized multi-view examples; items are dataset
+    indices, or (index, epoch) pairs.
 
     m' (the ``corrupt`` image slot) is, in order: SymMPO's ``contrast_image``; a row's own
     ``corrupt_image``; a row's ``noise_step`` (+ ``noise_mask``), MFPO's region noise as
     ``prepare mfpo`` records it; else made on the fly as ``m_prime`` says. Random m' are drawn from
     (seed, id), the same for the policy and the reference in every epoch, or from (seed, id,
-    epoch) with ``redraw=True`` (mDPO's released code draws a new crop every time). Items are
-    dataset indices, or (index, epoch) pairs.
-
-    Where each perturbation happens: the crop is cut from the decoded image and resized back to
-    its size, then the processor resizes (and, for CLIP-style processors, centre-crops) it like
-    any image; diffusion noise is added after the processor, to the normalized pixel tensor, as
-    in VCD, so its strength does not depend on the image's size.
+    epoch) with ``redraw=True`` (mDPO's released code draws a new crop every time).
     """
 
     def __init__(self, path: str, processor, views, *, m_prime: str = "crop", seed: int = 0,
@@ -109,17 +94,11 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 r = clash[0]
                 raise DataError([f"{path}:{r['line']}: field 'noise_step': the data was made with t={r['noise_step']}, "
                                  f"--noise-step is {noise_step} (leave --noise-step out to use the data's)"])
-        self._set_views(self.views)
-
-    def _set_views(self, views):
-        self.views = tuple(views)
-        self.needs_corrupt = any(VIEWS[v][0] == "corrupt" for v in self.views)
-        self.fields = sorted({VIEWS[v][1] for v in self.views})
 
     def with_views(self, views) -> "PreferenceDataset":
         """The same rows scored as other views (e.g. only ``chosen``, for difficulty scores)."""
         other = copy.copy(self)
-        other._set_views(views)
+        other.views = tuple(views)
         return other
 
     def __len__(self):
@@ -144,7 +123,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         """[m] or [m, m'] as images, before the processor (for noise, m' is m: the noise is
         added to its processed pixels)."""
         img = load_image(row["image"])
-        if not self.needs_corrupt:
+        if not any(VIEWS[v][0] == "corrupt" for v in self.views):
             return [img]
         kind = self.m_prime_kind(row)
         if kind in ("contrast", "field"):
@@ -154,15 +133,17 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return [img, img]
 
     def noise_inputs(self, row, inputs: dict, epoch: int = 0) -> dict:
-        """m''s processor outputs from m's, for the noise kinds of m' (else unchanged)."""
-        kind = self.m_prime_kind(row)
-        if kind not in ("noise", "region-noise"):
-            return inputs
+        """m''s processor outputs from m's when m' is noise: VCD's diffusion noise at step t on the
+        normalized pixels (within the processed ``noise_mask`` when the row has one)."""
+        kind = self.m_prime_kind(row)  # noise | region-noise
         masks = None
         if kind == "region-noise" and row.get("noise_mask"):
             masks = processed_mask(self.processor.image_processor, load_image(row["noise_mask"]).convert("L"))
         t = row.get("noise_step", self.noise_step) if kind == "region-noise" else self.noise_step
-        return noised(inputs, t, self.generator(row, epoch), masks)
+        g, out = self.generator(row, epoch), dict(inputs)
+        for k in pixel_keys(inputs):
+            out[k] = perturb.corrupt(inputs[k], "noise", g, t=t, mask=None if masks is None else masks[k], normalized=True)
+        return out
 
     def __getitem__(self, item) -> Example:
         i, epoch = item if isinstance(item, tuple) else (item, 0)
@@ -194,7 +175,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         budget = self.max_length - longest_prompt
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         cut = set(row.get("truncated", []))
-        for name in self.fields:
+        for name in sorted({VIEWS[v][1] for v in self.views}):
             # a generation that stopped at the token limit is not a finished answer: no end-of-sequence
             ids = tok(row[name], add_special_tokens=False)["input_ids"] + (eos if name not in cut else [])
             ex.responses[name] = torch.tensor(ids[:budget], dtype=torch.long)  # responses are truncated, prompts never

@@ -1,8 +1,6 @@
-"""Writing files so that a run killed at any moment never leaves half of one.
-
-Everything mmpo writes that a later run reads (checkpoints' pointers, configs, caches, prepared
-data and images) goes through here: written under a temporary name, then renamed into place,
-which is atomic on one filesystem. Light on purpose (no torch).
+"""Writing files so that a run killed at any moment never leaves half of one: under a temporary
+name, then renamed into place (atomic on one filesystem). Everything that a later run reads goes
+through here: checkpoints' pointers, configs, caches, prepared data and images. No torch, on purpose.
 """
 import contextlib
 import os
@@ -10,8 +8,8 @@ import os
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """A temporary path next to ``path`` to write to; once the block ends without an error it is
-    renamed onto ``path``, otherwise removed. For writers that take a path (``save_file``)."""
+    """A temporary path to write to, renamed onto ``path`` when the block ends without an error,
+    else removed. For writers that take a path (``save_file``)."""
     tmp = path + ".tmp"
     try:
         yield tmp
@@ -23,8 +21,7 @@ def atomic_path(path: str):
 
 
 def write_atomic(path: str, data: str | bytes):
-    """Write ``data`` (text, or bytes such as an encoded image) to ``path``, flushed to disk
-    before the rename."""
+    """``data`` (text, or bytes such as an encoded image), flushed to disk before the rename."""
     with atomic_path(path) as tmp, open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
         f.flush()

@@ -13,8 +13,7 @@ One example a line::
 they get no end-of-sequence token). Every row is checked when the file is opened; all problems
 are reported together, each as ``file:line: field 'x': what is wrong``.
 
-Images are decoded here too (``load_image``), and turned into float tensors and back
-(``to_tensor``, ``to_pil``): the one place where pixels cross between PIL and torch.
+Also the one place where pixels cross between PIL and torch (``load_image``, ``to_tensor``, ``to_pil``).
 """
 import json
 import math
@@ -40,6 +39,8 @@ VIEWS = {
 }
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
 IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
+# fields that no annotator writes: the pipeline of ``python -m mmpo.prepare`` that makes them
+GENERATED_BY = {"lang_biased": "napo", "vision_biased": "napo", "contrast_image": "symmpo", "contrast_chosen": "symmpo"}
 
 
 class DataError(UserError):
@@ -79,13 +80,11 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def to_pil(x: torch.Tensor) -> Image.Image:
-    """A float image in [0, 1] -> an 8-bit image: (3, H, W) as RGB, (H, W) as grayscale (a
-    region mask). Values outside [0, 1] (noise) are clamped, then rounded to the nearest level."""
+    """A float image in [0, 1] -> 8 bits: (3, H, W) as RGB, (H, W) as grayscale (a region mask).
+    Values outside [0, 1] (noise) are clamped, then rounded to the nearest level."""
     y = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     if y.dim() == 2:
         return Image.frombytes("L", (y.shape[1], y.shape[0]), y.contiguous().numpy().tobytes())
-    if y.dim() != 3 or y.shape[0] != 3:
-        raise ValueError(f"expected an image (3, H, W) or a mask (H, W), got shape {tuple(x.shape)}")
     y = y.permute(1, 2, 0).contiguous()  # (H, W, 3)
     return Image.frombytes("RGB", (y.shape[1], y.shape[0]), y.numpy().tobytes())
 
@@ -101,16 +100,12 @@ def required_fields(views, m_prime: str) -> set[str]:
     return need
 
 
-# fields that no annotator writes: the pipeline of ``python -m mmpo.prepare`` that makes them
-GENERATED_BY = {"lang_biased": "napo", "vision_biased": "napo", "contrast_image": "symmpo", "contrast_chosen": "symmpo"}
-
-
 def read_rows(path: str, required: set[str]) -> list[dict]:
     """Read and check every row; raise DataError listing every problem, one line each.
 
-    A required field that is missing on several rows is one line with the count and the first
-    line numbers, not one line per row: data made for DPO and given to NaPO lacks the generated
-    answers everywhere, and 500 identical lines would hide every other problem.
+    A required field missing on several rows is one line with the count and the first line
+    numbers: data made for DPO and given to NaPO lacks the generated answers everywhere, and 500
+    identical lines would hide every other problem.
     """
     lines = _read_lines(path)
     base = os.path.dirname(os.path.abspath(path))
@@ -135,15 +130,17 @@ def read_rows(path: str, required: set[str]) -> list[dict]:
             problems.append((ln, None, f"{where}: expected a JSON object, got {type(row).__name__}"))
             continue
         n_objects += 1
-        found = [(name, None if msg is None else f"{where}: {msg}") for name, msg in _check_row(row, required, base)]
-        row["id"], problem = _row_id(row.get("id"), ln)
-        if problem:
-            found.append(("id", f"{where}: {problem}"))
-        elif row["id"] in seen:
-            found.append(("id", f"{where}: field 'id': duplicate id {row['id']!r} (first on line {seen[row['id']]})"))
+        found = _check_row(row, required, base, where)
+        rid = ln if row.get("id") is None else row["id"]
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            rid = str(rid)  # 7 and "7" are the same example
+        if not isinstance(rid, str) or not rid.strip():
+            found.append(("id", f"{where}: field 'id': must be a non-empty string or a whole number, got {_shown(rid)}"))
+        elif rid in seen:
+            found.append(("id", f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[rid]})"))
         else:
-            seen[row["id"]] = ln
-        row["line"] = ln
+            seen[rid] = ln
+        row["id"], row["line"] = rid, ln
         problems += [(ln, name, msg) for name, msg in found]
         if not found:
             rows.append(row)
@@ -156,8 +153,7 @@ def read_rows(path: str, required: set[str]) -> list[dict]:
 
 
 def _read_lines(path: str) -> list[bytes]:
-    """The file's lines as bytes (each decoded on its own, so one bad byte spoils one line);
-    DataError when the file as a whole is no JSONL text."""
+    """The file's lines as bytes, each decoded on its own so that one bad byte spoils one line."""
     if os.path.isdir(path):
         inside = sorted(f for f in os.listdir(path) if f.endswith(".jsonl"))
         hint = f" (did you mean {os.path.join(path, inside[0])}?)" if len(inside) == 1 else ""
@@ -175,44 +171,56 @@ def _read_lines(path: str) -> list[bytes]:
     return data.splitlines()  # \n, \r\n or \r; never inside a JSON string, where they must be escaped
 
 
-def _check_row(row: dict, required: set[str], base: str) -> list[tuple[str | None, str | None]]:
-    """Check one row's fields, making image paths absolute and filing ``question`` under
-    ``prompt``; returns (field, problem) pairs: problem None for a required field missing, field
-    None for a problem of the optional non-text fields."""
+def _check_row(row: dict, required: set[str], base: str, where: str) -> list[tuple[str, str | None]]:
+    """One row's (field, problem) pairs, problem None for a missing required field. Makes image
+    paths absolute and files ``question`` under ``prompt``."""
     if "prompt" not in row and "question" in row:
         row["prompt"] = row.pop("question")
     found = []
+
+    def bad(name, what):
+        found.append((name, f"{where}: field '{name}': {what}"))
+
     for name in sorted(required | (set(row) & set(TEXT_FIELDS + IMAGE_FIELDS))):
         value = row.get(name)
         if value is None:
             if name in required:
                 found.append((name, None))
-            continue
-        if not isinstance(value, str) or not value.strip():
-            got = f", got {_shown(value)}" if not isinstance(value, str) else ""
-            found.append((name, f"field '{name}': must be a non-empty string{got}"))
-            continue
-        if name in IMAGE_FIELDS:
-            full = value if os.path.isabs(value) else os.path.join(base, value)
+        elif not isinstance(value, str) or not value.strip():
+            bad(name, "must be a non-empty string" + (f", got {_shown(value)}" if not isinstance(value, str) else ""))
+        elif name in IMAGE_FIELDS:
+            row[name] = full = value if os.path.isabs(value) else os.path.join(base, value)
             problem = _check_image(full)
             if problem:
                 # a path written relative to where the user runs, not to the data file
                 moved = problem == "image file not found" and os.path.isfile(value)
-                hint = " (relative paths start at the data file's folder)" if moved else ""
-                found.append((name, f"field '{name}': {problem}: {full}{hint}"))
-            row[name] = full
-    return found + [(None, p) for p in _check_extras(row)]
+                bad(name, f"{problem}: {full}" + (" (relative paths start at the data file's folder)" if moved else ""))
+    if "difficulty" in row:
+        d = row["difficulty"]
+        if not isinstance(d, (int, float)) or isinstance(d, bool):  # JSON's true is Python's 1
+            bad("difficulty", f"must be a number, got {_shown(d)}")
+        elif not math.isfinite(d):  # json reads NaN and Infinity; the curriculum cannot sort them
+            bad("difficulty", f"must be a finite number, got {_shown(d)}")
+    step = row.get("noise_step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < NOISE_STEPS):
+        bad("noise_step", f"must be a whole number in [0, {NOISE_STEPS}), got {_shown(step)}")
+    cut = row.get("truncated", [])
+    if not isinstance(cut, list) or not all(isinstance(f, str) and f in TEXT_FIELDS for f in cut):
+        bad("truncated", f"must be a list of response field names ({', '.join(TEXT_FIELDS[1:])})")
+    return found
 
 
-def _row_id(value, ln: int) -> tuple[str, str | None]:
-    """A row's id as a string (its line number when absent), and what is wrong with it."""
-    if value is None:
-        return str(ln), None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value), None  # 7 and "7" are the same example
-    if isinstance(value, str) and value.strip():
-        return value, None
-    return str(ln), f"field 'id': must be a non-empty string or a whole number, got {_shown(value)}"
+def _check_image(path: str) -> str | None:
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if not os.path.isfile(path):
+        return "image file not found"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"cannot decode image ({type(e).__name__})"
+    return None
 
 
 def _shown(value) -> str:
@@ -222,23 +230,21 @@ def _shown(value) -> str:
 
 
 def _whole_file_json(lines: list[bytes]) -> str | None:
-    """What the file is when it is one JSON document rather than JSON Lines (a JSON array, as
-    many datasets ship, or a pretty-printed object), else None."""
+    """What the file is when it is one JSON document (an array, as many datasets ship, or a
+    pretty-printed object) rather than JSON Lines."""
     try:
         doc = json.loads(b"\n".join(lines).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    n = sum(1 for ln in lines if ln.strip())
     if isinstance(doc, list):
         return "a JSON array"
-    if isinstance(doc, dict) and n > 1:
-        return f"one JSON object over {n} lines"
-    return None
+    n = sum(1 for ln in lines if ln.strip())
+    return f"one JSON object over {n} lines" if isinstance(doc, dict) and n > 1 else None
 
 
 def _messages(path: str, problems: list[tuple], n_objects: int) -> list[str]:
-    """The final lines, in file order: a field missing on several rows is said once, where
-    it is first missing, with the command that makes it when it is a generated field."""
+    """The final lines in file order: a field missing on several rows is said once, where it is
+    first missing, with the command that makes it when it is a generated field."""
     missing = {}
     for ln, name, msg in problems:
         if msg is None:
@@ -257,35 +263,3 @@ def _messages(path: str, problems: list[tuple], n_objects: int) -> list[str]:
                 line += f"; make it with python -m mmpo.prepare {GENERATED_BY[name]} --data {path} --out DIR --model M"
             out.append(line)
     return out
-
-
-def _check_extras(row: dict) -> list[str]:
-    """What is wrong with the optional non-text fields: difficulty, noise_step, truncated."""
-    problems = []
-    if "difficulty" in row:
-        d = row["difficulty"]
-        if not isinstance(d, (int, float)) or isinstance(d, bool):  # JSON's true is Python's 1
-            problems.append(f"field 'difficulty': must be a number, got {_shown(d)}")
-        elif not math.isfinite(d):  # json reads NaN and Infinity; the curriculum cannot sort them
-            problems.append(f"field 'difficulty': must be a finite number, got {_shown(d)}")
-    step = row.get("noise_step")
-    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < NOISE_STEPS):
-        problems.append(f"field 'noise_step': must be a whole number in [0, {NOISE_STEPS}), got {_shown(step)}")
-    cut = row.get("truncated", [])
-    if not isinstance(cut, list) or not all(isinstance(f, str) and f in TEXT_FIELDS for f in cut):
-        problems.append(f"field 'truncated': must be a list of response field names ({', '.join(TEXT_FIELDS[1:])})")
-    return problems
-
-
-def _check_image(path: str) -> str | None:
-    """What is wrong with an image file (absent, a folder, undecodable), or None."""
-    if os.path.isdir(path):
-        return "is a folder, not an image file"
-    if not os.path.isfile(path):
-        return "image file not found"
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"cannot decode image ({type(e).__name__})"
-    return None

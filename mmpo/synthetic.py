@@ -1,7 +1,4 @@
-"""The built-in preference dataset: the default run's data, and the tests'.
-
-A dataset you must look at to get right, small enough to train on a CPU in seconds.
-"""
+"""The built-in preference dataset: the default run's data, and the tests'."""
 import json
 import os
 
@@ -15,7 +12,8 @@ def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) ->
     """A preference dataset you must look at to get right: a colored square on a noisy
     background, "What color is the square?". Every color is the chosen answer for some images
     and the rejected one for others, so the text alone cannot tell chosen from rejected.
-    Carries every optional field, so all five objectives train on it. Returns the JSONL path."""
+    Carries every optional field, so all five objectives train on it; small enough to train on a
+    CPU in seconds. Returns the JSONL path."""
     colors = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
               "yellow": (230, 210, 20), "purple": (140, 40, 170), "white": (245, 245, 245)}
     names = sorted(colors)
@@ -39,11 +37,11 @@ def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) ->
         to_pil(pix.permute(2, 0, 1) / 255).save(os.path.join(out_dir, "images", name))
         return f"images/{name}"
 
+    answer = "The square is {}.".format
     lines = []
     for i in range(n):
         c = pick()
         c_contrast = pick(exclude=(c,))
-        answer = "The square is {}.".format
         lines.append(json.dumps({
             "id": f"syn-{i}", "image": draw(f"{i}.png", c), "prompt": "What color is the square?",
             "chosen": answer(c), "rejected": answer(pick(exclude=(c,))),
