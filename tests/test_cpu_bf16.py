@@ -45,11 +45,22 @@ def test_amx_flag_is_read_from_cpuinfo(tmp_path):
     assert not cpu_advertises_amx(str(tmp_path / "missing"))
 
 
-def test_bf16_matmul_after_import_mmpo_with_no_variable_set_by_hand():
-    """On this machine, whatever its CPU: a fresh process with ONEDNN_MAX_CPU_ISA unset imports
-    mmpo, then runs bf16 matmuls and exits 0 (on an AMX-forbidding VM it died with SIGILL)."""
+def test_import_mmpo_only_imports():
+    """``import mmpo`` loads no torch, probes nothing and sets no variable: the guard is called
+    explicitly, by the programs that run bf16 (train.py, the bench) and by the tests."""
     env = {k: v for k, v in os.environ.items() if k not in (VARIABLE, DONE)}
-    code = ("import mmpo, torch; a = torch.randn(128, 128).bfloat16(); "
+    code = "import os, sys, mmpo; print('torch' in sys.modules, os.environ.get('%s'), os.environ.get('%s'))" % (VARIABLE, DONE)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "None", "None"]
+
+
+def test_bf16_matmul_after_the_guard_with_no_variable_set_by_hand():
+    """On this machine, whatever its CPU: a fresh process with ONEDNN_MAX_CPU_ISA unset calls the
+    guard as train.py does, then runs bf16 matmuls and exits 0 (on an AMX-forbidding VM it died
+    with SIGILL)."""
+    env = {k: v for k, v in os.environ.items() if k not in (VARIABLE, DONE)}
+    code = ("from mmpo import cpu_bf16; cpu_bf16.guard(); import torch; a = torch.randn(128, 128).bfloat16(); "
             "print(float((a @ a).float().sum()), float(torch.nn.functional.linear(a, a).float().sum()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
