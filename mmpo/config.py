@@ -30,7 +30,7 @@ class Config:
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
     trust_remote_code: bool = opt(False, "let transformers run the model repository's own code")
     recipe: str = opt("practical", "practical: the defaults below | paper: the objective's released hyperparameters "
-                                   "(README table); flags given explicitly still win", choices=("practical", "paper"))
+                                   "(mmpo/recipes.py); flags given explicitly still win", choices=("practical", "paper"))
     # schedule
     epochs: int = opt(3, "passes over the data (mDPO: 3, NaPO: 4); with a curriculum, over each stage")
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run all epochs)")
