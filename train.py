@@ -54,6 +54,9 @@ def configure(cfg: Config, typed: set[str], d) -> Config:
     report.check_report_to(cfg.report_to)
     if cfg.recipe == "paper" and d.main:
         print(recipe_line(cfg))
+    if cfg.data and "model" not in typed and not cfg.resume and d.main:  # your data, and no model named
+        print(f"warning: --data without --model trains {cfg.model}, a small random model built from config, to try "
+              f"the pipeline; name the model to align with --model (a hub id or a local directory)")
     if not OBJECTIVES[cfg.objective].reference and (cfg.ref_cache or cfg.refresh_ref_per_stage):
         raise UserError(f"--objective {cfg.objective} has no reference model: leave out "
                         f"{'--ref-cache' if cfg.ref_cache else '--refresh-ref-per-stage'}")
@@ -168,6 +171,7 @@ def schedule(cfg: Config, dataset, model, model_fp: str, pad: int, d) -> list:
         scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
     stages = drop_overlong(dataset, stages, cfg, d)
+    stages = drop_empty_pairs(dataset, stages, d)
     steps = curriculum.plan(stages, cfg.epochs, global_batch, cfg.seed)
     if not steps:
         raise UserError(f"{dataset.path}: {sum(map(len, stages))} trainable examples, fewer than one global batch of "
@@ -199,6 +203,24 @@ def drop_overlong(dataset, stages, cfg: Config, d) -> list[list[int]]:
               f"{cfg.max_length} tokens or more (first: {first})")
     drop = {index[i] for i in skips}
     return [[i for i in stage if i not in drop] for stage in stages]
+
+
+def drop_empty_pairs(dataset, stages, d) -> list[list[int]]:
+    """A pair whose chosen and rejected answers are the same text carries no preference (and would
+    count as a reward-accuracy miss): it leaves the schedule, counted and reported once."""
+    if "rejected" not in dataset.views:
+        return stages
+    empty = {k for k, r in enumerate(dataset.rows) if r["chosen"] == r["rejected"]}
+    if not empty:
+        return stages
+    if len(empty) == len(dataset):
+        raise UserError(f"{dataset.path}: in all {len(dataset)} examples chosen and rejected are the same text: "
+                        f"no preference to learn")
+    if d.main:
+        first = dataset.rows[min(empty)]
+        print(f"left out {len(empty)} of {len(dataset)} examples whose chosen and rejected are the same text "
+              f"(first: {dataset.path}:{first['line']}, id {first['id']})")
+    return [[i for i in stage if i not in empty] for stage in stages]
 
 
 # ---- optimizer -------------------------------------------------------------------------------

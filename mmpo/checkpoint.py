@@ -7,8 +7,12 @@
 - the consolidated trainable weights for use elsewhere, written by rank 0: a peft-format adapter
   under LoRA, ``trainable.safetensors`` otherwise;
 - ``rng-<rank>.safetensors`` and ``trainer_state.json`` (step, scheduler, counters).
-It is written under a temporary name and renamed into place, then ``OUT/latest`` is replaced
-(also by rename) to name it: a run killed at any moment leaves the previous checkpoint intact.
+It is written under a temporary name, ``manifest.json`` (every file and its size) written last,
+then renamed into place; ``OUT/latest`` is replaced (also by rename) to name it, and only then are
+older checkpoints rotated away. ``--resume`` takes the newest *intact* checkpoint (its manifest
+matches what is on disk), says which newer ones it passed over and why, and stops with one line
+when none is intact: a run killed at any moment, or a checkpoint damaged since, never makes a
+resumed run start again from step 0.
 
 The data order depends only on (seed, epoch) (``mmpo.curriculum.plan``), so with the RNG states
 ``train.py --resume OUT`` continues with the losses and weights of an uninterrupted run (tested
@@ -18,6 +22,7 @@ batch, and only dropout's random stream starts afresh.
 import dataclasses
 import json
 import os
+import re
 import shutil
 import warnings
 
@@ -28,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_state_dict)
 
 from mmpo import lora
-from mmpo.cli import UserError
+from mmpo.cli import UserError, first_line
 from mmpo.config import RESUMABLE, Config, check_config
 from mmpo.distributed import Dist, barrier
 from mmpo.files import atomic_path, write_atomic
@@ -77,24 +82,77 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
         save_weights(model, tmp, full, state.get("base_model", ""))
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
             json.dump(dict(state, step=step, world_size=d.world, scheduler=scheduler.state_dict()), f, indent=1)
+        write_atomic(os.path.join(tmp, MANIFEST), json.dumps(files_in(tmp), indent=1))  # last: it vouches for the rest
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         write_atomic(os.path.join(out, "latest"), name)
-        old = sorted((x for x in os.listdir(out) if x.startswith("checkpoint-") and x != name),
-                     key=lambda x: int(x.split("-")[1]))
-        for x in old[:max(0, len(old) - (keep - 1))]:
+        # only once this one is complete, and only checkpoints of earlier steps
+        old = [x for x in checkpoints(out) if step_of(x) < step]
+        for x in old[keep - 1:]:
             shutil.rmtree(os.path.join(out, x), ignore_errors=True)
     barrier(d)
     return final
 
 
+MANIFEST = "manifest.json"
+
+
+def files_in(folder: str) -> dict[str, int]:
+    """Every file below ``folder`` (its path relative to it) and its size in bytes."""
+    return {os.path.relpath(os.path.join(root, n), folder): os.path.getsize(os.path.join(root, n))
+            for root, _, names in os.walk(folder) for n in sorted(names)}
+
+
+def step_of(name: str) -> int:
+    return int(name.split("-")[1])
+
+
+def checkpoints(out: str) -> list[str]:
+    """The checkpoint folders of ``out``, newest first."""
+    names = [n for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n) and os.path.isdir(os.path.join(out, n))]
+    return sorted(names, key=step_of, reverse=True)
+
+
+def damage(ckpt: str) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (a file missing or cut short), or None when it is intact.
+    A checkpoint written before manifests existed is judged by the files every checkpoint has."""
+    try:
+        with open(os.path.join(ckpt, MANIFEST)) as f:
+            expected = json.load(f)
+    except FileNotFoundError:
+        expected = {name: None for name in ("trainer_state.json", os.path.join("dcp", ".metadata"), "rng-0.safetensors")}
+    except (OSError, ValueError):
+        return f"{MANIFEST} unreadable"
+    for name, size in expected.items():
+        path = os.path.join(ckpt, name)
+        if not os.path.isfile(path):
+            return f"{name} missing"
+        if size is not None and os.path.getsize(path) != size:
+            return f"{name} has {os.path.getsize(path)} bytes, not {size}"
+    return None
+
+
+def newest_intact(out: str) -> tuple[str | None, list[str]]:
+    """The newest intact checkpoint of ``out`` (None if there is none), and why each newer one,
+    and one that OUT/latest names but that is gone, was passed over."""
+    passed = []
+    try:
+        with open(os.path.join(out, "latest")) as f:
+            named = f.read().strip()
+        if not os.path.isdir(os.path.join(out, named)):
+            passed.append(f"{named} (named by {os.path.join(out, 'latest')}): missing")
+    except OSError:
+        pass
+    for name in checkpoints(out) if os.path.isdir(out) else []:
+        why = damage(os.path.join(out, name))
+        if why is None:
+            return os.path.join(out, name), passed
+        passed.append(f"{name}: {why}")
+    return None, passed
+
+
 def latest(out: str) -> str | None:
-    path = os.path.join(out, "latest")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        ckpt = os.path.join(out, f.read().strip())
-    return ckpt if os.path.isdir(ckpt) else None
+    return newest_intact(out)[0]
 
 
 def load(ckpt: str, model, optimizer, scheduler, d: Dist = Dist()) -> dict:
@@ -120,9 +178,19 @@ def resume(cfg, model, optimizer, scheduler, lr_at, total_steps: int, reference,
     checkpoint's state and the reference of the curriculum stage it was in. Either way the metrics
     log keeps only rows up to that step (a killed run's rows past its checkpoint are redone)."""
     state = {"step": 0, "nonfinite": 0}
-    ckpt = latest(cfg.out) if cfg.resume else None
-    if ckpt:
-        state = load(ckpt, model, optimizer, scheduler, d)
+    if cfg.resume:
+        ckpt, passed = newest_intact(cfg.out)
+        if ckpt is None:  # never step 0 in a folder that holds a run
+            raise UserError(f"--resume {cfg.out}: no intact checkpoint to resume from ("
+                            f"{'; '.join(passed) or 'none was saved'}); --overwrite starts the run afresh")
+        if d.main:
+            for line in passed:
+                print(f"passed over {line}")
+        try:
+            state = load(ckpt, model, optimizer, scheduler, d)
+        except Exception as e:  # intact by its manifest, yet unreadable: never a traceback, never step 0
+            raise UserError(f"--resume {cfg.out}: {ckpt} cannot be loaded ({first_line(e)}); move it away to "
+                            f"resume from an earlier checkpoint") from None
         step = state["step"]
         if step >= total_steps:
             raise UserError(f"--resume {cfg.out}: the run is already at step {step} of {total_steps}; "
@@ -234,7 +302,7 @@ def resume_config(cfg, typed: set[str], world: int):
                             f"may change only {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE))}")
     check_config(saved)
     ckpt = latest(run)
-    if ckpt:
+    if ckpt:  # none intact: resume() says so
         with open(os.path.join(ckpt, "trainer_state.json")) as f:
             saved_world = json.load(f)["world_size"]
         if saved_world != world:  # keep the global batch

@@ -3,6 +3,7 @@ cache matches live passes, a saved model trains through --model DIR, bad input f
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -424,3 +425,59 @@ def test_prefix_sharing_trains_as_the_unshared_path(easy_data, tmp_path):
     for a, b in zip(shared, unshared):
         for k in ("loss", "rewards/chosen", "rewards/contrast_on_corrupt", "logps/chosen", "grad_norm"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], k)
+
+
+def test_resume_takes_the_newest_intact_checkpoint_and_never_step_0(easy_data, tmp_path):
+    """A missing or damaged newest checkpoint: --resume says so and continues from the one before
+    (its metrics kept up to there, never restarted from step 1); none intact: one line, exit 2."""
+    out = tmp_path / "run"
+    run_ok("--data", easy_data, "--out", out, "--max-steps", 8, "--epochs", 2, *FAST[:2], "--save-every", 2, *FAST[4:])
+    assert sorted(os.listdir(out / "checkpoint-8")) == ["adapter_config.json", "adapter_model.safetensors", "dcp",
+                                                        "manifest.json", "rng-0.safetensors", "trainer_state.json"]
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == ["checkpoint-6", "checkpoint-8"]
+    shutil.rmtree(out / "checkpoint-8")
+    r = cli("--resume", out, "--max-steps", 10)
+    assert r.returncode == 0, r.stderr
+    assert f"passed over checkpoint-8 (named by {out / 'latest'}): missing" in r.stdout
+    assert f"resumed from {out / 'checkpoint-6'} at step 6" in r.stdout
+    assert [row["step"] for row in metrics(out)] == list(range(1, 11))
+    os.remove(out / "checkpoint-10" / "dcp" / ".metadata")  # damaged since it was written
+    (out / "checkpoint-8" / "trainer_state.json").write_text("{}")  # cut short: not the size its manifest says
+    os.remove(out / "latest")
+    assert checkpoint.latest(str(out)) is None
+    r = cli("--resume", out, "--max-steps", 12)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"error: --resume {out}: no intact checkpoint to resume from (checkpoint-10: {os.path.join('dcp', '.metadata')} "
+        f"missing; checkpoint-8: trainer_state.json has 2 bytes, not "
+        f"{json.load(open(out / 'checkpoint-8' / 'manifest.json'))['trainer_state.json']}); --overwrite starts the run afresh"]
+    assert [row["step"] for row in metrics(out)] == list(range(1, 11))  # nothing was lost
+
+
+def test_your_data_without_a_model_says_which_model_it_trains(easy_data, tmp_path, capsys):
+    warning = "warning: --data without --model trains tiny-llava, a small random model built from config"
+    run_ok("--data", easy_data, "--out", tmp_path / "a", "--max-steps", 1, *FAST)
+    assert capsys.readouterr().out.count(warning) == 1
+    run_ok("--data", easy_data, "--out", tmp_path / "b", "--max-steps", 1, "--model", "tiny-llava", *FAST)
+    run_ok("--out", tmp_path / "c", "--max-steps", 1, *FAST)  # the built-in data: the tiny model is the point
+    assert warning not in capsys.readouterr().out
+
+
+def test_pairs_with_the_same_chosen_and_rejected_are_left_out_and_counted(easy_data, tmp_path, capsys):
+    rows = [json.loads(ln) for ln in open(easy_data)]
+    for r in rows[:8]:
+        r["rejected"] = r["chosen"]
+    for r in rows:
+        r["image"] = os.path.join(os.path.dirname(easy_data), r["image"])
+        r["contrast_image"] = os.path.join(os.path.dirname(easy_data), r["contrast_image"])
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    run_ok("--data", data, "--out", tmp_path / "run", "--epochs", 1, *FAST)
+    out = capsys.readouterr().out
+    assert out.count("left out 8 of 32 examples whose chosen and rejected are the same text") == 1
+    assert f"(first: {data}:1, id e0)" in out
+    assert len(metrics(tmp_path / "run")) == 24 // 4  # one epoch of the 24 real pairs, batch 4
+    for r in rows:
+        r["rejected"] = r["chosen"]
+    r = cli("--data", write_jsonl(tmp_path / "all.jsonl", rows), "--out", tmp_path / "none", "--model", "tiny-llava")
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: {tmp_path / 'all.jsonl'}: in all 32 examples chosen and "
+                                                      f"rejected are the same text: no preference to learn")
