@@ -267,8 +267,9 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
     how many answers hit --max-new-tokens; a QA bench's figures per group come last."""
     groups = {}
     images = [load_image(r["image"]) for r in rows]
-    answers, cut = generate(model, processor, [r["prompt"] for r in rows], images, max_new_tokens=args.max_new_tokens,
-                            num_beams=args.num_beams, batch_size=args.batch_size, show=True)
+    answers, lengths = generate(model, processor, [r["prompt"] for r in rows], images, max_new_tokens=args.max_new_tokens,
+                                num_beams=args.num_beams, batch_size=args.batch_size, show=True)
+    cut = [n >= args.max_new_tokens for n in lengths]
     if kind == "chair":
         truths = [metrics.true_objects(r) for r in rows]
         m = metrics.chair(answers, truths)
@@ -286,14 +287,13 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
             figures = metrics.qa_metrics([rows[i] for i in inside], [reads[i] for i in inside])
             groups.update({f"{g}/{k}": v for k, v in figures.items()})
     with open(os.path.join(args.out, f"answers-{column}-{bench}.jsonl"), "w", encoding="utf-8") as f:
-        for r, a, t, d in zip(rows, answers, cut, details):
-            f.write(json.dumps({"id": r["id"], "answer": a, "truncated": t, **d}, ensure_ascii=False) + "\n")
-    tokens = processor.tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []
+        for r, a, n, t, d in zip(rows, answers, lengths, cut, details):
+            f.write(json.dumps({"id": r["id"], "answer": a, "tokens": n, "truncated": t, **d}, ensure_ascii=False) + "\n")
     if "answers" in m:
         m = {"examples": m.pop("answers"), **m}
     m["truncated"] = sum(cut)
     m["mean_answer_words"] = sum(len(a.split()) for a in answers) / max(1, len(answers))
-    m["mean_answer_tokens"] = sum(len(t) for t in tokens) / max(1, len(answers))
+    m["mean_answer_tokens"] = sum(lengths) / max(1, len(answers))  # generated tokens, end-of-sequence excluded
     m.update(groups)
     return {f"{bench}/{k}": v for k, v in m.items()}
 

@@ -20,14 +20,15 @@ def eos_ids(model, tokenizer) -> set[int]:
 @torch.no_grad()
 def generate(model, processor, prompts: list[str], images: list | None, *, max_new_tokens: int = 1024,
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, batch_size: int = 8,
-             show: bool = False) -> tuple[list[str], list[bool]]:
-    """Answers to ``prompts``, each with its image (``images`` None: text only), and whether each
-    was cut at ``max_new_tokens``."""
+             show: bool = False) -> tuple[list[str], list[int]]:
+    """Answers to ``prompts``, each with its image (``images`` None: text only), and how many
+    tokens each generated before its end-of-sequence token: ``max_new_tokens`` means it was cut
+    there (the count is of generated tokens, not of the decoded text tokenized again)."""
     tok = processor.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from the same last column
     pad, stop = pad_id(tok), eos_ids(model, tok)
-    texts_out, truncated = [], []
+    texts_out, lengths = [], []
     sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not show):
@@ -37,9 +38,9 @@ def generate(model, processor, prompts: list[str], images: list | None, *, max_n
             ids = model.generate(**inputs, **sampling, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                  min_new_tokens=1, pad_token_id=pad)
             new = ids[:, inputs["input_ids"].shape[1]:]  # (b, new tokens)
-            # cut = at the limit with no end-of-sequence token (a finished row is padded after its own)
-            truncated += [len(row) >= max_new_tokens and not (stop & set(row)) for row in new.tolist()]
+            # a finished row is padded after its end-of-sequence token; an unfinished one ran to the limit
+            lengths += [next((k for k, t in enumerate(row) if t in stop), len(row)) for row in new.tolist()]
             texts_out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     finally:
         tok.padding_side = side
-    return texts_out, truncated
+    return texts_out, lengths

@@ -108,7 +108,6 @@ def test_checkpoints_side_by_side_each_on_its_own_base(runs, together):
                                "mdpo": os.path.join(runs["mdpo"], "base_model"),
                                "dpo": os.path.join(runs["dpo"], "base_model"),
                                "qwen": os.path.join(runs["qwen"], "base_model")}
-    tokenizers = {name: tiny_model(name)[1].tokenizer for name in ("tiny-llava", "tiny-qwen2vl")}
     for col in report["columns"]:
         m = report["metrics"][col]
         for key in ("pref/rejected/reward_acc", "pref/lang_biased/logp_acc", "pref/contrast_on_image/reward_margin",
@@ -116,15 +115,14 @@ def test_checkpoints_side_by_side_each_on_its_own_base(runs, together):
                     "qa/prior_rate", "qa/red/accuracy"):
             assert key in m
         assert m["data/examples"] == m["chair/examples"] == m["pope/examples"] == m["qa/examples"] == 4
-        # the mean answer length is that of the saved answers, in words and in the column's own tokens
-        tok = tokenizers["tiny-qwen2vl" if "qwen" in col else "tiny-llava"]
+        # the mean answer length is that of the saved answers: in words, and in the tokens generated
         for kind in ("chair", "pope", "qa"):
             saved = [json.loads(line) for line in open(out / f"answers-{col}-{kind}.jsonl")]
             assert [s["id"] for s in saved] == [f"{kind[0]}-e{i}" for i in range(4)]  # the data's own ids, in order
             answers = [s["answer"] for s in saved]
             assert m[f"{kind}/mean_answer_words"] == pytest.approx(sum(len(a.split()) for a in answers) / 4)
-            tokens = [len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
-            assert m[f"{kind}/mean_answer_tokens"] == pytest.approx(sum(tokens) / 4)
+            assert m[f"{kind}/mean_answer_tokens"] == pytest.approx(sum(s["tokens"] for s in saved) / 4)
+            assert all(s["truncated"] == (s["tokens"] == 4) and 0 < s["tokens"] <= 4 for s in saved)  # --max-new-tokens 4
             assert m[f"{kind}/truncated"] == sum(s["truncated"] for s in saved)
     # a base model is its own reference: no margin; each trained one moved away from its own base
     for base in ("base-tiny-llava", "base-tiny-qwen2vl"):
@@ -340,7 +338,8 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
 
     def fake_generate(model, processor, prompts, images, *, max_new_tokens, num_beams, **kwargs):
         asked.append((max_new_tokens, num_beams))
-        return canned[prompts[0]], [False, prompts[0] == "Describe."]  # the second description hit the limit
+        # generated token counts: the second description hit the limit
+        return canned[prompts[0]], [3, max_new_tokens if prompts[0] == "Describe." else 5]
     monkeypatch.setattr(evaluate, "generate", fake_generate)
     chair_path = write_jsonl(tmp_path / "c.jsonl", [
         {"image": "img/0.png", "prompt": "Describe.", "objects": ["dog"]},
@@ -357,10 +356,10 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
         # CHAIR: dog, dog (true) | cat, couch (true, the couch from the caption): 4 mentions, none hallucinated
         assert (m["chair/chair_s"], m["chair/chair_i"], m["chair/coverage"], m["chair/mentions"]) == (0, 0, 1, 4)
         assert (m["chair/examples"], m["chair/truncated"], m["pope/truncated"]) == (2, 1, 0)
-        # "A dog and a dog." 5 words, "A cat on a sofa." 5 words; one byte-level token per character: 16, 16
-        assert m["chair/mean_answer_words"] == 5 and m["chair/mean_answer_tokens"] == 16
-        # 7 and 7 words; 26 and 26 characters
-        assert m["pope/mean_answer_words"] == 7 and m["pope/mean_answer_tokens"] == 26
+        # "A dog and a dog." 5 words, "A cat on a sofa." 5 words; 3 and 1024 generated tokens (not the text's 16)
+        assert m["chair/mean_answer_words"] == 5 and m["chair/mean_answer_tokens"] == (3 + 1024) / 2
+        # 7 and 7 words; 3 and 5 tokens
+        assert m["pope/mean_answer_words"] == 7 and m["pope/mean_answer_tokens"] == 4
         saved = [json.loads(line) for line in open(out / "answers-base-pope.jsonl")]
         assert [s["id"] for s in saved] == ["coco-42", "7"]  # the data's ids (a number as its string)
         if parse == "standard":
@@ -376,7 +375,7 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
     assert asked == [(1024, 1)] * 4  # the defaults reach the generation: 1024 new tokens, greedy
     saved = [json.loads(line) for line in open(tmp_path / "strict" / "answers-base-chair.jsonl")]
     # no id in the data: the line number, as training names the row
-    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "truncated": True, "objects": ["cat", "couch"],
+    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "tokens": 1024, "truncated": True, "objects": ["cat", "couch"],
                         "hallucinated": []}
 
     # POPE's splits side by side, each named by its file; a shorter generation with beams on request
@@ -407,7 +406,7 @@ def test_qa_reads_hand_made_answers(tmp_path, image_dir, monkeypatch):
     answers = {f"q{i}": a for i, (_, a) in enumerate(rows)}
 
     def fake_generate(model, processor, prompts, images, **kwargs):
-        return list(answers.values()), [a == "There are 2." for a in answers.values()]  # the last hit the limit
+        return list(answers.values()), [1024 if a == "There are 2." else len(a) for a in answers.values()]  # the last hit the limit
     monkeypatch.setattr(evaluate, "generate", fake_generate)
     path = write_jsonl(tmp_path / "qa.jsonl", [{"id": f"q{i}", "image": f"img/{i % 4}.png",
                                                 "question": "What color is the circle?", **r}
@@ -427,7 +426,7 @@ def test_qa_reads_hand_made_answers(tmp_path, image_dir, monkeypatch):
     assert {k.removeprefix("qa/"): v for k, v in m.items()} == {
         "examples": 7, "accuracy": 3 / 7, "unread": 2 / 7, "prior_examples": 5, "prior_rate": 2 / 5,
         "truncated": 1, "mean_answer_words": (4 + 6 + 3 + 3 + 4 + 3 + 5) / 7,
-        "mean_answer_tokens": sum(map(len, answers.values())) / 7,  # one byte-level token per character
+        "mean_answer_tokens": (sum(map(len, answers.values())) - len("There are 2.") + 1024) / 7,  # as generated
         # q1-q3: right on q2, unread q3, the prior read on q1 | q0, whose prior is its answer: no prior rate
         "counter-prior/examples": 3, "counter-prior/accuracy": 1 / 3, "counter-prior/unread": 1 / 3,
         "counter-prior/prior_examples": 3, "counter-prior/prior_rate": 1 / 3,

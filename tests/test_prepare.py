@@ -211,16 +211,16 @@ def test_mfpo_noises_key_regions(plain_data, tmp_path):
     assert 0.15 < mask("r", r0).mean().item() < 0.25  # a random 20% of the image
 
 
-def test_generate_says_which_answers_stopped_at_the_limit():
-    """An answer that hit max_new_tokens without an end-of-sequence token is flagged truncated."""
+def test_generate_counts_the_tokens_it_generated():
+    """Each answer's generated token count, end-of-sequence excluded: max_new_tokens when it was cut there."""
     model, proc = tiny_model("tiny-llava")
     torch.nn.init.zeros_(model.lm_head.weight)  # every logit 0: greedy picks token 0, then 1 when 0 is barred
     img = Image.new("RGB", (32, 32), (10, 200, 10))
-    texts, cut = generate(model, proc, ["Q?", "Why?"], [img, img], max_new_tokens=4)
-    assert cut == [True, True] and texts == ["\x00" * 4] * 2  # </s> never came
+    texts, lengths = generate(model, proc, ["Q?", "Why?"], [img, img], max_new_tokens=4)
+    assert lengths == [4, 4] and texts == ["\x00" * 4] * 2  # </s> never came
     model.generation_config.eos_token_id = 0  # now token 0 ends it; min_new_tokens=1 bars it at step 1
-    texts, cut = generate(model, proc, ["Q?", "Why?"], [img, img], max_new_tokens=4)
-    assert cut == [False, False] and texts == ["\x01\x00"] * 2  # two tokens, the last one ends it
+    texts, lengths = generate(model, proc, ["Q?", "Why?"], [img, img], max_new_tokens=4)
+    assert lengths == [1, 1] and texts == ["\x01\x00"] * 2  # one token, then the one that ends it
 
 
 def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):

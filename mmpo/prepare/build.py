@@ -82,12 +82,12 @@ def answer(rows, field: str, prompts, images, args, ctx, stats):
     """The base model's answers into ``field``, by NaPO's released generation (1024 new tokens,
     3 beams) unless the flags say otherwise. One that stopped at the token limit is listed in the
     row's ``truncated``, so training appends no end-of-sequence token to it."""
-    texts, cuts = generate(ctx["model"], ctx["processor"], prompts, images, max_new_tokens=args.max_new_tokens,
-                           num_beams=args.num_beams, do_sample=args.do_sample, temperature=args.temperature,
-                           batch_size=args.batch_size)
-    for r, text, cut in zip(rows, texts, cuts):
+    texts, lengths = generate(ctx["model"], ctx["processor"], prompts, images, max_new_tokens=args.max_new_tokens,
+                              num_beams=args.num_beams, do_sample=args.do_sample, temperature=args.temperature,
+                              batch_size=args.batch_size)
+    for r, text, n in zip(rows, texts, lengths):
         r[field] = text
-        if cut:
+        if n >= args.max_new_tokens:
             r["truncated"] = sorted(set(r.get("truncated", [])) | {field})
             stats[f"{field} truncated at --max-new-tokens (no end-of-sequence added)"] += 1
 
