@@ -22,6 +22,8 @@ if __name__ == "__main__":  # --help and option errors answer at once, before to
 import functools
 import math
 import os
+import signal
+import threading
 import time
 
 import torch
@@ -48,8 +50,6 @@ def configure(cfg: Config, typed: set[str], d) -> Config:
     if cfg.resume:
         cfg = checkpoint.resume_config(cfg, typed, d.world)
     cfg = resolve(cfg, typed)
-    if not cfg.resume:
-        checkpoint.claim_out(cfg.out, cfg.overwrite, d)
     cli.check_model_path("--model", cfg.model, TINY_MODELS)
     report.check_report_to(cfg.report_to)
     if cfg.recipe == "paper" and d.main:
@@ -64,6 +64,8 @@ def configure(cfg: Config, typed: set[str], d) -> Config:
         raise UserError("--redraw-m-prime draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
         raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
+    if not cfg.resume:  # last: nothing is written before every check has passed
+        checkpoint.claim_out(cfg.out, cfg.overwrite, d)
     return cfg
 
 
@@ -306,6 +308,29 @@ def optimizer_step(optimizer, params, max_grad_norm: float) -> float:
     return float(grad_norm)
 
 
+class GracefulStop:
+    """SIGINT (Ctrl-C) or SIGTERM (a cluster's warning before it kills a job) during training asks
+    the loop to stop after the current step, with a checkpoint; a second signal stops at once."""
+    signum = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only there can Python take a signal
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, d) -> bool:
+        return not distributed.all_ranks_have(int(self.signum is None), d)
+
+    def __exit__(self, *exc):
+        for s, handler in getattr(self, "previous", {}).items():
+            signal.signal(s, handler)
+
+
 # ---- the final model -------------------------------------------------------------------------
 
 def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
@@ -336,72 +361,86 @@ def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
 
 def main(cfg: Config, typed: set[str] = frozenset()):
     d = distributed.setup()
+    created = checkpoint.first_missing(cfg.out)
     cfg = configure(cfg, typed, d)
-    objective = OBJECTIVES[cfg.objective]  # its loss function, views, options (mmpo/recipes.py)
-    options = objective.options(cfg, d)
-    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding
+    # a new run that stops before its first step takes back what it wrote (never an older run's files)
+    with checkpoint.undone_on_failure(cfg.out, created, d.main and not cfg.resume):
+        objective = OBJECTIVES[cfg.objective]  # its loss function, views, options (mmpo/recipes.py)
+        options = objective.options(cfg, d)
+        torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding
 
-    dataset, eval_set = load_data(cfg, objective.views, d)  # every row checked before any model is loaded
-    model, processor, base_model, model_fp = load_policy(cfg, d)
-    for ds in [s for s in (dataset, eval_set) if s is not None]:
-        ds.processor = processor
-    pad = pad_id(processor.tokenizer)
-    ref = reference.Reference.for_run(model, cfg, objective.reference, d)  # before sharding: a frozen copy is whole
-    place(model, ref, cfg, d)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # bf16: FSDP's mixed-precision policy when sharded, autocast in a single process
-    autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16" and not d.enabled)
-    # with the vision tower and projector frozen, each image is encoded once per step, not twice
-    share_features = supports_fused_images(model) and image_path_frozen(model)
+        dataset, eval_set = load_data(cfg, objective.views, d)  # every row checked before any model is loaded
+        model, processor, base_model, model_fp = load_policy(cfg, d)
+        for ds in [s for s in (dataset, eval_set) if s is not None]:
+            ds.processor = processor
+        pad = pad_id(processor.tokenizer)
+        ref = reference.Reference.for_run(model, cfg, objective.reference, d)  # before sharding: a frozen copy is whole
+        place(model, ref, cfg, d)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # bf16: FSDP's mixed-precision policy when sharded, autocast in a single process
+        autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16" and not d.enabled)
+        # with the vision tower and projector frozen, each image is encoded once per step, not twice
+        share_features = supports_fused_images(model) and image_path_frozen(model)
 
-    steps = schedule(cfg, dataset, model, model_fp, pad, d)
-    ref, eval_ref = reference_over(steps, ref, cfg, dataset, eval_set, model_fp, pad, autocast)
-    optimizer, scheduler, lr_at = make_optimizer(params, cfg, len(steps))
-    state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
-    step, nonfinite = state["step"], state["nonfinite"]
+        steps = schedule(cfg, dataset, model, model_fp, pad, d)
+        ref, eval_ref = reference_over(steps, ref, cfg, dataset, eval_set, model_fp, pad, autocast)
+        optimizer, scheduler, lr_at = make_optimizer(params, cfg, len(steps))
+        state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
+        step, nonfinite = state["step"], state["nonfinite"]
+
+        if d.main:  # written once everything checked out: from now on this folder holds a run
+            checkpoint.write_config(cfg)
 
     # ---- the loop ----------------------------------------------------------------------------
-    if d.main:  # written once everything checked out: from now on this folder holds a run
-        checkpoint.write_config(cfg)
     log = report.MetricsLog(cfg.out, cfg.report_to, d.main)
     bar = tqdm(total=len(steps), initial=step, desc=cfg.objective, dynamic_ncols=True, disable=not d.main)
     batches = iter(micro_batches(dataset, steps[step:], cfg, pad, d))
     t0, samples, tokens, last, evals = time.perf_counter(), 0, 0, {}, []
-    while step < len(steps):
-        if step in ref.refresh_at:
-            ref.refresh(step)
-        micro = [next(batches) for _ in range(cfg.grad_accum)]
-        sums, seen, step_norm = train_step(model, ref, micro, objective, options, optimizer, params, cfg, autocast,
-                                           share_features, d)
-        samples, tokens = samples + seen["samples"], tokens + seen["tokens"]
-        if sums is None:
-            nonfinite = skip_step(nonfinite + 1, step, cfg, d)
-        elif sums:
-            nonfinite, grad_norm = 0, step_norm
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        stage, epoch, _ = steps[step - 1]
-        row = {"step": step, "epoch": epoch, "stage": stage, "elapsed_s": time.perf_counter() - t0}
-        if sums:
-            elapsed = time.perf_counter() - t0
-            last = {"learning_rate": lr, **distributed.mean_over_ranks({k: v / seen["micro"] for k, v in sums.items()}, d),
-                    "grad_norm": grad_norm, "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed}
-            row.update(last)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('rewards/accuracies', float('nan')):.2f}",
-                            sps=f"{row['samples_per_s']:.1f}")
-        if eval_set is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == len(steps)):
-            row.update(report.evaluate(model, eval_set, eval_ref.logps, objective, options, cfg.batch_size, pad, d, autocast,
-                                       share_prefix=cfg.prefix_sharing, chunk=cfg.logps_chunk))
-            if "eval/loss" in row:  # absent when every held-out example is longer than --max-length
-                evals.append(row)
-        if (sums and (step % cfg.log_every == 0 or step == len(steps))) or "eval/loss" in row:
-            log.write(row)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == len(steps):
-            checkpoint.save(cfg.out, step, model, optimizer, scheduler, {"nonfinite": nonfinite, "base_model": base_model}, d)
+    with GracefulStop() as stop:  # SIGINT, SIGTERM: finish this step, checkpoint, exit 130 / 143
+        while step < len(steps):
+            if step in ref.refresh_at:
+                ref.refresh(step)
+            micro = [next(batches) for _ in range(cfg.grad_accum)]
+            sums, seen, step_norm = train_step(model, ref, micro, objective, options, optimizer, params, cfg, autocast,
+                                               share_features, d)
+            samples, tokens = samples + seen["samples"], tokens + seen["tokens"]
+            if sums is None:
+                nonfinite = skip_step(nonfinite + 1, step, cfg, d)
+            elif sums:
+                nonfinite, grad_norm = 0, step_norm
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            stage, epoch, _ = steps[step - 1]
+            row = {"step": step, "epoch": epoch, "stage": stage, "elapsed_s": time.perf_counter() - t0}
+            if sums:
+                elapsed = time.perf_counter() - t0
+                last = {"learning_rate": lr, **distributed.mean_over_ranks({k: v / seen["micro"] for k, v in sums.items()}, d),
+                        "grad_norm": grad_norm, "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed}
+                row.update(last)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row.get('rewards/accuracies', float('nan')):.2f}",
+                                sps=f"{row['samples_per_s']:.1f}")
+            if eval_set is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == len(steps)):
+                row.update(report.evaluate(model, eval_set, eval_ref.logps, objective, options, cfg.batch_size, pad, d, autocast,
+                                           share_prefix=cfg.prefix_sharing, chunk=cfg.logps_chunk))
+                if "eval/loss" in row:  # absent when every held-out example is longer than --max-length
+                    evals.append(row)
+            if (sums and (step % cfg.log_every == 0 or step == len(steps))) or "eval/loss" in row:
+                log.write(row)
+            stopping = stop.requested(d)  # a signal on any rank: every rank stops after this same step
+            if (cfg.save_every and step % cfg.save_every == 0) or step == len(steps) or stopping:
+                checkpoint.save(cfg.out, step, model, optimizer, scheduler, {"nonfinite": nonfinite, "base_model": base_model}, d)
+            if stopping:
+                break
     bar.close()
     log.close()
+    if stop.signum is not None and step < len(steps):
+        if d.main:
+            print(f"stopped at step {step} ({signal.Signals(stop.signum).name}); continue with: "
+                  f"python train.py --resume {cfg.out}")
+        distributed.barrier(d)
+        return 128 + stop.signum
 
     final = save_final(model, processor, cfg, base_model, d)
     if d.main:

@@ -19,6 +19,7 @@ The data order depends only on (seed, epoch) (``mmpo.curriculum.plan``), so with
 bit for bit). On another number of processes ``--grad-accum`` is rescaled to keep the global
 batch, and only dropout's random stream starts afresh.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -257,15 +258,43 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
                         f"--overwrite to replace it, or choose another --out")
     if d.main:
         try:
-            for name in old:
-                path = os.path.join(out, name)
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            remove_run_files(out)
             os.makedirs(out, exist_ok=True)
             write_atomic(os.path.join(out, ".write-test"), "")  # say now, not at the first checkpoint
             os.remove(os.path.join(out, ".write-test"))
         except OSError as e:
             raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     barrier(d)
+
+
+def remove_run_files(out: str):
+    """What a run leaves in ``out`` (``RUN_NAMES``, ``RUN_PREFIXES``): nothing else there is touched."""
+    for name in os.listdir(out) if os.path.isdir(out) else []:
+        if name in RUN_NAMES or name.startswith(RUN_PREFIXES):
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
+def first_missing(path: str) -> str | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating it would create)."""
+    top, p = None, os.path.abspath(path)
+    while not os.path.exists(p):
+        top, p = p, os.path.dirname(p)
+    return top
+
+
+@contextlib.contextmanager
+def undone_on_failure(out: str, created: str | None, active: bool):
+    """A new run that stops before training (a bad image, a model that will not load, Ctrl-C)
+    takes back what it wrote: the folders it created (``created``: the outermost), else its files
+    in the folder it claimed."""
+    try:
+        yield
+    except BaseException:
+        if active:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(created) if created else remove_run_files(out)
+        raise
 
 
 def write_config(cfg):

@@ -61,15 +61,20 @@ def first_line(e: Exception, limit: int = 200) -> str:
 
 
 def run(main, *args, light: bool = False) -> int:
-    """Call ``main(*args)``; report user errors (only rank 0 speaks under torchrun). ``light``:
-    for checking the command line before the heavy imports (transformers is left alone)."""
+    """Call ``main(*args)``; its exit status is what it returns (0 for None). User errors are one
+    line and status 2, an interruption one line and 130 (only rank 0 speaks under torchrun).
+    ``light``: for checking the command line before the heavy imports (transformers is left alone)."""
     if not light:
         import transformers
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     speak = os.environ.get("RANK", "0") == "0"
     try:
-        main(*args)
+        code = main(*args)
+    except KeyboardInterrupt:
+        if speak:
+            print("interrupted", file=sys.stderr)
+        return 130
     except (UserError, OSError) as e:  # mmpo.rows.DataError is a UserError with one message per problem
         messages = getattr(e, "messages", None)
         if messages is not None:
@@ -79,7 +84,7 @@ def run(main, *args, light: bool = False) -> int:
         else:
             lines = [f"error: {first_line(e, limit=10**6)}"]
     else:
-        return 0
+        return code if isinstance(code, int) else 0
     if speak:
         print("\n".join(lines), file=sys.stderr)
     return 2

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -175,6 +176,7 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
     assert lines[3].startswith(f"error: {path}:5: field 'image': cannot decode image")
     assert lines[4] == f"error: {path}:36: field 'id': duplicate id 'ex3' (first on line 9)"
     assert len(lines) == 21 and lines[-1] == "... and 5 more errors"  # the first 20, then a count
+    assert not os.path.exists(tmp_path / "o")  # a run that stops before training leaves nothing behind
 
 
 @pytest.mark.parametrize("args,message", [
@@ -481,3 +483,60 @@ def test_pairs_with_the_same_chosen_and_rejected_are_left_out_and_counted(easy_d
     r = cli("--data", write_jsonl(tmp_path / "all.jsonl", rows), "--out", tmp_path / "none", "--model", "tiny-llava")
     assert r.returncode == 2 and r.stderr.strip() == (f"error: {tmp_path / 'all.jsonl'}: in all 32 examples chosen and "
                                                       f"rejected are the same text: no preference to learn")
+
+
+def test_a_run_that_fails_before_training_takes_back_what_it_wrote(easy_data, tmp_path):
+    """A model that will not load: the folders the run created are gone; in a folder that existed,
+    only what the run wrote goes (base_model/), the user's own files stay."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "llava"}))  # no weights, no processor
+    r = cli("--data", easy_data, "--model", broken, "--out", tmp_path / "new" / "run")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --model {broken}: cannot load")
+    assert not os.path.exists(tmp_path / "new")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    r = cli("--data", easy_data, "--data", "x.jsonl", "--out", mine)  # fails after --out is claimed: no x.jsonl
+    assert r.returncode == 2
+    r = cli("--out", mine, "--max-steps", 1, "--eval-data", tmp_path / "missing.jsonl")
+    assert r.returncode == 2 and sorted(os.listdir(mine)) == ["notes.txt"]  # synthetic/ written, then taken back
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact(easy_data, tmp_path, monkeypatch,
+                                                                                 capsys, signum):
+    args = ["--data", easy_data, "--max-steps", "6", "--batch-size", "4", "--lora-rank", "8", "--lora-dropout", "0.1",
+            "--save-every", "0"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run_ok(*args, "--out", straight)
+    real, calls = train.train_step, []
+
+    def signalled_during_step_3(*a, **k):
+        calls.append(1)
+        out = real(*a, **k)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signum)  # as the cluster or Ctrl-C would, mid-run
+        return out
+    monkeypatch.setattr(train, "train_step", signalled_during_step_3)
+    assert train.run([*args, "--out", str(stopped)]) == 128 + signum
+    assert f"stopped at step 3 ({signal.Signals(signum).name}); continue with: python train.py --resume {stopped}" \
+        in capsys.readouterr().out
+    assert checkpoint.latest(str(stopped)).endswith("checkpoint-3") and not os.path.exists(stopped / "final")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    monkeypatch.setattr(train, "train_step", real)
+    run_ok("--resume", stopped)
+    assert_identical_runs(straight, stopped, 6)
+
+
+def test_a_second_signal_stops_at_once_in_one_line(easy_data, tmp_path, monkeypatch, capsys):
+    real = train.train_step
+
+    def two_signals(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_step", two_signals)
+    assert train.run(["--data", easy_data, "--out", str(tmp_path), "--max-steps", "3", *FAST]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted\n" in err and "Traceback" not in err
