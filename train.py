@@ -19,6 +19,7 @@ if __name__ == "__main__":  # --help and option errors answer at once, before to
         sys.exit(2)
     cpu_bf16.guard()  # before torch runs a bf16 kernel: on some CPUs one dies with SIGILL (mmpo/cpu_bf16.py)
 
+import contextlib
 import functools
 import math
 import os
@@ -29,7 +30,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from mmpo import checkpoint, cli, curriculum, distributed, lora, reference, report
+from mmpo import checkpoint, cli, curriculum, distributed, files, lora, reference, report
 from mmpo.cli import UserError
 from mmpo.config import Config, parse_args, typed_flags
 from mmpo.data import PreferenceDataset, collate, pad_id
@@ -42,7 +43,7 @@ from mmpo.synthetic import make_synthetic
 
 # ---- configuration ---------------------------------------------------------------------------
 
-def configure(cfg: Config, typed: set[str], d) -> Config:
+def configure(cfg: Config, typed: set[str], d, held: contextlib.ExitStack) -> Config:
     """The run's settings. ``--resume``: the killed run's own, with only how long it runs and how
     it reports taken from the command line. A new run: the objective's defaults filled in, and
     ``--out`` claimed (a new run never lands on an old one). Options that cannot work together
@@ -64,7 +65,9 @@ def configure(cfg: Config, typed: set[str], d) -> Config:
         raise UserError("--redraw-m-prime draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
     if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
         raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
-    if not cfg.resume:  # last: nothing is written before every check has passed
+    # last, once every check has passed: one run per folder (a second one stops here, in one line), then claim it
+    held.enter_context(files.locked(cfg.out, "train.py", d.main, "--resume" if cfg.resume else "--out"))
+    if not cfg.resume:
         checkpoint.claim_out(cfg.out, cfg.overwrite, d)
     return cfg
 
@@ -361,10 +364,15 @@ def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
 
 def main(cfg: Config, typed: set[str] = frozenset()):
     d = distributed.setup()
-    created = checkpoint.first_missing(cfg.out)
-    cfg = configure(cfg, typed, d)
+    created = checkpoint.first_missing(cfg.resume or cfg.out)
+    with contextlib.ExitStack() as held:  # what the run holds to its end: its folder's lock (configure)
+        return train(cfg, typed, d, created, held)
+
+
+def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib.ExitStack):
     # a new run that stops before its first step takes back what it wrote (never an older run's files)
-    with checkpoint.undone_on_failure(cfg.out, created, d.main and not cfg.resume):
+    with checkpoint.undone_on_failure(cfg.resume or cfg.out, created, d.main and not cfg.resume):
+        cfg = configure(cfg, typed, d, held)
         objective = OBJECTIVES[cfg.objective]  # its loss function, views, options (mmpo/recipes.py)
         options = objective.options(cfg, d)
         torch.manual_seed(cfg.seed)  # the same on every rank: identical initial weights before sharding

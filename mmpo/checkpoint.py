@@ -286,14 +286,19 @@ def first_missing(path: str) -> str | None:
 @contextlib.contextmanager
 def undone_on_failure(out: str, created: str | None, active: bool):
     """A new run that stops before training (a bad image, a model that will not load, Ctrl-C)
-    takes back what it wrote: the folders it created (``created``: the outermost), else its files
-    in the folder it claimed."""
+    takes back what it wrote: the folders it created (``created``: the outermost), else what it
+    added to the folder that was there (never what was there before)."""
+    before = set(os.listdir(out)) if created is None and os.path.isdir(out) else set()
     try:
         yield
     except BaseException:
         if active:
             with contextlib.suppress(OSError):
-                shutil.rmtree(created) if created else remove_run_files(out)
+                if created:
+                    shutil.rmtree(created)
+                for name in set(os.listdir(out)) - before if not created and os.path.isdir(out) else ():
+                    path = os.path.join(out, name)
+                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         raise
 
 

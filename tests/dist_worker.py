@@ -59,12 +59,8 @@ def main(jobs_path, out):
         if job["kind"] == "train":
             result["code"] = train.run(job["args"])
         elif job["kind"] == "train_killed":
-            try:
-                with killed_after_checkpoint(job["at"]):
-                    train.run(job["args"])
-                result["died"] = False
-            except KeyboardInterrupt:
-                result["died"] = True
+            with killed_after_checkpoint(job["at"]):  # cli.run reports the interruption: status 130
+                result["died"] = train.run(job["args"]) == 130
         elif job["kind"] == "napo_q":
             result = napo_q(d)
         elif job["kind"] == "bf16":

@@ -540,3 +540,37 @@ def test_a_second_signal_stops_at_once_in_one_line(easy_data, tmp_path, monkeypa
     assert train.run(["--data", easy_data, "--out", str(tmp_path), "--max-steps", "3", *FAST]) == 130
     err = capsys.readouterr().err
     assert "interrupted\n" in err and "Traceback" not in err
+
+
+def test_one_run_per_folder(easy_data, tmp_path):
+    """A folder held by a live run refuses a second one in one line; a dead holder's lock (a pid that
+    is gone, or another host's lock not refreshed for 5 minutes) is taken over; a run lets go at its end."""
+    import socket
+    import time
+
+    from mmpo import files
+    out = tmp_path / "run"
+    args = ["--data", easy_data, "--out", out, "--max-steps", 30, "--epochs", 8, *FAST]
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 240
+        while not (out / files.LOCK).exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        second = cli(*args[:-len(FAST)], "--overwrite", *FAST)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip() == (f"error: {out} is in use by train.py (pid {first.pid} on {socket.gethostname()}): "
+                                         "one run per folder; wait for it, or choose another folder")
+        assert first.wait(timeout=600) == 0, first.stderr[-2000:] if first.stderr else ""
+    finally:
+        first.kill()
+    assert not (out / files.LOCK).exists() and len(metrics(out)) == 30  # the first run, whole; the lock let go
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for who, age in (({"host": socket.gethostname(), "pid": int(dead.stdout)}, 0), ({"host": "elsewhere", "pid": 1}, 600)):
+        (tmp_path / "taken").mkdir(exist_ok=True)
+        (tmp_path / "taken" / files.LOCK).write_text(json.dumps({"program": "train.py", **who}))
+        os.utime(tmp_path / "taken" / files.LOCK, (time.time() - age, time.time() - age))
+        run_ok("--data", easy_data, "--out", tmp_path / "taken", "--max-steps", 1, "--overwrite", *FAST)
+    (tmp_path / "taken" / files.LOCK).write_text(json.dumps({"program": "eval.py", "host": "elsewhere", "pid": 1}))
+    r = cli("--data", easy_data, "--out", tmp_path / "taken", "--max-steps", 1, "--overwrite", *FAST)
+    assert r.returncode == 2 and "is in use by eval.py (pid 1 on elsewhere)" in r.stderr  # refreshed: alive
