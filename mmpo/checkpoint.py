@@ -267,12 +267,15 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
     barrier(d)
 
 
+def remove(path: str):
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
 def remove_run_files(out: str):
     """What a run leaves in ``out`` (``RUN_NAMES``, ``RUN_PREFIXES``): nothing else there is touched."""
     for name in os.listdir(out) if os.path.isdir(out) else []:
         if name in RUN_NAMES or name.startswith(RUN_PREFIXES):
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            remove(os.path.join(out, name))
 
 
 def first_missing(path: str) -> str | None:
@@ -294,11 +297,9 @@ def undone_on_failure(out: str, created: str | None, active: bool):
     except BaseException:
         if active:
             with contextlib.suppress(OSError):
-                if created:
-                    shutil.rmtree(created)
-                for name in set(os.listdir(out)) - before if not created and os.path.isdir(out) else ():
-                    path = os.path.join(out, name)
-                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+                added = [created] if created else [os.path.join(out, n) for n in set(os.listdir(out)) - before]
+                for path in added:
+                    remove(path)
         raise
 
 

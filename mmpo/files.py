@@ -3,7 +3,13 @@ name, then renamed into place (atomic on one filesystem). Everything that a late
 through here: checkpoints' pointers, configs, caches, prepared data and images. No torch, on purpose.
 """
 import contextlib
+import json
 import os
+import socket
+import threading
+import time
+
+from mmpo.cli import UserError
 
 
 @contextlib.contextmanager
@@ -37,9 +43,6 @@ STALE_S = 300  # a holder refreshes its lock every minute: one left this long is
 def holder(folder: str) -> dict | None:
     """Who holds ``folder``'s lock (program, host, pid), or None when it is free or its holder is
     gone: a process of this host that no longer runs, or a lock not refreshed for ``STALE_S``."""
-    import json
-    import socket
-    import time
     path = os.path.join(folder, LOCK)
     try:
         with open(path) as f:
@@ -63,10 +66,6 @@ def locked(folder: str, program: str, active: bool = True, flag: str = "--out"):
     holder. The lock is a file created exclusively (O_EXCL, atomic on local filesystems and NFS),
     not an advisory lock, and is refreshed every minute by a thread; one left by a dead process is
     taken over. ``active`` False (the other ranks of a torchrun job): nothing is done."""
-    import json
-    import socket
-    import threading
-    from mmpo.cli import UserError
     if not active:
         yield
         return

@@ -24,120 +24,9 @@ the peak RSS (VmHWM), reset through ``/proc/self/clear_refs`` once freed memory 
 (``malloc_trim``); elsewhere, none. Each (shape, objective) runs in a process of its own.
 Timings on shared CPUs vary by +-20% between runs: compare the ratios within one run.
 
-Shapes: **tiny** is the tests' tiny LLaVA (16 image tokens, vocabulary 261, prompt P = 59 tokens,
-the synthetic answers: R = 22-23); **llava-1.5** is the same model with LLaVA-1.5's proportions
-(336 px / 14 px patches: 576 image tokens, vocabulary 32000, P = 619; hidden 256, 4 layers) and
-answers of `--answer-length 64` tokens (R = 65). Batch 4, full fine-tuning with a live frozen
-reference unless --lora. Writes runs/bench/bench.json (every figure, each timed step) and bench.md.
 
-| column | what it is |
-|---|---|
-| step ms, samples/s | one optimizer step with every optimisation on (median); batch / step |
-| floor ms | one bare forward + backward of the policy over exactly the token positions the step needs: one vision pass per image, then the model on the very inputs `sequence_logps` builds (packed sequences), the response tokens' log-probs computed as the step computes them (chunked, real tokens only; all at once in the rows where chunking is off) and summed; no objective, no reference, no optimizer |
-| step/floor | what mmpo adds to the unavoidable: the reference, the objective, clipping and AdamW |
-| step/floor, ref cache | the same with `--ref-cache` (the reference read from a table) |
-| peak MB, peak/floor | what a step adds at its peak to what lives before it (weights, AdamW's moments, the frozen copy): the peak RSS on Linux (VmHWM, restarted through `/proc/self/clear_refs` after `malloc_trim`), `torch.cuda.max_memory_allocated` on a GPU; and its ratio to the floor's |
-| LM positions/example | token positions the language model processes per example (`lm_positions`, padding included), with prefix sharing / without: DPO P + 2R against 2(P + R) |
-
-Variants, each switched off alone, as multiples of the all-on row: no prefix sharing
-(--no-prefix-sharing), no chunked log-probs (--logps-chunk 0), full logits (logits at every
-position, prompt and image included: what a plain loop computes), ref cache (on); with --lora, no
-shared vision pass (the reference encodes the images again; a frozen copy always does, so under
-full fine-tuning there is nothing to share); with --bf16 (or a GPU that has it), bf16 autocast.
-
-One run of the defaults (`python -m mmpo.bench`, 656 s): 2-core CPU (a shared VM: up to a third of
-its time stolen by other guests), Intel(R) Xeon(R) Processor @ 2.80GHz, torch 2.14.1+cu130, 2
-threads; full fine-tuning, live frozen reference, batch 4, fp32; median of 3 steps after one
-warm-up; transformers 5.23.0. Timings move ±20-30% between runs and between the timed steps of
-one run: only ratios within one run compare.
-
-| shape | objective | views | step ms | samples/s | floor ms | step/floor | step/floor, ref cache | peak MB | peak/floor | LM positions/example, shared / unshared |
-|---|---|---|---|---|---|---|---|---|---|---|
-| tiny | dpo | 2 | 129 | 30.9 | 90 | 1.43 | 1.19 | 56 | 1.09 | 103 / 162 |
-| tiny | mdpo | 3 | 251 | 15.9 | 188 | 1.34 | 1.14 | 103 | 0.97 | 206 / 243 |
-| tiny | mfpo | 3 | 241 | 16.6 | 159 | 1.52 | 1.18 | 98 | 1.07 | 206 / 243 |
-| tiny | napo | 4 | 210 | 19.1 | 145 | 1.45 | 1.03 | 76 | 1.09 | 151 / 328 |
-| tiny | symmpo | 5 | 320 | 12.5 | 209 | 1.53 | 1.07 | 133 | 1.02 | 250 / 405 |
-| llava-1.5 | dpo | 2 | 1676 | 2.4 | 1099 | 1.52 | 1.10 | 636 | 1.03 | 749 / 1368 |
-| llava-1.5 | mdpo | 3 | 2627 | 1.5 | 1989 | 1.32 | 1.13 | 1061 | 1.10 | 1498 / 2052 |
-| llava-1.5 | mfpo | 3 | 2805 | 1.4 | 2064 | 1.36 | 1.05 | 1008 | 1.07 | 1498 / 2052 |
-| llava-1.5 | napo | 4 | 2256 | 1.8 | 1520 | 1.48 | 1.22 | 801 | 1.01 | 879 / 2736 |
-| llava-1.5 | symmpo | 5 | 3232 | 1.2 | 2363 | 1.37 | 1.16 | 1220 | 1.07 | 1628 / 3420 |
-
-step time x / peak memory x against all on:
-
-| shape | objective | no prefix sharing | no chunked log-probs | full logits | ref cache |
-|---|---|---|---|---|---|
-| tiny | dpo | 1.43 / 1.54 | 1.15 / 0.99 | 1.14 / 1.04 | 0.83 / 0.84 |
-| tiny | mdpo | 1.19 / 1.21 | 1.02 / 1.05 | 1.05 / 1.09 | 0.86 / 0.98 |
-| tiny | mfpo | 1.13 / 1.28 | 0.98 / 1.07 | 1.03 / 1.05 | 0.77 / 1.06 |
-| tiny | napo | 1.63 / 2.30 | 0.99 / 1.03 | 0.93 / 0.97 | 0.71 / 0.93 |
-| tiny | symmpo | 1.46 / 1.66 | 1.07 / 0.97 | 1.07 / 0.99 | 0.70 / 0.95 |
-| llava-1.5 | dpo | 1.34 / 1.31 | 0.96 / 0.99 | 1.98 / 1.46 | 0.72 / 0.92 |
-| llava-1.5 | mdpo | 1.18 / 1.10 | 1.14 / 1.12 | 2.59 / 1.66 | 0.86 / 0.99 |
-| llava-1.5 | mfpo | 1.05 / 1.26 | 1.11 / 1.19 | 2.26 / 1.84 | 0.77 / 1.14 |
-| llava-1.5 | napo | 1.95 / 1.96 | 1.10 / 1.07 | 1.79 / 1.45 | 0.82 / 0.93 |
-| llava-1.5 | symmpo | 1.64 / 1.59 | 1.16 / 1.06 | 2.31 / 1.60 | 0.85 / 0.88 |
-
-How to read it:
-- step/floor is 1.3-1.5 with the live frozen reference (its forward costs about a third of the
-  floor) and 1.0-1.2 with the cache. The target for DPO with the cache, at most 1.15, is met here
-  (1.10 at llava-1.5; 1.19 tiny) and in the TRL run below (1.05); 0.99-1.24 in earlier runs: what
-  is left is the objective, clipping and AdamW over all weights, within this machine's noise.
-- Prefix sharing pays where several views share one image: at llava-1.5 1.3x faster and 1.3x less
-  peak for DPO (1.1-1.6x in recent runs), 1.6x / 1.6x SymMPO, 1.95x / 1.96x NaPO (four views on
-  one image: 879 positions per example instead of 2736), 1.18x / 1.10x mDPO, 1.05x / 1.26x MFPO.
-  mDPO and MFPO gain least: two views see m, one sees m', so m''s packed sequence carries a filler
-  block, and at this toy width (hidden 256, 4 layers) against a 32000-word output layer a response
-  token costs about three prefix tokens (8.2M multiply-adds in the output layer on top of ~4M in
-  the four layers). The filler used to be projected onto the vocabulary too, which cancelled the
-  saving (0.98x for mDPO before commit 3733355); now only real response tokens are. The attention
-  over a packed sequence with its explicit mask is the rest (about a quarter of a DPO step here in
-  torch.profiler). With a real model's width the layers outweigh the output layer and the saving
-  nears the positions' ratio.
-- Response-only logits are the largest single saving at a 32000-word vocabulary: full logits make
-  the step 1.8-2.6x slower and its peak 1.45-1.85x larger; at the tiny shape (vocabulary 261) they
-  cost little.
-- Chunked log-probs save time as well as memory where views are packed with a filler or padded
-  and the chunk stays small (without them: mDPO 1.14x, MFPO 1.11x, NaPO 1.10x, SymMPO 1.16x slower,
-  peaks 1.06-1.19x); DPO is even (0.96x): the output layer's second run in the backward costs what
-  the smaller tensors save.
-- Peak memory of a step is about the floor's (0.97-1.10x): the reference's forward runs without a graph.
-
-Against TRL (--compare-trl). One run (449 s), `python -m mmpo.bench --compare-trl --shapes
-llava-1.5 --objectives dpo,symmpo --variants "ref cache,no prefix sharing" --answer-length 200
---steps 5`: 2-core CPU, Intel(R) Xeon(R) Processor @ 2.80GHz, torch 2.14.1+cu130, 2 threads; full
-fine-tuning, live frozen reference, batch 4, fp32; median of 5 steps after one warm-up. Answers of
-200 tokens (R = 201; TRL's sequences hold 821 positions, its template's few tokens more than
-mmpo's P + R = 820).
-
-| shape | objective | views | step ms | samples/s | floor ms | step/floor | step/floor, ref cache | peak MB | peak/floor | LM positions/example, shared / unshared |
-|---|---|---|---|---|---|---|---|---|---|---|
-| llava-1.5 | dpo | 2 | 2795 | 1.4 | 1940 | 1.44 | 1.05 | 962 | 1.10 | 1021 / 1640 |
-| llava-1.5 | symmpo | 5 | 6532 | 0.6 | 4936 | 1.32 | 1.03 | 2196 | 1.08 | 2444 / 4100 |
-
-| shape | TRL DPO step ms | TRL peak MB | TRL LM positions/example | objective | x faster | peak x |
-|---|---|---|---|---|---|---|
-| llava-1.5 | 19673 | 4811 | 1642 | dpo | 7.0 | 0.20 |
-| llava-1.5 | 19673 | 4811 | 1642 | symmpo | 3.0 | 0.46 |
-
-The targets, at this shape on this CPU, side by side in one run:
-
-| target | reached | what stands between mmpo and it |
-|---|---|---|
-| DPO step ≥ 10× faster than TRL's | **no: 7.0×** (9.7× with `--ref-cache`; 5.5-5.8× in three earlier runs with 1024-position chunks, as TRL's own time moved between 16.6 and 19.7 s) | the policy's own bare forward + backward: the floor alone is 19673 / 1940 = 10.1× below TRL's step here (8.2× in the previous run), so 10× would need a step that costs no more than its floor: the reference cached and the objective and AdamW free. TRL runs 2(P + R) = 1642 positions per example through the policy and as many through its reference, with logits at every one of them; mmpo 1021 and 1021, logits at its 402 response tokens only. What is left in the floor at this toy width is the output layer (a response token costs ~3 prefix tokens) and attention over packed sequences; a fused output-layer + log-softmax kernel, or bf16 on a CPU or GPU that has it, would lower the floor itself. |
-| SymMPO (5 views, two images) ≥ 4× faster than TRL's DPO | **no: 3.0×** (2.1-2.6× in three earlier runs) | the same floor: SymMPO's policy processes 2P + 6R = 2444 positions per example (its m' prefix carries a filler block) and projects 5R response tokens, more than TRL's DPO policy pass (1642), so its floor (4936 ms) is only 4.0× below TRL's step. |
-| DPO peak memory ≤ 0.25× TRL's | **yes: 0.20×** (0.19-0.20 in four runs) | |
-| DPO step / floor ≤ 1.15 with a reference cache | **yes: 1.05** (1.10 in the default run above; 0.99-1.24 in earlier runs) | nothing measurable: what is left is the objective, clipping and AdamW, and this machine's noise is as large. |
-
-Both sides run without activation checkpointing; with TRL's default (on) its step was slower
-still (about 33 s for answers of ~750 tokens in an earlier try), which would flatter mmpo. No GPU
-was lent to this work: no GPU table; the NCCL and bf16-on-GPU paths have not been timed.
-
-Earlier measurements (before prefix sharing, with the benchmark of the time, same CPU): scoring
-one mDPO batch of 4 (12 views) at LLaVA-1.5's proportions took 546 ms fused against 1485 ms for
-one forward per view (x2.7); the tiny LLaVA trained at 7.9-17.8 samples/s (batch 8, LoRA r64,
-live reference) and 20.7-33.3 with full fine-tuning and a cached reference.
+The shapes, each column, the recorded runs (the default one and the TRL comparison) and how to read
+them: ``mmpo/bench/RESULTS.md``.
 """
 import argparse
 import contextlib
@@ -171,9 +60,8 @@ from mmpo.recipes import OBJECTIVES, resolve
 from mmpo.reference import Reference
 from mmpo.synthetic import make_synthetic
 
-# this program's folder (compare_trl.py is beside it), and the folder that holds mmpo/: the checkout
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = os.path.dirname(os.path.dirname(HERE))
+# the folder that holds mmpo/: the checkout, with train.py and compare_trl.py
+PACKAGES = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # each optimisation switched off alone (or, for the cache and bf16, on): what differs from "all on"
 VARIANTS = {
@@ -419,7 +307,10 @@ def markdown(rows: list[dict], caption: str) -> str:
 
 def compare_trl(spec: dict) -> dict:
     """TRL's DPOTrainer on ``spec``'s model, data and batch, by compare_trl.py in a process of its own."""
-    return in_process([os.path.join(HERE, "compare_trl.py"), json.dumps(spec)], f"compare_trl.py {spec['shape']}")
+    path = os.path.join(PACKAGES, "compare_trl.py")  # the checkout's: outside the package, as trl stays out of it
+    if not os.path.isfile(path):
+        raise UserError(f"--compare-trl runs compare_trl.py of the repository, not found at {path}: run it from a checkout")
+    return in_process([path, json.dumps(spec)], f"compare_trl.py {spec['shape']}")
 
 
 # ---- the command line ------------------------------------------------------------------------

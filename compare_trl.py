@@ -10,7 +10,7 @@ truncation, mmpo's learning rate, weight decay, Adam betas and clipping. The fir
 warm-up; each step is timed from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already
 collated, as in the bench), with the memory it adds at its peak measured as the bench measures it.
 
-    PYTHONPATH=. python mmpo/bench/compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
+    python compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
 prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb, positions_per_example.
 
