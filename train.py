@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -230,18 +231,37 @@ def drop_empty_pairs(dataset, stages, d) -> list[list[int]]:
 
 # ---- optimizer -------------------------------------------------------------------------------
 
-def make_optimizer(params, cfg: Config, n_steps: int):
-    """AdamW with linear warmup then cosine decay to 0. Returns the optimizer, its scheduler, and
-    the learning-rate factor of any step (what a resume sets the rate from)."""
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2))
-    lr_at = functools.partial(warmup_cosine, warmup=int(cfg.warmup * n_steps), total=n_steps)
+def make_optimizer(model, cfg: Config, n_steps: int):
+    """AdamW over the trainable parameters, with HF Trainer's conventions (all the released runs
+    use it): no weight decay on biases and norm weights (``--decay-all`` decays them too), and a
+    linear warmup over ceil(warmup x steps) steps, then cosine decay to 0. Returns the optimizer,
+    its scheduler, and the learning-rate factor of any step (what a resume sets the rate from)."""
+    decay, exempt = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if cfg.decay_all or not no_decay(model, name) else exempt).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
+    lr_at = functools.partial(warmup_cosine, warmup=math.ceil(cfg.warmup * n_steps), total=n_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at), lr_at
 
 
+def no_decay(model, name: str) -> bool:
+    """Whether HF Trainer leaves the parameter ``name`` out of weight decay: a bias, a LayerNorm's
+    parameter, or one whose name says it belongs to a norm (RMSNorms: ``input_layernorm``,
+    ``model.norm``, ``q_norm``)."""
+    module = model.get_submodule(name.rpartition(".")[0])
+    if isinstance(module, torch.nn.LayerNorm):
+        return True
+    return re.search(r"bias|layernorm|rmsnorm|(^|\.)norm($|\.)|_norm($|\.)", name.lower()) is not None
+
+
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """The learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to 0."""
+    """The learning-rate factor of optimizer step ``step`` (from 0), as transformers'
+    get_cosine_schedule_with_warmup: step/warmup during the warmup (so the first step's rate is 0),
+    then cosine decay to 0 at ``total``."""
     if step < warmup:
-        return (step + 1) / (warmup + 1)
+        return step / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
@@ -392,7 +412,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
 
         steps = schedule(cfg, dataset, model, model_fp, pad, d)
         ref, eval_ref = reference_over(steps, ref, cfg, dataset, eval_set, model_fp, pad, autocast)
-        optimizer, scheduler, lr_at = make_optimizer(params, cfg, len(steps))
+        optimizer, scheduler, lr_at = make_optimizer(model, cfg, len(steps))
         state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
         step, nonfinite = state["step"], state["nonfinite"]
 

@@ -39,6 +39,8 @@ class Config:
     lr: float = opt(None, "peak learning rate (default: the paper's; 1e-3 for tiny-* models)")
     warmup: float = opt(0.1, "warmup fraction of the steps, then cosine decay to 0")
     weight_decay: float = opt(None, "AdamW weight decay (default: the objective's; 0.01 for napo and symmpo, 0 for the others)")
+    decay_all: bool = opt(False, "weight decay on biases and norm weights too (default: HF Trainer's convention, "
+                                 "which exempts them)")
     adam_beta2: float = opt(0.999, "AdamW beta2 (mDPO's released configuration: 0.98)")
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)")
     max_length: int = opt(1024, "prompt + image + response tokens; responses are truncated, prompts never")

@@ -74,10 +74,14 @@ OBJECTIVES: dict[str, Objective] = {
                       recipe=("unpublished; mDPO's bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "noise"})),
     "napo": Objective(O.napo, ("chosen", "rejected", "lang_biased", "vision_biased"), _napo_options, lr=5e-7,
                       weight_decay=0.01, needs_lengths=True,
-                      recipe=("zhangzef/NaPO script/pipeline/llava15_train_bias.sh + pipeline.sh",
+                      # pipeline.sh's 4-epoch NaPO block with loss_weight 0.02-0.49-0.49 (its 0.04-0.48-0.48
+                      # blocks run 10 epochs); the hyperparameters it passes to llava15_train_bias.sh
+                      recipe=("zhangzef/NaPO script/pipeline/pipeline.sh (4 epochs, loss_weight 0.02-0.49-0.49) "
+                              "+ llava15_train_bias.sh",
                               dict(lr=5e-7, epochs=4, warmup=0.1, weight_decay=0.01, adam_beta2=0.999, beta=0.1,
                                    batch_size=1, grad_accum=4, lora_rank=0, dtype="bf16", max_length=2048,
-                                   napo_q_form="code", napo_alpha="0.5,0.01"))),
+                                   napo_weights="0.02,0.49,0.49", napo_q=None, napo_q_form="code",
+                                   napo_alpha="0.5,0.01"))),
     "symmpo": Objective(O.symmpo, ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt"),
                         _symmpo_options, lr=5e-6, weight_decay=0.01, m_prime="contrast",
                         recipe=("iLearn-Lab/NeurIPS25-SymMPO script/train/llava15_train_main.sh + run.sh",

@@ -274,6 +274,8 @@ def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, cap
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.dtype, cfg.epochs) == (64, 128.0, "bf16", 1)  # --epochs typed: kept
     napo = configured("--objective", "napo", "--recipe", "paper")
     assert (napo.lr, napo.epochs, napo.lora_rank, napo.weight_decay, napo.batch_size, napo.grad_accum) == (5e-7, 4, 0, 0.01, 1, 4)
+    # one released 4-epoch block (pipeline.sh): its weights, dynamic q in the code's form, alpha 0.5 / 0.01
+    assert (napo.napo_weights, napo.napo_q, napo.napo_q_form, napo.napo_alpha) == ("0.02,0.49,0.49", None, "code", "0.5,0.01")
     sym = configured("--objective", "symmpo", "--recipe", "paper")
     assert (sym.lr, sym.warmup, sym.max_steps, sym.lora_rank, sym.symmpo_gamma) == (5e-6, 0.05, 670, 0, 1e-4)
     practical = configured("--objective", "mdpo")
@@ -285,6 +287,38 @@ def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, cap
     saved = json.load(open(tmp_path / "config.json"))
     assert (saved["recipe"], saved["lr"], saved["adam_beta2"], saved["weight_decay"], saved["grad_accum"]) == \
         ("paper", 1e-5, 0.98, 0.05, 2)
+
+
+def test_the_optimizer_follows_hf_trainer(tmp_path):
+    """The released runs all use HF Trainer: no weight decay on biases and norm weights (its own
+    get_decay_parameter_names decides the same parameters), and warmup over ceil(ratio x steps)
+    steps from a rate of 0, as transformers' get_cosine_schedule_with_warmup."""
+    from transformers import Trainer, get_cosine_schedule_with_warmup
+    model = tiny_model("tiny-qwen2vl")[0]  # biases (qkv), RMSNorms (input_layernorm, model.norm), LayerNorms (vision)
+    cfg = resolve(parse_args(["--objective", "napo", "--lr", "1e-3"]), {"lr"})
+    optimizer = train.make_optimizer(model, cfg, 10)[0]
+    decayed, exempt = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in decayed} == set(Trainer.get_decay_parameter_names(None, model))
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    assert "model.language_model.norm.weight" in {names[i] for i in exempt}
+    assert "model.language_model.layers.0.self_attn.q_proj.bias" in {names[i] for i in exempt}
+    assert "model.language_model.layers.0.self_attn.q_proj.weight" in {names[i] for i in decayed}
+    everything = train.make_optimizer(model, resolve(parse_args(["--decay-all"]), set()), 10)[0]
+    assert len(everything.param_groups) == 1 and len(everything.param_groups[0]["params"]) == len(names)
+
+    for steps, ratio in [(10, 0.1), (7, 0.05), (100, 0.03), (5, 0.0), (3, 0.5)]:
+        cfg.warmup = ratio
+        ours = train.make_optimizer(model, cfg, steps)[1]
+        theirs = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1e-3), math.ceil(ratio * steps), steps)
+        rates = []
+        for _ in range(steps):
+            rates.append((ours.get_last_lr()[0], theirs.get_last_lr()[0]))
+            ours.optimizer.step(), ours.step(), theirs.optimizer.step(), theirs.step()
+        assert all(a == pytest.approx(b, abs=1e-12) for a, b in rates), (steps, ratio)
+    cfg.warmup = 0.05
+    rates = [train.make_optimizer(model, cfg, 7)[2](k) for k in range(3)]  # ceil(0.35) = 1 warmup step, not int() = 0
+    assert rates[0] == 0 and rates[1] == 1.0 and rates[2] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
 
 
 def test_a_new_run_never_lands_on_an_old_one(easy_data, tmp_path):
