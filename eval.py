@@ -160,7 +160,7 @@ if __name__ == "__main__":  # --help and every mistake above answer at once, bef
 import torch
 from tqdm import tqdm
 
-from mmpo import metrics
+from mmpo import files, metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps
@@ -399,6 +399,11 @@ def main(args) -> dict:
     columns = args.columns
     benches = [(kind, name, read_bench(kind, path)) for (kind, path), name in zip(args.bench, args.bench_names)]
     negatives = data_negatives(args.data) if args.data else []
+    with files.locked(args.out, "eval.py"):  # one run per folder: a second eval.py (or train.py) there stops
+        return evaluate(args, columns, benches, negatives)
+
+
+def evaluate(args, columns, benches, negatives) -> dict:
     open_out(args.out)
     refs, table = {}, {}  # refs: one entry per distinct base, computed once, shared by its checkpoints
     for col in columns:

@@ -88,6 +88,7 @@ def inputs(easy_data, tmp_path_factory):
 def evaluated(out, *argv) -> dict:
     """eval.py's report (eval.json) after a successful run writing to ``out``."""
     assert evaluate.run([*map(str, argv), "--out", str(out)]) == 0
+    assert not os.path.exists(os.path.join(out, ".mmpo.lock"))  # the folder's lock, let go at the end
     return json.load(open(os.path.join(out, "eval.json")))
 
 

@@ -146,6 +146,16 @@ def test_a_command_line_mistake_answers_before_torch_is_imported(ws):
         ["error: --bench nope: unknown benchmark, choose chair, pope or qa"]
 
 
+def test_a_folder_in_use_is_refused_before_any_model_loads(ws):
+    """One run per folder: eval.py into a folder that a live run holds (its lock refreshed now)."""
+    (ws / "busy").mkdir()
+    (ws / "busy" / ".mmpo.lock").write_text(json.dumps({"program": "train.py", "host": "elsewhere", "pid": 7}))
+    r = eval_py("eval.py", *TINY, "--data", ws / "data.jsonl", "--out", ws / "busy")
+    assert error_line(r) == (f"error: {ws}/busy is in use by train.py (pid 7 on elsewhere): one run per folder; "
+                             "wait for it, or choose another folder")
+    assert os.listdir(ws / "busy") == [".mmpo.lock"] and "== " not in r.stdout  # nothing written, no model evaluated
+
+
 # (arguments, the error line): found when the data is read or a model is loaded
 DATA = [
     ([*TINY, "--data", "{ws}/jsonl-folder"], "{ws}/jsonl-folder: is a folder, expected a JSONL file (did you mean "

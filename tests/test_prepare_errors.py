@@ -1,6 +1,7 @@
 """Every mistake with `python -m mmpo.prepare` is one line on stderr and exit status 2, naming the
 option, and comes before anything slow: options are checked before the data is read, model names
 before any model loads, and nothing already written is touched."""
+import json
 import os
 import subprocess
 import sys
@@ -202,6 +203,18 @@ def test_one_image_cannot_be_its_own_contrast(tmp_path, image_dir, capsys, monke
     monkeypatch.undo()
     assert build.run(["symmpo", "--data", path, "--out", str(tmp_path / "o"), "--model", "tiny-llava",
                         "--max-new-tokens", "2", "--num-beams", "1"]) == 0
+    assert sorted(os.listdir(tmp_path / "o")) == ["data.jsonl", "images", "prepare.json"]  # its lock let go
+
+
+def test_a_folder_in_use_is_refused(data, tmp_path, capsys, no_model_loads):
+    """One run per folder: prepare into a folder that a live run holds (its lock refreshed now)."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / ".mmpo.lock").write_text(json.dumps({"program": "train.py", "host": "elsewhere", "pid": 7}))
+    assert build.run(["napo", "--data", data, "--out", str(out), "--model", "tiny-llava"]) == 2
+    assert error_line(capsys) == (f"error: {out} is in use by train.py (pid 7 on elsewhere): one run per folder; "
+                                  "wait for it, or choose another folder")
+    assert os.listdir(out) == [".mmpo.lock"]  # nothing written
 
 
 def test_an_out_that_cannot_be_written(data, tmp_path, capsys, no_model_loads):

@@ -8,7 +8,7 @@ import huggingface_hub.utils  # by name: nothing imported above loads .utils (tr
 import torch
 from tqdm import tqdm
 
-from mmpo import cli, perturb
+from mmpo import cli, files, perturb
 from mmpo.cli import UserError
 from mmpo.files import write_atomic
 from mmpo.generate import generate
@@ -207,6 +207,11 @@ def main(args) -> dict:
     ctx = {}
     if args.method == "symmpo" and args.contrast == "neighbor" and any(not r.get("contrast_image") for r in rows):
         ctx["pool"] = contrast_pool(args, rows)
+    with files.locked(args.out, "mmpo.prepare"):  # one run per folder: a second prepare or a train.py stops
+        return build_rows(args, rows, out_path, ctx)
+
+
+def build_rows(args, rows: list, out_path: str, ctx: dict) -> dict:
     start_output(args, rows, row_settings(args))
     done = set(done_ids(out_path))
     todo = [r for r in rows if r["id"] not in done]
