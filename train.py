@@ -231,17 +231,24 @@ def drop_empty_pairs(dataset, stages, d) -> list[list[int]]:
 
 # ---- optimizer -------------------------------------------------------------------------------
 
-def make_optimizer(model, cfg: Config, n_steps: int):
-    """AdamW over the trainable parameters, with HF Trainer's conventions (all the released runs
-    use it): no weight decay on biases and norm weights (``--decay-all`` decays them too), and a
-    linear warmup over ceil(warmup x steps) steps, then cosine decay to 0. Returns the optimizer,
-    its scheduler, and the learning-rate factor of any step (what a resume sets the rate from)."""
+def param_groups(model, cfg: Config) -> list[dict]:
+    """The trainable parameters in HF Trainer's two groups (all the released runs use it): weight
+    decay on the rest, none on biases and norm weights (``--decay-all`` decays them too). Taken
+    right after sharding, before any forward: while FSDP2 runs the root module, its parameters are
+    swapped for unsharded ones."""
     decay, exempt = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if cfg.decay_all or not no_decay(model, name) else exempt).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
+    return [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": exempt, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def make_optimizer(groups: list[dict], cfg: Config, n_steps: int):
+    """AdamW over ``groups`` (``param_groups``) with HF Trainer's schedule: a linear warmup over
+    ceil(warmup x steps) steps, then cosine decay to 0. Returns the optimizer, its scheduler, and
+    the learning-rate factor of any step (what a resume sets the rate from)."""
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.adam_beta2))
     lr_at = functools.partial(warmup_cosine, warmup=math.ceil(cfg.warmup * n_steps), total=n_steps)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at), lr_at
 
@@ -404,7 +411,8 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
         pad = pad_id(processor.tokenizer)
         ref = reference.Reference.for_run(model, cfg, objective.reference, d)  # before sharding: a frozen copy is whole
         place(model, ref, cfg, d)
-        params = [p for p in model.parameters() if p.requires_grad]
+        groups = param_groups(model, cfg)
+        params = [p for g in groups for p in g["params"]]
         # bf16: FSDP's mixed-precision policy when sharded, autocast in a single process
         autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16" and not d.enabled)
         # with the vision tower and projector frozen, each image is encoded once per step, not twice
@@ -412,7 +420,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
 
         steps = schedule(cfg, dataset, model, model_fp, pad, d)
         ref, eval_ref = reference_over(steps, ref, cfg, dataset, eval_set, model_fp, pad, autocast)
-        optimizer, scheduler, lr_at = make_optimizer(model, cfg, len(steps))
+        optimizer, scheduler, lr_at = make_optimizer(groups, cfg, len(steps))
         state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
         step, nonfinite = state["step"], state["nonfinite"]
 

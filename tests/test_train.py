@@ -197,7 +197,8 @@ def test_user_errors_are_one_line_exit_2(args, message, tmp_path):
 
 
 def test_bf16_autocast_with_activation_checkpointing(easy_data, tmp_path):
-    run_ok("--data", easy_data, "--out", tmp_path, "--max-steps", 2, "--dtype", "bf16", "--activation-checkpointing", *FAST)
+    run_ok("--data", easy_data, "--out", tmp_path, "--max-steps", 2, "--dtype", "bf16", "--activation-checkpointing",
+           "--warmup", 0, *FAST)  # no warmup: the first step is not at rate 0
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert rows[1]["rewards/chosen"] != 0.0  # the step changed the policy
@@ -296,7 +297,9 @@ def test_the_optimizer_follows_hf_trainer(tmp_path):
     from transformers import Trainer, get_cosine_schedule_with_warmup
     model = tiny_model("tiny-qwen2vl")[0]  # biases (qkv), RMSNorms (input_layernorm, model.norm), LayerNorms (vision)
     cfg = resolve(parse_args(["--objective", "napo", "--lr", "1e-3"]), {"lr"})
-    optimizer = train.make_optimizer(model, cfg, 10)[0]
+    def make(cfg, steps):
+        return train.make_optimizer(train.param_groups(model, cfg), cfg, steps)
+    optimizer = make(cfg, 10)[0]
     decayed, exempt = [{id(p) for p in g["params"]} for g in optimizer.param_groups]
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[i] for i in decayed} == set(Trainer.get_decay_parameter_names(None, model))
@@ -304,12 +307,12 @@ def test_the_optimizer_follows_hf_trainer(tmp_path):
     assert "model.language_model.norm.weight" in {names[i] for i in exempt}
     assert "model.language_model.layers.0.self_attn.q_proj.bias" in {names[i] for i in exempt}
     assert "model.language_model.layers.0.self_attn.q_proj.weight" in {names[i] for i in decayed}
-    everything = train.make_optimizer(model, resolve(parse_args(["--decay-all"]), set()), 10)[0]
-    assert len(everything.param_groups) == 1 and len(everything.param_groups[0]["params"]) == len(names)
+    everything = train.param_groups(model, resolve(parse_args(["--decay-all"]), set()))
+    assert len(everything) == 1 and len(everything[0]["params"]) == len(names)
 
     for steps, ratio in [(10, 0.1), (7, 0.05), (100, 0.03), (5, 0.0), (3, 0.5)]:
         cfg.warmup = ratio
-        ours = train.make_optimizer(model, cfg, steps)[1]
+        ours = make(cfg, steps)[1]
         theirs = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.zeros(1)], lr=1e-3), math.ceil(ratio * steps), steps)
         rates = []
         for _ in range(steps):
@@ -317,7 +320,7 @@ def test_the_optimizer_follows_hf_trainer(tmp_path):
             ours.optimizer.step(), ours.step(), theirs.optimizer.step(), theirs.step()
         assert all(a == pytest.approx(b, abs=1e-12) for a, b in rates), (steps, ratio)
     cfg.warmup = 0.05
-    rates = [train.make_optimizer(model, cfg, 7)[2](k) for k in range(3)]  # ceil(0.35) = 1 warmup step, not int() = 0
+    rates = [make(cfg, 7)[2](k) for k in range(3)]  # ceil(0.35) = 1 warmup step, not int() = 0
     assert rates[0] == 0 and rates[1] == 1.0 and rates[2] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
 
 
@@ -348,8 +351,9 @@ def test_resume_applies_what_may_change_and_refuses_the_rest(easy_data, tmp_path
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 4]
     assert json.load(open(out / "config.json"))["max_steps"] == 4
-    # the schedule is the 4-step one from the first resumed step on (not the 2-step one's final 0)
-    assert rows[2]["learning_rate"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)), rel=1e-6)
+    # the schedule is the 4-step one from the first resumed step on (not the 2-step one's final 0):
+    # warmup ceil(0.1 x 4) = 1 step, so step 4 is 2/3 of the way through the cosine
+    assert rows[2]["learning_rate"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)), rel=1e-6)
     r = cli("--resume", out, "--max-steps", 3)
     assert r.returncode == 2 and r.stderr.strip() == (f"error: --resume {out}: the run is already at step 4 of 3; "
                                                       "raise --max-steps or --epochs to train it further")
@@ -477,9 +481,10 @@ def test_resume_takes_the_newest_intact_checkpoint_and_never_step_0(easy_data, t
     assert f"passed over checkpoint-8 (named by {out / 'latest'}): missing" in r.stdout
     assert f"resumed from {out / 'checkpoint-6'} at step 6" in r.stdout
     assert [row["step"] for row in metrics(out)] == list(range(1, 11))
+    os.remove(out / "latest")  # gone: the checkpoints themselves still say where the run is
+    assert checkpoint.latest(str(out)) == str(out / "checkpoint-10")
     os.remove(out / "checkpoint-10" / "dcp" / ".metadata")  # damaged since it was written
     (out / "checkpoint-8" / "trainer_state.json").write_text("{}")  # cut short: not the size its manifest says
-    os.remove(out / "latest")
     assert checkpoint.latest(str(out)) is None
     r = cli("--resume", out, "--max-steps", 12)
     assert r.returncode == 2 and r.stdout == ""

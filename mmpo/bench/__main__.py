@@ -213,7 +213,7 @@ def build(spec: dict, train, d: Dist):
     dataset = PreferenceDataset(spec["data"], processor, views, m_prime=cfg.m_prime, max_length=cfg.max_length)
     batch = collate([dataset[i] for i in range(spec["batch_size"])], views, pad_id(processor.tokenizer))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = train.make_optimizer(model, dataclasses.replace(cfg, warmup=0), n_steps=1)[0]  # the full learning rate
+    optimizer = train.make_optimizer(train.param_groups(model, cfg), dataclasses.replace(cfg, warmup=0), 1)[0]  # full rate
     return model, ref, batch, optimizer, params, cfg
 
 
