@@ -86,6 +86,10 @@ def load_data(cfg: Config, views: tuple[str, ...], d):
         distributed.barrier(d)
     common = dict(m_prime=cfg.m_prime, seed=cfg.seed, max_length=cfg.max_length, noise_step=cfg.noise_step)
     dataset = PreferenceDataset(path, None, views, redraw=cfg.redraw_m_prime, **common)
+    text_only = next((r for r in dataset.rows if not r.get("image")), None)  # SFT's rows may have no image
+    if text_only and d.enabled:  # a rank whose batch has no image would skip the vision tower's FSDP gathers
+        raise UserError(f"{path}:{text_only['line']}: field 'image': missing; rows without an image train in one "
+                        f"process only (under torchrun every process must run the vision tower together)")
     eval_set = None
     if cfg.eval_data:  # held-out: the objective's views, and m' for the conditional accuracy
         eval_set = PreferenceDataset(cfg.eval_data, None, tuple(dict.fromkeys(views + ("chosen_on_corrupt",))), **common)

@@ -119,9 +119,11 @@ class PreferenceDataset(torch.utils.data.Dataset):
             return "region-noise"
         return self.m_prime
 
-    def images(self, row, epoch: int = 0) -> list[Image.Image]:
+    def images(self, row, epoch: int = 0) -> list[Image.Image | None]:
         """[m] or [m, m'] as images, before the processor (for noise, m' is m: the noise is
-        added to its processed pixels)."""
+        added to its processed pixels); [None] for a text-only row (SFT)."""
+        if not row.get("image"):
+            return [None]
         img = load_image(row["image"])
         if not any(VIEWS[v][0] == "corrupt" for v in self.views):
             return [img]
@@ -149,7 +151,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         i, epoch = item if isinstance(item, tuple) else (item, 0)
         row = self.rows[i]
         tok = self.processor.tokenizer
-        text = chat_prompt(self.processor, row["prompt"])
+        text = chat_prompt(self.processor, row["prompt"], with_image=bool(row.get("image")))
         ex = Example(row["id"], [], [], [])
         try:
             images = self.images(row, epoch)
@@ -161,13 +163,14 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 ex.prompt_extra.append(ex.prompt_extra[0])
                 ex.image_inputs.append(self.noise_inputs(row, ex.image_inputs[0], epoch))
                 continue
-            enc = self.processor(text=[text], images=[img], return_tensors="pt")
+            enc = self.processor(text=[text], images=None if img is None else [img], return_tensors="pt")
             ids = enc.pop("input_ids")[0]
             enc.pop("attention_mask", None)
             ex.prompt_ids.append(ids)
             ex.prompt_extra.append({k: v[0] for k, v in enc.items() if v.dim() == 2 and v.shape[1] == len(ids)
                                     and not k.startswith("pixel")})
-            ex.image_inputs.append({k: v for k, v in enc.items() if k not in ex.prompt_extra[-1]})
+            if img is not None:  # a text-only row has no image inputs
+                ex.image_inputs.append({k: v for k, v in enc.items() if k not in ex.prompt_extra[-1]})
         longest_prompt = max(len(p) for p in ex.prompt_ids)
         if longest_prompt >= self.max_length:
             ex.skip = f"{self.path}:{row['line']}: prompt and image take {longest_prompt} tokens, max_length is {self.max_length}"
@@ -195,7 +198,7 @@ class Batch:
     attention_mask: torch.Tensor  # (N, P + R)
     response_mask: torch.Tensor  # (N, R) True at real response tokens
     prompt_len: int  # P
-    image_index: torch.Tensor  # (N,) index into images
+    image_index: torch.Tensor  # (N,) index into images; -1: no image (a text-only SFT row)
     images: list[dict]  # distinct images, each the processor's image tensors for it
     extra: dict = field(default_factory=dict)  # other per-token inputs (e.g. mm_token_type_ids), (N, P + R)
     skipped: list[str] = field(default_factory=list)
@@ -219,7 +222,7 @@ def collate(examples: list[Example], views, pad_id: int) -> Batch:
         slot, response = VIEWS[v]
         k = 0 if slot == "image" else 1
         for e, off in zip(examples, offsets):
-            rows.append((e.prompt_ids[k], e.prompt_extra[k], e.responses[response], off + k))
+            rows.append((e.prompt_ids[k], e.prompt_extra[k], e.responses[response], off + k if e.image_inputs else -1))
     P = max((len(r[0]) for r in rows), default=0)
     R = max((len(r[2]) for r in rows), default=0)
     N = len(rows)

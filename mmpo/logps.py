@@ -59,7 +59,10 @@ def supports_fused_images(model) -> bool:
 
 
 def encode_images(model, batch: Batch):
-    """Features of each distinct image of the batch: a list of (tokens_i, hidden) tensors."""
+    """Features of each distinct image of the batch: a list of (tokens_i, hidden) tensors (none
+    for a batch of text-only rows)."""
+    if not batch.images:
+        return []
     inputs = _to(_cat_images(batch.images), model.device)
     return list(model.get_image_features(**inputs, return_dict=True).pooler_output)
 
@@ -73,9 +76,13 @@ def _needs_own_positions(model) -> bool:
 
 
 def _image_inputs(model, batch: Batch, image_index: list[int], image_features, device) -> dict:
-    """The image inputs of sequences whose images are ``image_index`` (into ``batch.images``):
-    precomputed features where the model takes them, else pixels (encoded again per sequence)."""
+    """The image inputs of sequences whose images are ``image_index`` (into ``batch.images``; -1,
+    a text-only row, has none): precomputed features where the model takes them, else pixels
+    (encoded again per sequence)."""
+    image_index = [i for i in image_index if i >= 0]
     images = [batch.images[i] for i in image_index]
+    if not images:
+        return {}
     if not supports_fused_images(model):
         return _to(_cat_images(images), device)
     if image_features is None:
@@ -93,7 +100,7 @@ def _positions(model, batch: Batch, device):
     attention_mask = batch.attention_mask.to(device)
     if _needs_own_positions(model):
         return (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    images = _cat_images([batch.images[i] for i in batch.image_index.tolist()])
+    images = _cat_images([batch.images[i] for i in batch.image_index.tolist() if i >= 0])
     grids = {k: v.to(device) for k, v in images.items() if k.endswith("grid_thw")}
     return getattr(model, "model", model).get_rope_index(batch.input_ids.to(device), attention_mask=attention_mask,
                                                          **_to(batch.extra, device), **grids)[0]
@@ -161,10 +168,11 @@ def logps_head(model, chunk: int):
 
 def prefix_groups(batch: Batch) -> list[list[int]]:
     """The rows of ``batch`` grouped by the prefix they share (the same image slot of the same
-    example: the same image and prompt), in order of first appearance."""
-    groups: dict[int, list[int]] = {}
+    example: the same image and prompt), in order of first appearance. A text-only row (image -1)
+    shares only with its own example's other views (rows are view-major)."""
+    groups: dict[int | tuple, list[int]] = {}
     for row, image in enumerate(batch.image_index.tolist()):
-        groups.setdefault(image, []).append(row)
+        groups.setdefault(image if image >= 0 else ("text", row % len(batch.ids)), []).append(row)
     return list(groups.values())
 
 

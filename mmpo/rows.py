@@ -6,12 +6,13 @@ One example a line::
      "chosen": "The square is red.", "rejected": "The square is blue."}
 
 ``image`` is relative to the JSONL file's folder unless absolute; ``question`` is an alias of
-``prompt``. Optional: ``corrupt_image`` (m' for mDPO/MFPO; made on the fly when absent),
-``contrast_image`` + ``contrast_chosen`` (SymMPO), ``lang_biased`` + ``vision_biased`` (NaPO),
-``difficulty`` (curriculum), ``noise_mask`` + ``noise_step`` (MFPO's region noise, written by
-``python -m mmpo.prepare mfpo``), ``truncated`` (the generated fields that hit the token limit:
-they get no end-of-sequence token). Every row is checked when the file is opened; all problems
-are reported together, each as ``file:line: field 'x': what is wrong``.
+``prompt``; SFT rows may leave out ``image`` (text-only) or have an empty ``prompt`` (image-only),
+as LLaVA-1.5's SFT data does. Optional: ``corrupt_image`` (m' for mDPO/MFPO; made on the fly
+when absent), ``contrast_image`` + ``contrast_chosen`` (SymMPO), ``lang_biased`` +
+``vision_biased`` (NaPO), ``difficulty`` (curriculum), ``noise_mask`` + ``noise_step`` (MFPO's
+region noise, written by ``python -m mmpo.prepare mfpo``), ``truncated`` (the generated fields
+that hit the token limit: they get no end-of-sequence token). Every row is checked when the file
+is opened; all problems are reported together, each as ``file:line: field 'x': what is wrong``.
 
 Also the one place where pixels cross between PIL and torch (``load_image``, ``to_tensor``, ``to_pil``).
 """
@@ -90,8 +91,10 @@ def to_pil(x: torch.Tensor) -> Image.Image:
 
 
 def required_fields(views, m_prime: str) -> set[str]:
-    """The fields every row must have to be scored as ``views`` with this kind of ``m_prime``."""
-    need = {"image", "prompt"}
+    """The fields every row must have to be scored as ``views`` with this kind of ``m_prime``.
+    SFT (``("chosen",)``) needs no image: LLaVA-1.5's SFT data has text-only rows, and image-only
+    ones (an empty prompt), which ``_check_row`` allows where the image is optional."""
+    need = {"prompt"} if tuple(views) == ("chosen",) else {"image", "prompt"}
     for v in views:
         slot, response = VIEWS[v]
         need.add(response)
@@ -186,6 +189,8 @@ def _check_row(row: dict, required: set[str], base: str, where: str) -> list[tup
         if value is None:
             if name in required:
                 found.append((name, None))
+        elif name == "prompt" and value == "" and "image" not in required and row.get("image"):
+            pass  # SFT's image-only row: the user turn is the image alone
         elif not isinstance(value, str) or not value.strip():
             bad(name, "must be a non-empty string" + (f", got {_shown(value)}" if not isinstance(value, str) else ""))
         elif name in IMAGE_FIELDS:

@@ -119,6 +119,31 @@ def test_responses_truncated_prompts_never_and_overlong_prompt_skipped(tmp_path,
     assert batch.ids == ["1"] and batch.skipped == [skipped.skip] and batch.input_ids.shape[0] == 2
 
 
+def test_sft_rows_may_be_text_only_or_image_only(tmp_path, image_dir):
+    """LLaVA-1.5's SFT data: image + question, text only (no image), and image only (empty prompt)."""
+    _, proc = tiny_model("tiny-llava")
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"id": "i", "image": "img/0.png", "prompt": "Q?", "chosen": "Red."},
+        {"id": "t", "prompt": "What color is the circle?", "chosen": "The circle is red."},
+        {"id": "o", "image": "img/1.png", "prompt": "", "chosen": "A green picture."},
+    ])
+    ds = PreferenceDataset(path, proc, ("chosen",))
+    tok = proc.tokenizer
+    text, image = ds[1], ds[2]
+    assert text.image_inputs == [] and tok.convert_tokens_to_ids("<image>") not in text.prompt_ids[0].tolist()
+    assert tok.decode(text.prompt_ids[0]) == "USER: What color is the circle?\nASSISTANT:"
+    assert tok.decode(image.prompt_ids[0]) == "USER: " + "<image>" * 16 + "\n\nASSISTANT:"  # the image alone
+    batch = collate([ds[0], text, image], ("chosen",), tok.pad_token_id)
+    assert batch.image_index.tolist() == [0, -1, 1] and len(batch.images) == 2  # -1: no image
+    # every other objective needs the image, and a prompt (first: DPO's 'rejected' is missing everywhere)
+    assert problems(path)[1:] == [f"{path}:2: field 'image': missing",
+                                  f"{path}:3: field 'prompt': must be a non-empty string"]
+    # an SFT row needs an image or a prompt
+    empty = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "", "chosen": "?"}])
+    assert problems(empty, required_fields(("chosen",), "crop")) == \
+        [f"{empty}:1: field 'prompt': must be a non-empty string"]
+
+
 def test_synthetic_data_needs_the_image(synthetic):
     rows = read_rows(synthetic, required_fields(("chosen", "rejected", "contrast_on_image", "lang_biased"), "contrast"))
     chosen = {r["chosen"] for r in rows}

@@ -120,6 +120,66 @@ def test_images_with_different_tile_counts_are_zero_padded():
     assert same.shape == (2, 3, 4, 4)  # equal shapes: a plain concatenation
 
 
+# ---- SFT rows without an image or without a prompt --------------------------------------------
+
+@pytest.fixture
+def sft_kinds(tmp_path, image_dir):
+    """LLaVA-1.5's three kinds of SFT rows: image + question, text only, image only (empty prompt)."""
+    return write_jsonl(tmp_path / "sft.jsonl", [
+        {"id": "i0", "image": "img/0.png", "prompt": "What color?", "chosen": "Red."},
+        {"id": "t0", "prompt": "What color is the circle?", "chosen": "The circle is red."},
+        {"id": "o0", "image": "img/1.png", "prompt": "", "chosen": "A green picture, all of it."},
+        {"id": "t1", "prompt": "Hi", "chosen": "Hello there, how can I help?"},
+        {"id": "i1", "image": "img/2.png", "prompt": "And this one, in a few words?", "chosen": "Blue."},
+    ])
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])
+def test_a_mixed_sft_batch_scores_each_row_as_alone(name, sft_kinds, share_prefix):
+    """Rows with and without images in one batch: each row's log-prob is the one it has in a
+    batch of its own, with the image features computed inside or handed in (as train.py does)."""
+    model, proc = tiny_model(name)
+    model.eval()
+    ds = PreferenceDataset(sft_kinds, proc, ("chosen",))
+    pad = proc.tokenizer.pad_token_id
+    batch = collate([ds[i] for i in range(len(ds))], ("chosen",), pad)
+    assert batch.image_index.tolist() == [0, -1, 1, -1, 2]
+    with torch.no_grad():
+        mixed = sequence_logps(model, batch, share_prefix=share_prefix)[0]
+        handed = sequence_logps(model, batch, encode_images(model, batch), share_prefix=share_prefix)[0]
+        alone = torch.cat([sequence_logps(model, collate([ds[i]], ("chosen",), pad), share_prefix=share_prefix)[0]
+                           for i in range(len(ds))])
+        # a batch of text-only rows has no image at all: nothing to encode
+        text = collate([ds[1], ds[3]], ("chosen",), pad)
+        assert text.images == [] and encode_images(model, text) == []
+        text_only = sequence_logps(model, text, encode_images(model, text), share_prefix=share_prefix)[0]
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(handed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(text_only, alone[[1, 3]], rtol=1e-5, atol=1e-5)
+
+
+def test_a_text_only_row_is_the_language_model_on_the_chat_prompt(sft_kinds):
+    """The text-only row's summed log-prob, computed here from nothing but the tokenizer, the
+    decoder and the output layer: the chat template's user turn with no image, then the answer
+    and end of sequence."""
+    from mmpo.models import language_model
+    model, proc = tiny_model("tiny-llava")
+    model.eval()
+    ds = PreferenceDataset(sft_kinds, proc, ("chosen",))
+    batch = collate([ds[i] for i in range(len(ds))], ("chosen",), proc.tokenizer.pad_token_id)
+    tok = proc.tokenizer
+    prompt = tok("USER: What color is the circle?\nASSISTANT:")["input_ids"]
+    answer = tok("The circle is red.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([prompt + answer])  # (1, T)
+    with torch.no_grad():
+        got = sequence_logps(model, batch)[0][1]  # row 1: "t0"
+        logits = model.get_output_embeddings()(language_model(model)(input_ids=ids).last_hidden_state)[0]  # (T, V)
+    logp = F.log_softmax(logits[len(prompt) - 1:-1], dim=-1)  # the positions that predict the answer
+    want = logp.gather(1, torch.tensor(answer)[:, None]).sum()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ---- prefix sharing --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2vl", "tiny-idefics3"])

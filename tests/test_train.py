@@ -17,6 +17,7 @@ import train
 from conftest import ROOT, assert_identical_runs, metrics, train_killed_after, write_jsonl
 from mmpo import checkpoint, reference
 from mmpo.config import parse_args, typed_flags
+from mmpo.distributed import Dist
 from mmpo.recipes import resolve
 from mmpo.models import tiny_model
 
@@ -61,6 +62,32 @@ def test_sft_trains_the_chosen_answers_with_no_reference(easy_data, tmp_path, mo
     assert cli("--objective", "sft", "--data", easy_data, "--out", tmp_path / "cached", "--ref-cache",
                tmp_path / "ref.safetensors").stderr.strip() == \
         "error: --objective sft has no reference model: leave out --ref-cache"
+
+
+def sft_mix(tmp_path):
+    """LLaVA-1.5's SFT mix in small: image + question, text only (no image), image only (empty prompt)."""
+    colors = ["red", "green", "blue", "yellow"]
+    rows = []
+    for i, c in enumerate(colors):
+        rows += [{"id": f"i{i}", "image": f"img/{i}.png", "prompt": "What color is it?", "chosen": f"It is {c}."},
+                 {"id": f"t{i}", "prompt": f"Name a {c} fruit.", "chosen": "A cherry." if i % 2 else "A lemon."},
+                 {"id": f"o{i}", "image": f"img/{i}.png", "prompt": "", "chosen": f"A {c} picture."}]
+    return write_jsonl(tmp_path / "sft.jsonl", rows)
+
+
+def test_sft_trains_on_text_only_and_image_only_rows(tmp_path, image_dir):
+    data = sft_mix(tmp_path)  # its images: image_dir's
+    run_ok("--objective", "sft", "--data", data, "--out", tmp_path / "o", "--max-steps", 6, "--batch-size", 4,
+           "--save-every", 0)  # under LoRA the frozen image path is encoded once per batch (train_step's step 1)
+    rows = metrics(tmp_path / "o")
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["logps/chosen"]) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5  # a random model starts near log(260) = 5.6 per token
+    # under torchrun a rank whose batch has no image would skip the vision tower's FSDP gathers: refused
+    argv = ["--objective", "sft", "--data", data, "--out", str(tmp_path / "d")]
+    with pytest.raises(train.UserError) as e:
+        train.load_data(resolve(parse_args(argv), typed_flags(argv)), ("chosen",), Dist(rank=0, world=2))
+    assert str(e.value).startswith(f"{data}:2: field 'image': missing; rows without an image train in one process only")
 
 
 def test_metrics_and_config_are_written(easy_data, tmp_path):
@@ -177,6 +204,14 @@ def test_bad_data_is_one_line_per_problem_exit_2(tmp_path, image_dir):
     assert lines[4] == f"error: {path}:36: field 'id': duplicate id 'ex3' (first on line 9)"
     assert len(lines) == 21 and lines[-1] == "... and 5 more errors"  # the first 20, then a count
     assert not os.path.exists(tmp_path / "o")  # a run that stops before training leaves nothing behind
+
+
+def test_bad_data_a_row_without_an_image_is_for_sft_only(tmp_path, image_dir, capsys):
+    good = {"image": "img/0.png", "prompt": "Q?", "chosen": "yes", "rejected": "no"}
+    path = write_jsonl(tmp_path / "d.jsonl", [good, {k: v for k, v in good.items() if k != "image"}])
+    assert train.run(["--objective", "dpo", "--data", path, "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: {path}:2: field 'image': missing\n"
+    assert not os.path.exists(tmp_path / "o")
 
 
 @pytest.mark.parametrize("args,message", [
