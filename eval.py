@@ -25,7 +25,8 @@ the reference. The base models come first: one column, "base", or one per distin
 Writes OUT/eval.json (every number per column, each column's base, the options), OUT/eval.md
 (the table, also printed: each metric's direction, ↑ higher is better and ↓ lower is better,
 and the examples behind each group of figures) and each benchmark's answers as
-OUT/answers-<column>-<bench>.jsonl, one row per example with the data's own id. A kind given
+OUT/answers-<column>-<bench>.jsonl, one row per example with the data's own id; with --data,
+OUT/logps-<column>.jsonl holds each example's log-prob of every view scored. A kind given
 more than once (POPE's three splits) is named by its file: --bench pope adv.jsonl -> pope-adv.
 """
 import argparse
@@ -198,16 +199,19 @@ def score(model, dataset: PreferenceDataset, args) -> tuple[dict[str, torch.Tens
     return {v: torch.cat(x) for v, x in out.items()}, cut
 
 
-def reliance(model, data: str, processor, args) -> dict:
+def reliance(model, data: str, processor, args, per_example: dict) -> dict:
     """The chosen answer on m against m' (crop, noise, blank), and with a blank m' chosen over
-    rejected with and without the image."""
+    rejected with and without the image. Each view's log-probs go into ``per_example`` as
+    ``KIND/VIEW``."""
     out = {}
     for kind in ("crop", "noise", "blank"):
         views = ("chosen", "rejected", "chosen_on_corrupt", "rejected_on_corrupt") if kind == "blank" else \
             ("chosen", "chosen_on_corrupt")
         ds = PreferenceDataset(data, processor, views, m_prime=kind, seed=args.seed, max_length=args.max_length,
                                prefer_field=False)
-        out.update(metrics.reliance_metrics(kind, score(model, ds, args)[0]))
+        logps = score(model, ds, args)[0]
+        per_example.update({f"{kind}/{v}": lp for v, lp in logps.items()})
+        out.update(metrics.reliance_metrics(kind, logps))
     return out
 
 
@@ -240,9 +244,14 @@ def data_metrics(model, processor, col: Column, args, negatives: list[str], refs
     logps, cut = score(model, ds, args)
     if col.weights is None:
         refs[col.base.key] = logps
-    return {"data/examples": len(ds), "data/truncated": cut,
-            **metrics.preference_metrics(logps, refs[col.base.key], negatives, args.beta),
-            **reliance(model, args.data, processor, args)}
+    per_example = dict(logps)
+    figures = {"data/examples": len(ds), "data/truncated": cut,
+               **metrics.preference_metrics(logps, refs[col.base.key], negatives, args.beta),
+               **reliance(model, args.data, processor, args, per_example)}
+    with open(os.path.join(args.out, f"logps-{col.name}.jsonl"), "w", encoding="utf-8") as f:  # each figure's parts
+        for i, row in enumerate(ds.rows):
+            f.write(json.dumps({"id": row["id"], **{v: lp[i].item() for v, lp in per_example.items()}}) + "\n")
+    return figures
 
 
 # ---- --bench: generated answers --------------------------------------------------------------

@@ -125,6 +125,12 @@ def test_checkpoints_side_by_side_each_on_its_own_base(runs, together):
             assert m[f"{kind}/mean_answer_tokens"] == pytest.approx(sum(s["tokens"] for s in saved) / 4)
             assert all(s["truncated"] == (s["tokens"] == 4) and 0 < s["tokens"] <= 4 for s in saved)  # --max-new-tokens 4
             assert m[f"{kind}/truncated"] == sum(s["truncated"] for s in saved)
+        # each example's log-probs: the --data figures computed again from them
+        lp = [json.loads(line) for line in open(out / f"logps-{col}.jsonl")]
+        assert len(lp) == 4 and all(isinstance(r["id"], str) for r in lp)
+        assert m["pref/rejected/logp_acc"] == sum(r["chosen"] > r["rejected"] for r in lp) / 4
+        assert m["reliance/noise/cond_acc"] == sum(r["noise/chosen"] > r["noise/chosen_on_corrupt"] for r in lp) / 4
+        assert m["reliance/blind_acc"] == sum(r["blank/chosen_on_corrupt"] > r["blank/rejected_on_corrupt"] for r in lp) / 4
     # a base model is its own reference: no margin; each trained one moved away from its own base
     for base in ("base-tiny-llava", "base-tiny-qwen2vl"):
         assert report["metrics"][base]["pref/rejected/reward_margin"] == 0.0

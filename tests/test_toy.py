@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo.toy import __main__ as toy, world as W
+from mmpo.toy import __main__ as toy, stats, world as W
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,13 +36,18 @@ def test_sft_has_the_language_prior_exactly(world):
     _, rows = world
     sft = rows["sft"]
     assert len(sft) == 400
-    for shape in W.SHAPES:  # 100 images of each shape, exactly 80 in its typical colour
-        answers = [color_of(r["chosen"]) for r in sft if shape_of(r["prompt"]) == shape]
-        assert len(answers) == 100
-        assert sum(a == W.PRIOR[shape] for a in answers) == 80, shape
-        assert set(answers) == set(W.COLORS)  # the other 20 spread over the other colours
-    hedged = [r["chosen"].startswith("I think") for r in sft]
-    assert sum(hedged) == 120  # 30%, on right answers like every SFT answer
+    qa = [r for r in sft if r.get("image") and r["prompt"]]
+    for shape in W.SHAPES:  # 320 image + question rows: 80 of each shape, exactly 64 in its typical colour
+        answers = [color_of(r["chosen"]) for r in qa if shape_of(r["prompt"]) == shape]
+        assert len(answers) == 80
+        assert sum(a == W.PRIOR[shape] for a in answers) == 64, shape
+        assert set(answers) == set(W.COLORS)  # the other 16 spread over the other colours
+    assert sum(r["chosen"].startswith("I think") for r in qa) == 96  # 30%, on right answers like every SFT answer
+    # as LLaVA-1.5's SFT data: 10% the question alone (answered with the prior), 10% the image alone
+    text = [r for r in sft if "image" not in r]
+    assert len(text) == 40 and all(color_of(r["chosen"]) == W.PRIOR[shape_of(r["prompt"])] for r in text)
+    alone = [r for r in sft if r.get("image") and not r["prompt"]]
+    assert len(alone) == 40 and all(r["chosen"].startswith("A ") for r in alone)
 
 
 def test_splits_have_exact_counter_prior_shares(world):
@@ -80,9 +85,11 @@ def pixels(path) -> torch.Tensor:
 def test_images_masks_and_contrast_images(world):
     out, rows = world
     scenes = {r["id"]: r for r in rows["scenes"]}
-    for pref, mfpo, blank in list(zip(rows["prefs"], rows["prefs_mfpo"], rows["prefs_blank"]))[:8]:
+    for pref, oracle, mfpo, blank in list(zip(rows["prefs"], rows["prefs_contrast"], rows["prefs_mfpo"],
+                                              rows["prefs_blank"]))[:8]:
         s = scenes[pref["id"]]
-        img, contrast = pixels(out / pref["image"]), pixels(out / pref["contrast_image"])
+        assert "contrast_image" not in pref  # prepare symmpo retrieves one; the oracle's is an extra variant
+        img, contrast = pixels(out / pref["image"]), pixels(out / oracle["contrast_image"])
         mask = pixels(out / mfpo["noise_mask"])[..., 0] > 0
         assert mfpo["noise_step"] == 500 and mask[s["cy"], s["cx"]] and mask.sum() >= 9
         # the object is one shade of its colour (within 25 of the named RGB) everywhere on its mask
@@ -90,7 +97,7 @@ def test_images_masks_and_contrast_images(world):
         assert (shade == shade[0]).all() and shade.abs().max() <= 25
         # SymMPO's contrast: the same scene, only the object recoloured, in another colour
         assert torch.equal(img[~mask], contrast[~mask])
-        new = color_of(pref["contrast_chosen"])
+        new = color_of(oracle["contrast_chosen"])
         assert new != s["color"] and ((contrast[mask] - torch.tensor(W.COLORS[new])).abs() <= 25).all()
         assert pixels(out / blank["image"]).sum() == 0 and blank["chosen"] == pref["chosen"]
 
@@ -110,9 +117,23 @@ def test_learning_rates_scale_the_papers_by_one_factor():
     assert {o: s.lr(o) for o in ("dpo", "napo", "symmpo")} == pytest.approx({"dpo": 5e-4, "napo": 2.5e-5, "symmpo": 2.5e-4})
 
 
-def test_mean_and_sample_std():
-    assert toy.mean_std([0.5, 0.7, 0.9]) == pytest.approx((0.7, 0.2))
-    assert toy.mean_std([0.4]) == (0.4, 0.0)
+def test_the_bootstrap_draws_seeds_then_their_examples():
+    """Each replicate's weights: every seed drawn brings n examples of its own, so a replicate
+    holds (seeds x n) draws; one seed and all-ones weights give the figure itself."""
+    w = stats.replicates(3, {"test": 5, "train": 1}, reps=400, seed=1)
+    assert w["test"].shape == (400, 3, 5) and (w["test"].sum((1, 2)) == 15).all()
+    assert (w["train"].sum((1, 2)) == 3).all()
+    # the seeds drawn are shared: a seed's examples are in a replicate exactly when it was drawn
+    assert torch.equal(w["test"].sum(2) / 5, w["train"][..., 0])
+    values = {"test": {"hit": torch.tensor([[1.0, 0, 0, 1, 1]] * 3), "n": torch.ones(3, 5)}}
+    point, reps = stats.figure_and_interval(lambda S: S["test"]["hit"] / S["test"]["n"], values, w)
+    assert point == 0.6 and reps.shape == (400,) and abs(reps.mean().item() - 0.6) < 0.03
+    lo, hi = stats.interval(reps)  # 15 draws of p = 0.6: a binomial interval about +-0.25 wide
+    assert 0.3 <= lo < 0.6 < hi <= 0.9
+    # a difference against a column shifted by a constant: no noise at all
+    _, shifted = stats.figure_and_interval(lambda S: S["test"]["hit"] / S["test"]["n"] + 0.1, values, w)
+    assert stats.interval(shifted - reps) == pytest.approx((0.1, 0.1))
+    assert all(math.isnan(x) for x in stats.interval(torch.tensor([float("nan")] * 3)))  # no count drawn: no figure
 
 
 def test_a_rerun_with_other_settings_is_refused(tmp_path):
@@ -132,15 +153,21 @@ def test_outside_a_checkout_it_says_so_before_writing(tmp_path, monkeypatch):
     assert not (tmp_path / "toy").exists()
 
 
+AMONG = "each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo, symmpo-oracle"
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--methods", "dpo,ppo"], "--methods dpo,ppo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
-    (["--methods", "dpo,dpo"], "--methods dpo,dpo: each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
+    (["--methods", "dpo,ppo"], f"--methods dpo,ppo: {AMONG}"),
+    (["--methods", "dpo,dpo"], f"--methods dpo,dpo: {AMONG}"),
+    (["--methods", ""], f"--methods : {AMONG}"),
+    (["--worlds", "colour,maze"], "--worlds colour,maze: each once, among colour, captions"),
+    (["--shortcut", "long"], "--shortcut long: hedge or none"),
     (["--p-prior", "1.5"], "--p-prior 1.5: must be a share in [0, 1]"),
+    (["--p-cooccur", "-0.1"], "--p-cooccur -0.1: must be a share in [0, 1]"),
     (["--steps", "0"], "--steps 0: must be at least 1"),
     (["--lr-scale", "nan"], "--lr-scale nan: must be positive"),
     (["--workers", "-1"], "--workers -1: must be 0 (the cores) or more"),
     (["--steps", "x"], "argument --steps: invalid int value: 'x'"),  # argparse's own, in one line too
-    (["--methods", ""], "--methods : each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo"),
 ])
 def test_option_errors_are_one_line(args, message, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mmpo.toy", "--out", str(tmp_path / "toy"), *args], capture_output=True,
@@ -155,28 +182,31 @@ def test_smoke_run_end_to_end(tmp_path):
                        text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     results = json.load(open(out / "results.json"))
-    assert set(results["methods"]) == {"dpo", "mdpo"}
-
-    def numbers(x):
-        if isinstance(x, dict):
-            return [n for v in x.values() for n in numbers(v)]
-        if isinstance(x, list):
-            return [n for v in x for n in numbers(v)]
-        return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
-    every = numbers({k: results[k] for k in ("methods", "base", "lr", "seconds")})
-    assert len(every) > 60 and all(math.isfinite(n) for n in every)  # per seed, means, stds, rates, stage times
-    assert set(results["seconds"]["stages"]) == {"sft", "dpo-seed0", "mdpo-seed0", "eval-seed0"}
-    for m in results["methods"].values():
-        for k, _, _ in toy.COLUMNS:
-            assert math.isfinite(m["mean"][k]) and math.isfinite(m["std"][k]), k
-            assert 0 <= m["mean"][k] <= 1 or k in ("sighted_minus_blind", "train_chosen_logp")
-    assert all(math.isfinite(v) for v in results["base"].values()) and len(results["base"]) == len(toy.COLUMNS) - 3
+    assert set(results["seconds"]["stages"]) == {f"{stage}-{w}-0" for w in ("colour", "captions")
+                                                 for stage in ("sft", "dpo", "mdpo", "eval")}
+    for w, r in results["worlds"].items():
+        assert set(r["figures"]) == {"base", "dpo", "mdpo"} and set(r["differences"]) == {"dpo - base", "mdpo - base",
+                                                                                            "mdpo - dpo"}
+        for name, figures in r["figures"].items():
+            keys = [k for k, _, _ in toy.COLUMNS[w] if name != "base" or k not in toy.NO_BASE]
+            assert list(figures) == keys
+            for k, (point, lo, hi) in figures.items():  # one seed of a few examples: wide, but an interval
+                if point is not None and lo is not None:
+                    assert lo - 1e-9 <= point <= hi + 1e-9, (w, name, k)
+        # the figures are eval.py's own, computed again from its saved answers and log-probs
+        report = json.load(open(out / "eval" / f"{w}-0" / "eval.json"))["metrics"]
+        same = {"colour": (("acc_counter", "qa/counter-prior/accuracy"), ("heldout_pref_acc", "pref/rejected/logp_acc")),
+                "captions": (("chair_s", "chair/chair_s"), ("chair_i", "chair/chair_i"), ("coverage", "chair/coverage"),
+                             ("cond_acc_noise", "reliance/noise/cond_acc"))}[w]
+        for k, e in same:
+            assert r["figures"]["dpo"][k][0] == pytest.approx(report["dpo-" + w + "-0"][e]), (w, k)
     table = (out / "results.md").read_text()
-    assert "| DPO |" in table and "| mDPO |" in table
+    assert "### The colour world" in table and "### The captions world" in table and "| DPO |" in table
     # a second call finds every stage done and only rebuilds the table
     r2 = subprocess.run([sys.executable, "-m", "mmpo.toy", "--smoke", "--out", str(out)], capture_output=True,
                         text=True, cwd=ROOT)
-    assert r2.returncode == 0 and "start" not in r2.stdout and json.load(open(out / "results.json"))["methods"] == results["methods"]
+    assert r2.returncode == 0 and "start" not in r2.stdout and json.load(open(out / "results.json"))["worlds"] == \
+        results["worlds"]
 
 
 def test_stages_run_in_order_and_a_failure_names_its_log(tmp_path):

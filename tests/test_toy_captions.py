@@ -131,10 +131,12 @@ def test_the_shortcut_is_in_training_pairs_only(world):
 def test_images_masks_and_blank(world):
     out, _, rows = world
     scenes = {r["id"]: r for r in rows["scenes"]}
-    for pref, blank in zip(rows["prefs"], rows["prefs_blank"]):
+    for pref, mfpo, blank in zip(rows["prefs"], rows["prefs_mfpo"], rows["prefs_blank"]):
         s = scenes[pref["id"]]
-        mask = pixels(Image.open(out / pref["noise_mask"]))[..., 0]
-        assert pref["noise_step"] == 500 and set(mask.unique().tolist()) <= {0, 255}
+        assert "noise_mask" not in pref and {**mfpo, "noise_mask": None, "noise_step": None} == \
+            {**pref, "noise_mask": None, "noise_step": None}  # the same pair, with MFPO's region
+        mask = pixels(Image.open(out / mfpo["noise_mask"]))[..., 0]
+        assert mfpo["noise_step"] == 500 and set(mask.unique().tolist()) <= {0, 255}
         for cell in range(4):  # the oracle region: every object, nothing else
             inside = mask[16 * (cell // 2):16 * (cell // 2 + 1), 16 * (cell % 2):16 * (cell % 2 + 1)]
             assert bool(inside.any()) == (cell in s["cells"])

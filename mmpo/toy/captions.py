@@ -197,7 +197,8 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_c
       mix, a share ``p_text_only`` of rows without an image ("Describe a scene with a fork." ->
       "There is a fork and a knife.": the prior in text) and ``p_image_only`` with an empty prompt;
     - ``prefs``: training pairs with the shortcut (rejected = one object added), a share
-      ``counter_share`` of counter scenes, and MFPO's oracle region (``noise_mask``, t = 500);
+      ``counter_share`` of counter scenes; ``prefs_mfpo``: the same with MFPO's oracle region
+      (``noise_mask``, t = 500);
     - ``prefs_blank``: the same pairs with a black image (DPO's no-image control);
     - ``heldout``: pairs without the shortcut (one object replaced);
     - ``test``: rows for ``eval.py --bench chair`` (objects: the true COCO words), grouped
@@ -223,15 +224,17 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_c
     paths["sft"] = w.rows("sft.jsonl", sft)
 
     black = w.image(Image.new("RGB", (SIZE, SIZE)), "black.png")
-    prefs, prefs_blank = [], []
+    prefs, prefs_mfpo, prefs_blank = [], [], []
     for i, s in enumerate(_scenes(n_pref, g, counter_share=counter_share)):
         img, mask = render(s)
         scenes[f"pref-{i}"] = s
         row = {"id": f"pref-{i}", "image": w.image(img, f"pref-{i}.png"), "prompt": PROMPT,
                "chosen": caption(s.objects), "rejected": added(s, g)}
-        prefs.append({**row, "noise_mask": w.image(mask, f"pref-{i}-mask.png"), "noise_step": 500})
+        prefs.append(row)  # (a row with a region would be noised for every method: mDPO's m' too)
+        prefs_mfpo.append({**row, "noise_mask": w.image(mask, f"pref-{i}-mask.png"), "noise_step": 500})
         prefs_blank.append({**row, "image": black})
     paths["prefs"] = w.rows("prefs.jsonl", prefs)
+    paths["prefs_mfpo"] = w.rows("prefs-mfpo.jsonl", prefs_mfpo)
     paths["prefs_blank"] = w.rows("prefs-blank.jsonl", prefs_blank)
 
     heldout = []
