@@ -85,7 +85,7 @@ class Settings:
     methods: str = DEFAULT_METHODS
     # the colour world (world.py)
     n_sft: int = 4000
-    n_pref: int = 512
+    n_pref: int = 480  # thirds of 160: MFPO's curriculum stages hold 20 steps of 8 each
     n_heldout: int = 128
     n_test: int = 256
     p_prior: float = 0.8
@@ -94,7 +94,7 @@ class Settings:
     shortcut: str = "hedge"
     # the captioning world (captions.py)
     cap_n_sft: int = 4000
-    cap_n_pref: int = 512
+    cap_n_pref: int = 480
     cap_n_heldout: int = 128
     cap_n_test: int = 256
     p_cooccur: float = 0.8
@@ -107,7 +107,7 @@ class Settings:
     cap_sft_steps: int = 400
     sft_batch: int = 32
     sft_lr: float = 1e-3
-    steps: int = 64
+    steps: int = 60  # one epoch of n_pref
     batch: int = 8
     lr_rule: str = "shared"
     lr_scale: float = 5.0
