@@ -59,10 +59,13 @@ class Config:
     napo_weights: str = opt("0.04,0.48,0.48", "NaPO weights g_l,g_lb,g_vb, or 'dynamic' (eq. 13)")
     napo_alpha: str = opt("0.5,0.01", "NaPO alpha of the language- and vision-biased q")
     symmpo_lam: float = opt(0.5, "SymMPO weight of the symmetric pair term")
-    symmpo_gamma: float = opt(1e-4, "SymMPO weight of the margin-consistency term")
+    symmpo_gamma: float = opt(None, "SymMPO weight of the margin-consistency term (default: the released term, 1e-4 "
+                                    "on un-scaled margins; with --symmpo-margin-form paper that is 1e-4/beta^2, 1e-2 "
+                                    "at beta 0.1, the same term)")
     symmpo_eta: float = opt(1.0, "SymMPO weight of the anchor term")
     symmpo_delta: float = opt(0.0, "SymMPO anchor value delta")
-    symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled) | paper (beta-scaled)", choices=("code", "paper"))
+    symmpo_margin_form: str = opt("code", "SymMPO margin term: code (un-scaled margins, released) | paper (beta-scaled)",
+                                  choices=("code", "paper"))
     # the second image m'
     m_prime: str = opt(None, "m' when the data has no corrupt_image: crop (mDPO default) | noise (MFPO default) | "
                              "blank, corruptions of m, or contrast: the row's contrast_image (SymMPO default)",
@@ -114,7 +117,7 @@ LIMITS = {
     "adam_beta2": (lambda v: 0 <= v < 1, "in [0, 1)"), "max_grad_norm": (lambda v: v >= 0, "0 (off) or more"),
     "max_length": (lambda v: v >= 2, "at least 2"),
     "beta": (lambda v: v > 0, "positive"), "napo_q": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"),
-    "symmpo_lam": AT_LEAST_0, "symmpo_gamma": AT_LEAST_0, "symmpo_eta": AT_LEAST_0,
+    "symmpo_lam": AT_LEAST_0, "symmpo_gamma": (lambda v: v is None or v >= 0, "0 or more"), "symmpo_eta": AT_LEAST_0,
     "logps_chunk": (lambda v: v >= 0, "0 (off) or more"),
     "lora_rank": (lambda v: v >= 0, "0 (full fine-tuning) or more"), "lora_alpha": (lambda v: v > 0, "positive"),
     "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),

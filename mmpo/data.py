@@ -56,6 +56,22 @@ def chat_prompt(processor, prompt: str, with_image: bool = True) -> str:
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
+# LLaVA's ``llava_v1`` conversation (haotian-liu/LLaVA llava/conversation.py, conv_llava_v1): LLaVA-1.5's
+# own format, in which NaPO's released code generates its biased answers.
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+def llava_v1_prompt(prompt: str, with_image: bool = True, image_token: str = "<image>") -> str:
+    """One user turn in the ``llava_v1`` conversation, ready for the answer: the system prompt,
+    " " (its first separator), "USER: " + the message, " " (the separator after a user turn),
+    then "ASSISTANT:" (sep2 "</s>" comes only after an answer). The message is the image token
+    and a newline before the text, as LLaVA writes it; an empty text leaves "<image>\n" alone
+    (NaPO's image-only prompt), no image leaves the text alone (its question-only prompt)."""
+    message = (image_token + "\n" if with_image else "") + prompt
+    return f"{LLAVA_V1_SYSTEM} USER: {message} ASSISTANT:"
+
+
 @dataclass
 class Example:
     """One tokenized example: a prompt per image, a response per field, image tensors."""

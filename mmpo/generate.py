@@ -7,7 +7,7 @@ answer is cut mid-sentence, and training must not append an end-of-sequence toke
 import torch
 from tqdm import tqdm
 
-from mmpo.data import chat_prompt, pad_id
+from mmpo.data import chat_prompt, llava_v1_prompt, pad_id
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -20,10 +20,12 @@ def eos_ids(model, tokenizer) -> set[int]:
 @torch.no_grad()
 def generate(model, processor, prompts: list[str], images: list | None, *, max_new_tokens: int = 1024,
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, batch_size: int = 8,
-             show: bool = False) -> tuple[list[str], list[int]]:
+             show: bool = False, llava_v1: bool = False) -> tuple[list[str], list[int]]:
     """Answers to ``prompts``, each with its image (``images`` None: text only), and how many
     tokens each generated before its end-of-sequence token: ``max_new_tokens`` means it was cut
-    there (the count is of generated tokens, not of the decoded text tokenized again)."""
+    there (the count is of generated tokens, not of the decoded text tokenized again). Prompts go
+    in the processor's chat template, or with ``llava_v1`` in LLaVA's ``llava_v1`` conversation
+    (``data.llava_v1_prompt``; the processor still expands its image token)."""
     tok = processor.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from the same last column
@@ -32,7 +34,9 @@ def generate(model, processor, prompts: list[str], images: list | None, *, max_n
     sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not show):
-            texts = [chat_prompt(processor, p, with_image=images is not None) for p in prompts[i:i + batch_size]]
+            with_image = images is not None
+            texts = [llava_v1_prompt(p, with_image, getattr(processor, "image_token", "<image>")) if llava_v1
+                     else chat_prompt(processor, p, with_image=with_image) for p in prompts[i:i + batch_size]]
             kwargs = {"images": images[i:i + batch_size]} if images is not None else {}
             inputs = processor(text=texts, return_tensors="pt", padding=True, **kwargs).to(model.device)
             ids = model.generate(**inputs, **sampling, num_beams=num_beams, max_new_tokens=max_new_tokens,

@@ -93,8 +93,8 @@ def mfpo(policy: dict, ref: dict, *, beta: float = 0.1, eta: float = 0.0,
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``chosen_on_corrupt``, each ``(batch,)``.
-        beta: inverse temperature. eta: the margin of eq. 7 (best 0, Table 6).
-        weights: (w_text, w_image, w_margin), best 1:1:1 (Table 5).
+        beta: inverse temperature. eta: the margin of eq. 7 (best 0, Table 5).
+        weights: (w_text, w_image, w_margin), best 1:1:1 (Table 6).
     Returns:
         loss ``(batch,)``, the conditional pair's ``rewards/image_margins`` and
         ``rewards/image_accuracies``, and each term's mean ``mfpo/loss_{text,image,margin}``.
@@ -218,7 +218,7 @@ def napo(policy: dict, ref: dict, lengths: dict, *, beta: float = 0.1,
 
 
 def symmpo(policy: dict, ref: dict, *, beta: float = 0.1, lam: float = 0.5,
-           gamma: float = 1e-4, eta: float = 1.0, delta: float = 0.0, margin_form: str = "code"):
+           gamma: float | None = None, eta: float = 1.0, delta: float = 0.0, margin_form: str = "code"):
     """SymMPO (Liu et al., NeurIPS 2025, https://arxiv.org/abs/2506.11712).
 
     Symmetric pairs: with a similar real image m' and its answer y_w', y_w must beat y_w' on m
@@ -233,9 +233,13 @@ def symmpo(policy: dict, ref: dict, *, beta: float = 0.1, lam: float = 0.5,
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``contrast_on_image``, ``chosen_on_corrupt``,
             ``contrast_on_corrupt``, each ``(batch,)``.
-        lam, gamma, eta: weights of the pair, margin and anchor terms. delta: the anchor value.
-        margin_form: "code" (released: un-scaled margins) or "paper" (beta-scaled margins,
-            i.e. the code form times beta^2).
+        lam, eta: weights of the pair and anchor terms (0.5, 1). delta: the anchor value.
+        margin_form: "code" (released: un-scaled margins h1, h2) or "paper" (beta-scaled margins
+            beta*h1, beta*h2, so the term is beta^2 (h1 - h2)^2).
+        gamma: weight of the margin term. None: the released term, 1e-4 * (h1 - h2)^2, in either
+            form: 1e-4 in the code form, 1e-4 / beta^2 in the paper form, since
+            (1e-4 / beta^2) * (beta*h1 - beta*h2)^2 = 1e-4 * (h1 - h2)^2 (at beta 0.1: 1e-2).
+            A number is used as given (gamma=1e-4 with the paper form is 100x weaker at beta 0.1).
     Returns:
         loss ``(batch,)``; ``rewards/image_accuracies`` (h1 > 0: on m, y_w beats y_w'),
         ``rewards/corrupt_accuracies`` (h2 > 0), ``symmpo/margin_gap`` (mean |h1 - h2|) and each
@@ -250,6 +254,7 @@ def symmpo(policy: dict, ref: dict, *, beta: float = 0.1, lam: float = 0.5,
     h1 = logratio["chosen"] - logratio["contrast_on_image"]  # (batch,)
     h2 = logratio["contrast_on_corrupt"] - logratio["chosen_on_corrupt"]  # (batch,)
     scale = 1.0 if margin_form == "code" else beta
+    gamma = 1e-4 / scale ** 2 if gamma is None else gamma  # None: the released term in either form
     l_dpo = -F.logsigmoid(beta * h_resp)
     l_pair = -F.logsigmoid(beta * h1) - F.logsigmoid(beta * h2)
     l_margin = (scale * h1 - scale * h2) ** 2

@@ -66,8 +66,10 @@ def _uniform(lo: float, hi: float, generator) -> float:
 
 def crop_box(h: int, w: int, area=(0.01, 0.2), ratio=(3 / 4, 4 / 3), generator=None):
     """A random box (top, left, height, width) covering a fraction ``area`` of an h x w image,
-    with aspect ratio (width / height) in ``ratio``: torchvision's RandomResizedCrop sampling,
-    ten tries, then the largest centred box that fits both bounds."""
+    with aspect ratio (width / height) in ``ratio``: torchvision's RandomResizedCrop.get_params
+    (which mDPO's released code calls). When ten tries all miss (an area bound larger than the
+    image, or an image too elongated for the ratio bounds), its fallback: the whole image when
+    its own aspect ratio is within ``ratio``, else the largest centred box at the nearer bound."""
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
         target = _uniform(*area, generator) * h * w
@@ -77,8 +79,11 @@ def crop_box(h: int, w: int, area=(0.01, 0.2), ratio=(3 / 4, 4 / 3), generator=N
             top = int(torch.randint(0, h - ch + 1, (), generator=generator))
             left = int(torch.randint(0, w - cw + 1, (), generator=generator))
             return top, left, ch, cw
-    side = max(1, round(math.sqrt(area[1] * h * w)))
-    ch, cw = min(h, side), min(w, side)
+    ch, cw = h, w
+    if w / h < min(ratio):  # too tall: full width, the tallest box the ratio allows
+        ch = round(w / min(ratio))
+    elif w / h > max(ratio):  # too wide: full height
+        cw = round(h * max(ratio))
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 

@@ -87,8 +87,9 @@ OBJECTIVES: dict[str, Objective] = {
                         recipe=("iLearn-Lab/NeurIPS25-SymMPO script/train/llava15_train_main.sh + run.sh",
                                 dict(lr=5e-6, epochs=10, max_steps=670, warmup=0.05, weight_decay=0.01,
                                      adam_beta2=0.999, beta=0.1, batch_size=4, grad_accum=8, lora_rank=0, dtype="bf16",
-                                     max_length=2048, symmpo_lam=0.5, symmpo_gamma=1e-4, symmpo_eta=1.0,
-                                     symmpo_delta=0.0, symmpo_margin_form="code", m_prime="contrast"))),
+                                     max_length=2048, symmpo_lam=0.5, symmpo_eta=1.0, symmpo_delta=0.0,
+                                     # gamma left at None: the released 1e-4 * (h1 - h2)^2 in either margin form
+                                     symmpo_margin_form="code", m_prime="contrast"))),
     # LLaVA-1.5's visual instruction tuning (stage 2), 8 GPUs: global batch 128
     "sft": Objective(O.sft, ("chosen",), lambda cfg, d: {}, lr=2e-5, reference=False, needs_lengths=True,
                      recipe=("haotian-liu/LLaVA scripts/v1_5/finetune.sh",

@@ -239,6 +239,31 @@ def test_symmpo_margin_term_code_and_paper_forms():
     assert full.item() == pytest.approx(want, abs=1e-6)
 
 
+def test_symmpo_paper_form_default_weight_is_the_released_term():
+    """The paper scales the margins by beta, which squares into the term: beta^2 (h1 - h2)^2. Its
+    default weight 1e-4 / beta^2 undoes that, so both forms add the released 1e-4 (h1 - h2)^2."""
+    torch.manual_seed(0)
+    names = ("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt")
+    policy = {v: torch.randn(6) * 20 for v in names}
+    ref = {v: torch.randn(6) * 20 for v in names}
+    lr = {v: policy[v] - ref[v] for v in names}
+    h1 = lr["chosen"] - lr["contrast_on_image"]
+    h2 = lr["contrast_on_corrupt"] - lr["chosen_on_corrupt"]
+    base = O.symmpo(policy, ref, lam=0, gamma=0, eta=0, beta=0.1)[0]
+    code = O.symmpo(policy, ref, lam=0, eta=0, beta=0.1)[0] - base
+    paper = O.symmpo(policy, ref, lam=0, eta=0, beta=0.1, margin_form="paper")[0] - base
+    # by hand: (1e-4 / 0.1^2) * (0.1*h1 - 0.1*h2)^2 = 1e-2 * 0.01 * (h1 - h2)^2 = 1e-4 * (h1 - h2)^2
+    assert torch.allclose(code, 1e-4 * (h1 - h2) ** 2, rtol=1e-5)
+    assert torch.allclose(paper, code, rtol=1e-4)
+    # a weight typed by hand is used as it is: 1e-4 on the beta-scaled margins is 100x weaker
+    weak = O.symmpo(policy, ref, lam=0, gamma=1e-4, eta=0, beta=0.1, margin_form="paper")[0] - base
+    assert torch.allclose(weak, code / 100, rtol=1e-3)
+    # at another beta the default still follows: 1e-4 / 0.5^2 = 4e-4 on (0.5*h1 - 0.5*h2)^2
+    base5 = O.symmpo(policy, ref, lam=0, gamma=0, eta=0, beta=0.5)[0]
+    paper5 = O.symmpo(policy, ref, lam=0, eta=0, beta=0.5, margin_form="paper")[0] - base5
+    assert torch.allclose(paper5, 1e-4 * (h1 - h2) ** 2, rtol=1e-4)
+
+
 # ---- every objective ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))

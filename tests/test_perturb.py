@@ -23,6 +23,19 @@ def test_crop_box_area_and_ratio_within_bounds():
         assert 0 <= top and top + ch <= 96 and 0 <= left and left + cw <= 128
 
 
+@pytest.mark.parametrize("h, w, area, want", [
+    (32, 36, (1.5, 2.0), (0, 0, 32, 36)),  # no box of 150-200% fits: the whole image (w/h = 1.125 is within bounds)
+    (100, 10, (1.5, 2.0), (43, 0, 13, 10)),  # too tall: full width, height round(10 / (3/4)) = 13, centred
+    (2, 1000, (0.01, 0.2), (0, 498, 2, 3)),  # mDPO's own bounds: every box of >= 20 px is >= 4 px tall, so all 10
+])                                           # tries miss; full height, width round(2 * 4/3) = 3, left (1000-3)//2
+def test_crop_box_falls_back_as_torchvision_does(h, w, area, want):
+    """When all ten tries miss, RandomResizedCrop (mDPO's crop) takes the whole image, or the
+    largest centred box at the nearer ratio bound: the same box as torchvision's own get_params."""
+    from torchvision.transforms import RandomResizedCrop
+    assert P.crop_box(h, w, area=area, generator=gen(3)) == want
+    assert RandomResizedCrop.get_params(torch.zeros(3, h, w), scale=list(area), ratio=[3 / 4, 4 / 3]) == want
+
+
 def test_random_crop_is_the_resized_box():
     img = torch.rand(3, 32, 48)
     top, left, ch, cw = P.crop_box(32, 48, area=(0.2, 0.5), generator=gen(7))

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from PIL import Image
 
 from conftest import write_jsonl
 from mmpo import models, perturb
+from mmpo.data import chat_prompt
 from mmpo.generate import generate
 from mmpo.models import byte_tokenizer, tiny_model
 from mmpo.perturb import stable_seed
@@ -133,10 +135,72 @@ def test_napo_rows_get_model_answers(plain_data, tmp_path):
     assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "a"), *FAST]) == 0
     assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "b"), *FAST]) == 0
     a, b = read(tmp_path / "a" / "data.jsonl"), read(tmp_path / "b" / "data.jsonl")
-    assert len(a) == 6 and a == b  # greedy: the same answers every time
+    assert len(a) == 6 and a == b  # 3 beams, no sampling: the same answers every time
     assert all(r["lang_biased"] and r["vision_biased"] for r in a)
     assert all(os.path.isabs(r["image"]) for r in a)
     assert digest(plain_data) == before  # the input is never modified
+
+
+class SpyProcessor:
+    """The real processor, recording the prompt strings it is given and the image tokens it expands them to."""
+
+    def __init__(self, processor):
+        self.processor, self.texts, self.image_tokens = processor, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.processor, name)
+
+    def __call__(self, text, **kwargs):
+        self.texts += text
+        out = self.processor(text=text, **kwargs)
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        self.image_tokens += (out["input_ids"] == image_id).sum(1).tolist()
+        return out
+
+
+def napo_prompts(monkeypatch, data, out, model, *flags) -> SpyProcessor:
+    """Run prepare napo on ``model`` (a tiny one) and return its processor, with what it was given."""
+    spies = []
+
+    def load(name, **kwargs):
+        m, proc = tiny_model(name)
+        spies.append(SpyProcessor(proc))
+        return m, spies[-1]
+    monkeypatch.setattr(models, "load_model", load)
+    argv = ["napo", "--data", data, "--out", out, "--model", model, "--max-new-tokens", "2", "--num-beams", "1", *flags]
+    assert build.run(argv) == 0
+    return spies[0]
+
+
+def test_napo_prompts_on_llava_15_are_the_released_conversation(plain_data, tmp_path, monkeypatch, capsys):
+    """NaPO's released llava15_gen_bias_data.py builds LLaVA's llava_v1 conversation: its system
+    prompt, sep " ", roles USER / ASSISTANT; the question alone (question_only), and "<image>\n"
+    alone (image_only). Written out here from that template, character for character."""
+    spy = napo_prompts(monkeypatch, plain_data, str(tmp_path / "n"), "tiny-llava", "--batch-size", "8")
+    question_only = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                     "helpful, detailed, and polite answers to the human's questions. USER: Describe it. ASSISTANT:")
+    image_only = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                  "helpful, detailed, and polite answers to the human's questions. USER: <image>\n ASSISTANT:")
+    assert spy.texts == [question_only] * 6 + [image_only] * 6
+    assert spy.image_tokens == [0] * 6 + [16] * 6  # the LLaVA processor expands <image> to its 16 image tokens
+    assert "  answers prompted in LLaVA's llava_v1 conversation (as released): 12" in capsys.readouterr().out
+    # --napo-prompt chat-template: the processor's own template, as before
+    spy = napo_prompts(monkeypatch, plain_data, str(tmp_path / "c"), "tiny-llava", "--napo-prompt", "chat-template")
+    assert spy.texts == ["USER: Describe it.\nASSISTANT:"] * 6 + ["USER: <image>\n\nASSISTANT:"] * 6
+
+
+def test_napo_prompts_on_other_families_keep_their_chat_template(plain_data, tmp_path, monkeypatch):
+    spy = napo_prompts(monkeypatch, plain_data, str(tmp_path / "q"), "tiny-qwen2vl")
+    assert spy.texts == ([chat_prompt(spy, "Describe it.", with_image=False)] * 6
+                         + [chat_prompt(spy, "", with_image=True)] * 6)
+    assert "A chat between" not in spy.texts[0]
+    # LLaVA-1.5 is told apart by its config: a LLaVA on a Llama; same processor class or not
+    from transformers import LlavaConfig
+    llava = lambda text: types.SimpleNamespace(config=LlavaConfig(text_config={"model_type": text}))
+    assert build.is_llava_15(llava("llama")) and build.is_llava_15(tiny_model("tiny-llava")[0])
+    assert not build.is_llava_15(llava("mistral"))  # BakLLaVA
+    assert not build.is_llava_15(llava("qwen2"))  # llava-interleave
+    assert not build.is_llava_15(types.SimpleNamespace(config=types.SimpleNamespace(model_type="llava_next")))
 
 
 def test_symmpo_neighbours_and_answers(plain_data, tmp_path):
@@ -233,6 +297,7 @@ def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
         "prepare napo:",
         "  rows written: 6",
         "  rows already there: 0",
+        "  answers prompted in LLaVA's llava_v1 conversation (as released): 12",
         "  lang_biased truncated at --max-new-tokens (no end-of-sequence added): 6",
         "  vision_biased truncated at --max-new-tokens (no end-of-sequence added): 6",
         f"  output: {tmp_path / 'n' / 'data.jsonl'}"]
@@ -285,7 +350,7 @@ def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch
     # what decides the rows; generation pads each batch, so the batch size is one of them
     assert {k: v for k, v in settings.items() if k != "data_sha256"} == {
         "method": "napo", "model": "tiny-llava", "seed": 0, "max_new_tokens": 4, "num_beams": 3, "do_sample": False,
-        "batch_size": 2, "lang_image": "none"}
+        "batch_size": 2, "napo_prompt": "released", "lang_image": "none"}
     assert settings["data_sha256"] == digest(plain_data)
     with open(os.path.join(killed, "data.jsonl"), "a") as f:
         f.write('{"id": "p2", "ima')  # a row cut short by the kill

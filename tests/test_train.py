@@ -313,7 +313,8 @@ def test_recipe_paper_sets_the_released_hyperparameters(easy_data, tmp_path, cap
     # one released 4-epoch block (pipeline.sh): its weights, dynamic q in the code's form, alpha 0.5 / 0.01
     assert (napo.napo_weights, napo.napo_q, napo.napo_q_form, napo.napo_alpha) == ("0.02,0.49,0.49", None, "code", "0.5,0.01")
     sym = configured("--objective", "symmpo", "--recipe", "paper")
-    assert (sym.lr, sym.warmup, sym.max_steps, sym.lora_rank, sym.symmpo_gamma) == (5e-6, 0.05, 670, 0, 1e-4)
+    # gamma None: the released 1e-4 (h1 - h2)^2 whichever --symmpo-margin-form (objectives.symmpo)
+    assert (sym.lr, sym.warmup, sym.max_steps, sym.lora_rank, sym.symmpo_gamma) == (5e-6, 0.05, 670, 0, None)
     practical = configured("--objective", "mdpo")
     assert (practical.adam_beta2, practical.grad_accum, practical.dtype) == (0.999, 1, "fp32")
     # end to end: printed at the start, recorded in config.json

@@ -60,31 +60,58 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
 
 # ---- NaPO: the model's own modality-biased answers ------------------------------------------
 
+def is_llava_15(model) -> bool:
+    """LLaVA-1.5, the model NaPO released its data for: transformers' LLaVA (config model_type
+    "llava") on a Llama language model (Vicuna). LLaVA-NeXT, LLaVA-OneVision and ViP-LLaVA have
+    model types of their own, and BakLLaVA (Mistral) or llava-interleave (Qwen2) are "llava" on
+    another language model: all of them keep their own chat template. Decided by the model's
+    config, not the processor's class, which LLaVA-1.5 shares with those last two."""
+    config = model.config
+    return config.model_type == "llava" and getattr(config.text_config, "model_type", None) == "llama"
+
+
 def napo_rows(rows, args, out_dir, stats, ctx):
-    """lang_biased: the question without the image (or with a blank one); vision_biased: the
-    image without the question; both by the base model itself. Values already in a row are kept."""
+    """lang_biased: the question without the image; vision_biased: the image without the
+    question; both by the base model itself, as NaPO's released muffin/eval/llava15_gen_bias_data.py
+    makes its question_only and image_only columns. Values already in a row are kept.
+
+    Prompts (``--napo-prompt``): ``released``, for LLaVA-1.5 (``is_llava_15``), is the released
+    code's: LLaVA's ``llava_v1`` conversation with its system prompt, "... USER: {question}
+    ASSISTANT:" and "... USER: <image>\n ASSISTANT:" (``data.llava_v1_prompt``); any other model
+    family keeps its own chat template, which is also what ``chat-template`` uses for every model.
+    ``--lang-image white|black`` is mmpo's own variant: the question *with* a blank image of the
+    image's size. The released code has no such answer; its question_only_white/black columns are
+    the image-only prompt on a blank image (no question), and its training reads neither.
+    Generation as released unless the flags say otherwise: 3 beams, no sampling, 1024 new tokens."""
     lang = [r for r in rows if not r.get("lang_biased")]
     vision = [r for r in rows if not r.get("vision_biased")]
     stats["lang_biased kept as given"] += len(rows) - len(lang)
     stats["vision_biased kept as given"] += len(rows) - len(vision)
+    llava_v1 = args.napo_prompt == "released" and is_llava_15(ctx["model"])
+    if lang or vision:
+        how = "LLaVA's llava_v1 conversation (as released)" if llava_v1 else "the model's chat template"
+        stats[f"answers prompted in {how}"] += len(lang) + len(vision)
     if lang:
         blanks = None
         if args.lang_image != "none":
             value = 1.0 if args.lang_image == "white" else 0.0
             blanks = [to_pil(perturb.corrupt(to_tensor(load_image(r["image"])), "blank", value=value)) for r in lang]
-        answer(lang, "lang_biased", [r["prompt"] for r in lang], blanks, args, ctx, stats)
+        answer(lang, "lang_biased", [r["prompt"] for r in lang], blanks, args, ctx, stats, llava_v1=llava_v1)
     if vision:
-        answer(vision, "vision_biased", [""] * len(vision), [load_image(r["image"]) for r in vision], args, ctx, stats)
+        answer(vision, "vision_biased", [""] * len(vision), [load_image(r["image"]) for r in vision], args, ctx, stats,
+               llava_v1=llava_v1)
     return keep_answered(rows, ("lang_biased", "vision_biased"), stats)
 
 
-def answer(rows, field: str, prompts, images, args, ctx, stats):
+def answer(rows, field: str, prompts, images, args, ctx, stats, llava_v1: bool = False):
     """The base model's answers into ``field``, by NaPO's released generation (1024 new tokens,
-    3 beams) unless the flags say otherwise. One that stopped at the token limit is listed in the
-    row's ``truncated``, so training appends no end-of-sequence token to it."""
+    3 beams, no sampling: script/data_gen/gen_bias_data.sh runs with --temperature 0) unless the
+    flags say otherwise; in LLaVA's ``llava_v1`` conversation with ``llava_v1``, else the chat
+    template. One that stopped at the token limit is listed in the row's ``truncated``, so
+    training appends no end-of-sequence token to it."""
     texts, lengths = generate(ctx["model"], ctx["processor"], prompts, images, max_new_tokens=args.max_new_tokens,
                               num_beams=args.num_beams, do_sample=args.do_sample, temperature=args.temperature,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, llava_v1=llava_v1)
     for r, text, n in zip(rows, texts, lengths):
         r[field] = text
         if n >= args.max_new_tokens:

@@ -47,7 +47,8 @@ def build_parser() -> cli.Parser:
                    help="napo, symmpo: generation limit (NaPO's released 1024); an answer cut there gets no end-of-sequence token")
     p.add_argument("--num-beams", type=int, default=3, help="napo, symmpo: beam search width (NaPO's released 3; 1 = greedy)")
     p.add_argument("--do-sample", action="store_true",
-                   help="napo, symmpo: sample within the beams (NaPO's script defaults to it at temperature 0.2; off: deterministic)")
+                   help="napo, symmpo: sample within the beams (off: deterministic, as NaPO's gen_bias_data.sh runs its "
+                        "script, with --temperature 0; the script's own default is sampling at 0.2)")
     p.add_argument("--temperature", type=float, default=0.2, help="napo, symmpo: sampling temperature (with --do-sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-step", type=int, default=500,
@@ -62,8 +63,13 @@ def build_parser() -> cli.Parser:
                    help="mfpo: open-vocabulary detector (hub id or local directory)")
     p.add_argument("--segmenter", default="facebook/sam-vit-base", help="mfpo: segmenter ('' for boxes only)")
     p.add_argument("--threshold", type=float, default=0.1, help="mfpo: detection score threshold, in [0, 1]")
+    p.add_argument("--napo-prompt", choices=("released", "chat-template"), default="released",
+                   help="napo: released: for LLaVA-1.5 models, LLaVA's llava_v1 conversation with its system prompt, "
+                        "as NaPO's released code; other models keep their own chat template | chat-template: the "
+                        "processor's chat template for every model")
     p.add_argument("--lang-image", choices=("none", "white", "black"), default="none",
-                   help="napo: language-biased answers without an image, or with a blank one")
+                   help="napo: language-biased answers without an image (none, as released), or, mmpo's own variant, "
+                        "the question with a blank white or black image")
     p.add_argument("--contrast", choices=("neighbor", *(k for k in M_PRIMES if k != "contrast")), default="neighbor",
                    help="symmpo: m' is the nearest other image (neighbor), or m perturbed (the ablations, as "
                         "train.py --m-prime names them)")
@@ -214,7 +220,7 @@ def row_settings(args) -> dict:
     else:
         names += ["max_new_tokens", "num_beams", "do_sample", "batch_size"] + (["temperature"] if args.do_sample else [])
         if args.method == "napo":
-            names.append("lang_image")
+            names += ["napo_prompt", "lang_image"]
         else:
             names += ["contrast"] + {"neighbor": ["pool", "embedder"], "noise": ["noise_step"]}.get(args.contrast, [])
     values = {n: getattr(args, n) for n in names}

@@ -257,7 +257,9 @@ def jobs_for(s: Settings, out: str, paths: dict[str, dict]) -> list[Job]:
                 rest.append(Job(f"prepare-{kind}-{tag}", [
                     sys.executable, "-m", "mmpo.prepare", kind, "--data", p["prefs"], "--out", os.path.dirname(data[kind]),
                     "--model", model, "--max-new-tokens", str(ws["gen_tokens"]), "--num-beams", str(s.gen_beams),
-                    "--batch-size", "32", "--overwrite"], [f"sft-{tag}"]))
+                    "--batch-size", "32", "--overwrite",
+                    # the bases learned the tiny chat template in their SFT, not LLaVA-1.5's llava_v1 conversation
+                    *(["--napo-prompt", "chat-template"] if kind == "napo" else [])], [f"sft-{tag}"]))
             runs = []
             for m in [m for m in methods if METHODS[m][1] in data]:
                 objective, key, _, flags = METHODS[m]
