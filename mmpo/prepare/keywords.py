@@ -102,11 +102,11 @@ def topics(stems: list[tuple[str, ...]], threshold: float = 0.74) -> list[int]:
 
 
 def edge_weights(cands: list[Candidate], topic: list[int], *, vectors=None, phi: float = 1.0, gamma: float = 0.5,
-          lam: float = 0.05, alpha: float = 1.1) -> torch.Tensor:
+                 lam: float = 0.05, alpha: float = 1.1) -> torch.Tensor:
     """omega (n, n), float64, omega[i, j] = omega_ij, the weight of edge j -> i (module docstring)."""
     n = len(cands)
-    t = torch.tensor(topic, dtype=torch.long)
-    apart = (t[:, None] != t[None, :]).double()  # (n, n): 1 across topics
+    ids = torch.tensor(topic, dtype=torch.long)
+    apart = (ids[:, None] != ids[None, :]).double()  # (n, n): 1 across topics
     mu = torch.zeros(n, n, dtype=torch.float64)
     for i, ci in enumerate(cands):
         for j, cj in enumerate(cands):
@@ -115,11 +115,11 @@ def edge_weights(cands: list[Candidate], topic: list[int], *, vectors=None, phi:
                                for p in ci.offsets for q in cj.offsets)
     if vectors is not None and n:
         v = torch.nn.functional.normalize(torch.stack([vectors(c.text).double() for c in cands]), dim=-1)
-        mu = mu + gamma * (v @ v.T).clamp_min(0) * apart
+        mu = mu + gamma * (v @ v.T).clamp_min(0) * apart  # >= 0: a random walk has no negative edges
     tau = mu.clone()
     first = torch.tensor([c.offsets[0] for c in cands], dtype=torch.float64)
-    for t in set(topic):
-        members = [i for i in range(n) if topic[i] == t]
+    for k in set(topic):
+        members = [i for i in range(n) if topic[i] == k]
         f = members[0]  # candidates come in order of first occurrence
         others = mu[members[1:]].sum(0)  # (n,): zero inside the topic
         tau[f] += alpha * math.exp(1.0 / (1.0 + first[f].item())) * others
