@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import ROOT, write_jsonl
 from mmpo import models
 from mmpo.prepare import build, command, regions
-from mmpo.prepare.keywords import nltk_tagger
+from mmpo.prepare.tagging import nltk_tagger
 
 GROUNDING_HINT = ("; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
                   "(boxes only), or --regions random|global")

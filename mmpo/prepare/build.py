@@ -42,7 +42,7 @@ def mfpo_rows(rows, args, out_dir, stats, ctx):
     for row in rows:
         img = load_image(row["image"])
         g = torch.Generator().manual_seed(stable_seed(args.seed, row["id"]))
-        keywords = rank_keywords(row["chosen"], k=args.k, vectors=ctx.get("vectors"), tagger=args.tagger)
+        keywords = rank_keywords(row["chosen"], k=args.k, graph=args.keywords, vectors=ctx.get("vectors"), tagger=args.tagger)
         mask = None
         if args.regions == "grounded":
             mask = region_mask(ctx["grounding"], img, keywords)

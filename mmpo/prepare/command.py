@@ -54,9 +54,14 @@ def build_parser() -> cli.Parser:
     p.add_argument("--noise-step", type=int, default=500,
                    help="diffusion step t of the noise (of 1000); mfpo records it, training adds the noise to the processed "
                         "pixels; symmpo --contrast noise bakes it into the contrast image")
-    p.add_argument("--k", type=int, default=3, help="mfpo: keywords per answer")
+    p.add_argument("--k", type=int, default=3, help="mfpo: keyphrases per answer")
+    p.add_argument("--keywords", choices=("multipartite", "words"), default="multipartite",
+                   help="mfpo: Boudin's multipartite graph of keyphrases, as the paper cites it (multi-word objects stay "
+                        "whole: 'traffic light'), or a graph of single words, as its text reads ('nodes represent words'; "
+                        "kept to compare: it asks the detector for 'traffic')")
     p.add_argument("--tagger", choices=("auto", "rules", "nltk"), default="auto",
-                   help="mfpo: nouns by nltk's tagger when installed (auto), or the built-in rules (the same on every machine)")
+                   help="mfpo: nouns and adjectives by nltk's tagger (stems by Porter's) when installed (auto), or the "
+                        "built-in rules (the same on every machine)")
     p.add_argument("--regions", choices=("grounded", "random", "global"), default="grounded",
                    help="mfpo: noise the keywords' regions, a random 20%% (ablation) or everything")
     p.add_argument("--detector", default="google/owlv2-base-patch16-ensemble",
@@ -97,7 +102,7 @@ def check_options(args) -> None:
     if args.method != "mfpo" and not args.model:
         raise UserError(f"{args.method} needs --model: the base model whose answers it records")
     if args.method == "mfpo" and args.tagger == "nltk":
-        from mmpo.prepare.keywords import NLTK_INSTALL, nltk_tagger  # imports torch: asked only for mfpo --tagger nltk
+        from mmpo.prepare.tagging import NLTK_INSTALL, nltk_tagger
         if nltk_tagger() is None:
             raise UserError(f"--tagger nltk needs nltk and its tagger data ({NLTK_INSTALL}), or --tagger rules")
 
@@ -214,7 +219,7 @@ def row_settings(args) -> dict:
     or beam choice at a near tie. mfpo's rows are made one by one: its batch size changes nothing."""
     names = ["model", "seed"]
     if args.method == "mfpo":
-        names += ["k", "tagger", "noise_step", "regions"]
+        names += ["k", "keywords", "tagger", "noise_step", "regions"]
         if args.regions == "grounded":
             names += ["detector", "segmenter", "threshold"]
     else:
@@ -228,7 +233,7 @@ def row_settings(args) -> dict:
         if values.get(n) and os.path.exists(values[n]):
             values[n] = os.path.realpath(values[n])  # one folder, however it is spelled
     if values.get("tagger") == "auto":  # auto means nltk on one machine, the rules on another
-        from mmpo.prepare.keywords import nltk_tagger
+        from mmpo.prepare.tagging import nltk_tagger
         values["tagger"] = "auto: " + ("nltk" if nltk_tagger() else "rules")
     with open(args.data, "rb") as f:
         return {"method": args.method, "data_sha256": hashlib.sha256(f.read()).hexdigest(), **values}

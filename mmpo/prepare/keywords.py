@@ -1,212 +1,146 @@
-"""MFPO's keyword selection (Jiang et al. 2024, sec. 3.1): which words of the chosen answer name
-the image regions that matter. Pure Python + torch, runs offline; uses nltk's part-of-speech
-tagger only when it is installed with its data (never required, never downloaded).
+"""MFPO's keyword selection (Jiang et al. 2024, sec. 3.1 "Keyword Selection"): which phrases of
+the chosen answer name the image regions that matter. Pure Python + torch, runs offline; the
+words' tags and stems come from tagging.py (nltk's when installed, else its rules).
 
-A graph over the answer's content words, weighted by position and meaning:
-    theta_ij = sum over occurrences 1 / (1 + |l_i - l_j|^phi)      positional influence
-    mu_ij    = theta_ij + gamma * cos(v(k_i), v(k_j))               + semantic similarity
-    omega_ij = mu_ij * exp(-lambda * l_i)                           positional decay (tau = mu)
-ranked by weighted PageRank, r(k_i) = (1 - a) + a * sum_j omega_ij r(k_j) / sum_m omega_jm (the
-paper's normalisation; TextRank's column-stochastic one is ``norm="column"``), and the top-K
-nouns kept: verbs ("rides", "holds") never reach the object detector. l_i is the position of k_i's
-first occurrence (in words). The paper gives no values for phi, gamma, lambda, a or K, nor its
-contextual adjustment tau; the defaults below are ours. Word vectors are optional (any embedding
-table, e.g. the text model's input embeddings); without them the semantic term is 0.
+The paper builds "a multipartite graph [Boudin, 2018]" over the answer and ranks it with a
+weighted PageRank. ``graph="multipartite"`` (the default) is Boudin's graph (Boudin 2018,
+"Unsupervised Keyphrase Extraction with Multipartite Graphs", arXiv 1803.08721; read against
+pke's MultipartiteRank, pke/unsupervised/graph_based/multipartiterank.py) in MFPO's weights:
+
+  candidates  the longest runs of nouns and adjectives in a clause, ending on a noun: "traffic
+              light", "red dress", "street" (pke's candidate_selection takes the longest noun and
+              adjective runs; its noun-phrase grammar, base.py grammar_selection, ends them on a
+              noun, as here: "blue" alone, in "the sky is blue", names no region). One node per
+              stemmed form, with the word offsets l of all its occurrences.
+  topics      candidates grouped by shared stems: agglomerative clustering, average linkage, on
+              the Jaccard distance of their stem sets, cut at 0.74 (Boudin; pke's default): more
+              than a quarter of the stems in common ("tennis racket", "racket"). See ``topics``.
+  edges       only between candidates of different topics; omega[i, j] is the edge j -> i:
+      theta_ij = sum over occurrences 1 / (1 + d^phi)              positional influence
+      mu_ij    = theta_ij + gamma * max(cos(v(k_i), v(k_j)), 0)    + semantic similarity
+      tau_fj   = mu_fj + alpha e^(1/(1 + l_f)) sum_{k in T(f), k != f} mu_kj
+                 into the first-occurring candidate f of each topic T(f) (else tau = mu)
+      omega_ij = tau_ij * exp(-lambda * l_i)                       positional decay
+  ranking     ``pagerank``: r_i = (1 - a) + a * sum_j omega_ij r_j / z_j, top-K candidates.
+
+d is the number of words from the end of the earlier occurrence to the start of the later (pke's
+gap: a phrase's own length does not push its neighbours away; for two words, |l_i - l_j| as the
+paper writes). l is the offset of the first occurrence, in words from 0. MFPO "adjusts edge
+weights contextually using related words" without a formula: in Boudin's graph the related
+candidates are a topic's other members, and his weight adjustment (alpha = 1.1, the first
+occurrence's position as in pke's weight_adjustment) is that step. The cosine is clamped at 0
+(mmpo's choice; the paper does not say): a negative edge weight has no meaning in a random walk,
+and a negative z_j could flip the signs of every score. Word vectors are optional (any
+embedding, e.g. the text model's; a phrase's is the mean over its tokens); without them the
+semantic term is 0. The paper gives no phi, gamma, lambda, a or K: phi = 1, gamma = 0.5,
+lambda = 0.05, a = 0.85 (PageRank's and pke's damping), K = 3 are ours.
+
+``graph="words"`` is the paper's text read literally ("nodes V represent words"): every content
+word its own node, all pairs linked, tau = mu (with no topics there are no related words to
+adjust with), and nouns only kept after ranking. It splits multi-word objects ("traffic",
+"light"); kept to compare with, and because the paper's formulas are written over words.
 """
-import functools
+import math
 import re
+from typing import NamedTuple
 
 import torch
 
-STOPWORDS = set("""
-a an the this that these those there here it its it's they them their he him his she her hers we us our you your i
-me my is are was were be been being am do does did doing have has had having will would can could should may might
-must shall of in on at to from by with without for about above below over under into onto out up down off near next
-beside besides behind between among through across along around against toward towards before after during while
-within upon via than then and or but nor so yet if because as not no also too very just only quite rather really
-some any each every all both either neither many much more most few several other another such what which who whom
-whose where when why how one two three four five six seven eight nine ten first second third image picture photo
-shows show showing seen see appears appear looks look visible left right top bottom middle center front back side
-""".split())
+from mmpo.prepare.tagging import STOPWORDS, noun_flags, pos_tags, stemmer, tokenize, words
 
-# Never the object: sizes, colors, textures, positions.
-ADJECTIVES = set("""
-big small large little tiny huge tall short long wide narrow old new young bright dark light heavy empty full open
-closed round flat wooden metal plastic red green blue yellow orange purple pink brown black white gray grey
-silver golden gold beige colorful striped patterned clear cloudy sunny several various nearby together alive
-""".split())
+# ---- the graphs ------------------------------------------------------------------------------
 
-# Verbs of image descriptions that (almost) never name an object: never a keyword.
-VERBS = set("""
-sits sitting sit stands standing stand lies lying lie holds holding hold wears wearing wear rests resting rest hangs
-hanging hang walks walking walk runs running run plays playing play eats eating eat looks looking contains containing
-placed located positioned covered filled made displayed parked flying floating leaning surrounded seems seem
-rides ride carries carry grazes graze jumps jump throws throw catches grabs grab lifts lift pulls pushes drives
-waits wait leans lean lays lay includes depicts features smiles smile laughs sleeps sleep swims swim climbs climb
-chases chase follows follow feeds hugs kisses bites licks chews sniffs barks purrs meows chirps perches gazes stares
-glances reaches reach sips enjoys enjoy prepares serves crosses opens closes uses pours fills washes cleans dries
-relaxes remains overlooks travels approaches appears goes comes come takes take makes make gives give puts put gets
-get has talks talk reads writes dances kicks tries try wants want
-""".split())
-
-# Verb or object ("a bird flies" / "fruit flies"): a verb unless a determiner, number,
-# preposition or possessive comes right before it.
-VERBISH = set("flies swings stops floats sails dives works".split())
-
-# Nouns that a suffix rule below would reject.
-SUFFIX_NOUNS = set("""
-bed shed sled seabed flowerbed hundred building ceiling painting clothing railing awning icing frosting topping
-filling stuffing dressing wedding pudding dumpling earring sibling morning evening lightning housing drawing carving
-seating siding flooring roofing fencing bedding lighting shelving tiling wiring plumbing parking crossing landing
-opening clearing duckling seedling sapling fly butterfly dragonfly firefly belly lily jelly family rally assembly
-olive locomotive detective archive beehive adhesive explosive relative native radish relish polish parish finish
-varnish
-""".split())
-
-DETERMINERS = set("""
-a an the this that these those his her its their my your our some any each every no several many few both all
-another one two three four five six seven eight nine ten
-""".split())
-# What may open a verb's object ("rides a horse"); not "that", which mostly opens a clause.
-OBJECT_DETERMINERS = DETERMINERS - set("that no all both each every another any one many few".split())
-PREPOSITIONS = set("""
-of in on at to from by with without for about above below over under into onto out up down off near beside behind
-between among through across along around against toward towards before after during within upon via inside outside
-past next beneath underneath atop onto
-""".split())
-SUBJECT_PRONOUNS = set("he she it they who which that someone somebody everyone".split())
-SINGULAR = set("a an one this each every".split())  # "a dog skis": never a compound noun, unlike "his tennis shoes"
-NLTK_INSTALL = "pip install nltk; python -m nltk.downloader averaged_perceptron_tagger_eng"
+class Candidate(NamedTuple):
+    text: str                # as first written, lower-case: what the detector is asked for
+    stems: tuple[str, ...]   # its identity: "dog" and "dogs" are one candidate
+    offsets: list[int]       # word index of the first word of each occurrence
 
 
-def tokenize(text: str) -> tuple[list[str], list[str], list[str], set[int]]:
-    """(words, spellings, seps, possessives): lower-case words, their spelling in ``text``, the
-    punctuation between word t-1 and word t ("" if none; seps[-1]: after the last word), and the
-    indices of words that carried a possessive 's (dropped from the word: "man's hat" -> man, hat)."""
-    text = text.replace("\u2019", "'")
-    out, spell, seps, poss, sep = [], [], [], set(), ""
-    for m in re.finditer(r"([A-Za-z]+(?:'[A-Za-z]+)?)|([.,;:!?()\"])", text):
-        if m.group(2):  # a clause break for the context rules
-            sep += m.group(2)
-            continue
-        w = m.group(1)
-        if w.lower().endswith("'s"):
-            w = w[:-2]
-            poss.add(len(out))
-        out.append(w.lower())
-        spell.append(w)
-        seps.append(sep)
-        sep = ""
-    return out, spell, seps + [sep], poss
+def keyphrase_candidates(text: str, tagger: str = "auto") -> list[Candidate]:
+    """Boudin's candidates, in order of first occurrence: the longest noun and adjective runs that
+    end on a noun, never across punctuation or a possessive ("the man's dog": man, dog)."""
+    toks, _, seps, poss = tokenize(text)
+    tags, stem = pos_tags(text, tagger), stemmer(tagger)
+    found: dict[tuple, Candidate] = {}
+    t = 0
+    while t < len(toks):
+        e = t + 1
+        while tags[t] and e < len(toks) and tags[e] and not seps[e] and e - 1 not in poss:
+            e += 1
+        for m in re.finditer(r"[AN]*N", "".join(tags[t:e]) if tags[t] else ""):
+            s, f = t + m.start(), t + m.end()
+            key = tuple(stem(w) for w in toks[s:f])
+            found.setdefault(key, Candidate(" ".join(toks[s:f]), key, [])).offsets.append(s)
+        t = e
+    return list(found.values())
 
 
-def words(text: str) -> list[str]:
-    return tokenize(text)[0]
+def topics(stems: list[tuple[str, ...]], threshold: float = 0.74) -> list[int]:
+    """Topic index per candidate (topics numbered by first member). Agglomerative clustering
+    with average linkage on the Jaccard distance of stem sets, merged while the closest two
+    clusters are at most ``threshold`` apart (scipy's fcluster(linkage(.., "average"), t,
+    "distance"), as pke calls it). Ties: the pair met first in the answer."""
+    sets = [set(s) for s in stems]
+    dist = [[1 - len(x & y) / len(x | y) for y in sets] for x in sets]  # between clusters, as they merge
+    clusters = [[i] for i in range(len(sets))]
+    while len(clusters) > 1:
+        d, x, y = min((dist[x][y], x, y) for x in range(len(clusters)) for y in range(x + 1, len(clusters)))
+        if d > threshold:
+            break
+        nx, ny = len(clusters[x]), len(clusters[y])
+        for z in range(len(clusters)):  # the mean over all pairs, kept by Lance-Williams' update
+            dist[x][z] = dist[z][x] = (nx * dist[x][z] + ny * dist[y][z]) / (nx + ny)
+        clusters[x] += clusters.pop(y)
+        dist.pop(y)
+        for row in dist:
+            row.pop(y)
+    topic = [0] * len(sets)
+    for n, members in enumerate(clusters):
+        for i in members:
+            topic[i] = n
+    return topic
 
 
-def is_noun(word: str) -> bool:
-    """Could ``word`` be an object noun, judged from the word alone (no context)? Stopwords,
-    listed verbs and adjectives, and words with a verb or adjective ending are not."""
-    if word in STOPWORDS or word in ADJECTIVES or word in VERBS or len(word) < 3 or "'" in word:
-        return False
-    if word in SUFFIX_NOUNS or word.endswith(("fish", "eed")):
-        return True
-    if word.endswith("ing"):  # running, but not ring, king, thing, string (no vowel before -ing)
-        return not re.search(r"[aeiouy]", word[:-3])
-    if word.endswith(("ive", "ish")):  # active, reddish, but not hive, dish, fish
-        return len(word) <= 5
-    return not word.endswith(("ly", "ed", "ous", "ful", "less"))
+def edge_weights(cands: list[Candidate], topic: list[int], *, vectors=None, phi: float = 1.0, gamma: float = 0.5,
+                 lam: float = 0.05, alpha: float = 1.1) -> torch.Tensor:
+    """omega (n, n), float64, omega[i, j] = omega_ij, the weight of edge j -> i (module docstring)."""
+    n = len(cands)
+    ids = torch.tensor(topic, dtype=torch.long)
+    apart = (ids[:, None] != ids[None, :]).double()  # (n, n): 1 across topics
+    mu = torch.zeros(n, n, dtype=torch.float64)
+    for i, ci in enumerate(cands):
+        for j, cj in enumerate(cands):
+            if topic[i] != topic[j]:  # (p, q): first words; the earlier one's length is skipped
+                mu[i, j] = sum(1.0 / (1.0 + (abs(p - q) - (len(ci.stems) - 1 if p < q else len(cj.stems) - 1)) ** phi)
+                               for p in ci.offsets for q in cj.offsets)
+    if vectors is not None and n:
+        v = torch.nn.functional.normalize(torch.stack([vectors(c.text).double() for c in cands]), dim=-1)
+        mu = mu + gamma * (v @ v.T).clamp_min(0) * apart  # >= 0: a random walk has no negative edges
+    tau = mu.clone()
+    first = torch.tensor([c.offsets[0] for c in cands], dtype=torch.float64)
+    for k in set(topic):
+        members = [i for i in range(n) if topic[i] == k]
+        f = members[0]  # candidates come in order of first occurrence
+        others = mu[members[1:]].sum(0)  # (n,): zero inside the topic
+        tau[f] += alpha * math.exp(1.0 / (1.0 + first[f].item())) * others
+    return tau * torch.exp(-lam * first)[:, None]
 
 
-@functools.cache
-def nltk_tagger():
-    """nltk.pos_tag when nltk and its tagger data are installed, else None. Never downloads."""
-    try:
-        import nltk
-        nltk.pos_tag(["A", "dog", "runs", "."])  # LookupError when the tagger data is missing
-        return nltk.pos_tag
-    except Exception:  # an optional helper, broken or absent: fall back to the rules below
-        return None
-
-
-def noun_flags(text: str, tagger: str = "auto") -> list[bool]:
-    """Per word of ``words(text)``: is it used as a noun here?
-
-    tagger: "auto" (nltk's tagger when installed with its data, else the rules), "nltk" (error
-    without it) or "rules" (always the built-in rules, the same on every machine).
-    Either way a word that ``is_noun`` rejects is never a noun. The rules, per occurrence:
-    a VERBISH word (flies, swings) is a verb unless a determiner, number, preposition or possessive
-    comes right before it; any other word is a verb in "subject WORD object" shape (the subject a
-    pronoun, "to", or a noun opening its clause or after a determiner; the object opening with
-    a/an/the/his/her/its/their/some/two..: "a man strums a guitar"), or, ending in -s, after a
-    singular subject and before a preposition or the clause's end ("a cat naps on", "she waves.").
-    """
-    if tagger not in ("auto", "nltk", "rules"):
-        raise ValueError(f"tagger must be 'auto', 'nltk' or 'rules', not {tagger!r}")
-    toks, spell, seps, poss = tokenize(text)
-    tag = nltk_tagger() if tagger != "rules" else None
-    if tagger == "nltk" and tag is None:
-        raise RuntimeError(f"tagger='nltk' needs nltk and its tagger data: {NLTK_INSTALL}")
-    if tag is not None:
-        seq, where = [], []
-        for t, w in enumerate(spell):
-            seq += list(seps[t])
-            where.append(len(seq))
-            seq += [w, "'s"] if t in poss else [w]
-        tags = [p for _, p in tag(seq + list(seps[-1]))]
-        return [tags[where[t]].startswith("NN") and is_noun(w) for t, w in enumerate(toks)]
-    return [_rule_noun(toks, seps, poss, t) for t in range(len(toks))]
-
-
-def _rule_noun(toks, seps, poss, t) -> bool:
-    w = toks[t]
-    if not is_noun(w):
-        return False
-
-    def before(i):  # the word before the noun phrase ending at i (adjectives skipped); None: clause start
-        while i > 0 and not seps[i] and toks[i - 1] in ADJECTIVES:
-            i -= 1
-        return None if i == 0 or seps[i] else i - 1
-    prev = t - 1 if t > 0 and not seps[t] else None  # same clause only
-    nxt = toks[t + 1] if t + 1 < len(toks) and not seps[t + 1] else None  # (seps has one more entry)
-    if w in VERBISH:
-        return prev is not None and (toks[prev] in DETERMINERS or toks[prev] in PREPOSITIONS or prev in poss)
-    if prev is None or prev in poss:
-        return True
-    if toks[prev] in SUBJECT_PRONOUNS or toks[prev] == "to":
-        subject, singular = True, toks[prev] not in ("they", "to")
-    else:  # a noun opening its clause or after a determiner: "a man", "his dog", "people"
-        h = before(prev)
-        subject = is_noun(toks[prev]) and (h is None or toks[h] in DETERMINERS or h in poss)
-        singular = h is not None and toks[h] in SINGULAR
-    if subject and nxt in OBJECT_DETERMINERS:  # "a man strums a guitar"
-        return False
-    s_form = w.endswith("s") and not w.endswith(("ss", "us", "is"))  # naps, but not bus, grass
-    if subject and singular and s_form and (nxt is None or nxt in PREPOSITIONS):  # "a cat naps on"
-        return False
-    return True
+def multipartite_graph(text: str, *, tagger: str = "auto", threshold: float = 0.74, **weights):
+    """(candidates, topic per candidate, omega): Boudin's graph of ``text`` in MFPO's weights."""
+    cands = keyphrase_candidates(text, tagger)
+    topic = topics([c.stems for c in cands], threshold)
+    return cands, topic, edge_weights(cands, topic, **weights)
 
 
 def word_graph(text: str, *, vectors=None, phi: float = 1.0, gamma: float = 0.5,
                lam: float = 0.05) -> tuple[list[str], torch.Tensor]:
-    """The candidates (content words, unique, in order of appearance) and omega (n, n), float64,
-    omega[i, j] = omega_ij = mu_ij * exp(-lam * l_i): the weight of edge j -> i."""
+    """The content words (unique, in order of appearance) and omega (n, n) of the word graph:
+    each word its own topic, so every pair is linked and nothing is adjusted."""
     tokens = words(text)
-    cands = [w for w in dict.fromkeys(tokens) if w not in STOPWORDS]
-    pos = {w: [i for i, t in enumerate(tokens) if t == w] for w in cands}
-    n = len(cands)
-    theta = torch.zeros(n, n, dtype=torch.float64)
-    for i, wi in enumerate(cands):
-        for j, wj in enumerate(cands):
-            if i != j:
-                theta[i, j] = sum(1.0 / (1.0 + abs(li - lj) ** phi) for li in pos[wi] for lj in pos[wj])
-    mu = theta
-    if vectors is not None and n:
-        v = torch.nn.functional.normalize(torch.stack([vectors(w).double() for w in cands]), dim=-1)
-        # clamped at 0: a negative edge weight has no meaning in PageRank
-        mu = mu + gamma * (v @ v.T).clamp_min(0) * (1 - torch.eye(n, dtype=torch.float64))
-    first = torch.tensor([pos[w][0] for w in cands], dtype=torch.float64)
-    return cands, mu * torch.exp(-lam * first)[:, None]
+    uniq = [w for w in dict.fromkeys(tokens) if w not in STOPWORDS]
+    cands = [Candidate(w, (w,), [i for i, t in enumerate(tokens) if t == w]) for w in uniq]
+    return uniq, edge_weights(cands, list(range(len(cands))), vectors=vectors, phi=phi, gamma=gamma, lam=lam)
 
 
 def pagerank(omega: torch.Tensor, *, a: float = 0.85, norm: str = "paper", iters: int = 1000,
@@ -223,8 +157,8 @@ def pagerank(omega: torch.Tensor, *, a: float = 0.85, norm: str = "paper", iters
                 the scores to early words, instead of steering the walk.
       "column": z_j = sum_i omega_ij, all that j gives away: every column of the matrix sums to
                 1, a proper Markov chain (random surfer) whose scores sum to n, i.e. TextRank's
-                normalisation (Mihalcea & Tarau 2004, which the paper cites); the decay steers
-                the walk towards early words.
+                normalisation (Mihalcea & Tarau 2004, which the paper cites) and pke's (networkx's
+                pagerank, the same scores / n); the decay steers the walk towards early words.
     """
     if norm not in ("paper", "column"):
         raise ValueError(f"norm must be 'paper' or 'column', not {norm!r}")
@@ -241,23 +175,32 @@ def pagerank(omega: torch.Tensor, *, a: float = 0.85, norm: str = "paper", iters
     return r
 
 
-def rank_keywords(text: str, k: int = 3, *, vectors=None, phi: float = 1.0, gamma: float = 0.5,
-                  lam: float = 0.05, a: float = 0.85, iters: int = 1000, tol: float = 1e-10,
-                  norm: str = "paper", tagger: str = "auto") -> list[str]:
-    """The top-k nouns of ``text`` by MFPO's weighted PageRank (deterministic). vectors: an
-    optional word -> 1-D tensor (word embeddings) for the semantic term; phi, gamma, lam, a: as in
-    the formulas above; norm: see ``pagerank``; tagger: see ``noun_flags``."""
-    cands, omega = word_graph(text, vectors=vectors, phi=phi, gamma=gamma, lam=lam)
-    if not cands:
+def rank_keywords(text: str, k: int = 3, *, graph: str = "multipartite", vectors=None, phi: float = 1.0,
+                  gamma: float = 0.5, lam: float = 0.05, alpha: float = 1.1, threshold: float = 0.74, a: float = 0.85,
+                  iters: int = 1000, tol: float = 1e-10, norm: str = "paper", tagger: str = "auto") -> list[str]:
+    """The top-k keyphrases of ``text`` by MFPO's weighted PageRank (deterministic; ties: the
+    earlier first). graph: "multipartite" (Boudin's keyphrases) or "words" (nouns of the word
+    graph); vectors: an optional text -> 1-D tensor (embeddings) for the semantic term; phi,
+    gamma, lam, alpha, threshold, a: as in the module docstring; norm: see ``pagerank``; tagger:
+    see ``pos_tags``."""
+    weights = dict(vectors=vectors, phi=phi, gamma=gamma, lam=lam)
+    if graph == "multipartite":
+        cands, _, omega = multipartite_graph(text, tagger=tagger, threshold=threshold, alpha=alpha, **weights)
+        names, keep = [c.text for c in cands], None
+    elif graph == "words":
+        names, omega = word_graph(text, **weights)
+        keep = {w for w, noun in zip(words(text), noun_flags(text, tagger)) if noun}
+    else:
+        raise ValueError(f"graph must be 'multipartite' or 'words', not {graph!r}")
+    if not names:
         return []
     r = pagerank(omega, a=a, norm=norm, iters=iters, tol=tol)
-    nouns = {w for w, noun in zip(words(text), noun_flags(text, tagger)) if noun}
-    order = sorted(range(len(cands)), key=lambda i: (-r[i].item(), i))  # ties: earlier word first
-    return [cands[i] for i in order if cands[i] in nouns][:k]
+    order = sorted(range(len(names)), key=lambda i: (-r[i].item(), i))  # candidates are in order of appearance
+    return [names[i] for i in order if keep is None or names[i] in keep][:k]
 
 
 def embedding_vectors(model, tokenizer):
-    """word -> mean input embedding of its tokens (the text model's own vectors)."""
+    """word or phrase -> mean input embedding of its tokens (the text model's own vectors)."""
     table = model.get_input_embeddings().weight.detach()
 
     def vec(word: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""MFPO's region mapping (sec. 3.1): keywords -> image regions, with an open-vocabulary detector
+"""MFPO's region mapping (sec. 3.1): keyphrases -> image regions, with an open-vocabulary detector
 (OWLv2 / OWL-ViT / Grounding DINO) for boxes and a segmenter (SAM) for masks inside them.
 
 The mask of a keyword is the segmenter's mask clipped to its box (the box itself when the
@@ -35,7 +35,8 @@ def load_segmenter(name: str, device="cpu"):
 
 @torch.no_grad()
 def detect(g: Grounding, image: Image.Image, keywords: list[str]) -> torch.Tensor:
-    """Boxes (n, 4) as x0, y0, x1, y1 pixels of ``image`` for any of the keywords."""
+    """Boxes (n, 4) as x0, y0, x1, y1 pixels of ``image`` for any of the keywords. Each keyword
+    is one text query, whole: a keyphrase asks for "traffic light", never for "traffic"."""
     w, h = image.size
     inputs = g.detector_processor(text=[keywords], images=[image], return_tensors="pt", padding=True)
     out = g.detector(**inputs.to(g.detector.device))
