@@ -199,10 +199,10 @@ def score(model, dataset: PreferenceDataset, args) -> tuple[dict[str, torch.Tens
     return {v: torch.cat(x) for v, x in out.items()}, cut
 
 
-def reliance(model, data: str, processor, args, per_example: dict) -> dict:
+def reliance(model, data: str, processor, args, per_example: dict | None = None) -> dict:
     """The chosen answer on m against m' (crop, noise, blank), and with a blank m' chosen over
-    rejected with and without the image. Each view's log-probs go into ``per_example`` as
-    ``KIND/VIEW``."""
+    rejected with and without the image. Each view's log-probs go into ``per_example`` (when
+    given) as ``KIND/VIEW``."""
     out = {}
     for kind in ("crop", "noise", "blank"):
         views = ("chosen", "rejected", "chosen_on_corrupt", "rejected_on_corrupt") if kind == "blank" else \
@@ -210,7 +210,8 @@ def reliance(model, data: str, processor, args, per_example: dict) -> dict:
         ds = PreferenceDataset(data, processor, views, m_prime=kind, seed=args.seed, max_length=args.max_length,
                                prefer_field=False)
         logps = score(model, ds, args)[0]
-        per_example.update({f"{kind}/{v}": lp for v, lp in logps.items()})
+        if per_example is not None:
+            per_example.update({f"{kind}/{v}": lp for v, lp in logps.items()})
         out.update(metrics.reliance_metrics(kind, logps))
     return out
 
