@@ -4,7 +4,8 @@
 - ``trl``: TRL's vision preference format, as JSONL (TRL's "Dataset formats and types", section
   "Vision datasets": https://huggingface.co/docs/trl/dataset_formats; a release in this form:
   HuggingFaceH4/rlaif-v_formatted). ``images`` is a list of images, each a path, or, as HF datasets
-  serialises its Image feature, {"bytes": BASE64, "path": ...} or {"path": ...}. ``prompt``,
+  stores its Image feature, {"bytes": ..., "path": ...} or {"path": ...}, the bytes in JSON as
+  base64 text (or a list of byte values). ``prompt``,
   ``chosen`` and ``rejected`` are strings (standard) or message lists (conversational):
   [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q}]}] and one
   assistant message for each answer; a content is a string or a list of parts. mmpo scores one
