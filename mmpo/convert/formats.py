@@ -5,10 +5,10 @@
   "Vision datasets": https://huggingface.co/docs/trl/dataset_formats; a release in this form:
   HuggingFaceH4/rlaif-v_formatted). ``images`` is a list of images, each a path, or, as HF datasets
   stores its Image feature, {"bytes": ..., "path": ...} or {"path": ...}, the bytes in JSON as
-  base64 text (or a list of byte values). ``prompt``,
-  ``chosen`` and ``rejected`` are strings (standard) or message lists (conversational):
-  [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": Q}]}] and one
-  assistant message for each answer; a content is a string or a list of parts. mmpo scores one
+  base64 text (or a list of byte values). ``prompt``, ``chosen`` and ``rejected`` are strings
+  (standard) or message lists (conversational): [{"role": "user", "content": [{"type": "image"},
+  {"type": "text", "text": Q}]}] and one assistant message for each answer; a content is a string
+  or a list of parts. mmpo scores one
   image and one turn: a row with no image or several, or a prompt of several messages (a system
   message too), is malformed. Read line by line.
 - ``llava``: LLaVA's conversation JSON, for ``train.py --objective sft`` (LLaVA's
