@@ -8,9 +8,8 @@
   base64 text (or a list of byte values). ``prompt``, ``chosen`` and ``rejected`` are strings
   (standard) or message lists (conversational): [{"role": "user", "content": [{"type": "image"},
   {"type": "text", "text": Q}]}] and one assistant message for each answer; a content is a string
-  or a list of parts. mmpo scores one
-  image and one turn: a row with no image or several, or a prompt of several messages (a system
-  message too), is malformed. Read line by line.
+  or a list of parts. mmpo scores one image and one turn: a row with no image or several, or a
+  prompt of several messages (a system message too), is malformed. Read line by line.
 - ``llava``: LLaVA's conversation JSON, for ``train.py --objective sft`` (LLaVA's
   docs/Finetune_Custom_Data.md: https://github.com/haotian-liu/LLaVA; llava_v1_5_mix665k.json):
   a list of {"id", "image" (text-only rows have none), "conversations": [{"from": "human",
