@@ -146,3 +146,30 @@ def test_command_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr, done.stderr
     assert done.stdout.startswith("convert trl:\n  rows written: 4\n")
+
+
+def test_pope_question_files(tmp_path, capsys):
+    """POPE's released question file (coco_pope_*.json: JSON Lines of question_id, image, text,
+    label) becomes eval.py's --bench pope rows, COCO file names resolved in --image-folder."""
+    from mmpo.metrics import label_problems
+    (tmp_path / "val2014").mkdir()
+    for name in ("COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"):
+        Image.new("RGB", (8, 8), "white").save(tmp_path / "val2014" / name)
+    src = write_jsonl(tmp_path / "coco_pope_random.json", [
+        {"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?",
+         "label": "yes"},
+        {"question_id": 2, "image": "COCO_val2014_000000210789.jpg", "text": "Is there a dog in the image?", "label": "No"},
+        {"question_id": 3, "image": "COCO_val2014_000000210789.jpg", "text": "Is there a cat?", "label": "maybe"},
+        {"question_id": 4, "image": "COCO_val2014_000000999999.jpg", "text": "Is there a car?", "label": "no"},
+    ])
+    out = tmp_path / "pope-random"
+    assert convert("pope", src, out, "--image-folder", tmp_path / "val2014") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{src}: row 3: field 'label': must be yes or no, got \"maybe\"; skipped",
+                   f"{src}: row 4: image file not found: {tmp_path / 'val2014' / 'COCO_val2014_000000999999.jpg'}; "
+                   "skipped"]
+    rows = read_rows(str(out / "data.jsonl"), {"image"})  # as eval.py reads a bench: "question" filed as "prompt"
+    assert [(r["id"], r["prompt"], r["answer"]) for r in rows] == [("1", "Is there a snowboard in the image?", "yes"),
+                                                                  ("2", "Is there a dog in the image?", "no")]
+    assert rows[0]["image"] == str(tmp_path / "val2014" / "COCO_val2014_000000310196.jpg")
+    assert all(label_problems("pope", r) == [] for r in rows)

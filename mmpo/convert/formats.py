@@ -17,6 +17,11 @@
   "<image>", is the prompt and the first gpt turn is chosen; later turns are dropped (mmpo trains
   one turn) and counted in the summary. The file is one JSON list, so it is read whole with
   json.load: the one input here that is not streamed.
+- ``pope``: POPE's released question files (github.com/AoiDragon/POPE, output/coco/
+  coco_pope_{random,popular,adversarial}.json), JSON Lines of {"question_id", "image" (a COCO
+  val2014 file name: give --image-folder), "text", "label": "yes" | "no"}, as rows for
+  ``eval.py --bench pope``: {"id", "image", "question", "answer"}. Convert each split to its own
+  OUT and give one ``--bench pope OUT/data.jsonl`` per split.
 
 Embedded images are written once, to OUT/images/ under their content's sha256 (16 hex digits)
 and their format's extension; image paths are resolved against --image-folder (default: SRC's
@@ -54,8 +59,8 @@ class Malformed(Exception):
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
-    p.add_argument("format", choices=("trl", "llava"))
-    p.add_argument("src", help="the released file (never modified): TRL's JSONL, or LLaVA's JSON list")
+    p.add_argument("format", choices=("trl", "llava", "pope"))
+    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, or a POPE question file")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
     p.add_argument("--overwrite", action="store_true",
@@ -182,7 +187,22 @@ def llava_row(src: dict, ctx) -> dict:
     return row
 
 
-FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row)}
+def pope_rows(path: str):
+    """POPE's question files are JSON Lines too; their id is ``question_id``."""
+    for n, src in jsonl_rows(path):
+        yield n, ({"id": src["question_id"], **src} if isinstance(src, dict) and "question_id" in src else src)
+
+
+def pope_row(src: dict, ctx) -> dict:
+    question, label = src.get("text"), src.get("label")
+    if not isinstance(question, str) or not question.strip():
+        raise Malformed(f"field 'text': must be a non-empty string, got {shown(question)}")
+    if not isinstance(label, str) or label.strip().lower() not in ("yes", "no"):
+        raise Malformed(f"field 'label': must be yes or no, got {shown(label)}")
+    return {"image": image_path(src.get("image"), ctx), "question": question, "answer": label.strip().lower()}
+
+
+FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}
 
 
 # ---- resuming: the rows written so far, and the settings that made them ------------------------
