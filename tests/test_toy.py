@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo.toy import __main__ as toy, stats, world as W
+from mmpo.toy import __main__ as toy, results as R, stats, world as W
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -188,7 +188,7 @@ def test_smoke_run_end_to_end(tmp_path):
         assert set(r["figures"]) == {"base", "dpo", "mdpo"} and set(r["differences"]) == {"dpo - base", "mdpo - base",
                                                                                             "mdpo - dpo"}
         for name, figures in r["figures"].items():
-            keys = [k for k, _, _ in toy.COLUMNS[w] if name != "base" or k not in toy.NO_BASE]
+            keys = [k for k, _, _ in R.COLUMNS[w] if name != "base" or k not in R.NO_BASE]
             assert list(figures) == keys
             for k, (point, lo, hi) in figures.items():  # one seed of a few examples: wide, but an interval
                 if point is not None and lo is not None:
