@@ -425,6 +425,9 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
         steps = schedule(cfg, dataset, model, model_fp, pad, d)
         ref, eval_ref = reference_over(steps, ref, cfg, dataset, eval_set, model_fp, pad, autocast)
         optimizer, scheduler, lr_at = make_optimizer(groups, cfg, len(steps))
+        if d.main and not any(lr_at(k) for k in range(len(steps))):  # HF's warmup: step 0 at rate 0
+            print(f"warning: every one of the {len(steps)} steps has learning rate 0 (--warmup {cfg.warmup:g} "
+                  f"starts at 0): the model will not change; give --warmup 0 or more steps")
         state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
         step, nonfinite = state["step"], state["nonfinite"]
 
