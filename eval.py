@@ -36,11 +36,11 @@ import math
 import os
 import sys
 
-from eval_columns import Base, Column, load_column, resolve_columns
+from mmpo.evaluation.columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import LIMITS as TRAIN_LIMITS, Config
-from mmpo.metrics import POPE_PARSERS
+from mmpo.evaluation.metrics import POPE_PARSERS
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
@@ -161,7 +161,8 @@ if __name__ == "__main__":  # --help and every mistake above answer at once, bef
 import torch
 from tqdm import tqdm
 
-from mmpo import files, metrics
+from mmpo import files
+from mmpo.evaluation import metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps

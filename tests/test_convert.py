@@ -151,7 +151,7 @@ def test_command_line(tmp_path):
 def test_pope_question_files(tmp_path, capsys):
     """POPE's released question file (coco_pope_*.json: JSON Lines of question_id, image, text,
     label) becomes eval.py's --bench pope rows, COCO file names resolved in --image-folder."""
-    from mmpo.metrics import label_problems
+    from mmpo.evaluation.metrics import label_problems
     (tmp_path / "val2014").mkdir()
     for name in ("COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"):
         Image.new("RGB", (8, 8), "white").save(tmp_path / "val2014" / name)

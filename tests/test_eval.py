@@ -17,7 +17,7 @@ import train
 from conftest import ROOT, write_jsonl
 from mmpo.cli import UserError
 from mmpo.config import Config
-from mmpo.metrics import read_option
+from mmpo.evaluation.metrics import read_option
 from mmpo.logps import sequence_logps
 from mmpo.models import tiny_model
 

@@ -18,10 +18,11 @@ PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
 
 
 def package_data() -> list[str]:
-    """The non-Python files of mmpo/ in the checkout: what the code opens beside itself."""
+    """The non-Python files of mmpo/ and its subpackages in the checkout (what the code opens beside
+    itself), relative to mmpo/."""
     folder = os.path.join(ROOT, "mmpo")
-    return sorted(f for f in os.listdir(folder)
-                  if os.path.isfile(os.path.join(folder, f)) and not f.endswith((".py", ".pyc")) and not f.startswith("."))
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, names in os.walk(folder) for f in names
+                  if f.endswith((".txt", ".json")))  # not the RESULTS.md that readers open
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def test_the_installed_package_works_from_another_folder(wheel, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     elsewhere = tmp_path / "elsewhere"  # no mmpo/ here: only the installed copy can be imported
     elsewhere.mkdir()
-    # mmpo.metrics reads its synonym list when imported: a wheel without it fails here
-    r = subprocess.run([sys.executable, "-c", "import mmpo.metrics, mmpo.objectives; print(mmpo.__file__)"],
+    # mmpo.evaluation.metrics reads its synonym list when imported: a wheel without it fails here
+    r = subprocess.run([sys.executable, "-c", "import mmpo.evaluation.metrics, mmpo.objectives; print(mmpo.__file__)"],
                        capture_output=True, text=True, cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(site)},
                        timeout=120)
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,4 @@
-"""mmpo.metrics worked by hand: preference and image reliance from log-probs; CHAIR and POPE
+"""mmpo.evaluation.metrics worked by hand: preference and image reliance from log-probs; CHAIR and POPE
 read by the reference evaluations' rules; QA's reading of short answers.
 
 CHAIR: Rohrbach et al. 2018's chair.py (LisaAnne/Hallucination) and its standalone Python 3
@@ -8,7 +8,7 @@ eval_pope.py. Each example shows one rule; the last CHAIR test adds them all up.
 import pytest
 import torch
 
-from mmpo.metrics import (CATEGORIES, chair, chair_answer, object_mentions, object_words, parse_yes_no, pope,
+from mmpo.evaluation.metrics import (CATEGORIES, chair, chair_answer, object_mentions, object_words, parse_yes_no, pope,
                           preference_metrics, read_option, reliance_metrics, singularize, to_category, tokenize)
 
 

@@ -1,0 +1,2 @@
+"""eval.py's parts, a program the library (mmpo/*.py) never imports: which model each column is
+(columns.py) and the metrics as pure functions of answers and log-probs (metrics.py)."""
