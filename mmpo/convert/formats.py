@@ -16,22 +16,27 @@
   "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}. The first human turn, without
   "<image>", is the prompt and the first gpt turn is chosen; later turns are dropped (mmpo trains
   one turn) and counted in the summary. The file is one JSON list, so it is read whole with
-  json.load: the one input here that is not streamed.
+  json.load, not streamed (as mdpo's).
 - ``pope``: POPE's released question files (github.com/AoiDragon/POPE, output/coco/
   coco_pope_{random,popular,adversarial}.json), JSON Lines of {"question_id", "image" (a COCO
   val2014 file name: give --image-folder), "text", "label": "yes" | "no"}, as rows for
   ``eval.py --bench pope``: {"id", "image", "question", "answer"}. Convert each split to its own
   OUT and give one ``--bench pope OUT/data.jsonl`` per split.
+- ``mdpo``, ``napo``, ``symmpo``: the preference data released with the papers: mDPO's VLFeedback
+  pairs (a JSON list; --image-folder VLFeedback's images), NaPO's RLAIF-V-Bias (parquet; its
+  language- and vision-biased answers as ``lang_biased`` / ``vision_biased``) and SymMPO's
+  (parquet; the similar image and its answer as ``contrast_image`` / ``contrast_chosen``). Their
+  schemas and sources: papers.py. A parquet SRC may be one shard or the folder of them.
 
 Embedded images are written once, to OUT/images/ under their content's sha256 (16 hex digits)
 and their format's extension; image paths are resolved against --image-folder (default: SRC's
 folder) and kept where they are. A malformed row is one line on stderr with its row number
-(the line of a JSONL, the position in LLaVA's list) and is skipped.
+(the line of a JSONL, the position in a JSON list, the row of a parquet shard) and is skipped.
 
 Resuming, as ``python -m mmpo.prepare``: rows already in OUT/data.jsonl are kept, and a re-run
 continues after them; OUT/convert.json records what decides the rows (format, SRC with its size
-and modification time, --image-folder), and a re-run with other settings is refused
-(``--overwrite`` starts afresh).
+and modification time, a folder's shards' total and latest, --image-folder), and a re-run with
+other settings is refused (``--overwrite`` starts afresh).
 """
 import base64
 import hashlib
@@ -59,8 +64,9 @@ class Malformed(Exception):
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
-    p.add_argument("format", choices=("trl", "llava", "pope"))
-    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, or a POPE question file")
+    p.add_argument("format", choices=(*FORMATS, *papers.FORMATS))
+    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
+                               "mDPO's JSON list, or a parquet shard of NaPO's or SymMPO's release (or their folder)")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
     p.add_argument("--overwrite", action="store_true",
@@ -203,19 +209,27 @@ def pope_row(src: dict, ctx) -> dict:
 
 
 FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}
+# mDPO's, NaPO's and SymMPO's releases: papers.FORMATS, built on the helpers above (read at call
+# time, so that either module can be imported first)
+from mmpo.convert import papers  # noqa: E402
 
 
 # ---- resuming: the rows written so far, and the settings that made them ------------------------
 
 def row_settings(args) -> dict:
-    if not os.path.isfile(args.src):
-        raise UserError(f"{args.src}: no such file")
+    if os.path.isdir(args.src) and args.format in papers.PARQUET_FORMATS:
+        files = papers.parquet_files(args.src)  # a folder of shards: their sizes and times decide
+    elif not os.path.isfile(args.src):
+        raise UserError(f"{args.src}: no such file" + (f" (a folder is read by {', '.join(papers.PARQUET_FORMATS)})"
+                                                       if os.path.isdir(args.src) else ""))
+    else:
+        files = [args.src]
     folder = args.image_folder or os.path.dirname(os.path.abspath(args.src))
     if not os.path.isdir(folder):
         raise UserError(f"--image-folder {folder}: no such folder")
-    st = os.stat(args.src)
-    return {"format": args.format, "src": os.path.realpath(args.src), "src_size": st.st_size,
-            "src_mtime": st.st_mtime, "image_folder": os.path.realpath(folder)}
+    stats = [os.stat(f) for f in files]
+    return {"format": args.format, "src": os.path.realpath(args.src), "src_size": sum(st.st_size for st in stats),
+            "src_mtime": max(st.st_mtime for st in stats), "image_folder": os.path.realpath(folder)}
 
 
 def start_output(args, settings: dict) -> list[str]:
@@ -250,7 +264,7 @@ def convert(args) -> Counter:
     settings = row_settings(args)
     stats = Counter()
     ctx = {"out": args.out, "image_folder": settings["image_folder"], "stats": stats}
-    read, make = FORMATS[args.format]
+    read, make = {**FORMATS, **papers.FORMATS}[args.format]
     with locked(args.out, "mmpo.convert", flag="OUT"):
         done = set(start_output(args, settings))
         seen = {}  # id -> row number: ids must be unique, as read_rows checks
