@@ -22,16 +22,32 @@
   val2014 file name: give --image-folder), "text", "label": "yes" | "no"}, as rows for
   ``eval.py --bench pope``: {"id", "image", "question", "answer"}. Convert each split to its own
   OUT and give one ``--bench pope OUT/data.jsonl`` per split.
+- ``rlaif-v``: RLAIF-V-Dataset (huggingface.co/datasets/openbmb/RLAIF-V-Dataset: its card's
+  dataset_info and "Data fields"; github.com/RLHF-V/RLAIF-V, muffin/data/datasets.py, which
+  reads it; TRL's examples/datasets/rlaif-v.py, which makes HuggingFaceH4/rlaif-v_formatted from
+  it). Parquet, released as numbered shards (RLAIF-V-Dataset_000.parquet, ...): SRC is one file
+  or a folder, whose .parquet files are read in name order. Columns, all strings but ``image``:
+  ``ds_name``, ``image`` (HF datasets' Image feature: a struct {bytes, path}, the bytes the
+  image file), ``question`` (the prompt; no "<image>" marker), ``chosen``, ``rejected``,
+  ``origin_dataset``, ``origin_split`` (JSON text: the models that wrote and judged the answers,
+  the question type), ``idx`` (the source question's index) and ``image_path``. ``idx`` is the
+  row's id; RLAIF-V's pair builder (data_engine/pipeline/dpo_reward_pipeline/
+  data_pair_builder.py) gives every pair built from one question that question's idx, so a
+  repeated idx gets ``#2``, ``#3``, ... in row order, and a row without one its row number
+  counted across the files. ``origin_dataset``, ``origin_split`` and ``image_path`` are kept as
+  they are (mmpo reads no such field). Read a few rows at a time, only the columns used: memory
+  does not grow with the file (it needs pyarrow, which mmpo does not require).
 
 Embedded images are written once, to OUT/images/ under their content's sha256 (16 hex digits)
 and their format's extension; image paths are resolved against --image-folder (default: SRC's
 folder) and kept where they are. A malformed row is one line on stderr with its row number
-(the line of a JSONL, the position in LLaVA's list) and is skipped.
+(the line of a JSONL, the position in LLaVA's list, the row of a parquet file with that file's
+name) and is skipped.
 
 Resuming, as ``python -m mmpo.prepare``: rows already in OUT/data.jsonl are kept, and a re-run
 continues after them; OUT/convert.json records what decides the rows (format, SRC with its size
-and modification time, --image-folder), and a re-run with other settings is refused
-(``--overwrite`` starts afresh).
+and modification time, for a folder its files' total size and newest time, --image-folder), and a
+re-run with other settings is refused (``--overwrite`` starts afresh).
 """
 import base64
 import hashlib
@@ -59,8 +75,9 @@ class Malformed(Exception):
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
-    p.add_argument("format", choices=("trl", "llava", "pope"))
-    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, or a POPE question file")
+    p.add_argument("format", choices=("trl", "llava", "pope", "rlaif-v"))
+    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
+                               "or RLAIF-V's parquet (a file, or a folder of them)")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
     p.add_argument("--overwrite", action="store_true",
@@ -202,20 +219,94 @@ def pope_row(src: dict, ctx) -> dict:
     return {"image": image_path(src.get("image"), ctx), "question": question, "answer": label.strip().lower()}
 
 
-FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}
+RLAIF_V_COLUMNS = ("idx", "image", "question", "chosen", "rejected", "origin_dataset", "origin_split", "image_path")
+PROVENANCE = ("origin_dataset", "origin_split", "image_path")
+
+
+def parquet_files(src: str) -> list[str]:
+    if not os.path.isdir(src):
+        return [src]
+    files = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".parquet"))
+    if not files:
+        raise UserError(f"{src}: a folder with no .parquet file")
+    return files
+
+
+def rlaif_v_rows(src: str):
+    """Opens every file and checks its columns at once (before OUT is touched), then gives the rows
+    as they are read."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError("format rlaif-v reads parquet, which needs pyarrow: pip install pyarrow") from None
+    opened = []
+    for path in parquet_files(src):
+        try:
+            # pre_buffer off and a read buffer: a column chunk is read a page at a time, not whole
+            # (a shard written as one row group holds every image of the file in one chunk)
+            f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+            raise UserError(f"{path}: not a parquet file ({first_line(e)})") from None
+        names = f.schema_arrow.names
+        missing = [c for c in ("image", "question", "chosen", "rejected") if c not in names]
+        if missing:
+            raise UserError(f"{path}: no column {', '.join(missing)} (it has {', '.join(names)}): not RLAIF-V's schema")
+        opened.append((path, f, [c for c in RLAIF_V_COLUMNS if c in names]))
+    return parquet_rows(opened)
+
+
+def parquet_rows(opened, batch: int = 64):
+    n, times = 0, Counter()  # times: idx -> rows so far with it
+    for path, f, columns in opened:
+        k = 0
+        try:
+            for table in f.iter_batches(batch_size=batch, columns=columns):
+                for src in table.to_pylist():
+                    n, k = n + 1, k + 1
+                    idx = src.get("idx")
+                    if isinstance(idx, int) and not isinstance(idx, bool):  # a copy that stored it as a number
+                        src["idx"] = idx = str(idx)
+                    if isinstance(idx, str) and idx.strip():
+                        times[idx] += 1
+                        src["id"] = idx if times[idx] == 1 else f"{idx}#{times[idx]}"
+                    else:
+                        src["id"] = n
+                    yield f"{path}: row {k}", src
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read it after row {k} ({first_line(e)})") from None
+
+
+def rlaif_v_row(src: dict, ctx) -> dict:
+    text = {}
+    for name, field in (("prompt", "question"), ("chosen", "chosen"), ("rejected", "rejected")):
+        value = src.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise Malformed(f"field '{field}': must be a non-empty string, got {shown(value)}")
+        text[name] = value
+    image = src.get("image")  # the released struct {bytes, path}; a copy may hold the bytes alone
+    row = {"image": image_path({"bytes": image} if isinstance(image, bytes) else image, ctx), **text}
+    if src["id"] != src.get("idx"):
+        ctx["stats"]["rows without idx (id: the row number)" if isinstance(src["id"], int) else
+                     "rows repeating an earlier idx (id: idx#2, #3, ...)"] += 1
+    return {**row, **{k: src[k] for k in PROVENANCE if isinstance(src.get(k), str) and src[k]}}
+
+
+FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row),
+           "rlaif-v": (rlaif_v_rows, rlaif_v_row)}
 
 
 # ---- resuming: the rows written so far, and the settings that made them ------------------------
 
 def row_settings(args) -> dict:
-    if not os.path.isfile(args.src):
+    shards = args.format == "rlaif-v" and os.path.isdir(args.src)  # a folder of parquet files
+    if not shards and not os.path.isfile(args.src):
         raise UserError(f"{args.src}: no such file")
-    folder = args.image_folder or os.path.dirname(os.path.abspath(args.src))
+    folder = args.image_folder or (args.src if shards else os.path.dirname(os.path.abspath(args.src)))
     if not os.path.isdir(folder):
         raise UserError(f"--image-folder {folder}: no such folder")
-    st = os.stat(args.src)
-    return {"format": args.format, "src": os.path.realpath(args.src), "src_size": st.st_size,
-            "src_mtime": st.st_mtime, "image_folder": os.path.realpath(folder)}
+    st = [os.stat(f) for f in (parquet_files(args.src) if shards else [args.src])]
+    return {"format": args.format, "src": os.path.realpath(args.src), "src_size": sum(s.st_size for s in st),
+            "src_mtime": max(s.st_mtime for s in st), "image_folder": os.path.realpath(folder)}
 
 
 def start_output(args, settings: dict) -> list[str]:
@@ -251,11 +342,13 @@ def convert(args) -> Counter:
     stats = Counter()
     ctx = {"out": args.out, "image_folder": settings["image_folder"], "stats": stats}
     read, make = FORMATS[args.format]
+    rows = read(args.src)  # rlaif-v checks pyarrow and its files here, before OUT is touched
     with locked(args.out, "mmpo.convert", flag="OUT"):
         done = set(start_output(args, settings))
-        seen = {}  # id -> row number: ids must be unique, as read_rows checks
+        seen = {}  # id -> where: ids must be unique, as read_rows checks
         with open(os.path.join(args.out, "data.jsonl"), "a", encoding="utf-8") as out:
-            for n, src in read(args.src):
+            for n, src in rows:
+                where = n if isinstance(n, str) else f"{args.src}: row {n}"  # a str: the file (of a folder) and its row
                 try:
                     if isinstance(src, Malformed):
                         raise src
@@ -266,14 +359,14 @@ def convert(args) -> Counter:
                     if not isinstance(rid, str) or not rid.strip():
                         raise Malformed(f"field 'id': must be a non-empty string or a whole number, got {shown(rid)}")
                     if rid in seen:
-                        raise Malformed(f"field 'id': duplicate id {rid!r} (first on row {seen[rid]})")
-                    seen[rid] = n
+                        raise Malformed(f"field 'id': duplicate id {rid!r} (first at {seen[rid]})")
+                    seen[rid] = where
                     if rid in done:
                         stats["rows already there"] += 1
                         continue
                     row = {"id": rid, **make(src, ctx)}
                 except Malformed as e:
-                    print(f"{args.src}: row {n}: {e}; skipped", file=sys.stderr)
+                    print(f"{where}: {e}; skipped", file=sys.stderr)
                     stats["rows skipped (malformed)"] += 1
                     continue
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
