@@ -11,7 +11,7 @@ import sys
 from PIL import Image
 
 from conftest import ROOT, write_jsonl
-from mmpo.convert.formats import run
+from mmpo.convert.command import run
 from mmpo.rows import read_rows, required_fields
 
 PREFERENCE = required_fields(("chosen", "rejected"), "blur")

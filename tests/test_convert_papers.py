@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from mmpo.convert.formats import run
+from mmpo.convert.command import run
 from mmpo.rows import read_rows, required_fields
 
 pq = pytest.importorskip("pyarrow.parquet")
@@ -100,7 +100,7 @@ def test_napo_rlaif_v_bias_shards(tmp_path, capsys):
     assert convert("napo", shards, out) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        f"{shards}: row 1 of RLAIF-V-Dataset-001-11.parquet: field 'image_only': must be a non-empty string, "
+        f"{shards / 'RLAIF-V-Dataset-001-11.parquet'}: row 1: field 'image_only': must be a non-empty string, "
         "got null; skipped"]
     assert "rows written: 3" in captured.out and "images written: 2" in captured.out  # the dog once
     rows = read_rows(str(out / "data.jsonl"), NAPO)
@@ -131,7 +131,7 @@ def test_parquet_needs_pyarrow(tmp_path, capsys, monkeypatch):
     src = write_parquet(tmp_path / "shard.parquet", [rlaif_v_bias_row(0, hf_image("brown", None))])
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if it were not installed
     assert convert("napo", src, tmp_path / "out") == 2
-    assert "reading parquet needs pyarrow: pip install pyarrow" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: format napo reads parquet, which needs pyarrow: pip install pyarrow\n"
 
 
 def test_symmpo_similar_image_and_its_answer(tmp_path, capsys):

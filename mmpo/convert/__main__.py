@@ -1,6 +1,6 @@
-"""``python -m mmpo.convert``: no torch, no transformers; see formats.py."""
+"""``python -m mmpo.convert``: no torch, no transformers; see command.py."""
 import sys
 
-from mmpo.convert.formats import run
+from mmpo.convert.command import run
 
 sys.exit(run())

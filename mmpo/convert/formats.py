@@ -1,5 +1,7 @@
 """Released datasets as mmpo's rows {"id", "image", "prompt", "chosen", "rejected"}
-(``python -m mmpo.convert FORMAT SRC OUT``). The formats, with their sources:
+(``python -m mmpo.convert FORMAT SRC OUT``, command.py): what every format shares (images, row
+numbers, the parquet reader) and the general formats, with their sources (the papers' own data:
+papers.py):
 
 - ``trl``: TRL's vision preference format, as JSONL (TRL's "Dataset formats and types", section
   "Vision datasets": https://huggingface.co/docs/trl/dataset_formats; a release in this form:
@@ -22,57 +24,32 @@
   val2014 file name: give --image-folder), "text", "label": "yes" | "no"}, as rows for
   ``eval.py --bench pope``: {"id", "image", "question", "answer"}. Convert each split to its own
   OUT and give one ``--bench pope OUT/data.jsonl`` per split.
-- ``mdpo``, ``napo``, ``symmpo``: the preference data released with the papers: mDPO's VLFeedback
-  pairs (a JSON list; --image-folder VLFeedback's images), NaPO's RLAIF-V-Bias (parquet; its
-  language- and vision-biased answers as ``lang_biased`` / ``vision_biased``) and SymMPO's
-  (parquet; the similar image and its answer as ``contrast_image`` / ``contrast_chosen``). Their
-  schemas and sources: papers.py. A parquet SRC may be one shard or the folder of them.
-
 Embedded images are written once, to OUT/images/ under their content's sha256 (16 hex digits)
 and their format's extension; image paths are resolved against --image-folder (default: SRC's
 folder) and kept where they are. A malformed row is one line on stderr with its row number
-(the line of a JSONL, the position in a JSON list, the row of a parquet shard) and is skipped.
-
-Resuming, as ``python -m mmpo.prepare``: rows already in OUT/data.jsonl are kept, and a re-run
-continues after them; OUT/convert.json records what decides the rows (format, SRC with its size
-and modification time, a folder's shards' total and latest, --image-folder), and a re-run with
-other settings is refused (``--overwrite`` starts afresh).
+(the line of a JSONL, the position in a JSON list, the row of a parquet file with that file's
+name) and is skipped. Parquet (pyarrow, which mmpo does not require, imported only then) is read a
+few rows at a time, only the columns used, one file or a folder of shards in name order: memory
+does not grow with the data. ``idx``, the releases' id, is the row's id, a repeat of it ``#2``,
+``#3``, ... in row order, and a row without one has its row number counted across the files.
 """
 import base64
 import hashlib
 import io
 import json
 import os
-import shutil
-import sys
 from collections import Counter
 
 from PIL import Image, UnidentifiedImageError
 
-from mmpo import cli
 from mmpo.cli import UserError, first_line
-from mmpo.files import locked, write_atomic
-from mmpo.prepare.command import done_ids
+from mmpo.files import write_atomic
 
-SETTINGS = "convert.json"  # beside OUT/data.jsonl: what decided its rows
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 
 
 class Malformed(Exception):
     """A source row that cannot become an mmpo row: one line, then it is skipped."""
-
-
-def build_parser() -> cli.Parser:
-    p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
-    p.add_argument("format", choices=(*FORMATS, *papers.FORMATS))
-    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
-                               "mDPO's JSON list, or a parquet shard of NaPO's or SymMPO's release (or their folder)")
-    p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
-    p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh: delete OUT/data.jsonl, OUT/images/ and OUT/convert.json first (without it a "
-                        "re-run continues, and only with the same settings)")
-    return p
 
 
 def shown(value) -> str:
@@ -208,101 +185,84 @@ def pope_row(src: dict, ctx) -> dict:
     return {"image": image_path(src.get("image"), ctx), "question": question, "answer": label.strip().lower()}
 
 
-FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}
-# mDPO's, NaPO's and SymMPO's releases: papers.FORMATS, built on the helpers above (read at call
-# time, so that either module can be imported first)
-from mmpo.convert import papers  # noqa: E402
+# ---- parquet: the released datasets' form ---------------------------------------------------
+
+def parquet_files(src: str) -> list[str]:
+    """SRC itself, or a folder's .parquet files in name order (HF's shards sort in their order)."""
+    if not os.path.isdir(src):
+        return [src]
+    files = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".parquet"))
+    if not files:
+        raise UserError(f"{src}: a folder with no .parquet file")
+    return files
 
 
-# ---- resuming: the rows written so far, and the settings that made them ------------------------
-
-def row_settings(args) -> dict:
-    if os.path.isdir(args.src) and args.format in papers.PARQUET_FORMATS:
-        files = papers.parquet_files(args.src)  # a folder of shards: their sizes and times decide
-    elif not os.path.isfile(args.src):
-        raise UserError(f"{args.src}: no such file" + (f" (a folder is read by {', '.join(papers.PARQUET_FORMATS)})"
-                                                       if os.path.isdir(args.src) else ""))
-    else:
-        files = [args.src]
-    folder = args.image_folder or os.path.dirname(os.path.abspath(args.src))
-    if not os.path.isdir(folder):
-        raise UserError(f"--image-folder {folder}: no such folder")
-    stats = [os.stat(f) for f in files]
-    return {"format": args.format, "src": os.path.realpath(args.src), "src_size": sum(st.st_size for st in stats),
-            "src_mtime": max(st.st_mtime for st in stats), "image_folder": os.path.realpath(folder)}
-
-
-def start_output(args, settings: dict) -> list[str]:
-    """Ids of the rows already written (none with --overwrite, which removes them), after checking
-    that they were made with these settings; then the settings are recorded."""
-    out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
-    fresh = f"use another OUT, or add --overwrite to start afresh (it deletes {out_path}, {images}/ and {record})"
-    if args.overwrite:
-        for path in (out_path, record):
-            if os.path.isfile(path):
-                os.remove(path)
-        shutil.rmtree(images, ignore_errors=True)
-    done = done_ids(out_path)
-    if done:
+def parquet_rows(src: str, fmt: str, needed: tuple[str, ...], kept: tuple[str, ...] = ()):
+    """Opens every file and checks its ``needed`` columns at once (before OUT is touched: a file of
+    another dataset is one error, not a line per row), then gives (where, row) as they are read,
+    with only the ``needed`` and ``kept`` columns."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"format {fmt} reads parquet, which needs pyarrow: pip install pyarrow") from None
+    opened = []
+    for path in parquet_files(src):
         try:
-            with open(record) as f:
-                old = json.load(f)
+            # pre_buffer off and a read buffer: a column chunk is read a page at a time, not whole
+            # (a shard written as one row group holds every image of the file in one chunk)
+            f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+            raise UserError(f"{path}: not a parquet file ({first_line(e)})") from None
+        names = f.schema_arrow.names
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise UserError(f"{path}: no column {', '.join(missing)} (it has {', '.join(names)}): not the schema of format {fmt}")
+        opened.append((path, f, [c for c in ("idx", *needed, *kept) if c in names]))
+    return _parquet_batches(opened)
+
+
+def _parquet_batches(opened, batch: int = 64):
+    n, times = 0, Counter()  # times: idx -> rows so far with it
+    for path, f, columns in opened:
+        k = 0
+        try:
+            for table in f.iter_batches(batch_size=batch, columns=columns):
+                for src in table.to_pylist():
+                    n, k = n + 1, k + 1
+                    idx = src.get("idx")
+                    if isinstance(idx, int) and not isinstance(idx, bool):  # a copy that stored it as a number
+                        src["idx"] = idx = str(idx)
+                    if isinstance(idx, str) and idx.strip():
+                        times[idx] += 1
+                        src["id"] = idx if times[idx] == 1 else f"{idx}#{times[idx]}"
+                    else:
+                        src["id"] = n
+                    yield f"{path}: row {k}", src
         except (OSError, ValueError) as e:
-            raise UserError(f"{out_path} holds {len(done)} rows but {record} is missing or unreadable ({first_line(e)}): "
-                            f"they cannot be checked against this run's settings: {fresh}") from None
-        diff = [f"{k.replace('image_folder', '--image-folder')} {old.get(k)} (now {v})"
-                for k, v in settings.items() if not isinstance(old, dict) or old.get(k) != v]
-        if diff:
-            raise UserError(f"{out_path} holds {len(done)} rows made with other settings: {'; '.join(diff)}. "
-                            f"Run with the old settings to continue, or {fresh}")
-    os.makedirs(images, exist_ok=True)
-    write_atomic(record, json.dumps(settings, indent=1))
-    return done
+            raise UserError(f"{path}: cannot read it after row {k} ({first_line(e)})") from None
 
 
-def convert(args) -> Counter:
-    settings = row_settings(args)
-    stats = Counter()
-    ctx = {"out": args.out, "image_folder": settings["image_folder"], "stats": stats}
-    read, make = {**FORMATS, **papers.FORMATS}[args.format]
-    with locked(args.out, "mmpo.convert", flag="OUT"):
-        done = set(start_output(args, settings))
-        seen = {}  # id -> row number: ids must be unique, as read_rows checks
-        with open(os.path.join(args.out, "data.jsonl"), "a", encoding="utf-8") as out:
-            for n, src in read(args.src):
-                try:
-                    if isinstance(src, Malformed):
-                        raise src
-                    if not isinstance(src, dict):
-                        raise Malformed(f"expected a JSON object, got {type(src).__name__}")
-                    rid = src.get("id", n)
-                    rid = str(rid) if isinstance(rid, int) and not isinstance(rid, bool) else rid
-                    if not isinstance(rid, str) or not rid.strip():
-                        raise Malformed(f"field 'id': must be a non-empty string or a whole number, got {shown(rid)}")
-                    if rid in seen:
-                        raise Malformed(f"field 'id': duplicate id {rid!r} (first on row {seen[rid]})")
-                    seen[rid] = n
-                    if rid in done:
-                        stats["rows already there"] += 1
-                        continue
-                    row = {"id": rid, **make(src, ctx)}
-                except Malformed as e:
-                    print(f"{args.src}: row {n}: {e}; skipped", file=sys.stderr)
-                    stats["rows skipped (malformed)"] += 1
-                    continue
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()  # a killed run loses at most the line being written (done_ids cuts it off)
-                stats["rows written"] += 1
-    if not stats["rows written"] + stats["rows already there"]:
-        raise UserError(f"{args.src}: no row could be converted ({stats['rows skipped (malformed)']} skipped)")
-    return stats
+def count_id(src: dict, ctx):
+    """A parquet row's id, when it is not its own ``idx``, is counted in the summary."""
+    if src["id"] != src.get("idx"):
+        ctx["stats"]["rows without idx (id: the row number)" if isinstance(src["id"], int) else
+                     "rows repeating an earlier idx (id: idx#2, #3, ...)"] += 1
 
 
-def run(argv=None) -> int:
-    def go():
-        args = build_parser().parse_args(argv)
-        stats = convert(args)
-        first = ("rows written", "rows already there")
-        lines = [f"  {k}: {stats[k]}" for k in first] + [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in first]
-        print("\n".join([f"convert {args.format}:", *lines, f"  output: {os.path.join(args.out, 'data.jsonl')}"]))
-    return cli.run(go, light=True)
+def text(src: dict, field: str) -> str:
+    value = src.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise Malformed(f"field '{field}': must be a non-empty string, got {shown(value)}")
+    return value
+
+
+def embedded(src: dict, field: str, ctx) -> str:
+    """An image column: the released struct {bytes, path} (a copy may hold the bytes alone)."""
+    value = src.get(field)
+    try:
+        return image_path({"bytes": value} if isinstance(value, bytes) else value, ctx)
+    except Malformed as e:
+        raise Malformed(f"field '{field}': {e}") from None
+
+
+FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}

@@ -1,7 +1,18 @@
-"""The three papers' released preference data as mmpo's rows, for ``python -m mmpo.convert``
-(formats.py runs the FORMATS here beside its own; the images, the row numbers, resuming and the
-lock are its). The schemas, with where they were read:
+"""The released preference data as mmpo's rows, for ``python -m mmpo.convert`` (formats.py holds
+what the formats share: the images, the row numbers, the parquet reader). The schemas, with where
+they were read:
 
+- ``rlaif-v``: RLAIF-V-Dataset (huggingface.co/datasets/openbmb/RLAIF-V-Dataset: its card's
+  dataset_info and "Data fields"; github.com/RLHF-V/RLAIF-V, muffin/data/datasets.py, which reads
+  it; TRL's examples/datasets/rlaif-v.py, which makes HuggingFaceH4/rlaif-v_formatted from it).
+  Parquet, released as numbered shards (RLAIF-V-Dataset_000.parquet, ...). Columns, all strings but
+  ``image``: ``ds_name``, ``image`` (HF datasets' Image feature: a struct {bytes, path}, the bytes
+  the image file), ``question`` (the prompt; no "<image>" marker), ``chosen``, ``rejected``,
+  ``origin_dataset``, ``origin_split`` (JSON text: the models that wrote and judged the answers, the
+  question type), ``idx`` (the source question's index) and ``image_path``. RLAIF-V's pair builder
+  (data_engine/pipeline/dpo_reward_pipeline/data_pair_builder.py) gives every pair built from one
+  question that question's idx: repeats are expected. ``origin_dataset``, ``origin_split`` and
+  ``image_path`` are kept as they are (mmpo reads no such field).
 - ``mdpo``: mDPO's 10k VLFeedback pairs (HF dataset fwnlp/mDPO-preference-data,
   vlfeedback_llava_10k.json, the file bunny/config.yaml names; github.com/luka-group/mDPO).
   One JSON list, read whole as LLaVA's, of {"img_path", "prompt", "chosen", "rejected"}
@@ -31,73 +42,28 @@ lock are its). The schemas, with where they were read:
   ``contrast_chosen`` (muffin/eval/muffin_inference_logp.py scores resp_2_w on both images and
   resp_1_w on image_2). resp_2_l is dropped: SymMPO's loss never reads it
   (muffin/train/train_utils.py leaves it commented out).
-
-Parquet needs pyarrow (``pip install pyarrow``; HF datasets depends on it); it is read a batch
-at a time, and SRC may be one shard or the folder of them, read in name order, rows named
-"N of SHARD" there. The id is ``idx`` where the release has one, else the row number.
 """
 import json
 import os
 import re
 
 from mmpo.cli import UserError, first_line
-from mmpo.convert.formats import Malformed, image_path, shown
+from mmpo.convert.formats import Malformed, count_id, embedded, parquet_rows, shown, text
 
-PARQUET_FORMATS = ("napo", "symmpo")  # SRC may be a folder of shards
-BATCH = 16  # rows in memory at a time: each carries one or two embedded images
+# ---- RLAIF-V -----------------------------------------------------------------------------------
 
-
-def parquet_files(src: str) -> list[str]:
-    """SRC itself, or a folder's *.parquet in name order (HF's shards sort in their order)."""
-    if not os.path.isdir(src):
-        return [src]
-    files = sorted(os.path.join(src, n) for n in os.listdir(src) if n.endswith(".parquet"))
-    if not files:
-        raise UserError(f"{src}: a folder with no .parquet file")
-    return files
+PROVENANCE = ("origin_dataset", "origin_split", "image_path")  # kept as released
 
 
-def parquet_rows(src: str, columns: tuple[str, ...]):
-    """(row number, row) of every shard, one batch at a time. The columns a format reads are
-    checked once per shard: a file of another dataset is one error, not a line per row."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError("reading parquet needs pyarrow: pip install pyarrow") from None
-    files = parquet_files(src)
-    for path in files:
-        try:
-            shard = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow's ArrowInvalid, OSError: not a parquet file
-            raise UserError(f"{path}: cannot read it as parquet ({first_line(e)})") from None
-        missing = [c for c in columns if c not in shard.schema_arrow.names]
-        if missing:
-            raise UserError(f"{path}: no column {', '.join(missing)} (it has {', '.join(shard.schema_arrow.names)})")
-        n = 0
-        for batch in shard.iter_batches(batch_size=BATCH):
-            for row in batch.to_pylist():
-                n += 1
-                yield (n if len(files) == 1 else f"{n} of {os.path.basename(path)}"), row
+def rlaif_v_rows(src: str):
+    return parquet_rows(src, "rlaif-v", ("image", "question", "chosen", "rejected"), PROVENANCE)
 
 
-def with_idx(rows):
-    """The releases' own id, ``idx``, as the row's id."""
-    for n, row in rows:
-        yield n, ({"id": row["idx"], **row} if isinstance(row, dict) and row.get("idx") is not None else row)
-
-
-def text(src: dict, field: str) -> str:
-    value = src.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise Malformed(f"field '{field}': must be a non-empty string, got {shown(value)}")
-    return value
-
-
-def embedded(src: dict, field: str, ctx) -> str:
-    try:
-        return image_path(src.get(field), ctx)
-    except Malformed as e:
-        raise Malformed(f"field '{field}': {e}") from None
+def rlaif_v_row(src: dict, ctx) -> dict:
+    answers = {"prompt": text(src, "question"), "chosen": text(src, "chosen"), "rejected": text(src, "rejected")}
+    row = {"image": embedded(src, "image", ctx), **answers}  # the texts first: no image kept for a skipped row
+    count_id(src, ctx)
+    return {**row, **{k: src[k] for k in PROVENANCE if isinstance(src.get(k), str) and src[k]}}
 
 
 # ---- mDPO --------------------------------------------------------------------------------------
@@ -141,25 +107,30 @@ def vlfeedback_image(path, ctx) -> str:
 # ---- NaPO --------------------------------------------------------------------------------------
 
 def napo_rows(src: str):
-    yield from with_idx(parquet_rows(src, ("image", "question", "chosen", "rejected", "question_only", "image_only")))
+    return parquet_rows(src, "napo", ("image", "question", "chosen", "rejected", "question_only", "image_only"))
 
 
 def napo_row(src: dict, ctx) -> dict:
     answers = {"prompt": text(src, "question"), "chosen": text(src, "chosen"), "rejected": text(src, "rejected"),
                "lang_biased": text(src, "question_only"), "vision_biased": text(src, "image_only")}
-    return {"image": embedded(src, "image", ctx), **answers}  # the texts first: no image kept for a skipped row
+    row = {"image": embedded(src, "image", ctx), **answers}  # the texts first: no image kept for a skipped row
+    count_id(src, ctx)
+    return row
 
 
 # ---- SymMPO ------------------------------------------------------------------------------------
 
 def symmpo_rows(src: str):
-    yield from with_idx(parquet_rows(src, ("image_1", "image_2", "question", "resp_1_w", "resp_1_l", "resp_2_w")))
+    return parquet_rows(src, "symmpo", ("image_1", "image_2", "question", "resp_1_w", "resp_1_l", "resp_2_w"))
 
 
 def symmpo_row(src: dict, ctx) -> dict:
     answers = {"prompt": text(src, "question"), "chosen": text(src, "resp_1_w"), "rejected": text(src, "resp_1_l"),
                "contrast_chosen": text(src, "resp_2_w")}
-    return {"image": embedded(src, "image_1", ctx), "contrast_image": embedded(src, "image_2", ctx), **answers}
+    row = {"image": embedded(src, "image_1", ctx), "contrast_image": embedded(src, "image_2", ctx), **answers}
+    count_id(src, ctx)
+    return row
 
 
-FORMATS = {"mdpo": (mdpo_rows, mdpo_row), "napo": (napo_rows, napo_row), "symmpo": (symmpo_rows, symmpo_row)}
+FORMATS = {"rlaif-v": (rlaif_v_rows, rlaif_v_row), "mdpo": (mdpo_rows, mdpo_row), "napo": (napo_rows, napo_row),
+           "symmpo": (symmpo_rows, symmpo_row)}

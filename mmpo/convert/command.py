@@ -1,0 +1,131 @@
+"""``python -m mmpo.convert FORMAT SRC OUT``: the command line, and the run that writes OUT/data.jsonl
+row by row (the formats: formats.py and papers.py).
+
+Resuming, as ``python -m mmpo.prepare``: rows already in OUT/data.jsonl are kept, and a re-run
+continues after them; OUT/convert.json records what decides the rows (format, SRC with its size
+and modification time, for a folder its files' total size and newest time, --image-folder), and a
+re-run with other settings is refused (``--overwrite`` starts afresh).
+"""
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+
+from mmpo import cli
+from mmpo.cli import UserError, first_line
+from mmpo.convert import formats, papers
+from mmpo.convert.formats import Malformed, parquet_files, shown
+from mmpo.files import locked, write_atomic
+from mmpo.prepare.command import done_ids
+
+SETTINGS = "convert.json"  # beside OUT/data.jsonl: what decided its rows
+FORMATS = {**formats.FORMATS, **papers.FORMATS}
+PARQUET = ("rlaif-v", "napo", "symmpo")  # SRC may be a folder of shards
+
+
+def build_parser() -> cli.Parser:
+    p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
+    p.add_argument("format", choices=tuple(FORMATS))
+    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
+                               "mDPO's JSON list, or a parquet file of RLAIF-V's, NaPO's or SymMPO's release (or a folder "
+                               "of its shards)")
+    p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
+    p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh: delete OUT/data.jsonl, OUT/images/ and OUT/convert.json first (without it a "
+                        "re-run continues, and only with the same settings)")
+    return p
+
+
+# ---- resuming: the rows written so far, and the settings that made them ------------------------
+
+def row_settings(args) -> dict:
+    shards = args.format in PARQUET and os.path.isdir(args.src)  # a folder of parquet files
+    if not shards and not os.path.isfile(args.src):
+        raise UserError(f"{args.src}: no such file" + (f" (a folder is read by {', '.join(PARQUET)})"
+                                                       if os.path.isdir(args.src) else ""))
+    folder = args.image_folder or (args.src if shards else os.path.dirname(os.path.abspath(args.src)))
+    if not os.path.isdir(folder):
+        raise UserError(f"--image-folder {folder}: no such folder")
+    st = [os.stat(f) for f in (parquet_files(args.src) if shards else [args.src])]
+    return {"format": args.format, "src": os.path.realpath(args.src), "src_size": sum(s.st_size for s in st),
+            "src_mtime": max(s.st_mtime for s in st), "image_folder": os.path.realpath(folder)}
+
+
+def start_output(args, settings: dict) -> list[str]:
+    """Ids of the rows already written (none with --overwrite, which removes them), after checking
+    that they were made with these settings; then the settings are recorded."""
+    out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
+    fresh = f"use another OUT, or add --overwrite to start afresh (it deletes {out_path}, {images}/ and {record})"
+    if args.overwrite:
+        for path in (out_path, record):
+            if os.path.isfile(path):
+                os.remove(path)
+        shutil.rmtree(images, ignore_errors=True)
+    done = done_ids(out_path)
+    if done:
+        try:
+            with open(record) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{out_path} holds {len(done)} rows but {record} is missing or unreadable ({first_line(e)}): "
+                            f"they cannot be checked against this run's settings: {fresh}") from None
+        diff = [f"{k.replace('image_folder', '--image-folder')} {old.get(k)} (now {v})"
+                for k, v in settings.items() if not isinstance(old, dict) or old.get(k) != v]
+        if diff:
+            raise UserError(f"{out_path} holds {len(done)} rows made with other settings: {'; '.join(diff)}. "
+                            f"Run with the old settings to continue, or {fresh}")
+    os.makedirs(images, exist_ok=True)
+    write_atomic(record, json.dumps(settings, indent=1))
+    return done
+
+
+def convert(args) -> Counter:
+    settings = row_settings(args)
+    stats = Counter()
+    ctx = {"out": args.out, "image_folder": settings["image_folder"], "stats": stats}
+    read, make = FORMATS[args.format]
+    rows = read(args.src)  # parquet formats check pyarrow and their files here, before OUT is touched
+    with locked(args.out, "mmpo.convert", flag="OUT"):
+        done = set(start_output(args, settings))
+        seen = {}  # id -> where: ids must be unique, as read_rows checks
+        with open(os.path.join(args.out, "data.jsonl"), "a", encoding="utf-8") as out:
+            for n, src in rows:
+                where = n if isinstance(n, str) else f"{args.src}: row {n}"  # a str: the file (of a folder) and its row
+                try:
+                    if isinstance(src, Malformed):
+                        raise src
+                    if not isinstance(src, dict):
+                        raise Malformed(f"expected a JSON object, got {type(src).__name__}")
+                    rid = src.get("id", n)
+                    rid = str(rid) if isinstance(rid, int) and not isinstance(rid, bool) else rid
+                    if not isinstance(rid, str) or not rid.strip():
+                        raise Malformed(f"field 'id': must be a non-empty string or a whole number, got {shown(rid)}")
+                    if rid in seen:
+                        raise Malformed(f"field 'id': duplicate id {rid!r} (first at {seen[rid]})")
+                    seen[rid] = where
+                    if rid in done:
+                        stats["rows already there"] += 1
+                        continue
+                    row = {"id": rid, **make(src, ctx)}
+                except Malformed as e:
+                    print(f"{where}: {e}; skipped", file=sys.stderr)
+                    stats["rows skipped (malformed)"] += 1
+                    continue
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()  # a killed run loses at most the line being written (done_ids cuts it off)
+                stats["rows written"] += 1
+    if not stats["rows written"] + stats["rows already there"]:
+        raise UserError(f"{args.src}: no row could be converted ({stats['rows skipped (malformed)']} skipped)")
+    return stats
+
+
+def run(argv=None) -> int:
+    def go():
+        args = build_parser().parse_args(argv)
+        stats = convert(args)
+        first = ("rows written", "rows already there")
+        lines = [f"  {k}: {stats[k]}" for k in first] + [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in first]
+        print("\n".join([f"convert {args.format}:", *lines, f"  output: {os.path.join(args.out, 'data.jsonl')}"]))
+    return cli.run(go, light=True)
