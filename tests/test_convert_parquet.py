@@ -135,7 +135,7 @@ def test_resumed_equals_uninterrupted(pa, tmp_path, capsys):
     # a shard added to the folder changes the source: continuing is refused
     write_parquet(pa, shards / "RLAIF-V-Dataset_002.parquet", [pair("new", image_bytes("white"))])
     assert convert(shards, tmp_path / "part") == 2
-    assert "holds 10 rows made with other settings: src_size" in capsys.readouterr().err
+    assert "holds 10 rows made with other settings: SRC's size" in capsys.readouterr().err
 
 
 def test_not_rlaif_v_is_one_line(pa, tmp_path, capsys):

@@ -376,7 +376,7 @@ def test_rows_without_recorded_settings_are_refused(plain_data, tmp_path, capsys
     write_jsonl(out / "data.jsonl", [{"id": "p0", "image": "/x.png", "prompt": "Q", "chosen": "a", "rejected": "b"}])
     assert build.run(["napo", "--data", plain_data, "--out", str(out), *FAST]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: {out}/data.jsonl holds 1 row but no prepare.json is beside it (an older version of prepare, or "
+        f"error: {out}/data.jsonl holds 1 row but no prepare.json is beside it (an older version, or "
         f"something else, wrote it): its rows cannot be checked against this run's settings: use another --out, or "
         f"add --overwrite to start afresh (it deletes {out}/data.jsonl, {out}/images/ and {out}/prepare.json)"]
     assert not (out / "prepare.json").exists()

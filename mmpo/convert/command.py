@@ -8,18 +8,19 @@ re-run with other settings is refused (``--overwrite`` starts afresh).
 """
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 
 from mmpo import cli
-from mmpo.cli import UserError, first_line
+from mmpo.cli import UserError
 from mmpo.convert import formats, papers
 from mmpo.convert.formats import Malformed, parquet_files, shown
-from mmpo.files import locked, write_atomic
-from mmpo.prepare.command import done_ids
+from mmpo.files import locked
+from mmpo.prepare.command import done_ids, start_output
 
 SETTINGS = "convert.json"  # beside OUT/data.jsonl: what decided its rows
+NAMES = {"format": "the format", "src": "SRC", "src_size": "SRC's size", "src_mtime": "SRC's modification time",
+         "image_folder": "--image-folder"}
 FORMATS = {**formats.FORMATS, **papers.FORMATS}
 PARQUET = ("rlaif-v", "napo", "symmpo")  # SRC may be a folder of shards
 
@@ -53,34 +54,6 @@ def row_settings(args) -> dict:
             "src_mtime": max(s.st_mtime for s in st), "image_folder": os.path.realpath(folder)}
 
 
-def start_output(args, settings: dict) -> list[str]:
-    """Ids of the rows already written (none with --overwrite, which removes them), after checking
-    that they were made with these settings; then the settings are recorded."""
-    out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
-    fresh = f"use another OUT, or add --overwrite to start afresh (it deletes {out_path}, {images}/ and {record})"
-    if args.overwrite:
-        for path in (out_path, record):
-            if os.path.isfile(path):
-                os.remove(path)
-        shutil.rmtree(images, ignore_errors=True)
-    done = done_ids(out_path)
-    if done:
-        try:
-            with open(record) as f:
-                old = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{out_path} holds {len(done)} rows but {record} is missing or unreadable ({first_line(e)}): "
-                            f"they cannot be checked against this run's settings: {fresh}") from None
-        diff = [f"{k.replace('image_folder', '--image-folder')} {old.get(k)} (now {v})"
-                for k, v in settings.items() if not isinstance(old, dict) or old.get(k) != v]
-        if diff:
-            raise UserError(f"{out_path} holds {len(done)} rows made with other settings: {'; '.join(diff)}. "
-                            f"Run with the old settings to continue, or {fresh}")
-    os.makedirs(images, exist_ok=True)
-    write_atomic(record, json.dumps(settings, indent=1))
-    return done
-
-
 def convert(args) -> Counter:
     settings = row_settings(args)
     stats = Counter()
@@ -88,7 +61,8 @@ def convert(args) -> Counter:
     read, make = FORMATS[args.format]
     rows = read(args.src)  # parquet formats check pyarrow and their files here, before OUT is touched
     with locked(args.out, "mmpo.convert", flag="OUT"):
-        done = set(start_output(args, settings))
+        start_output(args, settings, record_name=SETTINGS, out_flag="OUT", names=NAMES)
+        done = set(done_ids(os.path.join(args.out, "data.jsonl")))
         seen = {}  # id -> where: ids must be unique, as read_rows checks
         with open(os.path.join(args.out, "data.jsonl"), "a", encoding="utf-8") as out:
             for n, src in rows:

@@ -239,7 +239,7 @@ def main(args) -> dict:
 
 
 def build_rows(args, rows: list, out_path: str, ctx: dict) -> dict:
-    start_output(args, rows, row_settings(args))
+    start_output(args, row_settings(args), rows)
     done = set(done_ids(out_path))
     todo = [r for r in rows if r["id"] not in done]
     stats = Counter()

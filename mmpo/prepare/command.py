@@ -22,8 +22,6 @@ from mmpo.config import M_PRIMES, TINY_MODELS
 from mmpo.files import write_atomic
 
 SETTINGS = "prepare.json"  # beside OUT/data.jsonl: what decided its rows
-START_FRESH = ("use another --out, or add --overwrite to start afresh (it deletes {out}/data.jsonl, {out}/images/ "
-               "and {out}/%s)" % SETTINGS)
 # what to say after "cannot load": the way around it
 HINTS = {"--detector": "; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
                        "(boxes only), or --regions random|global",
@@ -239,8 +237,9 @@ def row_settings(args) -> dict:
         return {"method": args.method, "data_sha256": hashlib.sha256(f.read()).hexdigest(), **values}
 
 
-def differences(old: dict, new: dict) -> list[str]:
-    """'--option OLD (now NEW)' for each setting that differs ("not used": that run ignored it)."""
+def differences(old: dict, new: dict, names: dict | None = None) -> list[str]:
+    """'--option OLD (now NEW)' for each setting that differs ("not used": that run ignored it);
+    ``names``: how a setting is named, where it is not its option."""
     missing = object()
 
     def show(key, v) -> str:
@@ -255,18 +254,21 @@ def differences(old: dict, new: dict) -> list[str]:
     for key in list(new) + [k for k in old if k not in new]:
         a, b = old.get(key, missing), new.get(key, missing)
         if a != b:
-            name = {"method": "the method", "data_sha256": "--data's content"}.get(key, "--" + key.replace("_", "-"))
+            name = (names or {"method": "the method", "data_sha256": "--data's content"}).get(key, "--" + key.replace("_", "-"))
             out.append(f"{name} {show(key, a)} (now {show(key, b)})")
     return out
 
 
-def start_output(args, rows, settings: dict) -> None:
-    """Make OUT ready before any model loads. --overwrite removes what an earlier run wrote;
+def start_output(args, settings: dict, rows=(), record_name: str = SETTINGS, out_flag: str = "--out",
+                 names: dict | None = None) -> None:
+    """Make OUT ready (before any model loads). --overwrite removes what an earlier run wrote;
     otherwise rows already there must come from the same settings (else they would mix with this
-    run's). Then this run's settings are recorded, atomically."""
+    run's). Then this run's settings are recorded, atomically. Also mmpo.convert's (``record_name``
+    convert.json, its OUT a positional ``out_flag``, ``names`` its settings' names)."""
     from mmpo.rows import IMAGE_FIELDS
-    out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", SETTINGS, "images"))
-    fresh = START_FRESH.format(out=args.out)
+    out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", record_name, "images"))
+    fresh = (f"use another {out_flag}, or add --overwrite to start afresh (it deletes {out_path}, {images}/ "
+             f"and {record})")
     if args.overwrite:
         inside = [r[f] for r in rows for f in IMAGE_FIELDS
                   if r.get(f) and os.path.realpath(r[f]).startswith(os.path.realpath(images) + os.sep)]
@@ -279,13 +281,13 @@ def start_output(args, rows, settings: dict) -> None:
             with open(record) as f:
                 old = json.load(f)
         except FileNotFoundError:
-            raise UserError(f"{out_path} holds {count} but no {SETTINGS} is beside it (an older version of prepare, "
-                            f"or something else, wrote it): its rows cannot be checked against this run's settings: "
+            raise UserError(f"{out_path} holds {count} but no {record_name} is beside it (an older version, or "
+                            f"something else, wrote it): its rows cannot be checked against this run's settings: "
                             f"{fresh}") from None
         except (OSError, ValueError) as e:
             raise UserError(f"{record}: unreadable ({first_line(e)}), so the {count} beside it cannot be checked: "
                             f"{fresh}") from None
-        diff = differences(old if isinstance(old, dict) else {}, settings)
+        diff = differences(old if isinstance(old, dict) else {}, settings, names)
         if diff:
             raise UserError(f"{out_path} holds {count} made with other settings: {'; '.join(diff)}. "
                             f"Run with the old settings to continue, or {fresh}")
@@ -299,7 +301,7 @@ def start_output(args, rows, settings: dict) -> None:
         os.makedirs(images, exist_ok=True)
         write_atomic(record, json.dumps(settings, indent=1))
     except OSError as e:
-        raise UserError(f"--out {args.out}: cannot write there ({e.strerror or first_line(e)})") from None
+        raise UserError(f"{out_flag} {args.out}: cannot write there ({e.strerror or first_line(e)})") from None
 
 
 def summary(method: str, stats: dict, out_path: str) -> str:
