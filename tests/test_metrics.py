@@ -2,8 +2,9 @@
 read by the reference evaluations' rules; QA's reading of short answers.
 
 CHAIR: Rohrbach et al. 2018's chair.py (LisaAnne/Hallucination) and its standalone Python 3
-port (Maxlinn/CHAIR-metric-standalone), and OPERA's variant of it (shikiw/OPERA). POPE: the parser of POPE's evaluate.py and LLaVA's
-eval_pope.py. Each example shows one rule; the last CHAIR test adds them all up.
+port (Maxlinn/CHAIR-metric-standalone), and OPERA's variant of it (shikiw/OPERA). POPE: the
+parser of POPE's evaluate.py and LLaVA's eval_pope.py. Each example shows one rule; the last CHAIR
+test of each variant adds them all up.
 """
 import sys
 import types

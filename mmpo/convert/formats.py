@@ -22,6 +22,9 @@
   val2014 file name: give --image-folder), "text", "label": "yes" | "no"}, as rows for
   ``eval.py --bench pope``: {"id", "image", "question", "answer"}. Convert each split to its own
   OUT and give one ``--bench pope OUT/data.jsonl`` per split.
+- ``coco-chair``: COCO's instances and captions files (SRC: instances_val2014.json or its folder)
+  as rows for ``eval.py --bench chair``, 500 images drawn by default or those an ``--image-ids``
+  file names (Object HalBench's 300): coco.py.
 
 Embedded images are written once, to OUT/images/ under their content's sha256 (16 hex digits)
 and their format's extension; image paths are resolved against --image-folder (default: SRC's
@@ -59,13 +62,16 @@ class Malformed(Exception):
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
-    p.add_argument("format", choices=("trl", "llava", "pope"))
-    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, or a POPE question file")
+    p.add_argument("format", choices=(*FORMATS, *WITH_OPTIONS))
+    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question "
+                               "file, or COCO's instances file (coco-chair; or the folder holding it)")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh: delete OUT/data.jsonl, OUT/images/ and OUT/convert.json first (without it a "
                         "re-run continues, and only with the same settings)")
+    for module in WITH_OPTIONS.values():
+        module.add_options(p)
     return p
 
 
@@ -208,6 +214,8 @@ FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope
 # ---- resuming: the rows written so far, and the settings that made them ------------------------
 
 def row_settings(args) -> dict:
+    module = WITH_OPTIONS.get(args.format)
+    options = module.settings(args) if module else {}  # checked first: they may name SRC's file
     if not os.path.isfile(args.src):
         raise UserError(f"{args.src}: no such file")
     folder = args.image_folder or os.path.dirname(os.path.abspath(args.src))
@@ -215,7 +223,7 @@ def row_settings(args) -> dict:
         raise UserError(f"--image-folder {folder}: no such folder")
     st = os.stat(args.src)
     return {"format": args.format, "src": os.path.realpath(args.src), "src_size": st.st_size,
-            "src_mtime": st.st_mtime, "image_folder": os.path.realpath(folder)}
+            "src_mtime": st.st_mtime, "image_folder": os.path.realpath(folder), **options}
 
 
 def start_output(args, settings: dict) -> list[str]:
@@ -250,7 +258,8 @@ def convert(args) -> Counter:
     settings = row_settings(args)
     stats = Counter()
     ctx = {"out": args.out, "image_folder": settings["image_folder"], "stats": stats}
-    read, make = FORMATS[args.format]
+    module = WITH_OPTIONS.get(args.format)
+    read, make = (lambda path: module.rows(path, settings), module.row) if module else FORMATS[args.format]
     with locked(args.out, "mmpo.convert", flag="OUT"):
         done = set(start_output(args, settings))
         seen = {}  # id -> row number: ids must be unique, as read_rows checks
@@ -292,3 +301,11 @@ def run(argv=None) -> int:
         lines = [f"  {k}: {stats[k]}" for k in first] + [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in first]
         print("\n".join([f"convert {args.format}:", *lines, f"  output: {os.path.join(args.out, 'data.jsonl')}"]))
     return cli.run(go, light=True)
+
+
+# A format with options of its own is a module: add_options(parser); settings(args), which checks
+# them and returns what they add to the settings; rows(SRC, settings) and row(src, ctx), as above.
+# Imported last: it uses the helpers above.
+from mmpo.convert import coco  # noqa: E402
+
+WITH_OPTIONS = {"coco-chair": coco}
