@@ -22,19 +22,20 @@ The files, as released in annotations_trainval2014.zip (cocodataset.org, "Data f
 Which images:
 - by default ``--images 500`` drawn with ``--seed`` from every image of SRC, and the prompt
   "Please describe this image in detail.": the convention of OPERA's chair_eval.py
-  (github.com/shikiw/OPERA), 500 random val2014 images, which HALC and PAI follow. OPERA shuffles
-  the folder listing (os.listdir), whose order differs between machines, so its own 500 cannot be
-  drawn again; its released answers (log/chair_eval_results/<model>/*.jsonl, {"image_id",
-  "caption"}) name them, and ``--image-ids`` takes one of them. ``--images 0``: every image.
+  (github.com/shikiw/OPERA), 500 random val2014 images (PAI's chair_eval.py also takes 500, and
+  asks "Please help me describe the image in detail."). OPERA shuffles the folder listing
+  (os.listdir), whose order differs between machines, so its own 500 cannot be drawn again; its
+  released answers (log/chair_eval_results/<model>/*.jsonl, {"image_id", "caption"}) name them,
+  and ``--image-ids`` takes one of them. ``--images 0``: every image.
 - ``--image-ids FILE``: the images a JSON Lines file names, in its order, each row's "image_id"
-  a COCO id (a number, or its digits). Object HalBench's 300 images: RLHF-V's
-  eval/data/obj_halbench_300_with_image.jsonl (github.com/RLHF-V/RLHF-V and RLHF-V/RLAIF-V; SymMPO's
-  repository ships the same file), read by their muffin/eval/llava15_chair.py and
-  eval/eval_gpt_obj_halbench.py as rows of "image_id", "question" (the prompt: eight detail
-  prompts spread over the images) and "image" (the JPEG, base64; elsewhere "image_path"). A row's
-  "question" is its prompt (unless ``--prompt`` is given) and its embedded image is written to
-  OUT/images/, so COCO's images are not needed; a row without one takes its file from
-  ``--image-folder``.
+  a COCO id (a number, or its digits). Object HalBench's 300 images: eval/data/
+  obj_halbench_300_with_image.jsonl of github.com/RLHF-V/RLHF-V and RLHF-V/RLAIF-V (SymMPO's
+  repository ships the same file), whose rows SymMPO's muffin/eval/muffin_vqa.py, RLAIF-V's
+  muffin/eval/llava15_chair.py and their eval/eval_gpt_obj_halbench.py read as "image_id",
+  "question" (the prompt; "eight diverse prompts", mDPO's paper says) and "image" (the image,
+  base64; "image_path" in other such files). A row's "question" is its prompt (unless
+  ``--prompt`` is given) and its embedded image is written to OUT/images/, so COCO's images are
+  not needed; a row without one takes its file from ``--image-folder``.
   Object HalBench as RLHF-V, mDPO, MFPO and SymMPO report it does not read objects by CHAIR's
   rules: it asks GPT for each answer's objects, lemmatizes them with spaCy, maps them with its
   own refined synonym list and counts each object once per answer. mmpo's CHAIR on the same
