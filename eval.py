@@ -40,7 +40,7 @@ from mmpo.evaluation.columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import LIMITS as TRAIN_LIMITS, Config
-from mmpo.evaluation.metrics import POPE_PARSERS
+from mmpo.evaluation.metrics import CHAIR_VARIANTS, POPE_PARSERS, opera_unavailable
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pope-parse", choices=POPE_PARSERS, default="standard",
                    help="standard: POPE's own rule (first sentence; no if it has No/no/not, else yes); "
                         "strict: only a leading yes/no, anything else unparsed and wrong")
+    p.add_argument("--chair-variant", choices=CHAIR_VARIANTS, default="reference",
+                   help="how CHAIR reads objects in answers and captions: reference (Rohrbach et al.'s chair.py and its "
+                        "Python 3 port, pattern.en's singularize) or opera (OPERA's chair.py, which OPERA, HALC and PAI "
+                        "ran: nltk's part-of-speech tags and WordNet lemmas; needs nltk and its data)")
     p.add_argument("--no-base", action="store_true", help="leave the base models' columns out")
     p.add_argument("--plot", action="store_true", help="training curves and a bar chart as PNGs (needs matplotlib)")
     p.add_argument("--trust-remote-code", action="store_true", help="let transformers run a model repository's code")
@@ -150,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_out(args.out)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot needs matplotlib, which is not installed: pip install matplotlib")
+    if args.chair_variant == "opera" and (missing := opera_unavailable()):
+        raise UserError(missing)
     args.columns = resolve_columns(args)
     return args
 
@@ -282,9 +288,9 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
                                 num_beams=args.num_beams, batch_size=args.batch_size, show=True)
     cut = [n >= args.max_new_tokens for n in lengths]
     if kind == "chair":
-        truths = [metrics.true_objects(r) for r in rows]
-        m = metrics.chair(answers, truths)
-        details = [metrics.chair_answer(a, t) for a, t in zip(answers, truths)]
+        truths = [metrics.true_objects(r, args.chair_variant) for r in rows]
+        m = metrics.chair(answers, truths, args.chair_variant)
+        details = [metrics.chair_answer(a, t, args.chair_variant) for a, t in zip(answers, truths)]
         details = [{"objects": d["objects"], "hallucinated": d["hallucinated"]} for d in details]
     elif kind == "pope":
         m = metrics.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
@@ -323,16 +329,23 @@ def direction(key: str) -> str:
     return "↑" if last in HIGHER else "↓" if last in LOWER else ""
 
 
-def markdown(columns: list[str], table: dict, bases: list[str]) -> str:
+CHAIR_READ_BY = {"reference": "CHAIR reads objects by the reference rules (Rohrbach et al.'s chair.py).",
+                 "opera": "CHAIR reads objects by OPERA's chair.py (nltk's part-of-speech tags and WordNet lemmas: "
+                          "--chair-variant opera)."}
+
+
+def markdown(columns: list[str], table: dict, bases: list[str], chair_variant: str | None = None) -> str:
     """A row per metric with its direction (each group headed by its ``*/examples`` count), under
-    the base model of each column (its implicit rewards' reference)."""
+    the base model of each column (its implicit rewards' reference); with CHAIR figures, which
+    rules read their objects (``chair_variant``)."""
     def cell(v) -> str:
         return "" if v is None else f"{v:.4g}"
     rows = [[f"{k} {direction(k)}".strip(), *(cell(table[c].get(k)) for c in columns)]
             for k in dict.fromkeys(k for c in columns for k in table[c])]
     return cli.markdown_table(["metric", *columns], [["base model", *bases], *rows]) + (
         "\n↑ higher is better, ↓ lower is better, no arrow: neither. `*/examples`: the examples behind the figures "
-        "below it. Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model.\n")
+        "below it. Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model."
+        + (f" {CHAIR_READ_BY[chair_variant]}" if chair_variant else "") + "\n")
 
 
 def training_curves(run: str | None) -> dict[str, tuple[list, list]]:
@@ -431,7 +444,8 @@ def evaluate(args, columns, benches, negatives) -> dict:
     with open(os.path.join(args.out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump({"columns": names, "bases": {c.name: c.base.source if c.base else None for c in columns},
                    "metrics": table, "options": options}, f, indent=1, ensure_ascii=False)
-    md = markdown(names, table, [c.base.label if c.base else "none" for c in columns])
+    variant = args.chair_variant if any(kind == "chair" for kind, _, _ in benches) else None
+    md = markdown(names, table, [c.base.label if c.base else "none" for c in columns], variant)
     with open(os.path.join(args.out, "eval.md"), "w", encoding="utf-8") as f:
         f.write(md)
     print(md)

@@ -2,14 +2,19 @@
 read by the reference evaluations' rules; QA's reading of short answers.
 
 CHAIR: Rohrbach et al. 2018's chair.py (LisaAnne/Hallucination) and its standalone Python 3
-port (Maxlinn/CHAIR-metric-standalone). POPE: the parser of POPE's evaluate.py and LLaVA's
-eval_pope.py. Each example shows one rule; the last CHAIR test adds them all up.
+port (Maxlinn/CHAIR-metric-standalone), and OPERA's variant of it (shikiw/OPERA). POPE: the
+parser of POPE's evaluate.py and LLaVA's eval_pope.py. Each example shows one rule; the last CHAIR
+test of each variant adds them all up.
 """
+import sys
+import types
+
 import pytest
 import torch
 
-from mmpo.evaluation.metrics import (CATEGORIES, chair, chair_answer, object_mentions, object_words, parse_yes_no, pope,
-                          preference_metrics, read_option, reliance_metrics, singularize, to_category, tokenize)
+from mmpo.evaluation.metrics import (CATEGORIES, chair, chair_answer, object_mentions, object_words, opera_unavailable,
+                                     parse_yes_no, pope, preference_metrics, read_option, reliance_metrics, singularize,
+                                     to_category, tokenize, true_objects)
 
 
 def test_preference_and_reliance_from_log_probs():
@@ -149,6 +154,79 @@ def test_chair_of_nothing_is_zero():
     # the reference divides by zero here; we report 0
     assert chair(["A sunny day."], [[]]) == {"chair_s": 0.0, "chair_i": 0.0, "coverage": 0.0, "mentions": 0,
                                              "hallucinated": 0, "answers": 1}
+
+
+# ---- OPERA's variant: nltk's tags and WordNet's lemmas ------------------------------------------
+
+# What nltk 3.8.1 (OPERA's pin), its tagger and WordNet 3.0 give these words (checked by hand with
+# them); a stand-in made of them tests the variant's logic where nltk's data cannot be had.
+NLTK_TAGS = {"is": "VBZ", "skiing": "VBG", "seated": "VBN", "watch": "VBP", "men": "NNS", "women": "NNS",
+             "buses": "NNS", "doggies": "NNS", "glasses": "NNS", "a": "DT", "two": "CD", "past": "IN", "on": "IN"}
+WORDNET_LEMMAS = {("is", "v"): "be", ("skiing", "v"): "ski", ("seated", "v"): "seat", ("buses", "n"): "bus",
+                  ("doggies", "n"): "doggy", ("glasses", "n"): "glass", ("women", "n"): "woman"}
+# not there, so kept as they are: "bus" and "men" (WordNet knows both as nouns), "man", "bench", ...
+
+
+@pytest.fixture
+def nltk_stand_in(monkeypatch):
+    """A module named nltk with the two calls OPERA's chair.py makes: pos_tag and WordNetLemmatizer."""
+    class Lemmatizer:
+        def lemmatize(self, word, pos="n"):
+            return WORDNET_LEMMAS.get((word, pos), word)
+    nltk = types.ModuleType("nltk")
+    nltk.pos_tag = lambda words: [(w, NLTK_TAGS.get(w, "NN")) for w in words]
+    nltk.stem = types.SimpleNamespace(WordNetLemmatizer=Lemmatizer)
+    monkeypatch.setitem(sys.modules, "nltk", nltk)
+    return nltk
+
+
+def test_the_opera_variant_reads_words_by_their_part_of_speech(nltk_stand_in):
+    text = "A man is skiing past a bus while two men watch."
+    # the reference: "skiing" stays, "bus" becomes "bu" (nothing), "men" a man (a person)
+    assert object_mentions(text) == ["person", "person"]
+    # OPERA: skiing (a verb) -> ski, the skis; the bus is a bus; "men" stays "men", no person
+    assert object_words(text, "opera") == [("man", "person"), ("ski", "skis"), ("bus", "bus")]
+    assert object_mentions("Two doggies; glasses; women seated on buses.", "opera") == \
+        ["dog", "person", "chair", "bus"]  # doggy, (a glass: nothing), woman, seat, bus
+    assert object_mentions("Two doggies; glasses; women seated on buses.") == ["person", "bus"]
+    with pytest.raises(ValueError, match="variant must be one of"):
+        object_mentions(text, "halbench")
+
+
+def test_chair_by_hand_under_both_variants(nltk_stand_in):
+    answers = ["A man is skiing past a bus while two men watch.", "A woman is seated on a bench."]
+    rows = [{"objects": ["person"]},
+            {"objects": ["bench"], "captions": ["A woman seated on a bench."]}]
+    # the captions are read by the same variant: under OPERA, "seated" makes the chair a true object
+    assert true_objects(rows[1]) == ["bench", "person", "bench"]
+    assert true_objects(rows[1], "opera") == ["bench", "person", "chair", "bench"]
+    ref = chair(answers, [true_objects(r) for r in rows])
+    # reference: person person | person bench -> 4 mentions, none hallucinated
+    assert (ref["mentions"], ref["hallucinated"], ref["chair_s"], ref["chair_i"]) == (4, 0, 0.0, 0.0)
+    assert ref["coverage"] == pytest.approx(3 / 3)  # person | person, bench
+    opera = chair(answers, [true_objects(r, "opera") for r in rows], "opera")
+    # OPERA: person skis* bus* | person chair bench -> 6 mentions, 2 hallucinated, in answer 1 only
+    assert (opera["mentions"], opera["hallucinated"]) == (6, 2)
+    assert opera["chair_i"] == pytest.approx(2 / 6) and opera["chair_s"] == pytest.approx(1 / 2)
+    assert opera["coverage"] == pytest.approx(4 / 4)  # person | person, chair, bench
+
+
+def test_what_the_opera_variant_needs_is_said_in_one_line(nltk_stand_in, monkeypatch):
+    assert opera_unavailable() is None
+    # nltk's LookupError names the package to download, as nltk 3.10 words it
+    def lookup(name):
+        def fail(*args, **kwargs):
+            raise LookupError(f"\n****\n  Resource '{name}' not found.\n  Please use the NLTK Downloader to obtain "
+                              f"the resource:\n\n  >>> import nltk\n  >>> nltk.download('{name}')\n")
+        return fail
+    monkeypatch.setattr(nltk_stand_in, "pos_tag", lookup("averaged_perceptron_tagger_eng"))
+    monkeypatch.setattr(nltk_stand_in.stem, "WordNetLemmatizer",
+                        lambda: types.SimpleNamespace(lemmatize=lookup("wordnet")))
+    assert opera_unavailable() == ("--chair-variant opera needs nltk's data, not found here: "
+                                   "python -m nltk.downloader averaged_perceptron_tagger_eng wordnet")
+    monkeypatch.setitem(sys.modules, "nltk", None)  # not installed: import nltk fails
+    assert opera_unavailable() == ("--chair-variant opera needs nltk, which is not installed: pip install nltk && "
+                                   "python -m nltk.downloader averaged_perceptron_tagger_eng wordnet")
 
 
 POPE_ANSWERS = ["Yes, there is a dog.", "No.", "There is not a dog. A cat.", "There is a cat on the bed.",

@@ -13,7 +13,7 @@ from collections import Counter
 
 from mmpo import cli
 from mmpo.cli import UserError
-from mmpo.convert import formats, papers
+from mmpo.convert import coco, formats, papers
 from mmpo.convert.formats import Malformed, parquet_files, shown
 from mmpo.files import locked
 from mmpo.prepare.command import done_ids, start_output
@@ -23,25 +23,35 @@ NAMES = {"format": "the format", "src": "SRC", "src_size": "SRC's size", "src_mt
          "image_folder": "--image-folder"}
 FORMATS = {**formats.FORMATS, **papers.FORMATS}
 PARQUET = ("rlaif-v", "napo", "symmpo")  # SRC may be a folder of shards
+# A format with options of its own is a module: add_options(parser); settings(args), which checks
+# them and returns what they add to the settings; rows(SRC, settings) and row(src, ctx), as FORMATS'.
+WITH_OPTIONS = {"coco-chair": coco}
 
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
-    p.add_argument("format", choices=tuple(FORMATS))
+    p.add_argument("format", choices=(*FORMATS, *WITH_OPTIONS))
     p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
                                "mDPO's JSON list, or a parquet file of RLAIF-V's, NaPO's or SymMPO's release (or a folder "
-                               "of its shards)")
+                               "of its shards), or COCO's instances file (coco-chair; or the folder holding it)")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh: delete OUT/data.jsonl, OUT/images/ and OUT/convert.json first (without it a "
                         "re-run continues, and only with the same settings)")
+    for module in WITH_OPTIONS.values():
+        module.add_options(p)
     return p
 
 
 # ---- resuming: the rows written so far, and the settings that made them ------------------------
 
 def row_settings(args) -> dict:
+    for name, other in WITH_OPTIONS.items():
+        if name != args.format and other.given(args):
+            raise UserError(f"{other.given(args)[0]}: an option of format {name}, not of {args.format}")
+    module = WITH_OPTIONS.get(args.format)
+    options = module.settings(args) if module else {}  # checked first: they may name SRC's file
     shards = args.format in PARQUET and os.path.isdir(args.src)  # a folder of parquet files
     if not shards and not os.path.isfile(args.src):
         raise UserError(f"{args.src}: no such file" + (f" (a folder is read by {', '.join(PARQUET)})"
@@ -51,14 +61,15 @@ def row_settings(args) -> dict:
         raise UserError(f"--image-folder {folder}: no such folder")
     st = [os.stat(f) for f in (parquet_files(args.src) if shards else [args.src])]
     return {"format": args.format, "src": os.path.realpath(args.src), "src_size": sum(s.st_size for s in st),
-            "src_mtime": max(s.st_mtime for s in st), "image_folder": os.path.realpath(folder)}
+            "src_mtime": max(s.st_mtime for s in st), "image_folder": os.path.realpath(folder), **options}
 
 
 def convert(args) -> Counter:
     settings = row_settings(args)
     stats = Counter()
     ctx = {"out": args.out, "image_folder": settings["image_folder"], "stats": stats}
-    read, make = FORMATS[args.format]
+    module = WITH_OPTIONS.get(args.format)
+    read, make = (lambda path: module.rows(path, settings), module.row) if module else FORMATS[args.format]
     rows = read(args.src)  # parquet formats check pyarrow and their files here, before OUT is touched
     with locked(args.out, "mmpo.convert", flag="OUT"):
         start_output(args, settings, record_name=SETTINGS, out_flag="OUT", names=NAMES)

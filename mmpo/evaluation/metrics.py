@@ -30,6 +30,23 @@ papers at similar lengths (eval.py reports them). Object HalBench, as RLHF-V, mD
 report it, runs another pipeline (a refined synonym list, WordNet, objects extracted by GPT):
 figures here match papers that run the reference code, those tables only roughly.
 
+``variant="opera"`` (eval.py ``--chair-variant opera``) reads answers as OPERA's ``chair.py``
+(github.com/shikiw/OPERA), which OPERA, HALC (BillChan226/HALC, eval/chair.py) and PAI
+(LALBJ/PAI) ran. It is the port above with one change, rule 2: each word gets its Penn Treebank
+tag from nltk's ``pos_tag`` (of the lower-cased words, in context) and becomes WordNet's lemma for
+that part of speech (adjective, verb, adverb; a noun for any other tag) by nltk's
+``WordNetLemmatizer``, which keeps a word WordNet knows. Same synonym list, two-word names, toilet
+rule, tokenization and ground truth (the captions' objects read by the same rule). Worked with
+nltk 3.8.1 (OPERA's pin), its tagger and WordNet 3.0, against the reference:
+  - "bus" is a bus (the reference: "bu", nothing), "doggies" a doggy and "collies" a collie (dogs),
+    "canoes" a canoe (a boat), "ties" a tie; "glasses" is still a glass, no object,
+  - "men" stays "men", which WordNet also knows as a noun: no person (the reference: "man", a
+    person); "women" is a woman, a person in both,
+  - verbs become their lemma: "skiing" counts as skis, "seated" as a chair, "boating" as a boat,
+    none of which the reference counts.
+It needs nltk and two of its data packages (``opera_unavailable`` says which are missing); the
+words are split by ``tokenize`` here as for the reference.
+
 POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
 ``evaluate.py`` (github.com/RUCAIBox/POPE) and LLaVA's ``llava/eval/eval_pope.py`` do: keep the
 text before the first ".", drop commas, split on spaces; the answer is "no" if "No", "not" or
@@ -165,10 +182,50 @@ def singularize(word: str) -> str:
     return word
 
 
-def object_words(text: str) -> list[tuple[str, str]]:
+# ---- OPERA's variant: nltk's part-of-speech tags and WordNet's lemmas instead of singularize ----
+
+CHAIR_VARIANTS = ("reference", "opera")
+_WORDNET_POS = {"J": "a", "V": "v", "R": "r"}  # OPERA's get_wordnet_pos: wordnet.ADJ, VERB, ADV; else NOUN ("n")
+# what a fresh nltk (3.9 or later) calls the data the opera variant needs (OPERA's pin, 3.8.1, calls
+# its tagger averaged_perceptron_tagger)
+_NLTK_DATA = "averaged_perceptron_tagger_eng wordnet"
+
+
+def opera_lemmas(words: list[str]) -> list[str]:
+    """OPERA's reading of lower-cased words: each tagged in context by nltk's ``pos_tag``, then
+    lemmatized by WordNet for that part of speech ("skiing" VBG -> "ski", "buses" NNS -> "bus")."""
+    import nltk  # only here: the reference variant needs no nltk
+    lemmatizer = nltk.stem.WordNetLemmatizer()
+    return [lemmatizer.lemmatize(w, _WORDNET_POS.get(tag[:1], "n")) for w, tag in nltk.pos_tag(words)] if words else []
+
+
+def opera_unavailable() -> str | None:
+    """Why the opera variant cannot run here, as one line with the commands that fix it (nltk, or
+    its tagger or WordNet, missing); None when it can."""
+    try:
+        import nltk
+    except ImportError:
+        return f"--chair-variant opera needs nltk, which is not installed: pip install nltk && " \
+               f"python -m nltk.downloader {_NLTK_DATA}"
+    missing = []
+    for probe in (lambda: nltk.pos_tag(["dogs"]), lambda: nltk.stem.WordNetLemmatizer().lemmatize("dogs", "n")):
+        try:
+            probe()
+        except LookupError as e:  # nltk's message names the package: >>> nltk.download('wordnet')
+            m = re.search(r"nltk\.download\('([^']+)'\)", str(e))
+            missing.append(m.group(1) if m else str(e).strip().splitlines()[0])
+    if missing:
+        return f"--chair-variant opera needs nltk's data, not found here: python -m nltk.downloader {' '.join(missing)}"
+    return None
+
+
+def object_words(text: str, variant: str = "reference") -> list[tuple[str, str]]:
     """(word as read, COCO category) for every object mention in ``text``, in order, repeats
-    included: "Two dogs and a puppy." -> [("dog", "dog"), ("puppy", "dog")]."""
-    words = [singularize(w) for w in tokenize(text)]
+    included: "Two dogs and a puppy." -> [("dog", "dog"), ("puppy", "dog")]. ``variant``: the
+    reference's rules, or OPERA's (its lemmas in place of singularize)."""
+    if variant not in CHAIR_VARIANTS:
+        raise ValueError(f"variant must be one of {CHAIR_VARIANTS}, not {variant!r}")
+    words = opera_lemmas(tokenize(text)) if variant == "opera" else [singularize(w) for w in tokenize(text)]
     joined, i = [], 0
     while i < len(words):
         pair = " ".join(words[i:i + 2])
@@ -183,8 +240,8 @@ def object_words(text: str) -> list[tuple[str, str]]:
     return [(w, SYNONYMS[w]) for w in joined if w in SYNONYMS]
 
 
-def object_mentions(text: str) -> list[str]:
-    return [category for _, category in object_words(text)]
+def object_mentions(text: str, variant: str = "reference") -> list[str]:
+    return [category for _, category in object_words(text, variant)]
 
 
 # every name as written, for ground truth (where " motor bike" and "iPhone" are plain names)
@@ -204,23 +261,24 @@ def to_category(name: str) -> str:
     return found.pop()
 
 
-def chair_answer(text: str, truth: list[str]) -> dict:
+def chair_answer(text: str, truth: list[str], variant: str = "reference") -> dict:
     """One answer against its image's true objects (names that ``to_category`` reads): the
     category of every mention in order ("objects"), those not in the image ("hallucinated"),
     and the true categories ("truth")."""
     true = sorted({to_category(t) for t in truth})
-    said = object_mentions(text)
+    said = object_mentions(text, variant)
     return {"objects": said, "hallucinated": [c for c in said if c not in true], "truth": true}
 
 
-def true_objects(row: dict) -> list[str]:
-    """A CHAIR row's ``objects``, plus every object its reference ``captions`` mention."""
-    return row["objects"] + [c for caption in row.get("captions", []) for c in object_mentions(caption)]
+def true_objects(row: dict, variant: str = "reference") -> list[str]:
+    """A CHAIR row's ``objects``, plus every object its reference ``captions`` mention (read by
+    the same ``variant`` as the answers, as each reference code reads them)."""
+    return row["objects"] + [c for caption in row.get("captions", []) for c in object_mentions(caption, variant)]
 
 
-def chair(answers: list[str], truths: list[list[str]]) -> dict:
+def chair(answers: list[str], truths: list[list[str]], variant: str = "reference") -> dict:
     """CHAIR_s, CHAIR_i and coverage, with the mention counts behind them."""
-    judged = [chair_answer(a, t) for a, t in zip(answers, truths, strict=True)]
+    judged = [chair_answer(a, t, variant) for a, t in zip(answers, truths, strict=True)]
     mentions = sum(len(j["objects"]) for j in judged)
     hallucinated = sum(len(j["hallucinated"]) for j in judged)
     true = sum(len(j["truth"]) for j in judged)
