@@ -1,4 +1,4 @@
-"""`python -m mmpo.convert mdpo|napo|symmpo`: each paper's released data, written here in its real
+"""`python -m mmpo.convert mdpo|napo|symmpo|rlhf-v`: each paper's released data, written here in its real
 schema (field names as released; see mmpo/convert/papers.py for where each was read), becomes
 rows that the paper's method reads: NaPO's biased answers land in lang_biased / vision_biased,
 SymMPO's similar image and its answer in contrast_image / contrast_chosen."""
@@ -161,3 +161,26 @@ def test_symmpo_similar_image_and_its_answer(tmp_path, capsys):
     assert open(rows[0]["contrast_image"], "rb").read() == jpeg("blue")
     assert "resp_2_l" not in rows[0] and sorted(os.listdir(out / "images")) == sorted(
         os.path.basename(r) for r in (rows[0]["image"], rows[0]["contrast_image"]))
+
+
+def test_rlhf_v_text_json(tmp_path, capsys):
+    """RLHF-V-Dataset.parquet (MFPO's text preferences): the pair is JSON text in 'text', idx a
+    number; a 'text' that is not JSON is one line and skipped."""
+    def row(idx, text, color="navy"):
+        return {"ds_name": "RLHF-V", "image": hf_image(color, None), "text": text, "origin_dataset": "VQAv2",
+                "origin_split": '{"model": "muffin", "type": "detailed description"}', "idx": idx,
+                "image_path": f"coco/{idx}.jpg"}
+    pair = {"question": "Describe the image.", "chosen": "A navy square on a table.",
+            "rejected": "A navy square next to a cat."}
+    src = write_parquet(tmp_path / "RLHF-V-Dataset.parquet",
+                        [row(7, json.dumps(pair)), row(9, "not json"), row(11, json.dumps({**pair, "chosen": ""}))])
+    assert convert("rlhf-v", src, tmp_path / "out") == 0
+    rows = read_rows(str(tmp_path / "out" / "data.jsonl"), MDPO)
+    assert [(r["id"], r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
+        ("7", "Describe the image.", "A navy square on a table.", "A navy square next to a cat.")]
+    assert rows[0]["origin_dataset"] == "VQAv2" and rows[0]["image_path"] == "coco/7.jpg"
+    with Image.open(rows[0]["image"]) as img:
+        assert img.getpixel((4, 4))[2] > 100 > img.getpixel((4, 4))[0]  # navy: the embedded image, decoded
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{src}: row 2: field 'text': must be JSON text {{question, chosen, rejected}} (")
+    assert err[1] == f"{src}: row 3: field 'chosen': must be a non-empty string, got \"\"; skipped"

@@ -22,7 +22,7 @@ SETTINGS = "convert.json"  # beside OUT/data.jsonl: what decided its rows
 NAMES = {"format": "the format", "src": "SRC", "src_size": "SRC's size", "src_mtime": "SRC's modification time",
          "image_folder": "--image-folder"}
 FORMATS = {**formats.FORMATS, **papers.FORMATS}
-PARQUET = ("rlaif-v", "napo", "symmpo")  # SRC may be a folder of shards
+PARQUET = ("rlaif-v", "rlhf-v", "napo", "symmpo")  # SRC may be a folder of shards
 # A format with options of its own is a module: add_options(parser); settings(args), which checks
 # them and returns what they add to the settings; rows(SRC, settings) and row(src, ctx), as FORMATS'.
 WITH_OPTIONS = {"coco-chair": coco}
@@ -32,7 +32,7 @@ def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
     p.add_argument("format", choices=(*FORMATS, *WITH_OPTIONS))
     p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
-                               "mDPO's JSON list, or a parquet file of RLAIF-V's, NaPO's or SymMPO's release (or a folder "
+                               "mDPO's JSON list, or a parquet file of RLAIF-V's, RLHF-V's, NaPO's or SymMPO's release (or a folder "
                                "of its shards), or COCO's instances file (coco-chair; or the folder holding it)")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")

@@ -13,6 +13,11 @@ they were read:
   (data_engine/pipeline/dpo_reward_pipeline/data_pair_builder.py) gives every pair built from one
   question that question's idx: repeats are expected. ``origin_dataset``, ``origin_split`` and
   ``image_path`` are kept as they are (mmpo reads no such field).
+- ``rlhf-v``: RLHF-V-Dataset, the human corrections MFPO starts from (huggingface.co/datasets/
+  openbmb/RLHF-V-Dataset, its card's dataset_info and "Data fields"): one parquet file,
+  RLHF-V-Dataset.parquet, of {"ds_name", "image" ({"bytes", "path"}), "text", "origin_dataset",
+  "origin_split", "idx" (a number), "image_path"}, where ``text`` is JSON text {"question",
+  "chosen", "rejected"}.
 - ``mdpo``: mDPO's 10k VLFeedback pairs (HF dataset fwnlp/mDPO-preference-data,
   vlfeedback_llava_10k.json, the file bunny/config.yaml names; github.com/luka-group/mDPO).
   One JSON list, read whole as LLaVA's, of {"img_path", "prompt", "chosen", "rejected"}
@@ -64,6 +69,20 @@ def rlaif_v_row(src: dict, ctx) -> dict:
     row = {"image": embedded(src, "image", ctx), **answers}  # the texts first: no image kept for a skipped row
     count_id(src, ctx)
     return {**row, **{k: src[k] for k in PROVENANCE if isinstance(src.get(k), str) and src[k]}}
+
+
+def rlhf_v_rows(src: str):
+    return parquet_rows(src, "rlhf-v", ("image", "text"), PROVENANCE)
+
+
+def rlhf_v_row(src: dict, ctx) -> dict:
+    try:
+        pair = json.loads(src.get("text"))
+    except (TypeError, ValueError) as e:
+        raise Malformed(f"field 'text': must be JSON text {{question, chosen, rejected}} ({first_line(e)})") from None
+    if not isinstance(pair, dict):
+        raise Malformed(f"field 'text': must hold a JSON object {{question, chosen, rejected}}, got {shown(pair)}")
+    return rlaif_v_row({**src, **{k: pair.get(k) for k in ("question", "chosen", "rejected")}}, ctx)
 
 
 # ---- mDPO --------------------------------------------------------------------------------------
@@ -132,5 +151,6 @@ def symmpo_row(src: dict, ctx) -> dict:
     return row
 
 
-FORMATS = {"rlaif-v": (rlaif_v_rows, rlaif_v_row), "mdpo": (mdpo_rows, mdpo_row), "napo": (napo_rows, napo_row),
+FORMATS = {"rlaif-v": (rlaif_v_rows, rlaif_v_row), "rlhf-v": (rlhf_v_rows, rlhf_v_row),
+           "mdpo": (mdpo_rows, mdpo_row), "napo": (napo_rows, napo_row),
            "symmpo": (symmpo_rows, symmpo_row)}
