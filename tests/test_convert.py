@@ -146,6 +146,12 @@ def test_command_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr, done.stderr
     assert done.stdout.startswith("convert trl:\n  rows written: 4\n")
+    # no torch (650 MB of memory before any row), even when --overwrite clears an earlier OUT
+    again = ("import sys; from mmpo.convert.command import run; code = run(sys.argv[1:]); "
+             "print('torch' in sys.modules, 'transformers' in sys.modules); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", again, "trl", str(src), str(tmp_path / "out"), "--overwrite"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.endswith("False False\n"), done.stdout + done.stderr
 
 
 def test_pope_question_files(tmp_path, capsys):

@@ -265,11 +265,11 @@ def start_output(args, settings: dict, rows=(), record_name: str = SETTINGS, out
     otherwise rows already there must come from the same settings (else they would mix with this
     run's). Then this run's settings are recorded, atomically. Also mmpo.convert's (``record_name``
     convert.json, its OUT a positional ``out_flag``, ``names`` its settings' names)."""
-    from mmpo.rows import IMAGE_FIELDS
     out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", record_name, "images"))
     fresh = (f"use another {out_flag}, or add --overwrite to start afresh (it deletes {out_path}, {images}/ "
              f"and {record})")
-    if args.overwrite:
+    if args.overwrite and rows:
+        from mmpo.rows import IMAGE_FIELDS  # (it imports torch: not for convert, which gives no rows)
         inside = [r[f] for r in rows for f in IMAGE_FIELDS
                   if r.get(f) and os.path.realpath(r[f]).startswith(os.path.realpath(images) + os.sep)]
         if inside:
