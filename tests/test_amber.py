@@ -274,3 +274,27 @@ def test_missing_or_malformed_files_are_one_line_errors(tmp_path):
     (data / "metrics.txt").write_text("chair_num=0.001\n")
     error(r"metrics.txt: no value for chair_score and 42 more")
 
+
+# ---- eval.py --bench amber ----------------------------------------------------------------------------
+
+def test_eval_bench_amber(tmp_path, monkeypatch):
+    """eval.py --bench amber on the cases' answers (the generation replaced): AMBER's folder found
+    from the query file, the answers saved with what was read, the figures and their labels."""
+    import eval as evaluate
+    query = write_amber(tmp_path / "AMBER")
+    answers = [d[2] for d in DESCRIPTIONS] + [q[2] for q in QUESTIONS]
+    monkeypatch.setattr(evaluate, "generate", lambda model, processor, prompts, images, **kw: (answers, [5] * len(answers)))
+    monkeypatch.setattr(amber, "nltk_nouns", lambda: None)
+    monkeypatch.setattr(amber, "spacy_similarity", lambda: None)
+    assert evaluate.run(["--model", "tiny-llava", "--bench", "amber", query, "--out", str(tmp_path / "o")]) == 0
+    m = json.load(open(tmp_path / "o" / "eval.json"))["metrics"]["base"]
+    assert [m[f"amber/generative/{k}"] for k in ("chair", "cover", "hal", "cog")] == [38.5, 46.2, 70.0, 33.3]
+    for g, expected in TOGETHER.items():
+        assert tuple(m[f"amber/{g}/{k}"] for k in ("accuracy", "precision", "recall", "f1")) == expected, g
+    assert m["amber/examples"] == 23 and m["amber/nouns"].startswith("rules (deviation")
+    table = open(tmp_path / "o" / "eval.md").read()
+    assert "| amber/generative/chair ↓ | 38.5 |" in table and "| amber/generative/cover ↑ | 46.2 |" in table
+    assert "| amber/synonyms | exact only (deviation: no spaCy en_core_web_lg) |" in table
+    saved = [json.loads(line) for line in open(tmp_path / "o" / "answers-base-amber.jsonl")]
+    assert saved[6]["id"] == 7 and saved[6]["nouns"] == ["horse", "grass", "fence", "tree"]
+    assert saved[6]["hallucinated"] == ["tree"] and saved[12] == {**saved[12], "read": "No", "correct": True}
