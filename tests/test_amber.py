@@ -250,6 +250,9 @@ def test_missing_or_malformed_files_are_one_line_errors(tmp_path):
             amber.read_queries(query, folder, images)
         assert "\n" not in str(e.value)
 
+    os.rename(query, query + ".moved")
+    error(r"query_all.json: no such file$")
+    os.rename(query + ".moved", query)
     os.remove(images + "/AMBER_3.jpg")
     error(r"AMBER_3.jpg: image file not found; give --amber-images")
     with open(query) as f:

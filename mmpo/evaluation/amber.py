@@ -80,9 +80,9 @@ COUNTERS = ["chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "h
 
 # ---- the AMBER folder ---------------------------------------------------------------------------
 
-def _load_json(path: str):
+def _load_json(path: str, hint: str = " (give --amber-folder, AMBER's checkout)"):
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file (give --amber-folder, AMBER's checkout)")
+        raise UserError(f"{path}: no such file{hint}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -165,7 +165,7 @@ def read_queries(path: str, folder: str, images: str) -> list[dict]:
     ("generative", "existence", "state", "number", "action" or "relation"), "truth", and for
     a description "hallu"}."""
     annotations = read_folder(folder)["annotations"]
-    queries = _load_json(path)
+    queries = _load_json(path, "")
     if not isinstance(queries, list) or not queries:
         raise UserError(f"{path}: expected a non-empty list of AMBER queries {{\"id\", \"image\", \"query\"}}")
     rows, seen, problems, missing = [], set(), [], []
