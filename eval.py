@@ -18,9 +18,11 @@ the reference. The base models come first: one column, "base", or one per distin
     reliance/<m'>/*     logp(chosen | m) > logp(chosen | m') for m' a random crop, diffusion noise
                         or a black image; chosen over rejected with and without the image
   On each --bench: chair/* (CHAIR_s, CHAIR_i, coverage), pope/* (accuracy, precision, recall,
-  F1, yes-ratio) or qa/* (accuracy, unread answers, how often the tempting wrong answer, the
-  prior, is given; also per group), with the mean answer length and the answers cut at
-  --max-new-tokens.
+  F1, yes-ratio), qa/* (accuracy, unread answers, how often the tempting wrong answer, the
+  prior, is given; also per group) or amber/* (AMBER's CHAIR, Cover, Hal, Cog on descriptions;
+  accuracy, precision, recall, F1 of "No" on existence, attribute and relation questions; in
+  percent, as AMBER's inference.py computes them: mmpo/evaluation/amber.py), with the mean
+  answer length and the answers cut at --max-new-tokens.
 
 Writes OUT/eval.json (every number per column, each column's base, the options), OUT/eval.md
 (the table, also printed: each metric's direction, ↑ higher is better and ↓ lower is better,
@@ -40,12 +42,13 @@ from mmpo.evaluation.columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import LIMITS as TRAIN_LIMITS, Config
+from mmpo.evaluation import amber
 from mmpo.evaluation.metrics import CHAIR_VARIANTS, POPE_PARSERS, opera_unavailable
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
 
-BENCHES = ("chair", "pope", "qa")
+BENCHES = ("chair", "pope", "qa", "amber")
 
 
 # ---- the command line ----------------------------------------------------------------------
@@ -71,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", nargs=2, action="append", default=[], metavar=("KIND", "FILE"),
                    help="a generation benchmark: chair FILE (rows image, prompt, objects, optional captions), "
                         "pope FILE (image, question, answer) or qa FILE (image, question, answer, optional options, "
-                        "group, prior: short answers read against a closed set of options); repeat for more")
+                        "group, prior: short answers read against a closed set of options) or amber FILE (one of "
+                        "AMBER's query files, AMBER/data/query/query_all.json...); repeat for more")
+    p.add_argument("--amber-folder", default=None, metavar="DIR",
+                   help="AMBER's checkout (its data/annotations.json, relation.json, safe_words.txt, metrics.txt); "
+                        "default: the one the first --bench amber FILE lies in (DIR/data/query/FILE)")
+    p.add_argument("--amber-images", default=None, metavar="DIR",
+                   help="the folder of AMBER's images (AMBER_1.jpg...); default: the AMBER folder's image/")
     p.add_argument("--out", default="eval", help="output directory: eval.json, eval.md, answers-*.jsonl")
     p.add_argument("--beta", type=float, default=0.1, help="inverse temperature of the implicit reward beta * h")
     p.add_argument("--batch-size", type=int, default=8, help="examples per forward pass and per generation batch")
@@ -93,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam search width of the benchmarks' answers (1: greedy); never sampled. SymMPO's Object "
                         "HalBench evaluation used 3 beams without sampling and 1024 new tokens")
     p.add_argument("--pope-parse", choices=POPE_PARSERS, default="standard",
-                   help="standard: POPE's own rule (first sentence; no if it has No/no/not, else yes); "
-                        "strict: only a leading yes/no, anything else unparsed and wrong")
+                   help="how POPE's and AMBER's yes/no answers are read. standard: POPE's own rule (first sentence; "
+                        "no if it has No/no/not, else yes); strict: only a leading yes/no, anything else unparsed and wrong")
     p.add_argument("--chair-variant", choices=CHAIR_VARIANTS, default="reference",
                    help="how CHAIR reads objects in answers and captions: reference (Rohrbach et al.'s chair.py and its "
                         "Python 3 port, pattern.en's singularize) or opera (OPERA's chair.py, which OPERA, HALC and PAI "
@@ -151,6 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not args.data and not args.bench:
         raise UserError("nothing to evaluate: give --data and/or --bench")
     args.bench_names = bench_names(args.bench)
+    amber_files = [path for kind, path in args.bench if kind == "amber"]
+    if amber_files:  # one AMBER per run
+        args.amber_folder = args.amber_folder or amber.default_folder(amber_files[0])
+        args.amber_images = args.amber_images or os.path.join(args.amber_folder, "image")
     check_out(args.out)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot needs matplotlib, which is not installed: pip install matplotlib")
@@ -264,8 +277,11 @@ def data_metrics(model, processor, col: Column, args, negatives: list[str], refs
 
 # ---- --bench: generated answers --------------------------------------------------------------
 
-def read_bench(kind: str, path: str) -> list[dict]:
-    """Benchmark rows, every problem reported as file:line: field 'x': what is wrong."""
+def read_bench(kind: str, path: str, args=None) -> list[dict]:
+    """Benchmark rows, every problem reported as file:line: field 'x': what is wrong (AMBER's:
+    its query file, each row with its annotation, from ``args.amber_folder``)."""
+    if kind == "amber":
+        return amber.read_queries(path, args.amber_folder, args.amber_images)
     rows = read_rows(path, {"image"})  # (read_rows files a "question" under "prompt")
     errors = []
     for r in rows:
@@ -283,7 +299,8 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
     with the mean answer length (CHAIR grows with it, so compare columns of similar length) and
     how many answers hit --max-new-tokens; a QA bench's figures per group come last."""
     groups = {}
-    images = [load_image(r["image"]) for r in rows]
+    loaded = {path: load_image(path) for path in dict.fromkeys(r["image"] for r in rows)}  # AMBER: 15k questions, 1k images
+    images = [loaded[r["image"]] for r in rows]
     answers, lengths = generate(model, processor, [r["prompt"] for r in rows], images, max_new_tokens=args.max_new_tokens,
                                 num_beams=args.num_beams, batch_size=args.batch_size, show=True)
     cut = [n >= args.max_new_tokens for n in lengths]
@@ -295,6 +312,8 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
     elif kind == "pope":
         m = metrics.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
         details = [{"parsed": metrics.parse_yes_no(a, args.pope_parse)} for a in answers]
+    elif kind == "amber":
+        m, details = amber.evaluate(rows, answers, amber.read_folder(args.amber_folder), args.pope_parse)
     else:
         reads = [metrics.read_option(a, metrics.qa_choices(r)) for r, a in zip(rows, answers)]
         m = metrics.qa_metrics(rows, reads)
@@ -318,8 +337,8 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
 # ---- report ------------------------------------------------------------------------------
 
 HIGHER = {"logp_acc", "reward_acc", "reward_margin", "cond_acc", "logp_gap", "sighted_acc", "sighted_minus_blind",
-          "coverage", "accuracy", "precision", "recall", "f1"}
-LOWER = {"chair_s", "chair_i", "unparsed", "unread", "prior_rate"}
+          "coverage", "accuracy", "precision", "recall", "f1", "cover"}
+LOWER = {"chair_s", "chair_i", "unparsed", "unread", "prior_rate", "chair", "hal", "cog"}
 
 
 def direction(key: str) -> str:
@@ -338,8 +357,8 @@ def markdown(columns: list[str], table: dict, bases: list[str], chair_variant: s
     """A row per metric with its direction (each group headed by its ``*/examples`` count), under
     the base model of each column (its implicit rewards' reference); with CHAIR figures, which
     rules read their objects (``chair_variant``)."""
-    def cell(v) -> str:
-        return "" if v is None else f"{v:.4g}"
+    def cell(v) -> str:  # a string says how a figure was computed (AMBER's nouns and synonyms)
+        return "" if v is None else v if isinstance(v, str) else f"{v:.4g}"
     rows = [[f"{k} {direction(k)}".strip(), *(cell(table[c].get(k)) for c in columns)]
             for k in dict.fromkeys(k for c in columns for k in table[c])]
     return cli.markdown_table(["metric", *columns], [["base model", *bases], *rows]) + (
@@ -421,7 +440,7 @@ def open_out(out: str):
 def main(args) -> dict:
     """Every column's metrics (``args`` from parse_args); writes eval.json, eval.md, the answers."""
     columns = args.columns
-    benches = [(kind, name, read_bench(kind, path)) for (kind, path), name in zip(args.bench, args.bench_names)]
+    benches = [(kind, name, read_bench(kind, path, args)) for (kind, path), name in zip(args.bench, args.bench_names)]
     negatives = data_negatives(args.data) if args.data else []
     with files.locked(args.out, "eval.py"):  # one run per folder: a second eval.py (or train.py) there stops
         return evaluate(args, columns, benches, negatives)

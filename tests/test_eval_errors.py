@@ -80,7 +80,7 @@ COMMAND_LINE = [
     ([*TINY, *D, "--pope-parse", "loose"], "argument --pope-parse: invalid choice: 'loose'..."),
     ([*TINY, *D, "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ([*TINY], "nothing to evaluate: give --data and/or --bench"),
-    ([*TINY, "--bench", "nope", "x"], "--bench nope: unknown benchmark, choose chair, pope or qa"),
+    ([*TINY, "--bench", "nope", "x"], "--bench nope: unknown benchmark, choose chair, pope, qa or amber"),
     ([*TINY, "--bench", "pope", "{ws}/pope.jsonl", "--bench", "pope", "{ws}/other/pope.jsonl"],
      "two --bench files share a name: ['pope-pope', 'pope-pope']; give them distinct file names"),
     ([*TINY, *D, "--no-base"], "no model to evaluate: give --checkpoint, or --model without --no-base"),
@@ -143,7 +143,7 @@ def test_a_command_line_mistake_answers_before_torch_is_imported(ws):
     assert "torch" not in imported and "transformers" not in imported
     assert r.returncode == 2
     assert [line for line in r.stderr.splitlines() if not line.startswith("import time:")] == \
-        ["error: --bench nope: unknown benchmark, choose chair, pope or qa"]
+        ["error: --bench nope: unknown benchmark, choose chair, pope, qa or amber"]
 
 
 def test_a_folder_in_use_is_refused_before_any_model_loads(ws):
