@@ -102,8 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam search width of the benchmarks' answers (1: greedy); never sampled. SymMPO's Object "
                         "HalBench evaluation used 3 beams without sampling and 1024 new tokens")
     p.add_argument("--pope-parse", choices=POPE_PARSERS, default="standard",
-                   help="how POPE's and AMBER's yes/no answers are read. standard: POPE's own rule (first sentence; "
+                   help="how POPE's yes/no answers are read. standard: POPE's own rule (first sentence; "
                         "no if it has No/no/not, else yes); strict: only a leading yes/no, anything else unparsed and wrong")
+    p.add_argument("--amber-parse", choices=amber.AMBER_PARSERS, default="exact",
+                   help="how AMBER's yes/no answers are read. exact: the answer itself must be Yes or No, as AMBER's "
+                        "inference.py compares it and SymMPO's evaluation gives it; standard or strict: as --pope-parse")
     p.add_argument("--chair-variant", choices=CHAIR_VARIANTS, default="reference",
                    help="how CHAIR reads objects in answers and captions: reference (Rohrbach et al.'s chair.py and its "
                         "Python 3 port, pattern.en's singularize) or opera (OPERA's chair.py, which OPERA, HALC and PAI "
@@ -313,7 +316,7 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
         m = metrics.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)
         details = [{"parsed": metrics.parse_yes_no(a, args.pope_parse)} for a in answers]
     elif kind == "amber":
-        m, details = amber.evaluate(rows, answers, amber.read_folder(args.amber_folder), args.pope_parse)
+        m, details = amber.evaluate(rows, answers, amber.read_folder(args.amber_folder), args.amber_parse)
     else:
         reads = [metrics.read_option(a, metrics.qa_choices(r)) for r, a in zip(rows, answers)]
         m = metrics.qa_metrics(rows, reads)

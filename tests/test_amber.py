@@ -222,6 +222,18 @@ def test_questions_alone_and_together(checkout):
     assert "generative/chair" not in m
 
 
+def test_exact_answers_as_amber_compares_them(checkout):
+    """The default, --amber-parse exact: only the answer "Yes" or "No" itself counts (AMBER's
+    inference.py compares the response so, and SymMPO's evaluation gives it the model's answer):
+    4 of the 13 answers are sentences, unread and wrong; 4 right of 13 (plus AMBER's 0.001)."""
+    _, rows, folder = checkout
+    reads = [amber.read_answer(q[2]) for q in QUESTIONS]
+    assert reads == [q[3] if q[2] in ("Yes", "No") else None for q in QUESTIONS] and reads.count(None) == 4
+    assert amber.read_answer("  No\n") == "No" and amber.read_answer("no") is None  # stripped, not lower-cased
+    m, _ = amber.evaluate(rows[len(DESCRIPTIONS):], [q[2] for q in QUESTIONS], folder)
+    assert (m["discriminative/accuracy"], m["discriminative/unread"]) == (30.8, 4)
+
+
 # ---- without spaCy or nltk's data; the folder's files ------------------------------------------------
 
 def test_without_spacy_or_nltk_the_figures_say_so(checkout, monkeypatch):
@@ -229,7 +241,7 @@ def test_without_spacy_or_nltk_the_figures_say_so(checkout, monkeypatch):
     monkeypatch.setattr(amber, "nltk_nouns", lambda: None)
     monkeypatch.setattr(amber, "spacy_similarity", lambda: None)
     answers = [d[2] for d in DESCRIPTIONS] + [q[2] for q in QUESTIONS]
-    m, _ = amber.evaluate(rows, answers, folder)
+    m, _ = amber.evaluate(rows, answers, folder, "standard")
     assert m["nouns"].startswith("rules (deviation") and m["synonyms"].startswith("exact only (deviation")
     assert [m[f"generative/{k}"] for k in ("chair", "cover", "hal", "cog")] == [38.5, 46.2, 70.0, 33.3]
     assert m["discriminative/accuracy"] == 53.8 and m["discriminative/unread"] == 0  # standard reads "Maybe." yes
@@ -289,8 +301,11 @@ def test_eval_bench_amber(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "generate", lambda model, processor, prompts, images, **kw: (answers, [5] * len(answers)))
     monkeypatch.setattr(amber, "nltk_nouns", lambda: None)
     monkeypatch.setattr(amber, "spacy_similarity", lambda: None)
-    assert evaluate.run(["--model", "tiny-llava", "--bench", "amber", query, "--out", str(tmp_path / "o")]) == 0
-    m = json.load(open(tmp_path / "o" / "eval.json"))["metrics"]["base"]
+    assert evaluate.run(["--model", "tiny-llava", "--bench", "amber", query, "--amber-parse", "standard",
+                         "--out", str(tmp_path / "o")]) == 0  # the sentences read as POPE's: 0 unread but "Maybe."
+    report = json.load(open(tmp_path / "o" / "eval.json"))
+    m = report["metrics"]["base"]
+    assert report["options"]["amber_parse"] == "standard"
     assert [m[f"amber/generative/{k}"] for k in ("chair", "cover", "hal", "cog")] == [38.5, 46.2, 70.0, 33.3]
     for g, expected in TOGETHER.items():
         assert tuple(m[f"amber/{g}/{k}"] for k in ("accuracy", "precision", "recall", "f1")) == expected, g

@@ -46,8 +46,11 @@ figures say so (``amber/synonyms``). Without nltk's data (tagger, WordNet), the 
 built-in rules, said as ``amber/nouns`` (see ``rule_nouns``).
 
 Discriminative (a yes/no question): AMBER counts a response only when it is exactly "Yes" or
-"No"; eval.py reads the generated answer as POPE's answers are read (``--pope-parse``) and gives
-AMBER "Yes", "No" or, unread, nothing (wrong either way, and not a "No"). "No" is the positive
+"No", and SymMPO's released evaluation (script/eval/eval_amber.sh) gives it the model's answer,
+stripped, as it is: ``--amber-parse exact``, the default, does the same, so "Yes, there is." is
+neither (wrong either way, and not a "No"). ``--amber-parse standard|strict`` reads the answer as
+POPE's are read instead (for models that answer in sentences; a deviation, named in eval.json's
+options) and gives AMBER "Yes", "No" or, unread, nothing. "No" is the positive
 class: precision = right "No"s / "No"s said, recall = right "No"s / questions whose truth is
 "no", accuracy = right answers / questions, each count starting at metrics.txt's 0.001.
 F1 = 2PR / (P + R + eps) on P and R already rounded, with eps 0.001 for existence and 0.0001
@@ -334,8 +337,14 @@ def judge_description(nouns: list[str], truth: list[str], hallu: list[str], fold
     return {"nouns": kept, "hallucinated": flags, "covered": covered, "named": named}
 
 
-def read_answer(text: str, parse: str = "standard") -> str | None:
-    """A generated answer as AMBER's response: "Yes", "No", or None (unread)."""
+AMBER_PARSERS = ("exact", "standard", "strict")
+
+
+def read_answer(text: str, parse: str = "exact") -> str | None:
+    """A generated answer as AMBER's response: "Yes", "No", or None (unread). ``exact``: the
+    stripped answer itself, as SymMPO's evaluation gives it; else POPE's reading (``parse``)."""
+    if parse == "exact":
+        return text.strip() if text.strip() in ("Yes", "No") else None
     said = parse_yes_no(text, parse)
     return None if said is None else said.capitalize()
 
@@ -416,7 +425,7 @@ def amber(rows: list[dict], responses: list, folder: dict, similar) -> tuple[dic
     return out, details
 
 
-def evaluate(rows: list[dict], answers: list[str], folder: dict, parse: str = "standard",
+def evaluate(rows: list[dict], answers: list[str], folder: dict, parse: str = "exact",
              nouns=None, similar=None) -> tuple[dict, list[dict]]:
     """AMBER on generated answers: each description's nouns (``nouns``: text -> lemmas; default
     nltk, else the rules) and each yes/no answer read by ``parse``; ``similar`` (two words ->
