@@ -134,7 +134,6 @@ def load(path: str, need: dict) -> dict:
 def truth(instances_path: str, captions_path: str) -> tuple[dict, dict, dict]:
     """Per image id: its file name, its instance labels (COCO names, once each, in category
     order) and its captions (in file order)."""
-    from mmpo.evaluation.metrics import to_category
     inst = load(instances_path, {"images": {"id", "file_name"}, "annotations": {"image_id", "category_id"},
                                  "categories": {"id", "name"}})
     names = {c["id"]: c["name"] for c in inst["categories"]}

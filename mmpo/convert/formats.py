@@ -136,15 +136,20 @@ def trl_row(src: dict, ctx) -> dict:
     return {"image": image_path(images[0], ctx), **text}
 
 
-def llava_rows(path: str):
+def json_list_rows(path: str, what: str):
+    """(position, row) of a file that is one JSON list of ``what``, read whole."""
     try:
         with open(path, "rb") as f:
             data = json.load(f)
     except ValueError as e:
-        raise UserError(f"{path}: not a JSON file ({first_line(e)}); LLaVA's conversations are one JSON list") from None
+        raise UserError(f"{path}: not a JSON file ({first_line(e)}); {what} are one JSON list") from None
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of LLaVA conversations, got a {type(data).__name__}")
+        raise UserError(f"{path}: expected a JSON list of {what}, got a {type(data).__name__}")
     yield from enumerate(data, 1)
+
+
+def llava_rows(path: str):
+    return json_list_rows(path, "LLaVA's conversations")
 
 
 def llava_row(src: dict, ctx) -> dict:

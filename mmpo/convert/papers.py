@@ -52,8 +52,8 @@ import json
 import os
 import re
 
-from mmpo.cli import UserError, first_line
-from mmpo.convert.formats import Malformed, count_id, embedded, parquet_rows, shown, text
+from mmpo.cli import first_line
+from mmpo.convert.formats import Malformed, count_id, embedded, json_list_rows, parquet_rows, shown, text
 
 # ---- RLAIF-V -----------------------------------------------------------------------------------
 
@@ -92,14 +92,7 @@ TEMPLATE = re.compile(r"USER:\s*(.*?)\s*ASSISTANT:\s*$", re.DOTALL)
 
 
 def mdpo_rows(path: str):
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise UserError(f"{path}: not a JSON file ({first_line(e)}); mDPO's data is one JSON list") from None
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of mDPO's pairs, got a {type(data).__name__}")
-    yield from enumerate(data, 1)
+    return json_list_rows(path, "mDPO's pairs")
 
 
 def mdpo_row(src: dict, ctx) -> dict:
