@@ -43,7 +43,8 @@ from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.config import LIMITS as TRAIN_LIMITS, Config
 from mmpo.evaluation import amber
-from mmpo.evaluation.metrics import CHAIR_VARIANTS, POPE_PARSERS, opera_unavailable
+from mmpo.evaluation.chair import CHAIR_VARIANTS, opera_unavailable
+from mmpo.evaluation.metrics import POPE_PARSERS
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
@@ -184,7 +185,7 @@ import torch
 from tqdm import tqdm
 
 from mmpo import files
-from mmpo.evaluation import metrics
+from mmpo.evaluation import chair, metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps
@@ -308,9 +309,9 @@ def bench_metrics(model, processor, kind: str, rows: list[dict], args, column: s
                                 num_beams=args.num_beams, batch_size=args.batch_size, show=True)
     cut = [n >= args.max_new_tokens for n in lengths]
     if kind == "chair":
-        truths = [metrics.true_objects(r, args.chair_variant) for r in rows]
-        m = metrics.chair(answers, truths, args.chair_variant)
-        details = [metrics.chair_answer(a, t, args.chair_variant) for a, t in zip(answers, truths)]
+        truths = [chair.true_objects(r, args.chair_variant) for r in rows]
+        m = chair.chair(answers, truths, args.chair_variant)
+        details = [chair.chair_answer(a, t, args.chair_variant) for a, t in zip(answers, truths)]
         details = [{"objects": d["objects"], "hallucinated": d["hallucinated"]} for d in details]
     elif kind == "pope":
         m = metrics.pope(answers, [r["answer"] for r in rows], parse=args.pope_parse)

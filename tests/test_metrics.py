@@ -1,4 +1,4 @@
-"""mmpo.evaluation.metrics worked by hand: preference and image reliance from log-probs; CHAIR and POPE
+"""mmpo.evaluation.metrics and .chair worked by hand: preference and image reliance from log-probs; CHAIR and POPE
 read by the reference evaluations' rules; QA's reading of short answers.
 
 CHAIR: Rohrbach et al. 2018's chair.py (LisaAnne/Hallucination) and its standalone Python 3
@@ -12,9 +12,9 @@ import types
 import pytest
 import torch
 
-from mmpo.evaluation.metrics import (CATEGORIES, chair, chair_answer, object_mentions, object_words, opera_unavailable,
-                                     parse_yes_no, pope, preference_metrics, read_option, reliance_metrics, singularize,
-                                     to_category, tokenize, true_objects)
+from mmpo.evaluation.chair import (CATEGORIES, chair, chair_answer, object_mentions, object_words, opera_unavailable,
+                                   singularize, to_category, tokenize, true_objects)
+from mmpo.evaluation.metrics import parse_yes_no, pope, preference_metrics, read_option, reliance_metrics
 
 
 def test_preference_and_reliance_from_log_probs():

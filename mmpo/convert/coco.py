@@ -50,7 +50,7 @@ import random
 
 from mmpo.cli import UserError, first_line
 from mmpo.convert.formats import Malformed, image_path, jsonl_rows, save_bytes, shown
-from mmpo.evaluation.metrics import to_category
+from mmpo.evaluation.chair import to_category
 
 DEFAULT_PROMPT = "Please describe this image in detail."  # OPERA's chair_eval.py
 DEFAULT_IMAGES = 500  # OPERA's chair_eval.py

@@ -62,7 +62,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def test_quantities(world: str, rows: list[dict], answers: list[dict]) -> dict[str, list[float]]:
     """Per test example, what the world's figures count (eval.py's own rules: its saved reading of
-    each QA answer; CHAIR's judgement of each caption, by mmpo.evaluation.metrics)."""
+    each QA answer; CHAIR's judgement of each caption, by mmpo.evaluation.chair)."""
     if world == "colour":
         counter = [r["group"] == "counter-prior" for r in rows]
         return {"n": [1.0] * len(rows), "counter": counter, "typical": [not c for c in counter],
@@ -70,12 +70,12 @@ def test_quantities(world: str, rows: list[dict], answers: list[dict]) -> dict[s
                 "correct_typical": [not c and a["correct"] for c, a in zip(counter, answers)],
                 "prior_counter": [c and a["read"] == r["prior"] for c, r, a in zip(counter, rows, answers)],
                 "unread": [a["read"] is None for a in answers]}
-    from mmpo.evaluation import metrics
+    from mmpo.evaluation import chair
     from mmpo.toy.captions import LEADS, PARTNER
     q = {k: [] for k in ("n", "any_hallucinated", "hallucinated", "mentions", "covered", "truth", "counter",
                          "companion", "words")}
     for r, a in zip(rows, answers):
-        j = metrics.chair_answer(a["answer"], metrics.true_objects(r))
+        j = chair.chair_answer(a["answer"], chair.true_objects(r))
         absent = {PARTNER[o] for o in j["truth"] if o in LEADS} - set(j["truth"])  # the usual companions not there
         for k, v in (("n", 1), ("any_hallucinated", bool(j["hallucinated"])), ("hallucinated", len(j["hallucinated"])),
                      ("mentions", len(j["objects"])), ("covered", len(set(j["truth"]) & set(j["objects"]))),
