@@ -165,9 +165,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UserError("nothing to evaluate: give --data and/or --bench")
     args.bench_names = bench_names(args.bench)
     amber_files = [path for kind, path in args.bench if kind == "amber"]
+    for path in amber_files:
+        if not os.path.isfile(path):
+            example = os.path.join(path, "data", "query", "query_all.json")
+            raise UserError(f"--bench amber {path}: " + (f"a folder: give one of its query files, as {example}"
+                                                         if os.path.isdir(path) else
+                                                         "no such file (one of AMBER's data/query/query_*.json)"))
     if amber_files:  # one AMBER per run
+        if not args.amber_folder and not os.path.isdir(os.path.join(amber.default_folder(amber_files[0]), "data")):
+            raise UserError(f"--bench amber {amber_files[0]}: not in an AMBER checkout (DIR/data/query/FILE): "
+                            f"give --amber-folder DIR")
         args.amber_folder = args.amber_folder or amber.default_folder(amber_files[0])
         args.amber_images = args.amber_images or os.path.join(args.amber_folder, "image")
+    elif args.amber_folder or args.amber_images:
+        raise UserError(f"{'--amber-folder' if args.amber_folder else '--amber-images'}: only with --bench amber")
     check_out(args.out)
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot needs matplotlib, which is not installed: pip install matplotlib")

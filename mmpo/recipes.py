@@ -61,14 +61,13 @@ def _symmpo_options(cfg: Config, d: Dist) -> dict:
 # sets, with the file it comes from. Batch sizes are per process, as released: mDPO ran on one
 # process, SymMPO on 4 GPUs (global batch 128), NaPO's GPU count is not in its script.
 _MDPO_RECIPE = dict(lr=1e-5, epochs=3, warmup=0.1, weight_decay=0.05, adam_beta2=0.98, beta=0.1, batch_size=4,
-                    grad_accum=8, lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048,
-                    mdpo_delta=0.0)
+                    grad_accum=8, lora_rank=64, lora_alpha=128.0, lora_dropout=0.05, dtype="bf16", max_length=2048)
 
 OBJECTIVES: dict[str, Objective] = {
     "dpo": Objective(O.dpo, ("chosen", "rejected"), lambda cfg, d: {"beta": cfg.beta}, lr=1e-5,
                      recipe=("mDPO's DPO baseline: luka-group/mDPO bunny/config.yaml", _MDPO_RECIPE)),
     "mdpo": Objective(O.mdpo, ("chosen", "rejected", "chosen_on_corrupt"), _mdpo_options, lr=1e-5,
-                      recipe=("luka-group/mDPO bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "crop"})),
+                      recipe=("luka-group/mDPO bunny/config.yaml", {**_MDPO_RECIPE, "mdpo_delta": 0.0, "m_prime": "crop"})),
     # MFPO releases no code and its supplementary configuration is not public: mDPO's, with its noise
     "mfpo": Objective(O.mfpo, ("chosen", "rejected", "chosen_on_corrupt"), _mfpo_options, lr=1e-5, m_prime="noise",
                       recipe=("unpublished; mDPO's bunny/config.yaml", {**_MDPO_RECIPE, "m_prime": "noise"})),

@@ -316,3 +316,27 @@ def test_eval_bench_amber(tmp_path, monkeypatch):
     saved = [json.loads(line) for line in open(tmp_path / "o" / "answers-base-amber.jsonl")]
     assert saved[6]["id"] == 7 and saved[6]["nouns"] == ["horse", "grass", "fence", "tree"]
     assert saved[6]["hallucinated"] == ["tree"] and saved[12] == {**saved[12], "read": "No", "correct": True}
+
+
+def test_eval_py_says_which_amber_path_is_wrong(tmp_path):
+    """A checkout given for a query file, a query file outside any checkout, a missing one, and
+    the AMBER options without --bench amber: one line each, naming the path, before any model."""
+    import eval as evaluate
+    from mmpo.cli import UserError
+    query = write_amber(tmp_path / "AMBER")
+    stray = tmp_path / "query_all.json"
+    stray.write_text(open(query).read())
+
+    def error(*argv) -> str:
+        with pytest.raises(UserError) as e:
+            evaluate.parse_args(["--model", "tiny-llava", *map(str, argv)])
+        return str(e.value)
+    assert error("--bench", "amber", tmp_path / "AMBER") == (
+        f"--bench amber {tmp_path / 'AMBER'}: a folder: give one of its query files, as {query}")
+    assert error("--bench", "amber", tmp_path / "nope.json") == (
+        f"--bench amber {tmp_path / 'nope.json'}: no such file (one of AMBER's data/query/query_*.json)")
+    assert error("--bench", "amber", stray) == (
+        f"--bench amber {stray}: not in an AMBER checkout (DIR/data/query/FILE): give --amber-folder DIR")
+    assert evaluate.parse_args(["--model", "tiny-llava", "--bench", "amber", str(stray), "--amber-folder",
+                                str(tmp_path / "AMBER")]).amber_images == str(tmp_path / "AMBER" / "image")
+    assert error("--bench", "pope", stray, "--amber-folder", tmp_path / "AMBER") == "--amber-folder: only with --bench amber"

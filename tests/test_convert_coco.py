@@ -130,7 +130,7 @@ def test_object_halbench_images_and_prompts(tmp_path, coco, capsys):
     assert convert("coco-chair", coco, out, "--image-ids", halbench, "--image-folder", tmp_path / "val2014") == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [
-        f"{coco}/instances_val2014.json: row 3: image 999999 is not in instances_val2014.json; skipped"]
+        f"{halbench}: row 3: image 999999 is not in instances_val2014.json; skipped"]  # the line of --image-ids
     rows = rows_of(out)
     # exactly the listed images, in the file's order, each with its own question
     assert [(r["id"], r["prompt"], r["objects"]) for r in rows] == [
@@ -144,6 +144,12 @@ def test_object_halbench_images_and_prompts(tmp_path, coco, capsys):
     one = write_jsonl(tmp_path / "one.jsonl", [{"image_id": 554625, "question": "Q?", "image": jpeg("red")}])
     assert convert("coco-chair", coco, tmp_path / "p", "--image-ids", one, "--prompt", "Describe it.") == 0
     assert [r["prompt"] for r in rows_of(tmp_path / "p")] == ["Describe it."]
+    # a row without an embedded image, and no --image-folder: the line says where the file was sought
+    capsys.readouterr()
+    assert convert("coco-chair", coco, tmp_path / "q", "--image-ids", halbench) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{halbench}: row 4: image file not found: {coco}/COCO_val2014_000000184613.jpg (no embedded image: "
+        f"--image-folder is where COCO's images are); skipped")
 
 
 @pytest.mark.parametrize("args, line", [

@@ -196,3 +196,39 @@ def test_memory_does_not_grow_with_the_file(pa, tmp_path):
         size = os.path.getsize(src) / 2 ** 20
     assert size > 50  # the larger file: 4x the smaller one's images
     assert peaks[400] - peaks[100] < 20, peaks  # read whole: +45-60 MiB; a page at a time: +2-8
+
+
+def test_trl_as_hf_datasets_stores_it(pa, tmp_path, capsys):
+    """TRL's format as parquet shards (HuggingFaceH4/rlaif-v_formatted's data/train-*.parquet):
+    conversational messages whose parts are structs (an image part's text is null), images a list
+    of {bytes, path}; the same rows as the JSONL form. A parquet file given to a JSON Lines format
+    is one line."""
+    import pyarrow.parquet as pq
+    part = pa.struct([("text", pa.string()), ("type", pa.string())])
+    message = pa.list_(pa.struct([("content", pa.list_(part)), ("role", pa.string())]))
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("chosen", message), ("rejected", message), ("images", pa.list_(image)), ("prompt", message)])
+
+    def row(color, question, chosen, images=1):
+        say = lambda role, text: [{"content": [{"text": text, "type": "text"}], "role": role}]  # noqa: E731
+        return {"chosen": say("assistant", chosen), "rejected": say("assistant", "Green."),
+                "images": [{"bytes": image_bytes(color), "path": None}] * images,
+                "prompt": [{"content": [{"text": None, "type": "image"}, {"text": question, "type": "text"}],
+                            "role": "user"}]}
+    shards = tmp_path / "data"
+    shards.mkdir()
+    pq.write_table(pa.Table.from_pylist([row("red", "What colour?", "Red."), row("red", "Again?", "Red.", images=2)],
+                                        schema=schema), str(shards / "train-00000-of-00002.parquet"))
+    pq.write_table(pa.Table.from_pylist([row("blue", "And this?", "Blue.")], schema=schema),
+                   str(shards / "train-00001-of-00002.parquet"))
+    assert run(["trl", str(shards), str(tmp_path / "out")]) == 0
+    rows = read_rows(str(tmp_path / "out" / "data.jsonl"), PREFERENCE)
+    assert [(r["id"], r["prompt"], r["chosen"]) for r in rows] == [("1", "What colour?", "Red."), ("3", "And this?", "Blue.")]
+    with Image.open(rows[1]["image"]) as img:
+        assert img.getpixel((4, 4)) == (0, 0, 255)
+    assert capsys.readouterr().err.splitlines() == [
+        f"{shards / 'train-00000-of-00002.parquet'}: row 2: field 'images': mmpo takes exactly one image per row, "
+        "got 2 images; skipped"]
+    # POPE's question files are JSON Lines: a parquet file is one line, not a line per row
+    assert run(["pope", str(shards / "train-00001-of-00002.parquet"), str(tmp_path / "pope")]) == 2
+    assert capsys.readouterr().err == f"error: {shards / 'train-00001-of-00002.parquet'}: a parquet file, expected JSON Lines\n"

@@ -177,8 +177,8 @@ def rows(path: str, settings: dict):
             ids = random.Random(settings["seed"]).sample(ids, min(settings["images"], len(ids)))
         listed = ((n, {"image_id": i}) for n, i in enumerate(ids, 1))
     else:
-        listed = jsonl_rows(settings["image_ids"]["path"])
-    for n, src in listed:
+        listed = ((f"{settings['image_ids']['path']}: row {n}", src) for n, src in jsonl_rows(settings["image_ids"]["path"]))
+    for n, src in listed:  # n: a draw's position, or where in the --image-ids file
         try:
             if isinstance(src, Malformed):
                 raise src
@@ -204,7 +204,10 @@ def row(src: dict, ctx) -> dict:
             raise Malformed(f"field 'image': must be the image as base64 text, got {shown(src['embedded'])}")
         image = save_bytes(src["embedded"], ctx)
     else:
-        image = image_path(src["file_name"], ctx)
+        try:
+            image = image_path(src["file_name"], ctx)
+        except Malformed as e:
+            raise Malformed(f"{e} (no embedded image: --image-folder is where COCO's images are)") from None
     if not src["objects"]:
         ctx["stats"]["images with no instance label"] += 1
     return {"image": image, "prompt": src["prompt"], "objects": src["objects"], "captions": src["captions"]}

@@ -22,7 +22,7 @@ SETTINGS = "convert.json"  # beside OUT/data.jsonl: what decided its rows
 NAMES = {"format": "the format", "src": "SRC", "src_size": "SRC's size", "src_mtime": "SRC's modification time",
          "image_folder": "--image-folder"}
 FORMATS = {**formats.FORMATS, **papers.FORMATS}
-PARQUET = ("rlaif-v", "rlhf-v", "napo", "symmpo")  # SRC may be a folder of shards
+PARQUET = ("trl", "rlaif-v", "rlhf-v", "napo", "symmpo")  # SRC may be a folder of shards
 # A format with options of its own is a module: add_options(parser); settings(args), which checks
 # them and returns what they add to the settings; rows(SRC, settings) and row(src, ctx), as FORMATS'.
 WITH_OPTIONS = {"coco-chair": coco}

@@ -11,7 +11,9 @@ papers.py):
   (standard) or message lists (conversational): [{"role": "user", "content": [{"type": "image"},
   {"type": "text", "text": Q}]}] and one assistant message for each answer; a content is a string
   or a list of parts. mmpo scores one image and one turn: a row with no image or several, or a
-  prompt of several messages (a system message too), is malformed. Read line by line.
+  prompt of several messages (a system message too), is malformed. Read line by line; or, as HF
+  datasets stores such a release (rlaif-v_formatted's data/train-*.parquet), parquet: one file or
+  the folder of its shards.
 - ``llava``: LLaVA's conversation JSON, for ``train.py --objective sft`` (LLaVA's
   docs/Finetune_Custom_Data.md: https://github.com/haotian-liu/LLaVA; llava_v1_5_mix665k.json):
   a list of {"id", "image" (text-only rows have none), "conversations": [{"from": "human",
@@ -93,6 +95,8 @@ def save_bytes(data, ctx) -> str:
 def jsonl_rows(path: str):
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
+            if n == 1 and line.startswith(b"PAR1"):
+                raise UserError(f"{path}: a parquet file, expected JSON Lines")
             if n == 1 and line.lstrip(b"\xef\xbb\xbf \t").startswith(b"["):
                 raise UserError(f"{path}: a JSON list, expected JSON Lines (one row per line; LLaVA's JSON is format llava)")
             if line.strip():
@@ -121,6 +125,15 @@ def one_turn(value, field: str, role: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise Malformed(f"field '{field}': must be a non-empty string or one {role} message, got {shown(value)}")
     return value
+
+
+def trl_rows(src: str):
+    """JSON Lines, or parquet (a file, or a folder of shards)."""
+    if not os.path.isdir(src):
+        with open(src, "rb") as f:
+            if f.read(4) != b"PAR1":  # parquet's magic bytes
+                return jsonl_rows(src)
+    return parquet_rows(src, "trl", ("images", "prompt", "chosen", "rejected"))
 
 
 def trl_row(src: dict, ctx) -> dict:
@@ -270,4 +283,4 @@ def embedded(src: dict, field: str, ctx) -> str:
         raise Malformed(f"field '{field}': {e}") from None
 
 
-FORMATS = {"trl": (jsonl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}
+FORMATS = {"trl": (trl_rows, trl_row), "llava": (llava_rows, llava_row), "pope": (pope_rows, pope_row)}

@@ -30,7 +30,10 @@ HINTS["--segmenter"] = HINTS["--detector"]
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(prog="python -m mmpo.prepare", description="Build each method's training data from a preference JSONL.")
+    p = cli.Parser(prog="python -m mmpo.prepare", description="Build each method's training data from a preference JSONL.",
+                   epilog="Offline (no model hub): set HF_HUB_OFFLINE=1, and give local model folders or tiny-* models; "
+                          "mfpo's --regions random|global (or --segmenter '' with a local --detector) need no detector "
+                          "download.")
     p.add_argument("method", choices=("mfpo", "napo", "symmpo"))
     p.add_argument("--data", required=True, help="input preference JSONL (never modified)")
     p.add_argument("--out", required=True, help="output directory: data.jsonl, images/ and prepare.json (the settings)")
