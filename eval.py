@@ -376,10 +376,11 @@ def markdown(columns: list[str], table: dict, bases: list[str], chair_variant: s
         return "" if v is None else v if isinstance(v, str) else f"{v:.4g}"
     rows = [[f"{k} {direction(k)}".strip(), *(cell(table[c].get(k)) for c in columns)]
             for k in dict.fromkeys(k for c in columns for k in table[c])]
+    rewards = any(k.endswith("reward_acc") for c in columns for k in table[c])
     return cli.markdown_table(["metric", *columns], [["base model", *bases], *rows]) + (
         "\n↑ higher is better, ↓ lower is better, no arrow: neither. `*/examples`: the examples behind the figures "
-        "below it. Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model."
-        + (f" {CHAIR_READ_BY[chair_variant]}" if chair_variant else "") + "\n")
+        "below it." + (" Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model."
+                       if rewards else "") + (f" {CHAIR_READ_BY[chair_variant]}" if chair_variant else "") + "\n")
 
 
 def training_curves(run: str | None) -> dict[str, tuple[list, list]]:

@@ -313,6 +313,7 @@ def test_eval_bench_amber(tmp_path, monkeypatch):
     table = open(tmp_path / "o" / "eval.md").read()
     assert "| amber/generative/chair ↓ | 38.5 |" in table and "| amber/generative/cover ↑ | 46.2 |" in table
     assert "| amber/synonyms | exact only (deviation: no spaCy en_core_web_lg) |" in table
+    assert "Implicit rewards" not in table  # no --data: no implicit reward in the table to explain
     saved = [json.loads(line) for line in open(tmp_path / "o" / "answers-base-amber.jsonl")]
     assert saved[6]["id"] == 7 and saved[6]["nouns"] == ["horse", "grass", "fence", "tree"]
     assert saved[6]["hallucinated"] == ["tree"] and saved[12] == {**saved[12], "read": "No", "correct": True}

@@ -267,6 +267,7 @@ def test_the_table_says_which_way_is_better_and_on_how_many_examples(together):
     assert table[2] == "| base model | tiny-llava | tiny-qwen2vl | tiny-llava | tiny-llava | tiny-qwen2vl |"
     rows = {line.split(" | ")[0][2:]: line for line in table[3:] if line.startswith("| ")}
     assert rows["data/examples"] == "| data/examples | 4 | 4 | 4 | 4 | 4 |"
+    assert "Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model." in table[-1]
     for name in ("pref/rejected/reward_acc ↑", "reliance/crop/cond_acc ↑", "reliance/sighted_minus_blind ↑",
                  "chair/chair_s ↓", "chair/chair_i ↓", "chair/coverage ↑", "pope/f1 ↑", "pope/unparsed ↓",
                  # neither: counts, lengths, the yes-ratio, the blind accuracy (read against the sighted one)
