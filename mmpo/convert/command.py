@@ -31,9 +31,10 @@ WITH_OPTIONS = {"coco-chair": coco}
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m mmpo.convert", description="Convert a released dataset to mmpo's JSONL.")
     p.add_argument("format", choices=(*FORMATS, *WITH_OPTIONS))
-    p.add_argument("src", help="the released file (never modified): TRL's JSONL, LLaVA's JSON list, a POPE question file, "
-                               "mDPO's JSON list, or a parquet file of RLAIF-V's, RLHF-V's, NaPO's or SymMPO's release (or a folder "
-                               "of its shards), or COCO's instances file (coco-chair; or the folder holding it)")
+    p.add_argument("src", help="the released file (never modified): TRL's JSONL or parquet, LLaVA's JSON list, a POPE "
+                               "question file, mDPO's JSON list, a parquet file of RLAIF-V's, RLHF-V's, NaPO's or "
+                               "SymMPO's release (parquet: or the folder of its shards), or COCO's instances file "
+                               "(coco-chair; or the folder holding it)")
     p.add_argument("out", help="output folder: data.jsonl, images/ (the embedded images) and convert.json (the settings)")
     p.add_argument("--image-folder", default=None, help="where relative image paths start (default: SRC's folder)")
     p.add_argument("--overwrite", action="store_true",
