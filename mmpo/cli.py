@@ -4,6 +4,7 @@ Light on purpose (no torch, no transformers at import), so that ``--help`` and o
 answer at once.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -58,6 +59,15 @@ def first_line(e: Exception, limit: int = 200) -> str:
     """An exception as one line: its message's first line (at most ``limit`` characters), or its type."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_json(path: str, hint: str = ""):
+    """A JSON file's content; a file that is not JSON is one line (``hint``: what it should be)."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
+        raise UserError(f"{path}: not a JSON file ({first_line(e)}){hint}") from None
 
 
 def run(main, *args, light: bool = False) -> int:

@@ -44,11 +44,10 @@ Which images:
 An image that SRC does not hold, or whose file is missing, is one line (with its row: the
 position in the sample, or the line of --image-ids) and is skipped.
 """
-import json
 import os
 import random
 
-from mmpo.cli import UserError, first_line
+from mmpo.cli import UserError, read_json
 from mmpo.convert.formats import Malformed, image_path, jsonl_rows, save_bytes, shown
 from mmpo.evaluation.chair import to_category
 
@@ -117,11 +116,7 @@ def settings(args) -> dict:
 
 def load(path: str, need: dict) -> dict:
     """One of COCO's annotation files, read whole; ``need``: list fields -> the keys each item has."""
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
-        raise UserError(f"{path}: not a JSON file ({first_line(e)})") from None
+    data = read_json(path)
     what = "instances" if "categories" in need else "captions"
     for field, keys in need.items():
         items = data.get(field) if isinstance(data, dict) else None

@@ -44,7 +44,7 @@ from collections import Counter
 
 from PIL import Image, UnidentifiedImageError
 
-from mmpo.cli import UserError, first_line
+from mmpo.cli import UserError, first_line, read_json
 from mmpo.files import write_atomic
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
@@ -151,11 +151,7 @@ def trl_row(src: dict, ctx) -> dict:
 
 def json_list_rows(path: str, what: str):
     """(position, row) of a file that is one JSON list of ``what``, read whole."""
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise UserError(f"{path}: not a JSON file ({first_line(e)}); {what} are one JSON list") from None
+    data = read_json(path, f"; {what} are one JSON list")
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of {what}, got a {type(data).__name__}")
     yield from enumerate(data, 1)

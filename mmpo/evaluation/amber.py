@@ -62,11 +62,10 @@ figures appear when the queries hold all three dimensions; a group with no quest
 by inference.py, nor here.
 """
 import functools
-import json
 import os
 import warnings
 
-from mmpo.cli import UserError
+from mmpo.cli import UserError, read_json
 from mmpo.evaluation.metrics import parse_yes_no
 
 SIMILARITY = 0.8  # inference.py's --similarity_score
@@ -86,11 +85,7 @@ COUNTERS = ["chair_score", "chair_num", "safe_cover_score", "safe_cover_num", "h
 def _load_json(path: str, hint: str = " (give --amber-folder, AMBER's checkout)"):
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file{hint}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not a JSON file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return read_json(path)
 
 
 def _first(problems: list[str]):
