@@ -1,7 +1,8 @@
 """TRL's DPOTrainer timed on mmpo.bench's model, data and batch: ``python -m mmpo.bench --compare-trl``.
 
-mmpo never imports TRL (no trainer framework in the package): this script, which nothing imports, is
-what the bench runs by its path, in a process of its own, when TRL happens to be installed. It
+It is the bench's TRL half, kept outside the package because mmpo never imports TRL (no trainer
+framework in the package): nothing imports it; the bench runs it by its path, in a process of its
+own, when TRL happens to be installed, and it measures as the bench does (mmpo/bench/measure.py). It
 builds the same policy as the bench (tiny LLaVA at the same shape, vision tower frozen, fully
 fine-tuned), a frozen copy as TRL's reference, the bench's first ``batch_size`` examples as TRL's
 conversational records, and trains ``steps + 1`` steps of that one batch with TRL's defaults except
@@ -32,9 +33,8 @@ import torch
 import transformers
 
 from mmpo.bench.measure import SHAPES, AddedPeak
-from mmpo.config import Config
-from mmpo.models import freeze_vision_tower, tiny_llava
-from mmpo.recipes import resolve
+from mmpo.models import freeze_vision_tower
+from mmpo.tiny import tiny_llava
 
 
 def records(path: str, n: int) -> list[dict]:
@@ -67,7 +67,8 @@ def main(spec: dict) -> dict:
     from trl import DPOConfig, DPOTrainer
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    cfg = resolve(Config(objective="dpo"), set())
+    import train  # the checkout's (the bench puts it on the path): the settings a run of train.py has
+    cfg = train.resolve(train.Config(objective="dpo"))
     model, processor = tiny_llava(**SHAPES[spec["shape"]])
     freeze_vision_tower(model)
     reference = copy.deepcopy(model).eval().requires_grad_(False)

@@ -41,9 +41,10 @@ import sys
 from mmpo.evaluation.columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
-from mmpo.config import LIMITS as TRAIN_LIMITS, Config
+from mmpo.common.util import markdown_table
+from mmpo.constants import LOGPS_CHUNK, SHARE_PREFIX
 from mmpo.evaluation import amber
-from mmpo.evaluation.chair import CHAIR_VARIANTS, opera_unavailable
+from mmpo.common.chair import CHAIR_VARIANTS, opera_unavailable
 from mmpo.evaluation.metrics import POPE_PARSERS
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
@@ -89,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt + image + response tokens when scoring --data; responses are cut to fit, an example "
                         "whose prompt and image alone reach it is an error")
     # --data is scored as train.py scores it: these two are train.py's options, with its defaults
-    p.add_argument("--logps-chunk", type=int, default=Config.logps_chunk,
+    p.add_argument("--logps-chunk", type=int, default=LOGPS_CHUNK,
                    help="response positions whose full-vocabulary logits exist at once when scoring --data, as in "
                         "train.py (exact); 0: every response position at once")
-    p.add_argument("--prefix-sharing", action=argparse.BooleanOptionalAction, default=Config.prefix_sharing,
+    p.add_argument("--prefix-sharing", action=argparse.BooleanOptionalAction, default=SHARE_PREFIX,
                    help="score each image + prompt prefix of --data once for all the views on it, as in train.py "
                         "(exact); --no-prefix-sharing: every view as a full sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the corrupted images m' (crop, noise)")
@@ -124,7 +125,7 @@ LIMITS = {
     "max_new_tokens": (lambda v: v >= 1, "at least 1"),
     "num_beams": (lambda v: v >= 1, "at least 1 (1: greedy)"),
     "beta": (lambda v: 0 < v < math.inf, "a positive number"),
-    "logps_chunk": TRAIN_LIMITS["logps_chunk"],
+    "logps_chunk": (lambda v: v >= 0, "0 (off) or more"),
 }
 
 
@@ -195,12 +196,14 @@ if __name__ == "__main__":  # --help and every mistake above answer at once, bef
 import torch
 from tqdm import tqdm
 
-from mmpo import files
-from mmpo.evaluation import chair, metrics
+from mmpo.common import chair
+from mmpo.common.lock import locked
+from mmpo.evaluation import metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps
-from mmpo.rows import DataError, load_image, read_rows
+from mmpo.images import load_image
+from mmpo.rows import DataError, read_rows
 
 EXTRA_NEGATIVES = {"lang_biased": "lang_biased", "vision_biased": "vision_biased", "contrast_on_image": "contrast_chosen"}
 
@@ -377,7 +380,7 @@ def markdown(columns: list[str], table: dict, bases: list[str], chair_variant: s
     rows = [[f"{k} {direction(k)}".strip(), *(cell(table[c].get(k)) for c in columns)]
             for k in dict.fromkeys(k for c in columns for k in table[c])]
     rewards = any(k.endswith("reward_acc") for c in columns for k in table[c])
-    return cli.markdown_table(["metric", *columns], [["base model", *bases], *rows]) + (
+    return markdown_table(["metric", *columns], [["base model", *bases], *rows]) + (
         "\n↑ higher is better, ↓ lower is better, no arrow: neither. `*/examples`: the examples behind the figures "
         "below it." + (" Implicit rewards (`reward_acc`, `reward_margin`) are against each column's base model."
                        if rewards else "") + (f" {CHAIR_READ_BY[chair_variant]}" if chair_variant else "") + "\n")
@@ -458,7 +461,7 @@ def main(args) -> dict:
     columns = args.columns
     benches = [(kind, name, read_bench(kind, path, args)) for (kind, path), name in zip(args.bench, args.bench_names)]
     negatives = data_negatives(args.data) if args.data else []
-    with files.locked(args.out, "eval.py"):  # one run per folder: a second eval.py (or train.py) there stops
+    with locked(args.out, "eval.py"):  # one run per folder: a second eval.py (or train.py) there stops
         return evaluate(args, columns, benches, negatives)
 
 

@@ -4,22 +4,25 @@
     python train.py --objective symmpo --model llava-hf/llava-1.5-7b-hf --data prefs.jsonl
     torchrun --nproc_per_node 8 train.py ...               # FSDP2 over 8 GPUs (gloo on CPU)
 
-Every option: ``python train.py --help`` (mmpo/config.py). ``main`` reads top to bottom:
+Every option: ``python train.py --help`` (mmpo/training/config.py). ``train`` reads top to bottom:
 configuration, data, model, reference, schedule, optimizer, the loop, the final model.
 ``train_step`` is the training step, the one definition of it (``python -m mmpo.bench`` times
 this one): encode the images, score the views, score the reference, call the objective's loss
 function, backward and step. Each call is one jump away, into the library: mmpo/logps.py,
 mmpo/reference.py, mmpo/recipes.py (which loss, views and options) and mmpo/objectives.py.
+train.py's own parts (settings, run folder, checkpoints, curriculum, reports) are in mmpo/training/.
 """
 import sys
 
 if __name__ == "__main__":  # --help and option errors answer at once, before torch is imported
-    from mmpo import cli, config, cpu_bf16
+    from mmpo import cli, cpu_bf16
+    from mmpo.training import config
     if cli.run(config.parse_args, sys.argv[1:], light=True):
         sys.exit(2)
     cpu_bf16.guard()  # before torch runs a bf16 kernel: on some CPUs one dies with SIGILL (mmpo/cpu_bf16.py)
 
 import contextlib
+import copy
 import functools
 import math
 import os
@@ -31,45 +34,36 @@ import time
 import torch
 from tqdm import tqdm
 
-from mmpo import checkpoint, cli, curriculum, distributed, files, lora, reference, report
+from mmpo import cli, distributed, lora
 from mmpo.cli import UserError
-from mmpo.config import Config, parse_args, typed_flags
+from mmpo.common.lock import locked
+from mmpo.constants import TINY_MODELS
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.logps import encode_images, sequence_logps, supports_fused_images
-from mmpo.models import TINY_MODELS, freeze_vision_tower, image_path_frozen, load_model
-from mmpo.objectives import shared_metrics
-from mmpo.recipes import OBJECTIVES, Objective, recipe_line, resolve
+from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
+from mmpo.recipes import OBJECTIVES, Objective
+from mmpo.reference import Reference
 from mmpo.synthetic import make_synthetic
+from mmpo.training import checkpoint, curriculum, fingerprint, folder, report
+from mmpo.training.config import Config, parse_args, recipe_line, resolve, resume_config, typed_flags
 
 
 # ---- configuration ---------------------------------------------------------------------------
 
 def configure(cfg: Config, typed: set[str], d, held: contextlib.ExitStack) -> Config:
-    """The run's settings. ``--resume``: the killed run's own, with only how long it runs and how
-    it reports taken from the command line. A new run: the objective's defaults filled in, and
-    ``--out`` claimed (a new run never lands on an old one). Options that cannot work together
-    stop here, before any model is loaded."""
-    if cfg.resume:
-        cfg = checkpoint.resume_config(cfg, typed, d.world)
-    cfg = resolve(cfg, typed)
-    cli.check_model_path("--model", cfg.model, TINY_MODELS)
-    report.check_report_to(cfg.report_to)
+    """The run's settings (a resumed run's own, or the objective's defaults filled in; options that
+    cannot work together stop in ``resolve``, before any model is loaded), and ``--out`` held and
+    claimed: a new run never lands on an old one."""
+    cfg = resolve(resume_config(cfg, typed, d.world) if cfg.resume else cfg, typed)
     if cfg.recipe == "paper" and d.main:
         print(recipe_line(cfg))
     if cfg.data and "model" not in typed and not cfg.resume and d.main:  # your data, and no model named
         print(f"warning: --data without --model trains {cfg.model}, a small random model built from config, to try "
               f"the pipeline; name the model to align with --model (a hub id or a local directory)")
-    if not OBJECTIVES[cfg.objective].reference and (cfg.ref_cache or cfg.refresh_ref_per_stage):
-        raise UserError(f"--objective {cfg.objective} has no reference model: leave out "
-                        f"{'--ref-cache' if cfg.ref_cache else '--refresh-ref-per-stage'}")
-    if cfg.redraw_m_prime and cfg.ref_cache:
-        raise UserError("--redraw-m-prime draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
-    if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
-        raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
     # last, once every check has passed: one run per folder (a second one stops here, in one line), then claim it
-    held.enter_context(files.locked(cfg.out, "train.py", d.main, "--resume" if cfg.resume else "--out"))
+    held.enter_context(locked(cfg.out, "train.py", d.main, "--resume" if cfg.resume else "--out"))
     if not cfg.resume:
-        checkpoint.claim_out(cfg.out, cfg.overwrite, d)
+        folder.claim_out(cfg.out, cfg.overwrite, d)
     return cfg
 
 
@@ -124,7 +118,7 @@ def load_policy(cfg: Config, d):
         if d.main and not os.path.isdir(base_model):
             model.save_pretrained(base_model)
             processor.save_pretrained(base_model)
-    model_fp = reference.model_fingerprint(cfg.model, model) if cfg.ref_cache or cfg.curriculum != "none" else ""
+    model_fp = fingerprint.model_fingerprint(cfg.model, model) if cfg.ref_cache or cfg.curriculum != "none" else ""
     freeze_vision_tower(model)
     if cfg.lora_rank > 0:
         targets = [t for t in cfg.lora_targets.split(",") if t] or None
@@ -135,7 +129,18 @@ def load_policy(cfg: Config, d):
     return model, processor, base_model, model_fp
 
 
-def place(model, ref: reference.Reference, cfg: Config, d):
+def make_reference(model, cfg: Config, objective: Objective, d) -> Reference:
+    """The reference this run needs (mmpo/reference.py): under LoRA the policy with its adapters
+    off, under full fine-tuning a frozen copy (taken here, before sharding, while it is whole),
+    with --ref-cache the cache (filled in ``reference_over``), none for SFT."""
+    frozen = None
+    if objective.reference and cfg.lora_rank == 0 and not cfg.ref_cache:
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    return Reference(model, frozen, enabled=objective.reference, out=cfg.out, share_prefix=cfg.prefix_sharing,
+                     chunk=cfg.logps_chunk, d=d)
+
+
+def place(model, ref: Reference, cfg: Config, d):
     """Activation checkpointing, the device, and FSDP2 (each block, then the root) for the policy,
     and the same sharding for a frozen reference copy."""
     if cfg.activation_checkpointing:
@@ -151,7 +156,7 @@ def place(model, ref: reference.Reference, cfg: Config, d):
     model.train()
 
 
-def reference_over(steps, ref: reference.Reference, cfg: Config, dataset, eval_set, model_fp: str, pad: int, autocast):
+def reference_over(steps, ref: Reference, cfg: Config, dataset, eval_set, model_fp: str, pad: int, autocast):
     """The reference along the schedule, for training and for the held-out set. With
     --refresh-ref-per-stage the policy becomes the reference at each curriculum stage's first step
     (MFPO's iterative alignment). With --ref-cache its log-probs of the training data (and of the
@@ -162,7 +167,7 @@ def reference_over(steps, ref: reference.Reference, cfg: Config, dataset, eval_s
         return ref, ref
 
     def cached(path, ds):
-        return ref.cached(path, reference.cache_fingerprint(model_fp, ds, cfg), ds, cfg.batch_size, pad, autocast,
+        return ref.cached(path, fingerprint.cache_fingerprint(model_fp, ds, cfg), ds, cfg.batch_size, pad, autocast,
                           cfg.num_workers)
     train_ref = cached(cfg.ref_cache, dataset)
     return train_ref, cached(cfg.ref_cache + ".eval", eval_set) if eval_set is not None else train_ref
@@ -177,7 +182,7 @@ def schedule(cfg: Config, dataset, model, model_fp: str, pad: int, d) -> list:
     global_batch = cfg.batch_size * cfg.grad_accum * d.world
     stages = [list(range(len(dataset)))]
     if cfg.curriculum == "easy-to-hard":
-        fp = reference.fingerprint(model_fp, dataset.path, {"score": "entropy", "max_length": cfg.max_length})
+        fp = fingerprint.fingerprint(model_fp, dataset.path, {"score": "entropy", "max_length": cfg.max_length})
         scores = curriculum.difficulties(model, dataset, cfg.batch_size, pad, fp, d)
         stages = curriculum.stages([r["id"] for r in dataset.rows], scores)
     stages = drop_overlong(dataset, stages, cfg, d)
@@ -199,8 +204,8 @@ def drop_overlong(dataset, stages, cfg: Config, d) -> list[list[int]]:
     """Check every example once before training: one whose prompt and image alone exceed
     --max-length cannot be trained on, so it leaves the schedule (and is reported) instead of
     silently thinning some batches; if none is left, stop."""
-    loader = distributed.share_loader(dataset, cfg.batch_size, d, lambda ex: [(e.id, e.skip) for e in ex], cfg.num_workers)
-    skips = distributed.merge_dicts({i: why for part in loader for i, why in part if why}, d)
+    skips = distributed.score_all(dataset, cfg.batch_size, d, lambda ex: [(e.id, e.skip) for e in ex],
+                                  lambda part: {i: why for i, why in part if why}, num_workers=cfg.num_workers)
     if not skips:
         return stages
     index = {r["id"]: k for k, r in enumerate(dataset.rows)}
@@ -300,19 +305,17 @@ def train_step(model, ref, batches: list, objective: Objective, options: dict, o
             policy, lengths = sequence_logps(model, batch, features, cfg.prefix_sharing, cfg.logps_chunk)
             # 3. score the reference: adapters off, a frozen copy, or the cache (mmpo/reference.py)
             ref_logps = ref.logps(batch, features).to(policy)
-        # 4. the objective's loss function, on {view: (examples,)}
+        # 4. the objective's loss function (objective.fn, mmpo/objectives.py) on {view: (examples,)}, with
+        #    what every objective logs alike
         policy, ref_logps, lengths = batch.split(policy), batch.split(ref_logps), batch.split(lengths.float())
-        args = (policy, ref_logps, lengths) if objective.needs_lengths else (policy, ref_logps)
-        loss, own = objective.fn(*args, **options)
+        loss, metrics = objective.loss(policy, ref_logps, lengths, options)
         loss = loss.mean()
         if not distributed.all_ranks_have(int(torch.isfinite(loss)), d):
             optimizer.zero_grad(set_to_none=True)
             return None, seen, None
         # 5. backward; the gradients add up over the micro-batches
         (loss / len(batches)).backward()
-        beta = options.get("beta", 0.1) if objective.reference else None  # 0.1: every loss's default
-        metrics = {"loss": loss.detach(), **shared_metrics(policy, ref_logps, objective.views, beta), **own}
-        for k, v in metrics.items():
+        for k, v in {"loss": loss.detach(), **metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         seen["micro"] += 1
         seen["samples"] += len(batch) * d.world
@@ -372,11 +375,11 @@ def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
     whole model; with --merge also OUT/merged, the adapters folded into a full model."""
     final = os.path.join(cfg.out, "final")
     if cfg.lora_rank > 0:
-        weights = checkpoint.full_trainable_state(model)  # every rank takes part in the gather
+        weights = distributed.full_state(model, trainable_only=True)  # every rank takes part in the gather
         if d.main:
             checkpoint.save_weights(model, final, weights, base_model)
     else:
-        full = checkpoint.full_state(model)
+        full = distributed.full_state(model)
         if d.main:
             plain = model
             if d.enabled:  # a sharded model cannot save_pretrained itself: load the gathered weights into a plain copy
@@ -395,14 +398,14 @@ def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
 
 def main(cfg: Config, typed: set[str] = frozenset()):
     d = distributed.setup()
-    created = checkpoint.first_missing(cfg.resume or cfg.out)
+    created = folder.first_missing(cfg.resume or cfg.out)
     with contextlib.ExitStack() as held:  # what the run holds to its end: its folder's lock (configure)
         return train(cfg, typed, d, created, held)
 
 
 def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib.ExitStack):
     # a new run that stops before its first step takes back what it wrote (never an older run's files)
-    with checkpoint.undone_on_failure(cfg.resume or cfg.out, created, d.main and not cfg.resume):
+    with folder.undone_on_failure(cfg.resume or cfg.out, created, d.main and not cfg.resume):
         cfg = configure(cfg, typed, d, held)
         objective = OBJECTIVES[cfg.objective]  # its loss function, views, options (mmpo/recipes.py)
         options = objective.options(cfg, d)
@@ -413,7 +416,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
         for ds in [s for s in (dataset, eval_set) if s is not None]:
             ds.processor = processor
         pad = pad_id(processor.tokenizer)
-        ref = reference.Reference.for_run(model, cfg, objective.reference, d)  # before sharding: a frozen copy is whole
+        ref = make_reference(model, cfg, objective, d)  # before sharding: a frozen copy is whole
         place(model, ref, cfg, d)
         groups = param_groups(model, cfg)
         params = [p for g in groups for p in g["params"]]
@@ -432,7 +435,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
         step, nonfinite = state["step"], state["nonfinite"]
 
         if d.main:  # written once everything checked out: from now on this folder holds a run
-            checkpoint.write_config(cfg)
+            folder.write_config(cfg)
 
     # ---- the loop ----------------------------------------------------------------------------
     log = report.MetricsLog(cfg.out, cfg.report_to, d.main)

@@ -1,10 +1,9 @@
-"""What the command-line programs share: user errors are one line on stderr and exit status 2.
+"""What every command line shares: user errors are one line on stderr and exit status 2.
 
 Light on purpose (no torch, no transformers at import), so that ``--help`` and option errors
 answer at once.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -29,45 +28,10 @@ def check_limits(values, limits: dict):
             raise UserError(f"--{name.replace('_', '-')} {value}: must be {what}")
 
 
-def looks_like_path(name: str) -> bool:
-    """A model name that can only be a local folder: it starts with . / ~, exists, has more than
-    one / or a backslash (transformers would try anything else as a hub id)."""
-    return name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") > 1 or "\\" in name
-
-
-def check_model_path(flag: str, name: str, tiny: tuple[str, ...] = ()):
-    """A model name that ``looks_like_path`` must be a model directory; anything else is left to
-    transformers as a hub id, which would answer a mistyped path with a puzzling message about
-    repo ids."""
-    if not name.strip():
-        raise UserError(f"{flag} is empty")
-    if name in tiny or not looks_like_path(name):
-        return
-    if not os.path.isdir(name):
-        raise UserError(f"{flag} {name}: no such directory")
-    if not os.path.isfile(os.path.join(name, "config.json")):
-        raise UserError(f"{flag} {name}: not a model directory (no config.json)")
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """A markdown table; each cell as given (format numbers before)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
-
-
 def first_line(e: Exception, limit: int = 200) -> str:
     """An exception as one line: its message's first line (at most ``limit`` characters), or its type."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def read_json(path: str, hint: str = ""):
-    """A JSON file's content; a file that is not JSON is one line (``hint``: what it should be)."""
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both
-        raise UserError(f"{path}: not a JSON file ({first_line(e)}){hint}") from None
 
 
 def run(main, *args, light: bool = False) -> int:

@@ -5,8 +5,8 @@ field; a batch holds every view of every example, so one forward pass scores the
 
 Where m' is made. Diffusion noise goes on the processor's normalized pixels (``noise_inputs``), as in
 VCD: at t = 500 the residual has std sqrt(1 - abar_500) = 0.505 at any image size. Noise on the
-raw image would be averaged away by the processor's downscale: on a 336-px CLIP processor its
-std measured 0.83, 0.48 and 0.24 for 336x336, 640x480 and 1365x1024 images. The crop (mDPO) is
+raw image would be averaged away by the processor's downscale, the more the larger the image
+(mmpo/bench/RESULTS.md has the measured figures). The crop (mDPO) is
 cut from the decoded image and resized back to its size, before the processor; released mDPO
 crops the processed square tensor instead. The two agree for square images; under a
 centre-cropping processor (LLaVA-1.5's CLIP) a non-square image's m' is the central square of
@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 
 from mmpo import perturb
-from mmpo.config import M_PRIMES
+from mmpo.constants import M_PRIMES, NOISE_STEP, VIEWS
+from mmpo.images import load_image, to_pil, to_tensor
 from mmpo.perturb import stable_seed
-from mmpo.rows import VIEWS, DataError, load_image, read_rows, required_fields, to_pil, to_tensor
+from mmpo.rows import DataError, read_rows, required_fields
 
 
 def pixel_keys(inputs: dict) -> list[str]:
@@ -56,22 +57,6 @@ def chat_prompt(processor, prompt: str, with_image: bool = True) -> str:
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
-# LLaVA's ``llava_v1`` conversation (haotian-liu/LLaVA llava/conversation.py, conv_llava_v1): LLaVA-1.5's
-# own format, in which NaPO's released code generates its biased answers.
-LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-
-
-def llava_v1_prompt(prompt: str, with_image: bool = True, image_token: str = "<image>") -> str:
-    """One user turn in the ``llava_v1`` conversation, ready for the answer: the system prompt,
-    " " (its first separator), "USER: " + the message, " " (the separator after a user turn),
-    then "ASSISTANT:" (sep2 "</s>" comes only after an answer). The message is the image token
-    and a newline before the text, as LLaVA writes it; an empty text leaves "<image>\n" alone
-    (NaPO's image-only prompt), no image leaves the text alone (its question-only prompt)."""
-    message = (image_token + "\n" if with_image else "") + prompt
-    return f"{LLAVA_V1_SYSTEM} USER: {message} ASSISTANT:"
-
-
 @dataclass
 class Example:
     """One tokenized example: a prompt per image, a response per field, image tensors."""
@@ -101,7 +86,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
             raise ValueError(f"unknown m' {m_prime!r}: choose one of {', '.join(M_PRIMES)}")
         self.path, self.processor, self.views = path, processor, tuple(views)
         self.m_prime, self.seed, self.max_length, self.redraw = m_prime, seed, max_length, redraw
-        self.noise_step = 500 if noise_step is None else noise_step  # VCD's and MFPO's t
+        self.noise_step = NOISE_STEP if noise_step is None else noise_step
         self.prefer_field = prefer_field  # use a row's corrupt_image / noise_step when it has one
         self.rows = read_rows(path, required_fields(self.views, m_prime))
         if noise_step is not None and prefer_field:  # an explicit t must not silently differ from the data's
@@ -217,7 +202,7 @@ class Batch:
     image_index: torch.Tensor  # (N,) index into images; -1: no image (a text-only SFT row)
     images: list[dict]  # distinct images, each the processor's image tensors for it
     extra: dict = field(default_factory=dict)  # other per-token inputs (e.g. mm_token_type_ids), (N, P + R)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # why each example left out was too long
 
     def __len__(self):
         return len(self.ids)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 @dataclass
@@ -112,15 +113,25 @@ def rank_slice(indices: list[int], d: Dist) -> list[int]:
     return indices[d.rank * n:(d.rank + 1) * n]
 
 
-def share_loader(dataset, batch_size: int, d: Dist, collate_fn, num_workers: int = 0, generator=None):
-    """One pass over every example of ``dataset``, each rank its share: for scoring the data
-    (checks, caches, held-out figures), not for training. Every rank gets the same number of
-    batches (its last ones wrap around to the start), as FSDP needs every rank in every forward."""
+def score_all(dataset, batch_size: int, d: Dist, collate_fn, score, *, num_workers: int = 0, generator=None,
+              desc: str | None = None) -> dict:
+    """Score every example of ``dataset`` once, each rank its share: ``score(batch)`` gives a dict
+    for each batch that ``collate_fn`` makes, and the union over every batch of every rank comes
+    back on every rank. For the checks, caches and held-out figures, not for training. Every rank
+    gets the same number of batches (its last ones wrap around to the start) and a batch is scored
+    only when no rank's is empty, as FSDP needs every rank in every forward. ``generator``: the
+    loader's own, so that a pass mid-run draws nothing from the training's RNG. ``desc``: a
+    progress bar (rank 0)."""
     per_rank = -(-len(dataset) // d.world)
     mine = [(d.rank + k * d.world) % len(dataset) for k in range(per_rank)]
     batches = [mine[i:i + batch_size] for i in range(0, per_rank, batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                       collate_fn=collate_fn, generator=generator)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=collate_fn, generator=generator)
+    scores = {}
+    for batch in tqdm(loader, desc=desc, disable=desc is None or not d.main):
+        if all_ranks_have(len(batch), d):
+            scores.update(score(batch))
+    return merge_dicts(scores, d)
 
 
 def merge_dicts(part: dict, d: Dist) -> dict:
@@ -130,3 +141,11 @@ def merge_dicts(part: dict, d: Dist) -> dict:
     parts = [None] * d.world
     dist.all_gather_object(parts, part)
     return {k: v for p in parts for k, v in p.items()}
+
+
+def full_state(model, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """Every weight (``trainable_only``: the trainable ones), gathered whole onto the CPU: a
+    collective under FSDP, which every rank calls."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    return get_model_state_dict(model, options=opts)

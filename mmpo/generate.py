@@ -7,7 +7,23 @@ answer is cut mid-sentence, and training must not append an end-of-sequence toke
 import torch
 from tqdm import tqdm
 
-from mmpo.data import chat_prompt, llava_v1_prompt, pad_id
+from mmpo.data import chat_prompt, pad_id
+
+
+# LLaVA's ``llava_v1`` conversation (haotian-liu/LLaVA llava/conversation.py, conv_llava_v1): LLaVA-1.5's
+# own format, in which NaPO's released code generates its biased answers.
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+def llava_v1_prompt(prompt: str, with_image: bool = True, image_token: str = "<image>") -> str:
+    """One user turn in the ``llava_v1`` conversation, ready for the answer: the system prompt,
+    " " (its first separator), "USER: " + the message, " " (the separator after a user turn),
+    then "ASSISTANT:" (sep2 "</s>" comes only after an answer). The message is the image token
+    and a newline before the text, as LLaVA writes it; an empty text leaves "<image>\n" alone
+    (NaPO's image-only prompt), no image leaves the text alone (its question-only prompt)."""
+    message = (image_token + "\n" if with_image else "") + prompt
+    return f"{LLAVA_V1_SYSTEM} USER: {message} ASSISTANT:"
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -25,7 +41,7 @@ def generate(model, processor, prompts: list[str], images: list | None, *, max_n
     tokens each generated before its end-of-sequence token: ``max_new_tokens`` means it was cut
     there (the count is of generated tokens, not of the decoded text tokenized again). Prompts go
     in the processor's chat template, or with ``llava_v1`` in LLaVA's ``llava_v1`` conversation
-    (``data.llava_v1_prompt``; the processor still expands its image token)."""
+    (``llava_v1_prompt``; the processor still expands its image token)."""
     tok = processor.tokenizer
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from the same last column

@@ -21,8 +21,8 @@ Four savings over scoring each view on its own, all exact (the same log-probs an
   response logits and their log-softmax are a step's largest tensors (N * R * V floats, three times
   over with the gradient). ``logps_head`` replaces the output layer for the scoring forward only,
   projecting ``chunk`` real response tokens at a time and recomputing each chunk's logits in the
-  backward pass. 256, not 1024: a 256 x 32000 chunk stays nearer the caches (2-core CPU, LLaVA-1.5
-  shape: a step 7.5% (DPO) and 11% (SymMPO) faster, with less memory).
+  backward pass. 256, not 1024: a 256 x 32000 chunk stays nearer the caches (the step times that
+  chose it: mmpo/bench/RESULTS.md).
 """
 import contextlib
 import inspect
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mmpo.config import Config
+from mmpo.constants import LOGPS_CHUNK, SHARE_PREFIX
 from mmpo.data import Batch
 
 
@@ -176,15 +176,6 @@ def prefix_groups(batch: Batch) -> list[list[int]]:
     return list(groups.values())
 
 
-def lm_positions(batch: Batch, share_prefix: bool) -> int:
-    """Token positions the language model processes for ``batch`` (padding included)."""
-    P, R = batch.prompt_len, batch.response_mask.shape[1]
-    if not share_prefix:
-        return len(batch.image_index) * (P + R)
-    groups = prefix_groups(batch)
-    return len(groups) * (P + max(map(len, groups)) * R)
-
-
 _warned: set[str] = set()
 
 
@@ -250,8 +241,8 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     return out[group_of[:, None], cols]  # (N, R, ...)
 
 
-def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = Config.prefix_sharing,
-                   chunk: int = Config.logps_chunk):
+def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = SHARE_PREFIX,
+                   chunk: int = LOGPS_CHUNK):
     """Summed log pi(response | image, prompt) of every row of ``batch``, ``(N,)``, and the rows'
     response lengths ``(N,)``. ``model``: image-text-to-text, possibly LoRA-wrapped or FSDP-sharded.
     ``image_features``: ``encode_images``'s output to reuse (the policy and the reference share it
@@ -273,7 +264,7 @@ def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool 
 def response_entropy(model, batch: Batch) -> torch.Tensor:
     """Mean over response tokens of the predictive entropy H = -sum_v p log p, per row ``(N,)``
     (MFPO's difficulty score: how unsure the model is while reading the answer)."""
-    logp = F.log_softmax(scored(model, batch, None, Config.prefix_sharing, _keep_logits).float(), dim=-1)  # (N, R, V)
+    logp = F.log_softmax(scored(model, batch, None, SHARE_PREFIX, _keep_logits).float(), dim=-1)  # (N, R, V)
     h = -(logp.exp() * logp).sum(-1)  # (N, R)
     mask = batch.response_mask.to(h.device)
     return (h * mask).sum(-1) / mask.sum(-1).clamp_min(1)

@@ -89,7 +89,7 @@ def mfpo(policy: dict, ref: dict, *, beta: float = 0.1, eta: float = 0.0,
         L_margin = -log sig(beta*logratio(chosen) - eta)      (h_resp, h_image as in mDPO)
 
     The loss has mDPO's shape; what makes MFPO is how m' is built (mmpo.perturb.diffusion_noise
-    on keyword regions) and the easy-to-hard curriculum (mmpo.curriculum).
+    on keyword regions) and the easy-to-hard curriculum (mmpo/training/curriculum.py).
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``chosen_on_corrupt``, each ``(batch,)``.

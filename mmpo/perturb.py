@@ -5,13 +5,15 @@ and device, and draws its randomness from an explicit ``torch.Generator`` so tha
 reproduced exactly (the policy and the reference must see the same m' in a step). ``corrupt`` is
 the one entry point by name (``crop``, ``noise``, ``blank``: the words of ``train.py --m-prime``
 and ``prepare symmpo --contrast``), for training's m' and for prepared images alike; the
-functions below it are the perturbations themselves. ``corrupt`` and its helpers need torch only.
+functions below it are the perturbations themselves, needing torch and the schedule's length.
 """
 import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
+
+from mmpo.constants import NOISE_STEP, NOISE_STEPS
 
 
 def stable_seed(*parts) -> int:
@@ -20,10 +22,8 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-NOISE_STEPS = 1000  # length of the diffusion schedule (VCD's): t is one of its steps
 
-
-def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = 500, mask=None, normalized: bool = False,
+def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = NOISE_STEP, mask=None, normalized: bool = False,
             value: float = 0.0) -> torch.Tensor:
     """m' from an image ``x``, (C, H, W) or (B, C, H, W), by the name the flags use:
 
@@ -37,8 +37,8 @@ def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = 500, mask=No
     - ``blank``: an image of the same shape filled with ``value`` (0 black, 1 white).
 
     The result can leave [0, 1] (noise); whoever turns it into an 8-bit image clamps it.
-    Lifting it: copy ``NOISE_STEPS``, ``random_crop``, ``crop_box``, ``_batched``, ``_uniform``,
-    ``diffusion_noise``, ``alpha_bar`` and ``blank`` with it.
+    Lifting it: copy ``NOISE_STEPS`` and ``NOISE_STEP`` (mmpo/constants.py), ``random_crop``,
+    ``crop_box``, ``_batched``, ``_uniform``, ``diffusion_noise``, ``alpha_bar`` and ``blank`` with it.
     """
     if kind == "crop":
         return random_crop(x, generator=generator)
@@ -110,7 +110,7 @@ def alpha_bar(steps: int = NOISE_STEPS) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
-def diffusion_noise(img: torch.Tensor, t: int = 500, mask=None, generator=None, steps: int = NOISE_STEPS):
+def diffusion_noise(img: torch.Tensor, t: int = NOISE_STEP, mask=None, generator=None, steps: int = NOISE_STEPS):
     """Forward diffusion to step t: m' = sqrt(abar_t) * x + sqrt(1 - abar_t) * eps, eps ~ N(0, I).
 
     As in VCD, ``img`` is the model's *normalized pixel tensor*, after its processor has resized

@@ -1,27 +1,40 @@
 """The table of objectives: for each, its loss function, the views it scores, the options it takes
-from the command line, its defaults, and the configuration its authors released.
+from the run's settings, its defaults, and the configuration its authors released.
 
-train.py looks an objective up here once and calls its loss function itself. A new objective is one
-function (``mmpo/objectives.py`` or your own file) and one entry in ``OBJECTIVES``.
+``Objective.loss`` is the one place a loss function is called (training and held-out figures). A
+new objective is one function (``mmpo/objectives.py`` or your own file) and one entry in
+``OBJECTIVES``. ``options`` reads the run's settings by name (``cfg.beta``: any object with them).
 """
+import inspect
 from typing import Callable, NamedTuple
 
 from mmpo import objectives as O
 from mmpo.cli import UserError
-from mmpo.config import TINY_MODELS, Config, check_config
 from mmpo.distributed import Dist, global_mean
 
 
 class Objective(NamedTuple):
     fn: Callable  # (policy, ref[, lengths], **options) -> (loss (batch,), its own metrics)
     views: tuple[str, ...]  # what the model scores for each example (METHODS.md's views)
-    options: Callable[[Config, Dist], dict]  # the loss's keyword arguments, from the command line
+    options: Callable[[object, Dist], dict]  # the loss's keyword arguments, from the run's settings
     lr: float  # the paper's learning rate (its model: a 7B one); tiny-* models take 1e-3
     weight_decay: float = 0.0
     m_prime: str = "crop"  # the second image m' when the data has none (--m-prime)
     reference: bool = True  # False: no reference model is built or scored (SFT)
     needs_lengths: bool = False  # the loss takes the response token counts too
-    recipe: tuple[str, dict] | None = None  # --recipe paper: (its source, {Config field: value})
+    recipe: tuple[str, dict] | None = None  # --recipe paper: (its source, {setting: value})
+
+    def loss(self, policy: dict, ref: dict, lengths: dict, options: dict):
+        """The loss ``(batch,)`` and every metric: what all objectives log alike
+        (``objectives.shared_metrics``, the rewards at the loss's own beta: the option, else the
+        function's default), then the loss's own. ``policy``, ``ref``, ``lengths``: {view: (batch,)}."""
+        args = (policy, ref, lengths) if self.needs_lengths else (policy, ref)
+        out, own = self.fn(*args, **options)
+        beta = None
+        if self.reference:
+            default = inspect.signature(self.fn).parameters.get("beta")
+            beta = options.get("beta", None if default is None else default.default)
+        return out, {**O.shared_metrics(policy, ref, self.views, beta), **own}
 
 
 def numbers(text: str, n: int, flag: str) -> tuple[float, ...]:
@@ -35,24 +48,24 @@ def numbers(text: str, n: int, flag: str) -> tuple[float, ...]:
     return values
 
 
-def _mdpo_options(cfg: Config, d: Dist) -> dict:
+def _mdpo_options(cfg, d: Dist) -> dict:
     return {"beta": cfg.beta, "delta": cfg.mdpo_delta, "response": cfg.mdpo_response,
             "conditional": cfg.mdpo_conditional, "anchor": cfg.mdpo_anchor,
             "rejected_anchor": cfg.mdpo_rejected_anchor, "corrupt_anchor": cfg.mdpo_corrupt_anchor}
 
 
-def _mfpo_options(cfg: Config, d: Dist) -> dict:
+def _mfpo_options(cfg, d: Dist) -> dict:
     return {"beta": cfg.beta, "eta": cfg.mfpo_eta, "weights": numbers(cfg.mfpo_weights, 3, "--mfpo-weights")}
 
 
-def _napo_options(cfg: Config, d: Dist) -> dict:
+def _napo_options(cfg, d: Dist) -> dict:
     weights = "dynamic" if cfg.napo_weights == "dynamic" else numbers(cfg.napo_weights, 3, "--napo-weights")
     # q and the dynamic weights come from the mean over the global batch: every rank the same
     return {"beta": cfg.beta, "weights": weights, "q": cfg.napo_q, "q_form": cfg.napo_q_form,
             "alpha": numbers(cfg.napo_alpha, 2, "--napo-alpha"), "batch_mean": global_mean(d)}
 
 
-def _symmpo_options(cfg: Config, d: Dist) -> dict:
+def _symmpo_options(cfg, d: Dist) -> dict:
     return {"beta": cfg.beta, "lam": cfg.symmpo_lam, "gamma": cfg.symmpo_gamma, "eta": cfg.symmpo_eta,
             "delta": cfg.symmpo_delta, "margin_form": cfg.symmpo_margin_form}
 
@@ -95,44 +108,3 @@ OBJECTIVES: dict[str, Objective] = {
                              dict(lr=2e-5, epochs=1, warmup=0.03, weight_decay=0.0, adam_beta2=0.999, batch_size=16,
                                   grad_accum=1, lora_rank=0, dtype="bf16", max_length=2048))),
 }
-
-
-def loss(objective: Objective, policy: dict, ref: dict, lengths: dict, options: dict):
-    """The objective's loss ``(batch,)`` and its metrics: what every objective logs alike
-    (``objectives.shared_metrics``, rewards at the loss's own beta), then the loss's own."""
-    args = (policy, ref, lengths) if objective.needs_lengths else (policy, ref)
-    out, own = objective.fn(*args, **options)
-    beta = options.get("beta", 0.1) if objective.reference else None  # 0.1: every loss's default
-    return out, {**O.shared_metrics(policy, ref, objective.views, beta), **own}
-
-
-def resolve(cfg: Config, typed: set[str]) -> Config:
-    """The run's full configuration: with ``--recipe paper`` the objective's released
-    hyperparameters, except the flags in ``typed`` (given on the command line); then the
-    objective's defaults for every field left at None. A resumed run (``cfg.resume``) was
-    resolved when it started: only its objective is checked."""
-    if cfg.objective not in OBJECTIVES:
-        raise UserError(f"--objective {cfg.objective}: unknown; choose one of {', '.join(OBJECTIVES)}")
-    obj = OBJECTIVES[cfg.objective]
-    if cfg.recipe == "paper" and not cfg.resume:
-        if obj.recipe is None:
-            raise UserError(f"--recipe paper: --objective {cfg.objective} has no released configuration; "
-                            f"leave --recipe out")
-        for name, value in obj.recipe[1].items():
-            if name not in typed:
-                setattr(cfg, name, value)
-    if cfg.lr is None:
-        # the papers' rates are for 7B models; a tiny random model needs far larger steps
-        cfg.lr = 1e-3 if cfg.model in TINY_MODELS else obj.lr
-    if cfg.weight_decay is None:
-        cfg.weight_decay = obj.weight_decay
-    if cfg.m_prime is None:
-        cfg.m_prime = obj.m_prime
-    check_config(cfg)
-    return cfg
-
-
-def recipe_line(cfg: Config) -> str:
-    """What --recipe paper set, for the start of a run."""
-    source, values = OBJECTIVES[cfg.objective].recipe
-    return f"recipe paper ({source}): " + ", ".join(f"{k}={getattr(cfg, k)}" for k in values)

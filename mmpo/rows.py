@@ -13,36 +13,15 @@ when absent), ``contrast_image`` + ``contrast_chosen`` (SymMPO), ``lang_biased``
 region noise, written by ``python -m mmpo.prepare mfpo``), ``truncated`` (the generated fields
 that hit the token limit: they get no end-of-sequence token). Every row is checked when the file
 is opened; all problems are reported together, each as ``file:line: field 'x': what is wrong``.
-
-Also the one place where pixels cross between PIL and torch (``load_image``, ``to_tensor``, ``to_pil``).
 """
 import json
 import math
 import os
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from mmpo.cli import UserError
-from mmpo.perturb import NOISE_STEPS
-
-# view -> (which image, which response field). "corrupt" is m': corrupt_image, a perturbation
-# made on the fly, or SymMPO's contrast_image.
-VIEWS = {
-    "chosen": ("image", "chosen"),
-    "rejected": ("image", "rejected"),
-    "chosen_on_corrupt": ("corrupt", "chosen"),
-    "contrast_on_image": ("image", "contrast_chosen"),
-    "contrast_on_corrupt": ("corrupt", "contrast_chosen"),
-    "rejected_on_corrupt": ("corrupt", "rejected"),
-    "lang_biased": ("image", "lang_biased"),
-    "vision_biased": ("image", "vision_biased"),
-}
-TEXT_FIELDS = ("prompt", "chosen", "rejected", "contrast_chosen", "lang_biased", "vision_biased")
-IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
-# fields that no annotator writes: the pipeline of ``python -m mmpo.prepare`` that makes them
-GENERATED_BY = {"lang_biased": "napo", "vision_biased": "napo", "contrast_image": "symmpo", "contrast_chosen": "symmpo"}
-
+from mmpo.constants import GENERATED_BY, IMAGE_FIELDS, NOISE_STEPS, TEXT_FIELDS, VIEWS
 
 class DataError(UserError):
     """Bad input data; ``messages`` holds one line per problem (file, line, field)."""
@@ -53,41 +32,6 @@ class DataError(UserError):
             messages = [lines[-1].split("DataError: ", 1)[-1]] if lines else []
         self.messages = messages
         super().__init__("\n".join(messages))
-
-
-def load_image(path: str) -> Image.Image:
-    """Open any image as RGB: palette, alpha, grayscale, CMYK and 16-bit images included."""
-    img = Image.open(path)
-    img.load()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        img = img.convert("I").point(lambda v: v / 256).convert("L")  # 16-bit -> 8-bit
-    elif img.mode == "F":
-        img = img.point(lambda v: v * 255).convert("L")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
-        return background
-    return img.convert("RGB")
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """An RGB image (as ``load_image`` gives) -> float (3, H, W) in [0, 1]."""
-    if img.mode != "RGB":
-        raise ValueError(f"expected an RGB image, got mode {img.mode} (load_image converts any image)")
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3)
-    return x.permute(2, 0, 1).float() / 255
-
-
-def to_pil(x: torch.Tensor) -> Image.Image:
-    """A float image in [0, 1] -> 8 bits: (3, H, W) as RGB, (H, W) as grayscale (a region mask).
-    Values outside [0, 1] (noise) are clamped, then rounded to the nearest level."""
-    y = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    if y.dim() == 2:
-        return Image.frombytes("L", (y.shape[1], y.shape[0]), y.contiguous().numpy().tobytes())
-    y = y.permute(1, 2, 0).contiguous()  # (H, W, 3)
-    return Image.frombytes("RGB", (y.shape[1], y.shape[0]), y.numpy().tobytes())
 
 
 def required_fields(views, m_prime: str) -> set[str]:

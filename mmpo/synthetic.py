@@ -5,7 +5,7 @@ import os
 import torch
 
 from mmpo.files import write_atomic
-from mmpo.rows import to_pil
+from mmpo.images import to_pil
 
 
 def make_synthetic(out_dir: str, n: int = 256, seed: int = 0, size: int = 32) -> str:

@@ -32,7 +32,7 @@ def napo_q(d):
 
 def bf16(d):
     """Shard a tiny LLaVA with the bf16 policy: blocks compute in bf16, the optimizer holds fp32."""
-    from mmpo.models import tiny_model
+    from mmpo.tiny import tiny_model
     model, _ = tiny_model("tiny-llava")
     distributed.shard(model, d, bf16=True)
     seen = {}

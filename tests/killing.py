@@ -1,7 +1,7 @@
 """A crash at a chosen moment, for the exact-resume tests (in pytest and in torchrun workers)."""
 import contextlib
 
-from mmpo import checkpoint
+from mmpo.training import checkpoint
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import write_jsonl
 from mmpo.convert.command import run
-from mmpo.evaluation.chair import to_category, true_objects
+from mmpo.common.chair import to_category, true_objects
 from mmpo.evaluation.metrics import label_problems
 from mmpo.rows import read_rows
 

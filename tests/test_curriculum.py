@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 import train
 from conftest import assert_identical_runs, metrics, train_killed_after, write_jsonl
-from mmpo import curriculum
-from mmpo.curriculum import epoch_order, plan
+from mmpo.training import curriculum
+from mmpo.training.curriculum import epoch_order, plan
 from mmpo.data import PreferenceDataset, collate
-from mmpo.models import tiny_model
+from mmpo.tiny import tiny_model
 
 
 def test_entropy_scores_by_hand_and_stages_partition(synthetic):

@@ -11,8 +11,9 @@ from PIL import Image
 
 from conftest import ROOT, write_jsonl
 from mmpo.data import PreferenceDataset, collate, processed_mask
-from mmpo.rows import DataError, load_image, read_rows, required_fields, to_pil, to_tensor
-from mmpo.models import tiny_llava_processor, tiny_model
+from mmpo.images import load_image, to_pil, to_tensor
+from mmpo.rows import DataError, read_rows, required_fields
+from mmpo.tiny import tiny_llava_processor, tiny_model
 from mmpo.perturb import alpha_bar
 
 
@@ -65,7 +66,7 @@ def test_any_image_mode_becomes_rgb(tmp_path, mode):
 
 
 def test_pixels_cross_between_pil_and_torch_unchanged():
-    """rows.to_tensor and rows.to_pil, the one place pixels cross: an 8-bit image comes back byte for
+    """images.to_tensor and images.to_pil, the one place pixels cross: an 8-bit image comes back byte for
     byte; floats are clamped to [0, 1] and rounded to the nearest level; an (H, W) mask is grayscale."""
     img = Image.frombytes("RGB", (7, 5), bytes(range(105)))
     x = to_tensor(img)

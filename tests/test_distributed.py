@@ -17,10 +17,11 @@ from transformers import AutoModelForImageTextToText
 
 import train
 from conftest import ROOT, assert_identical_runs, metrics
-from mmpo import checkpoint, lora
+from mmpo import lora
+from mmpo.training import checkpoint
 from mmpo.data import PreferenceDataset, collate
 from mmpo.logps import sequence_logps
-from mmpo.models import tiny_model
+from mmpo.tiny import tiny_model
 
 OBJECTIVES = {  # full fine-tuning for napo and symmpo (as their papers), LoRA for the rest
     "dpo": [], "mdpo": [], "mfpo": [], "napo": ["--lora-rank", "0"], "symmpo": ["--lora-rank", "0"],
@@ -150,7 +151,7 @@ def test_resume_from_a_sharded_checkpoint_is_exact(resumed):
     assert_identical_runs(straight, killed, 6)
     wa, wb = weights(straight), weights(killed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    ckpt = checkpoint.latest(killed)
+    ckpt = checkpoint.newest_intact(killed)[0]
     assert os.path.isdir(os.path.join(ckpt, "dcp")) and os.path.isfile(os.path.join(ckpt, "rng-1.safetensors"))
 
 

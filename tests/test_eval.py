@@ -16,10 +16,10 @@ import eval as evaluate
 import train
 from conftest import ROOT, write_jsonl
 from mmpo.cli import UserError
-from mmpo.config import Config
+from mmpo.training.config import Config
 from mmpo.evaluation.metrics import read_option
 from mmpo.logps import sequence_logps
-from mmpo.models import tiny_model
+from mmpo.tiny import tiny_model
 
 
 def test_a_model_that_ignores_the_image_shows_no_reliance(synthetic):

@@ -73,8 +73,8 @@ def test_the_installed_package_works_from_another_folder(wheel, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     elsewhere = tmp_path / "elsewhere"  # no mmpo/ here: only the installed copy can be imported
     elsewhere.mkdir()
-    # mmpo.evaluation.chair reads its synonym list when imported: a wheel without it fails here
-    r = subprocess.run([sys.executable, "-c", "import mmpo.evaluation.chair, mmpo.objectives; print(mmpo.__file__)"],
+    # mmpo.common.chair reads its synonym list when imported: a wheel without it fails here
+    r = subprocess.run([sys.executable, "-c", "import mmpo.common.chair, mmpo.objectives; print(mmpo.__file__)"],
                        capture_output=True, text=True, cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(site)},
                        timeout=120)
     assert r.returncode == 0, r.stderr

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo.prepare import build, tagging
+from mmpo.common import tagging
+from mmpo.prepare import build
 from mmpo.prepare.keywords import keyphrase_candidates, multipartite_graph, pagerank, rank_keywords, topics, word_graph
-from mmpo.prepare.tagging import is_noun, noun_flags, words
+from mmpo.common.tagging import is_noun, noun_flags, words
 from mmpo.prepare.regions import Grounding
 
 

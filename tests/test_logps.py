@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from conftest import write_jsonl
 from mmpo.data import PreferenceDataset, collate
 from mmpo import logps as L
+from mmpo.bench.measure import lm_positions
 from mmpo.logps import encode_images, sequence_logps
-from mmpo.models import tiny_model
+from mmpo.tiny import tiny_model
 
 ALL_VIEWS = ("chosen", "rejected", "chosen_on_corrupt", "contrast_on_image", "contrast_on_corrupt",
              "lang_biased", "vision_biased")
@@ -221,7 +222,7 @@ def test_a_dpo_step_processes_p_plus_2r_positions_per_example(synthetic):
         sequence_logps(model, batch, features, share_prefix=share)[0].sum().backward()
         Reference(model, share_prefix=share).logps(batch, features)
         per_pass = 3 * (P + 2 * R) if share else 3 * 2 * (P + R)
-        assert seen == [per_pass, per_pass] and L.lm_positions(batch, share) == per_pass
+        assert seen == [per_pass, per_pass] and lm_positions(batch, share) == per_pass
 
 
 def test_block_mask_by_hand():
@@ -287,7 +288,7 @@ def test_the_reference_and_the_held_out_evaluation_score_as_the_run_says(varied,
     once), shared or not, give the same log-probs."""
     import copy
 
-    from mmpo import report
+    from mmpo.training import report
     from mmpo.recipes import OBJECTIVES
     from mmpo.reference import Reference
 

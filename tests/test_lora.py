@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 from mmpo import lora
 from mmpo.data import PreferenceDataset, collate
 from mmpo.logps import sequence_logps
-from mmpo.models import tiny_model
+from mmpo.tiny import tiny_model
 
 
 @pytest.fixture

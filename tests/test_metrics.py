@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from mmpo.evaluation.chair import (CATEGORIES, chair, chair_answer, object_mentions, object_words, opera_unavailable,
+from mmpo.common.chair import (CATEGORIES, chair, chair_answer, object_mentions, object_words, opera_unavailable,
                                    singularize, to_category, tokenize, true_objects)
 from mmpo.evaluation.metrics import parse_yes_no, pope, preference_metrics, read_option, reliance_metrics
 

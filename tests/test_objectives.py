@@ -1,7 +1,7 @@
 """Each objective against numbers worked out by hand from the formulas of METHODS.md.
 
 Log-ratios are chosen so every term is easy to evaluate: with beta = 0.1 a log-ratio of 10
-gives a beta-scaled reward of 1. A loss returns only its own metrics; ``recipes.loss`` adds the
+gives a beta-scaled reward of 1. A loss returns only its own metrics; ``Objective.loss`` adds the
 rewards/* and logps/* every objective shares (``objectives.shared_metrics``).
 """
 import dataclasses
@@ -12,15 +12,14 @@ import pytest
 import torch
 
 from mmpo import objectives as O
-from mmpo import recipes
-from mmpo.config import Config
+from mmpo.training.config import Config
 from mmpo.distributed import Dist
 from mmpo.recipes import OBJECTIVES
 
 
 def compute(name, policy, ref, lengths, **options):
     """What a run computes for objective ``name``: its loss and metrics, shared ones included."""
-    return recipes.loss(OBJECTIVES[name], policy, ref, lengths, options)
+    return OBJECTIVES[name].loss(policy, ref, lengths, options)
 
 
 def logsig(x):
@@ -47,7 +46,7 @@ def test_dpo_by_hand():
     # h_resp = [10, -10] -> beta*h_resp = [1, -1]
     assert loss.shape == (2,)
     assert loss.tolist() == pytest.approx([-logsig(1.0), -logsig(-1.0)], abs=1e-6)
-    assert own == {}  # DPO has nothing of its own to log: recipes.loss adds the shared figures
+    assert own == {}  # DPO has nothing of its own to log: Objective.loss adds the shared figures
     loss2, m = compute("dpo", policy, ref, {}, beta=0.1)
     assert torch.equal(loss2, loss)
     assert m["rewards/chosen"].item() == pytest.approx(0.1 * (10 - 5) / 2)

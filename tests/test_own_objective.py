@@ -9,8 +9,8 @@ import pytest
 import train
 from conftest import metrics
 from mmpo.cli import UserError
-from mmpo.config import parse_args, typed_flags
-from mmpo.recipes import OBJECTIVES, Objective, resolve
+from mmpo.training.config import parse_args, resolve, typed_flags
+from mmpo.recipes import OBJECTIVES, Objective
 
 
 def ipo(policy, ref, *, beta=0.1):

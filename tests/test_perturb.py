@@ -180,12 +180,12 @@ def test_corrupt_copied_alone_runs_with_nothing_but_torch():
     """What its docstring says to copy, executed from source in a namespace holding only torch and
     F, gives the package's m' for every kind."""
     import inspect
-    names = ["NOISE_STEPS", "random_crop", "crop_box", "_batched", "_uniform", "diffusion_noise", "alpha_bar", "blank"]
+    names = ["NOISE_STEPS", "NOISE_STEP", "random_crop", "crop_box", "_batched", "_uniform", "diffusion_noise", "alpha_bar", "blank"]
     for name in names:
         assert f"``{name}``" in P.corrupt.__doc__
     space = {"torch": torch, "F": F}
-    exec(f"import math\nNOISE_STEPS = {P.NOISE_STEPS}", space)  # math: the standard library, as crop_box uses it
-    for name in names[1:] + ["corrupt"]:
+    exec(f"import math\nNOISE_STEPS = {P.NOISE_STEPS}\nNOISE_STEP = {P.NOISE_STEP}", space)  # math: the standard library, as crop_box uses it
+    for name in names[2:] + ["corrupt"]:
         exec(inspect.getsource(getattr(P, name)), space)
     x = torch.rand(2, 3, 16, 16)
     for kind, kw in [("crop", {}), ("noise", {"t": 300}), ("noise", {"normalized": True}), ("blank", {"value": 1.0})]:

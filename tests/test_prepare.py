@@ -12,11 +12,11 @@ from conftest import write_jsonl
 from mmpo import models, perturb
 from mmpo.data import chat_prompt
 from mmpo.generate import generate
-from mmpo.models import byte_tokenizer, tiny_model
+from mmpo.tiny import byte_tokenizer, tiny_model
 from mmpo.perturb import stable_seed
 from mmpo.prepare import build
 from mmpo.prepare.regions import Grounding, detect, region_mask
-from mmpo.rows import load_image, to_pil, to_tensor
+from mmpo.images import load_image, to_pil, to_tensor
 
 FAST = ["--model", "tiny-llava", "--max-new-tokens", "4", "--batch-size", "2"]
 

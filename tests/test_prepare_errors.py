@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import ROOT, write_jsonl
 from mmpo import models
 from mmpo.prepare import build, command, regions
-from mmpo.prepare.tagging import nltk_tagger
+from mmpo.common.tagging import nltk_tagger
 
 GROUNDING_HINT = ("; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
                   "(boxes only), or --regions random|global")
@@ -158,7 +158,7 @@ def test_an_embedder_that_cannot_be_loaded(data, tmp_path, capsys, no_model_load
 def test_an_embedder_without_image_features(data, tmp_path, capsys):
     """A text-only model loads, but gives no image embeddings to retrieve neighbours with."""
     from transformers import LlamaConfig, LlamaModel
-    from mmpo.models import byte_tokenizer
+    from mmpo.tiny import byte_tokenizer
     LlamaModel(LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                            num_attention_heads=2)).save_pretrained(tmp_path / "text")
     byte_tokenizer(["<s>", "</s>", "<pad>"], "<image>").save_pretrained(tmp_path / "text")

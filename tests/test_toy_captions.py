@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import eval as evaluate
-from mmpo.evaluation import chair as M
+from mmpo.common import chair as M
 from mmpo.toy import captions as C
 
 N = dict(n_sft=200, n_pref=24, n_heldout=12, n_test=12)

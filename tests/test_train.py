@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT, assert_identical_runs, metrics, train_killed_after, write_jsonl
-from mmpo import checkpoint, reference
-from mmpo.config import parse_args, typed_flags
+from mmpo import reference
+from mmpo.training import checkpoint
+from mmpo.training.config import parse_args, resolve, typed_flags
 from mmpo.distributed import Dist
-from mmpo.recipes import resolve
-from mmpo.models import tiny_model
+from mmpo.tiny import tiny_model
 
 FAST = ["--batch-size", "4", "--save-every", "0", "--lora-rank", "8", "--lora-alpha", "16", "--lora-dropout", "0"]
 
@@ -109,12 +109,12 @@ def test_resume_after_a_kill_is_exact(easy_data, tmp_path, lora_rank):
     run_ok(*args, "--out", straight)
 
     train_killed_after(3, [*args, "--out", killed])
-    assert checkpoint.latest(str(killed)).endswith("checkpoint-3") and len(metrics(killed)) == 3
+    assert checkpoint.newest_intact(str(killed))[0].endswith("checkpoint-3") and len(metrics(killed)) == 3
     run_ok("--resume", killed)
 
     assert_identical_runs(straight, killed, 6)
-    wa = load_file(os.path.join(checkpoint.latest(str(straight)), "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
-    wb = load_file(os.path.join(checkpoint.latest(str(killed)), "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
+    wa = load_file(os.path.join(checkpoint.newest_intact(str(straight))[0], "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
+    wb = load_file(os.path.join(checkpoint.newest_intact(str(killed))[0], "adapter_model.safetensors" if lora_rank != "0" else "trainable.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -518,10 +518,10 @@ def test_resume_takes_the_newest_intact_checkpoint_and_never_step_0(easy_data, t
     assert f"resumed from {out / 'checkpoint-6'} at step 6" in r.stdout
     assert [row["step"] for row in metrics(out)] == list(range(1, 11))
     os.remove(out / "latest")  # gone: the checkpoints themselves still say where the run is
-    assert checkpoint.latest(str(out)) == str(out / "checkpoint-10")
+    assert checkpoint.newest_intact(str(out))[0] == str(out / "checkpoint-10")
     os.remove(out / "checkpoint-10" / "dcp" / ".metadata")  # damaged since it was written
     (out / "checkpoint-8" / "trainer_state.json").write_text("{}")  # cut short: not the size its manifest says
-    assert checkpoint.latest(str(out)) is None
+    assert checkpoint.newest_intact(str(out))[0] is None
     r = cli("--resume", out, "--max-steps", 12)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.splitlines() == [
@@ -597,7 +597,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
     assert train.run([*args, "--out", str(stopped)]) == 128 + signum
     assert f"stopped at step 3 ({signal.Signals(signum).name}); continue with: python train.py --resume {stopped}" \
         in capsys.readouterr().out
-    assert checkpoint.latest(str(stopped)).endswith("checkpoint-3") and not os.path.exists(stopped / "final")
+    assert checkpoint.newest_intact(str(stopped))[0].endswith("checkpoint-3") and not os.path.exists(stopped / "final")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
     monkeypatch.setattr(train, "train_step", real)
     run_ok("--resume", stopped)
@@ -623,7 +623,7 @@ def test_one_run_per_folder(easy_data, tmp_path):
     import socket
     import time
 
-    from mmpo import files
+    from mmpo.common import lock as files
     out = tmp_path / "run"
     args = ["--data", easy_data, "--out", out, "--max-steps", 30, "--epochs", 8, *FAST]
     first = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)],

@@ -5,7 +5,7 @@
     python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
     python -m mmpo.bench --lora --bf16 --out runs/bench-lora
 
-The *step* is train.py's own ``train_step`` (the checkout's train.py, loaded as a module), on one
+The *step* is train.py's own ``train_step`` (the checkout's train.py, imported as a module), on one
 micro-batch: the shared vision pass, the policy's log-probs, the reference's, the objective's loss
 function, backward, clipping, AdamW; each variant changes only its inputs. The *floor* is one bare
 forward + backward of the policy over exactly the token positions that step needs: one vision pass
@@ -48,17 +48,19 @@ import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmpo import cpu_bf16
-from mmpo.bench.measure import SHAPES, interleaved_times, peak_memory
-from mmpo.cli import Parser, UserError, markdown_table, run
-from mmpo.config import Config
+from mmpo.bench.measure import SHAPES, interleaved_times, lm_positions, peak_memory
+from mmpo.cli import Parser, UserError, run
+from mmpo.common.util import markdown_table
+from mmpo.constants import LOGPS_CHUNK
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.distributed import Dist
-from mmpo.logps import encode_images, lm_positions, logps_head, prefix_groups, scored, supports_fused_images
+from mmpo.logps import encode_images, logps_head, prefix_groups, scored, supports_fused_images
 from mmpo.lora import add_lora
-from mmpo.models import freeze_vision_tower, image_path_frozen, load_model, tiny_llava
-from mmpo.recipes import OBJECTIVES, resolve
+from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
+from mmpo.recipes import OBJECTIVES
 from mmpo.reference import Reference
 from mmpo.synthetic import make_synthetic
+from mmpo.tiny import tiny_llava
 
 # the folder that holds mmpo/: the checkout, with train.py and compare_trl.py
 PACKAGES = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,7 +75,7 @@ VARIANTS = {
     "ref cache": {"ref_cache": True},
     "bf16": {"bf16": True},
 }
-ALL_ON = dict(share_prefix=True, share_features=True, chunk=Config.logps_chunk, response_only=True, ref_cache=False,
+ALL_ON = dict(share_prefix=True, share_features=True, chunk=LOGPS_CHUNK, response_only=True, ref_cache=False,
               bf16=False)
 
 
@@ -126,17 +128,15 @@ def full_logits(*models):
 
 def train_script():
     """The checkout's train.py as a module (importing it runs nothing: its command is behind
-    ``__name__ == "__main__"``), for its ``train_step``."""
-    path = os.path.join(PACKAGES, "train.py")
-    if not os.path.isfile(path):
-        raise UserError(f"this times train.py of the repository, not found at {path}: run it from a checkout")
-    spec = importlib.util.spec_from_file_location("train", path)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    ``__name__ == "__main__"``), for its ``train_step`` and the settings it makes (its Config)."""
+    if not os.path.isfile(os.path.join(PACKAGES, "train.py")):
+        raise UserError(f"this times train.py of the repository, not found in {PACKAGES}: run it from a checkout")
+    sys.path.insert(0, PACKAGES)
+    import train
     return train
 
 
-def step_with(train, model, ref: Reference, batch, objective, options: dict, optimizer, params, cfg: Config, s: dict,
+def step_with(train, model, ref: Reference, batch, objective, options: dict, optimizer, params, cfg, s: dict,
               table, d: Dist):
     """train.py's ``train_step`` on ``batch``, the settings ``s`` (``ALL_ON``'s keys) as its inputs:
     prefix sharing and chunking in its Config (the reference scored alike), the shared vision pass,
@@ -200,14 +200,14 @@ def make_floor(model, batch, params, share_prefix: bool, bf16: bool, chunk: int)
 def build(spec: dict, train, d: Dist):
     """The policy (vision tower frozen; LoRA or fully trainable), its reference, optimizer, the
     run's Config and one batch of ``spec["batch_size"]`` examples, as train.py makes them."""
-    cfg = resolve(Config(objective=spec["objective"], model=spec["model"], lora_rank=64 if spec["lora"] else 0), set())
+    cfg = train.resolve(train.Config(objective=spec["objective"], model=spec["model"], lora_rank=64 if spec["lora"] else 0))
     shape = SHAPES.get(spec["shape"]) if spec["model"] == "tiny-llava" else None
     model, processor = tiny_llava(**shape) if shape else load_model(spec["model"])
     freeze_vision_tower(model)
     if spec["lora"]:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
     objective = OBJECTIVES[cfg.objective]
-    ref = Reference.for_run(model, cfg, objective.reference, d)  # adapters off, or a frozen copy
+    ref = train.make_reference(model, cfg, objective, d)  # adapters off, or a frozen copy
     train.place(model, ref, cfg, d)
     views = objective.views
     dataset = PreferenceDataset(spec["data"], processor, views, m_prime=cfg.m_prime, max_length=cfg.max_length)

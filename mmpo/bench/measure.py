@@ -1,10 +1,13 @@
 """What the bench and compare_trl.py measure alike: the built-in shapes, and the memory a call adds
-at its peak; and the bench's clock, which lets every measurement take turns."""
+at its peak; the bench's clock, which lets every measurement take turns; and the token positions a
+batch costs the language model (``lm_positions``)."""
 import ctypes
 import gc
 import time
 
 import torch
+
+from mmpo.logps import prefix_groups
 
 # the shapes benchmarked without --model: the tiny model as the tests build it, and the same
 # model with LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words)
@@ -71,3 +74,12 @@ def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
             sync()
             times[k].append(time.perf_counter() - t)
     return times
+
+
+def lm_positions(batch, share_prefix: bool) -> int:
+    """Token positions the language model processes for ``batch`` (padding included)."""
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    if not share_prefix:
+        return len(batch.image_index) * (P + R)
+    groups = prefix_groups(batch)
+    return len(groups) * (P + max(map(len, groups)) * R)

@@ -47,9 +47,10 @@ position in the sample, or the line of --image-ids) and is skipped.
 import os
 import random
 
-from mmpo.cli import UserError, read_json
+from mmpo.cli import UserError
+from mmpo.common.util import read_json
 from mmpo.convert.formats import Malformed, image_path, jsonl_rows, save_bytes, shown
-from mmpo.evaluation.chair import to_category
+from mmpo.common.chair import to_category
 
 DEFAULT_PROMPT = "Please describe this image in detail."  # OPERA's chair_eval.py
 DEFAULT_IMAGES = 500  # OPERA's chair_eval.py

@@ -15,8 +15,8 @@ from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.convert import coco, formats, papers
 from mmpo.convert.formats import Malformed, parquet_files, shown
-from mmpo.files import locked
-from mmpo.prepare.command import done_ids, start_output
+from mmpo.common.lock import locked
+from mmpo.common.output import done_ids, start_output
 
 SETTINGS = "convert.json"  # beside OUT/data.jsonl: what decided its rows
 NAMES = {"format": "the format", "src": "SRC", "src_size": "SRC's size", "src_mtime": "SRC's modification time",

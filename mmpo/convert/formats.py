@@ -44,7 +44,8 @@ from collections import Counter
 
 from PIL import Image, UnidentifiedImageError
 
-from mmpo.cli import UserError, first_line, read_json
+from mmpo.cli import UserError, first_line
+from mmpo.common.util import read_json
 from mmpo.files import write_atomic
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}

@@ -65,7 +65,8 @@ import functools
 import os
 import warnings
 
-from mmpo.cli import UserError, read_json
+from mmpo.cli import UserError
+from mmpo.common.util import read_json
 from mmpo.evaluation.metrics import parse_yes_no
 
 SIMILARITY = 0.8  # inference.py's --similarity_score
@@ -256,7 +257,7 @@ def rule_nouns(text: str, vocabulary) -> list[str]:
     the rules and nltk's tagger disagree on a word's part of speech: on 40 sample descriptions
     they found the same AMBER nouns in 36, the other 4 being the tagger's slips ("a towel hangs
     on the wall": towel an adjective, hangs a plural noun)."""
-    from mmpo.prepare import tagging
+    from mmpo.common import tagging
     spellings = tagging.tokenize(text)[1]
     tags = tagging.pos_tags(text, "rules")
     nouns = [lemma(s, vocabulary) for s, t in zip(spellings, tags) if t == "N" or (len(s) > 1 and s.isupper())]

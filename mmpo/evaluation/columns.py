@@ -6,9 +6,9 @@ import json
 import os
 from dataclasses import dataclass
 
-from mmpo import cli
+from mmpo.common.util import check_model_path, looks_like_path
 from mmpo.cli import UserError, first_line
-from mmpo.config import TINY_MODELS
+from mmpo.constants import TINY_MODELS
 
 @dataclass
 class Base:
@@ -84,7 +84,7 @@ def base_model(name: str, origin: str = "--model") -> Base:
 
 def check_model(name: str):
     """--model must be loadable by its name, and a base model: not a train.py run."""
-    cli.check_model_path("--model", name, tiny=TINY_MODELS)
+    check_model_path("--model", name, tiny=TINY_MODELS)
     if name in TINY_MODELS or not os.path.isdir(name):
         return
     if run_config(name) is not None:
@@ -141,7 +141,7 @@ def checkpoint_column(path: str) -> Column:
                         f"(no final/, adapter_config.json or config.json)")
     base = None
     if recorded is not None:
-        if cli.looks_like_path(recorded) and not os.path.isdir(recorded):
+        if looks_like_path(recorded) and not os.path.isdir(recorded):
             raise UserError(f"{where}: its base model {recorded} (named in {record}) is not there")
         base = base_model(recorded, f"the base model of {where}")
     return Column(column_name(path, run_dir), base, weights, adapter, path, run_dir)

@@ -1,7 +1,7 @@
 """The evaluation's metrics as pure functions of log-probs, answers and labels (no model, no I/O,
 no torch): preference and image reliance from summed log-probs; POPE (Li et al. 2023,
 https://arxiv.org/abs/2305.10355) and short answers on generated answers, by the rules of the
-reference code that papers run (CHAIR: chair.py; AMBER: amber.py). Where a reference divides by
+reference code that papers run (CHAIR: mmpo/common/chair.py; AMBER: amber.py). Where a reference divides by
 zero (no "yes") we report 0.
 
 POPE asks yes/no questions about objects. ``parse="standard"`` reads answers as POPE's own
@@ -14,7 +14,7 @@ as unparsed and wrong.
 import json
 import re
 
-from mmpo.evaluation.chair import to_category
+from mmpo.common.chair import to_category
 
 # ---- preference and image reliance, from summed log-probs {view: (n,) tensor} ------------------
 

@@ -13,7 +13,7 @@ input is never modified; a killed run, run again, continues where it stopped (co
 Every mistake is one line.
 
 build.py: the three pipelines and ``main``; command.py: the options, their checks, resuming,
-model loading and the summary; keywords.py, tagging.py, regions.py: MFPO's keyphrase ranking,
-the words' tags and stems it reads, and region grounding. This file imports nothing, so that
+model loading and the summary; keywords.py, regions.py: MFPO's keyphrase ranking and region grounding
+(the words' tags and stems it reads: mmpo/common/tagging.py). This file imports nothing, so that
 ``python -m mmpo.prepare --help`` answers at once.
 """

@@ -8,16 +8,19 @@ import huggingface_hub.utils  # by name: nothing imported above loads .utils (tr
 import torch
 from tqdm import tqdm
 
-from mmpo import cli, files, perturb
+from mmpo import cli, perturb
 from mmpo.cli import UserError
 from mmpo.files import write_atomic
 from mmpo.generate import generate
 from mmpo.perturb import stable_seed
-from mmpo.prepare.command import (build_parser, check_model_name, check_options, done_ids, first_line,
-                                  load_models, models_to_load, row_settings, start_output, summary)
+from mmpo.common.lock import locked
+from mmpo.common.output import done_ids, start_output
+from mmpo.prepare.command import (build_parser, check_model_name, check_options, first_line, load_models,
+                                  models_to_load, row_settings, summary)
 from mmpo.prepare.keywords import rank_keywords
 from mmpo.prepare.regions import region_mask
-from mmpo.rows import DataError, load_image, read_rows, to_pil, to_tensor
+from mmpo.images import load_image, to_pil, to_tensor
+from mmpo.rows import DataError, read_rows
 
 BASE_FIELDS = {"image", "prompt", "chosen", "rejected"}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -77,7 +80,7 @@ def napo_rows(rows, args, out_dir, stats, ctx):
 
     Prompts (``--napo-prompt``): ``released``, for LLaVA-1.5 (``is_llava_15``), is the released
     code's: LLaVA's ``llava_v1`` conversation with its system prompt, "... USER: {question}
-    ASSISTANT:" and "... USER: <image>\n ASSISTANT:" (``data.llava_v1_prompt``); any other model
+    ASSISTANT:" and "... USER: <image>\n ASSISTANT:" (``generate.llava_v1_prompt``); any other model
     family keeps its own chat template, which is also what ``chat-template`` uses for every model.
     ``--lang-image white|black`` is mmpo's own variant: the question *with* a blank image of the
     image's size. The released code has no such answer; its question_only_white/black columns are
@@ -234,7 +237,7 @@ def main(args) -> dict:
     ctx = {}
     if args.method == "symmpo" and args.contrast == "neighbor" and any(not r.get("contrast_image") for r in rows):
         ctx["pool"] = contrast_pool(args, rows)
-    with files.locked(args.out, "mmpo.prepare"):  # one run per folder: a second prepare or a train.py stops
+    with locked(args.out, "mmpo.prepare"):  # one run per folder: a second prepare or a train.py stops
         return build_rows(args, rows, out_path, ctx)
 
 

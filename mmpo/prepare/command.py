@@ -1,27 +1,24 @@
-"""The command around prepare's pipelines: its options and their checks, the resumable output
-with its recorded settings, the models it loads, and its summary (``python -m mmpo.prepare``).
+"""The command around prepare's pipelines: its options and their checks, the settings that decide
+a row, the models it loads, and its summary (``python -m mmpo.prepare``).
 
-Light on purpose: the standard library, mmpo.cli and mmpo.config at import, no torch, no transformers,
-so that --help and option errors answer at once (__main__.py checks the command line with this
-module before the heavy imports). What needs torch or a model is imported inside the function
-that uses it.
+Light on purpose: the standard library, mmpo.cli, mmpo.constants and mmpo.common at import, no
+torch, no transformers, so that --help and option errors answer at once (__main__.py checks the
+command line with this module before the heavy imports). What needs torch or a model is imported
+inside the function that uses it.
 
-Resuming: rows already in OUT/data.jsonl are kept and never redone, and every row is reproducible
-from (seed, id), so a killed run continued gives the rows of one uninterrupted run. That holds only
-under the same settings, so OUT/prepare.json records what decides the rows (method, input checksum,
-options) and a re-run with other settings is refused (``--overwrite`` starts afresh).
+Resuming: every row is reproducible from (seed, id), so a killed run continued gives the rows of
+one uninterrupted run, provided the settings are the same: OUT/prepare.json records what decides
+the rows (``row_settings``: method, input checksum, options), and the output folder that convert
+shares (mmpo/common/output.py) refuses a re-run with other settings.
 """
 import hashlib
-import json
 import os
-import shutil
 
 from mmpo import cli
 from mmpo.cli import UserError, first_line
-from mmpo.config import M_PRIMES, TINY_MODELS
-from mmpo.files import write_atomic
+from mmpo.constants import M_PRIMES, NOISE_STEPS, TINY_MODELS
+from mmpo.common.util import check_model_path
 
-SETTINGS = "prepare.json"  # beside OUT/data.jsonl: what decided its rows
 # what to say after "cannot load": the way around it
 HINTS = {"--detector": "; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
                        "(boxes only), or --regions random|global",
@@ -95,7 +92,6 @@ LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
 def check_options(args) -> None:
     """The options' ranges, before the data is read or a model loaded."""
     cli.check_limits(args, LIMITS)
-    from mmpo.perturb import NOISE_STEPS  # its one owner (torch): after --help has answered
     if not 0 <= args.noise_step < NOISE_STEPS:
         raise UserError(f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
     if args.do_sample and not args.temperature > 0:
@@ -103,7 +99,7 @@ def check_options(args) -> None:
     if args.method != "mfpo" and not args.model:
         raise UserError(f"{args.method} needs --model: the base model whose answers it records")
     if args.method == "mfpo" and args.tagger == "nltk":
-        from mmpo.prepare.tagging import NLTK_INSTALL, nltk_tagger
+        from mmpo.common.tagging import NLTK_INSTALL, nltk_tagger
         if nltk_tagger() is None:
             raise UserError(f"--tagger nltk needs nltk and its tagger data ({NLTK_INSTALL}), or --tagger rules")
 
@@ -133,7 +129,7 @@ def check_model_name(flag: str, name: str) -> None:
     from huggingface_hub.utils import validate_repo_id
     tiny = TINY_MODELS if flag == "--model" else ()
     try:
-        cli.check_model_path(flag, name, tiny)
+        check_model_path(flag, name, tiny)
         if name in tiny or os.path.isdir(name):
             return
         try:
@@ -186,32 +182,6 @@ def load_models(args, ctx) -> None:
 
 # ---- resuming: the rows written so far, and the settings that made them ------------------------
 
-def finished_rows(path: str) -> tuple[list[str], int]:
-    """Ids of the complete rows an earlier (possibly killed) run wrote, and the bytes they take
-    (a half-written last line is not counted). Reads only."""
-    if not os.path.isfile(path):
-        return [], 0
-    ids, keep = [], 0
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")[:-1]
-    for line in lines:  # a row is complete once its newline is written
-        try:
-            ids.append(json.loads(line)["id"])
-            keep += len(line) + 1
-        except (ValueError, KeyError, TypeError):
-            break
-    return ids, keep
-
-
-def done_ids(path: str) -> list[str]:
-    """Ids already written; a half-written last line is cut off, so new rows start on a clean line."""
-    ids, keep = finished_rows(path)
-    if os.path.isfile(path) and keep < os.path.getsize(path):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-    return ids
-
-
 def row_settings(args) -> dict:
     """What decides the rows' contents: the method, the input's checksum, and every option this
     method reads with these options (an option it ignores is left out, so changing it is harmless).
@@ -234,77 +204,10 @@ def row_settings(args) -> dict:
         if values.get(n) and os.path.exists(values[n]):
             values[n] = os.path.realpath(values[n])  # one folder, however it is spelled
     if values.get("tagger") == "auto":  # auto means nltk on one machine, the rules on another
-        from mmpo.prepare.tagging import nltk_tagger
+        from mmpo.common.tagging import nltk_tagger
         values["tagger"] = "auto: " + ("nltk" if nltk_tagger() else "rules")
     with open(args.data, "rb") as f:
         return {"method": args.method, "data_sha256": hashlib.sha256(f.read()).hexdigest(), **values}
-
-
-def differences(old: dict, new: dict, names: dict | None = None) -> list[str]:
-    """'--option OLD (now NEW)' for each setting that differs ("not used": that run ignored it);
-    ``names``: how a setting is named, where it is not its option."""
-    missing = object()
-
-    def show(key, v) -> str:
-        if v is missing:
-            return "not used"
-        if key == "data_sha256":
-            return "sha256 " + str(v)[:12]
-        if isinstance(v, bool):
-            return "on" if v else "off"
-        return "none" if v is None else "''" if v == "" else str(v)
-    out = []
-    for key in list(new) + [k for k in old if k not in new]:
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a != b:
-            name = (names or {"method": "the method", "data_sha256": "--data's content"}).get(key, "--" + key.replace("_", "-"))
-            out.append(f"{name} {show(key, a)} (now {show(key, b)})")
-    return out
-
-
-def start_output(args, settings: dict, rows=(), record_name: str = SETTINGS, out_flag: str = "--out",
-                 names: dict | None = None) -> None:
-    """Make OUT ready (before any model loads). --overwrite removes what an earlier run wrote;
-    otherwise rows already there must come from the same settings (else they would mix with this
-    run's). Then this run's settings are recorded, atomically. Also mmpo.convert's (``record_name``
-    convert.json, its OUT a positional ``out_flag``, ``names`` its settings' names)."""
-    out_path, record, images = (os.path.join(args.out, n) for n in ("data.jsonl", record_name, "images"))
-    fresh = (f"use another {out_flag}, or add --overwrite to start afresh (it deletes {out_path}, {images}/ "
-             f"and {record})")
-    if args.overwrite and rows:
-        from mmpo.rows import IMAGE_FIELDS  # (it imports torch: not for convert, which gives no rows)
-        inside = [r[f] for r in rows for f in IMAGE_FIELDS
-                  if r.get(f) and os.path.realpath(r[f]).startswith(os.path.realpath(images) + os.sep)]
-        if inside:
-            raise UserError(f"--overwrite would delete {images}, which holds input images ({inside[0]}): choose another --out")
-    n = len(finished_rows(out_path)[0])
-    count = f"{n} row{'s' * (n != 1)}"
-    if n and not args.overwrite:
-        try:
-            with open(record) as f:
-                old = json.load(f)
-        except FileNotFoundError:
-            raise UserError(f"{out_path} holds {count} but no {record_name} is beside it (an older version, or "
-                            f"something else, wrote it): its rows cannot be checked against this run's settings: "
-                            f"{fresh}") from None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{record}: unreadable ({first_line(e)}), so the {count} beside it cannot be checked: "
-                            f"{fresh}") from None
-        diff = differences(old if isinstance(old, dict) else {}, settings, names)
-        if diff:
-            raise UserError(f"{out_path} holds {count} made with other settings: {'; '.join(diff)}. "
-                            f"Run with the old settings to continue, or {fresh}")
-    try:
-        if args.overwrite:
-            for path in (out_path, record):
-                if os.path.isfile(path):
-                    os.remove(path)
-            if os.path.isdir(images):
-                shutil.rmtree(images)
-        os.makedirs(images, exist_ok=True)
-        write_atomic(record, json.dumps(settings, indent=1))
-    except OSError as e:
-        raise UserError(f"{out_flag} {args.out}: cannot write there ({e.strerror or first_line(e)})") from None
 
 
 def summary(method: str, stats: dict, out_path: str) -> str:

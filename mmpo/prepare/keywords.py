@@ -1,6 +1,6 @@
 """MFPO's keyword selection (Jiang et al. 2024, sec. 3.1 "Keyword Selection"): which phrases of
 the chosen answer name the image regions that matter. Pure Python + torch, runs offline; the
-words' tags and stems come from tagging.py (nltk's when installed, else its rules).
+words' tags and stems come from mmpo/common/tagging.py (nltk's when installed, else its rules).
 
 The paper builds "a multipartite graph [Boudin, 2018]" over the answer and ranks it with a
 weighted PageRank. ``graph="multipartite"`` (the default) is Boudin's graph (Boudin 2018,
@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import torch
 
-from mmpo.prepare.tagging import STOPWORDS, noun_flags, pos_tags, stemmer, tokenize, words
+from mmpo.common.tagging import STOPWORDS, noun_flags, pos_tags, stemmer, tokenize, words
 
 # ---- the graphs ------------------------------------------------------------------------------
 

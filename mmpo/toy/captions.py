@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 from PIL import Image, ImageDraw
 
-from mmpo.rows import to_pil
+from mmpo.images import to_pil
 from mmpo.toy.world import SIZE, _marked, _pick, _Writer
 
 PAIRS = (("fork", "knife"), ("cup", "spoon"), ("dog", "frisbee"), ("car", "truck"))  # (lead, companion)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from mmpo.cli import markdown_table
+from mmpo.common.util import markdown_table
 from mmpo.toy import stats
 
 # what each world's table shows: (key, header, the figure from sums over examples: S[source][quantity])
@@ -62,7 +62,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def test_quantities(world: str, rows: list[dict], answers: list[dict]) -> dict[str, list[float]]:
     """Per test example, what the world's figures count (eval.py's own rules: its saved reading of
-    each QA answer; CHAIR's judgement of each caption, by mmpo.evaluation.chair)."""
+    each QA answer; CHAIR's judgement of each caption, by mmpo.common.chair)."""
     if world == "colour":
         counter = [r["group"] == "counter-prior" for r in rows]
         return {"n": [1.0] * len(rows), "counter": counter, "typical": [not c for c in counter],
@@ -70,7 +70,7 @@ def test_quantities(world: str, rows: list[dict], answers: list[dict]) -> dict[s
                 "correct_typical": [not c and a["correct"] for c, a in zip(counter, answers)],
                 "prior_counter": [c and a["read"] == r["prior"] for c, r, a in zip(counter, rows, answers)],
                 "unread": [a["read"] is None for a in answers]}
-    from mmpo.evaluation import chair
+    from mmpo.common import chair
     from mmpo.toy.captions import LEADS, PARTNER
     q = {k: [] for k in ("n", "any_hallucinated", "hallucinated", "mentions", "covered", "truth", "counter",
                          "companion", "words")}

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmpo.files import write_atomic
-from mmpo.rows import to_pil
+from mmpo.images import to_pil
 
 COLORS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (225, 200, 35)}
 SHAPES = ("circle", "square", "triangle", "diamond")

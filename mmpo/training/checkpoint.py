@@ -14,13 +14,11 @@ matches what is on disk), says which newer ones it passed over and why, and stop
 when none is intact: a run killed at any moment, or a checkpoint damaged since, never makes a
 resumed run start again from step 0.
 
-The data order depends only on (seed, epoch) (``mmpo.curriculum.plan``), so with the RNG states
+The data order depends only on (seed, epoch) (``mmpo.training.curriculum.plan``), so with the RNG states
 ``train.py --resume OUT`` continues with the losses and weights of an uninterrupted run (tested
 bit for bit). On another number of processes ``--grad-accum`` is rescaled to keep the global
 batch, and only dropout's random stream starts afresh.
 """
-import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -30,29 +28,16 @@ import warnings
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from mmpo import lora
 from mmpo.cli import UserError, first_line
-from mmpo.config import RESUMABLE, Config, check_config
-from mmpo.distributed import Dist, barrier
-from mmpo.files import atomic_path, write_atomic
+from mmpo.distributed import Dist, barrier, full_state
+from mmpo.files import write_atomic
 
 # frozen weights (the base model under LoRA) are reloaded from the model, never checkpointed
 TRAINABLE = StateDictOptions(ignore_frozen_params=True, strict=False)
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
-
-def full_trainable_state(model) -> dict[str, torch.Tensor]:
-    """Every trainable weight, gathered whole onto the CPU (a collective under FSDP)."""
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    return get_model_state_dict(model, options=opts)
-
-
-def full_state(model) -> dict[str, torch.Tensor]:
-    """Every weight, frozen ones included, gathered whole onto the CPU (for save_pretrained)."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def save_weights(model, path: str, state: dict, base_model: str):
@@ -78,7 +63,7 @@ def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist 
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, os.path.join(tmp, f"rng-{d.rank}.safetensors"))
-    full = full_trainable_state(model)
+    full = full_state(model, trainable_only=True)
     if d.main:
         save_weights(model, tmp, full, state.get("base_model", ""))
         with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
@@ -152,10 +137,6 @@ def newest_intact(out: str) -> tuple[str | None, list[str]]:
     return None, passed
 
 
-def latest(out: str) -> str | None:
-    return newest_intact(out)[0]
-
-
 def load(ckpt: str, model, optimizer, scheduler, d: Dist = Dist()) -> dict:
     """Restore weights, optimizer, scheduler and RNG from ``ckpt``; return trainer_state."""
     model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
@@ -221,128 +202,3 @@ def truncate_metrics(path: str, step: int):
             except (ValueError, KeyError):  # a line cut short by the kill
                 pass
     write_atomic(path, "".join(rows))
-
-
-def save_reference(path: str, model, d: Dist = Dist()):
-    """The policy's trainable weights at a curriculum stage boundary: the reference from then on."""
-    full = full_trainable_state(model)
-    if d.main:
-        with atomic_path(path) as tmp:  # straight to disk: a full model's weights are never held twice
-            save_file({k: v.contiguous() for k, v in full.items()}, tmp)
-    barrier(d)
-
-
-def load_reference(path: str, module, rename=lambda sd: sd):
-    """Restore a stage's reference weights into ``module`` (``rename`` maps their names)."""
-    set_model_state_dict(module, rename(load_file(path)), options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-# ---- the run directory: a new run never lands on an old one; a resumed run is the same run ----
-
-# what a run may leave in OUT: nothing else there is ever touched
-RUN_NAMES = ("config.json", "metrics.jsonl", "latest", "final", "merged", "base_model", "synthetic", "tensorboard")
-RUN_PREFIXES = ("checkpoint-", "reference-", ".checkpoint-")
-# a run that got as far as training (config.json is written just before the first step)
-STARTED = ("config.json", "metrics.jsonl", "latest", "final")
-
-
-def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
-    """Make ``out`` ready for a new run: refuse one that holds a run unless ``overwrite``; the
-    files of that run, or of one that stopped before training (only those), are removed first."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out}: not a folder")
-    old = sorted(n for n in os.listdir(out) if n in RUN_NAMES or n.startswith(RUN_PREFIXES)) if os.path.isdir(out) else []
-    if not overwrite and any(n in STARTED or n.startswith("checkpoint-") for n in old):
-        shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
-        raise UserError(f"--out {out} already holds a run ({shown}): --resume {out} to continue it, "
-                        f"--overwrite to replace it, or choose another --out")
-    if d.main:
-        try:
-            remove_run_files(out)
-            os.makedirs(out, exist_ok=True)
-            write_atomic(os.path.join(out, ".write-test"), "")  # say now, not at the first checkpoint
-            os.remove(os.path.join(out, ".write-test"))
-        except OSError as e:
-            raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    barrier(d)
-
-
-def remove(path: str):
-    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-
-
-def remove_run_files(out: str):
-    """What a run leaves in ``out`` (``RUN_NAMES``, ``RUN_PREFIXES``): nothing else there is touched."""
-    for name in os.listdir(out) if os.path.isdir(out) else []:
-        if name in RUN_NAMES or name.startswith(RUN_PREFIXES):
-            remove(os.path.join(out, name))
-
-
-def first_missing(path: str) -> str | None:
-    """The outermost folder of ``path`` that does not exist yet (what creating it would create)."""
-    top, p = None, os.path.abspath(path)
-    while not os.path.exists(p):
-        top, p = p, os.path.dirname(p)
-    return top
-
-
-@contextlib.contextmanager
-def undone_on_failure(out: str, created: str | None, active: bool):
-    """A new run that stops before training (a bad image, a model that will not load, Ctrl-C)
-    takes back what it wrote: the folders it created (``created``: the outermost), else what it
-    added to the folder that was there (never what was there before)."""
-    before = set(os.listdir(out)) if created is None and os.path.isdir(out) else set()
-    try:
-        yield
-    except BaseException:
-        if active:
-            with contextlib.suppress(OSError):
-                added = [created] if created else [os.path.join(out, n) for n in set(os.listdir(out)) - before]
-                for path in added:
-                    remove(path)
-        raise
-
-
-def write_config(cfg):
-    """OUT/config.json: every resolved option of the run, what --resume reads back."""
-    write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(vars(cfg), indent=1))
-
-
-def resume_config(cfg, typed: set[str], world: int):
-    """The configuration of the run in ``cfg.resume``, with the options a resumed run may change
-    (``RESUMABLE``: how long it runs, how it reports) taken from the command line; any other option
-    typed with a different value is an error, never silently ignored."""
-    run = cfg.resume
-    path = os.path.join(run, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"--resume {run}: no config.json there, nothing to resume")
-    with open(path) as f:
-        fields = json.load(f)
-    # options renamed since a run may have been written: old name -> new name
-    for old, new in {"corruption": "m_prime", "redraw_corruption": "redraw_m_prime"}.items():
-        if old in fields:
-            fields[new] = fields.pop(old)
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
-    if unknown:
-        raise UserError(f"--resume {run}: config.json has options this version does not know ({', '.join(unknown)})")
-    saved = Config(**{**fields, "resume": run, "out": run})
-    if "out" in typed and os.path.abspath(cfg.out) != os.path.abspath(run):
-        raise UserError(f"--resume {run} continues in its own folder: leave --out out (got --out {cfg.out})")
-    for name in sorted(typed - {"resume", "out", "overwrite"}):
-        new, old = getattr(cfg, name), getattr(saved, name)
-        if name in RESUMABLE:
-            setattr(saved, name, new)
-        elif new != old:
-            raise UserError(f"--resume {run}: --{name.replace('_', '-')} {new} differs from the run's {old}; a resumed run "
-                            f"may change only {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE))}")
-    check_config(saved)
-    ckpt = latest(run)
-    if ckpt:  # none intact: resume() says so
-        with open(os.path.join(ckpt, "trainer_state.json")) as f:
-            saved_world = json.load(f)["world_size"]
-        if saved_world != world:  # keep the global batch
-            if (saved.grad_accum * saved_world) % world:
-                raise UserError(f"--resume {run}: a global batch of {saved.batch_size * saved.grad_accum * saved_world}"
-                                f" cannot be split over {world} processes of batch {saved.batch_size}")
-            saved.grad_accum = saved.grad_accum * saved_world // world
-    return saved

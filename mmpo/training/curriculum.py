@@ -23,7 +23,6 @@ import json
 import os
 
 import torch
-from tqdm import tqdm
 
 from mmpo import distributed
 from mmpo.data import PreferenceDataset, collate
@@ -35,17 +34,14 @@ from mmpo.perturb import stable_seed
 
 def entropy_scores(model, dataset: PreferenceDataset, batch_size: int, pad_id: int, d: Dist = Dist()) -> dict:
     """{id: mean token entropy of the chosen response}, each rank scoring its share."""
-    chosen = dataset.with_views(("chosen",))
-    loader = distributed.share_loader(chosen, batch_size, d, lambda ex: collate(ex, ("chosen",), pad_id))
-    scores = {}
     was_training = model.training
     model.eval()
-    for batch in tqdm(loader, desc="difficulty", disable=not d.main):
-        if not distributed.all_ranks_have(len(batch), d):
-            continue
-        scores.update(zip(batch.ids, response_entropy(model, batch).float().cpu().tolist()))
+    scores = distributed.score_all(dataset.with_views(("chosen",)), batch_size, d,
+                                   lambda ex: collate(ex, ("chosen",), pad_id),
+                                   lambda b: dict(zip(b.ids, response_entropy(model, b).float().cpu().tolist())),
+                                   desc="difficulty")
     model.train(was_training)
-    return distributed.merge_dicts(scores, d)
+    return scores
 
 
 def difficulties(model, dataset: PreferenceDataset, batch_size: int, pad_id: int, fingerprint: str,

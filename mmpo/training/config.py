@@ -1,20 +1,21 @@
-"""The training configuration: one dataclass, each field a flag (``batch_size`` -> ``--batch-size``)
-with its help text as metadata. Light (no torch), so that --help and option errors answer at once;
-``mmpo.recipes.resolve`` then fills every field left at None from the objective's entry in
-``OBJECTIVES`` (and, with --recipe paper, its released hyperparameters), and ``OUT/config.json``
-records the result. Other modules take their defaults from here (``Config.logps_chunk``, ``M_PRIMES``).
+"""train.py's settings: the one place where the command line becomes a checked Config.
+
+``Config``: one dataclass, each field a flag (``batch_size`` -> ``--batch-size``); ``LIMITS``: the
+ranges; ``RESUMABLE``: what a resumed run may change. ``parse_args`` is light (no torch), so --help
+and option errors answer at once; ``resolve`` fills in --recipe paper and the objective's defaults
+(``mmpo/recipes.py``), ``resume_config`` a resumed run's own; ``resolve`` refuses options that cannot
+work together.
 """
 import argparse
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
 
 from mmpo.cli import Parser, UserError, check_limits
-
-TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
-# the second image m': a perturbation of m by name (mmpo.perturb.corrupt), or a real similar image
-M_PRIMES = ("crop", "noise", "blank", "contrast")
+from mmpo.common.util import check_model_path
+from mmpo.constants import LOGPS_CHUNK, M_PRIMES, NOISE_STEP, NOISE_STEPS, SHARE_PREFIX, TINY_MODELS
 
 
 def opt(default, help: str, **kw):
@@ -71,7 +72,7 @@ class Config:
                              "blank, corruptions of m, or contrast: the row's contrast_image (SymMPO default)",
                        choices=M_PRIMES)
     noise_step: int = opt(None, "diffusion step t of the noise (of mmpo.perturb.NOISE_STEPS), added to the normalized "
-                                "pixels (default: the data's noise_step, else 500)")
+                                f"pixels (default: the data's noise_step, else {NOISE_STEP})")
     redraw_m_prime: bool = opt(False, "a new random m' (crop, noise) every epoch, seeded by (seed, id, epoch), as released "
                                       "mDPO does; default: one m' per example per run (a --ref-cache needs it fixed)")
     # curriculum (MFPO sec. 3.3)
@@ -84,9 +85,9 @@ class Config:
     lora_dropout: float = opt(0.05, "LoRA dropout")
     lora_targets: str = opt("", "comma-separated regexes of Linear names (default: every Linear of the language model)")
     dtype: str = opt("fp32", "fp32 | bf16 (bf16 autocast, fp32 master weights)", choices=("fp32", "bf16"))
-    prefix_sharing: bool = opt(True, "score each image + prompt prefix once for all the views on it, with a block attention "
+    prefix_sharing: bool = opt(SHARE_PREFIX, "score each image + prompt prefix once for all the views on it, with a block attention "
                                      "mask (exact); --no-prefix-sharing: every view as a full sequence")
-    logps_chunk: int = opt(256, "response positions whose full-vocabulary logits exist at once, recomputed in the backward "
+    logps_chunk: int = opt(LOGPS_CHUNK, "response positions whose full-vocabulary logits exist at once, recomputed in the backward "
                                 "pass (exact); 0: every position at once")
     activation_checkpointing: bool = opt(False, "recompute each block's activations in the backward pass")
     ref_cache: str = opt("", "path of a reference log-prob cache: computed once, reused while it matches")
@@ -131,11 +132,10 @@ RESUMABLE = {"max_steps", "epochs", "save_every", "log_every", "eval_every", "nu
 
 
 def check_config(cfg: Config):
+    """Every range, and the options checked on their own."""
     check_limits(cfg, LIMITS)
-    if cfg.noise_step is not None:
-        from mmpo.perturb import NOISE_STEPS  # its one owner (torch): imported only when --noise-step is given
-        if not 0 <= cfg.noise_step < NOISE_STEPS:
-            raise UserError(f"--noise-step {cfg.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
+    if cfg.noise_step is not None and not 0 <= cfg.noise_step < NOISE_STEPS:
+        raise UserError(f"--noise-step {cfg.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
     for pattern in filter(None, cfg.lora_targets.split(",")):
         try:
             re.compile(pattern)
@@ -172,3 +172,91 @@ def parse_args(argv=None) -> Config:
     cfg = Config(**vars(_parser().parse_args(argv)))
     check_config(cfg)
     return cfg
+
+
+def resolve(cfg: Config, typed: set[str] = frozenset()) -> Config:
+    """The run's settings: with ``--recipe paper`` the objective's released hyperparameters, except
+    the flags in ``typed`` (given on the command line); then the objective's defaults for every
+    field left at None. A resumed run's (``resume_config``) were filled in when it started: only
+    checked. Options that cannot work together stop here."""
+    from mmpo.recipes import OBJECTIVES  # torch: only once the command line has been checked
+    if cfg.objective not in OBJECTIVES:
+        raise UserError(f"--objective {cfg.objective}: unknown; choose one of {', '.join(OBJECTIVES)}")
+    obj = OBJECTIVES[cfg.objective]
+    if cfg.recipe == "paper" and not cfg.resume:
+        if obj.recipe is None:
+            raise UserError(f"--recipe paper: --objective {cfg.objective} has no released configuration; "
+                            f"leave --recipe out")
+        for name, value in obj.recipe[1].items():
+            if name not in typed:
+                setattr(cfg, name, value)
+    if cfg.lr is None:
+        # the papers' rates are for 7B models; a tiny random model needs far larger steps
+        cfg.lr = 1e-3 if cfg.model in TINY_MODELS else obj.lr
+    if cfg.weight_decay is None:
+        cfg.weight_decay = obj.weight_decay
+    if cfg.m_prime is None:
+        cfg.m_prime = obj.m_prime
+    check_config(cfg)
+    check_model_path("--model", cfg.model, TINY_MODELS)
+    if cfg.report_to == "tensorboard":  # optional: say how to get it, before any model work
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+    if not obj.reference and (cfg.ref_cache or cfg.refresh_ref_per_stage):
+        raise UserError(f"--objective {cfg.objective} has no reference model: leave out "
+                        f"{'--ref-cache' if cfg.ref_cache else '--refresh-ref-per-stage'}")
+    if cfg.redraw_m_prime and cfg.ref_cache:
+        raise UserError("--redraw-m-prime draws a new m' every epoch, --ref-cache needs one fixed m': choose one")
+    if cfg.refresh_ref_per_stage and (cfg.curriculum == "none" or cfg.ref_cache):
+        raise UserError("--refresh-ref-per-stage needs --curriculum easy-to-hard and a live reference (no --ref-cache)")
+    return cfg
+
+
+def recipe_line(cfg: Config) -> str:
+    """What --recipe paper set, for the start of a run."""
+    from mmpo.recipes import OBJECTIVES
+    source, values = OBJECTIVES[cfg.objective].recipe
+    return f"recipe paper ({source}): " + ", ".join(f"{k}={getattr(cfg, k)}" for k in values)
+
+
+def resume_config(cfg: Config, typed: set[str], world: int) -> Config:
+    """The configuration of the run in ``cfg.resume``, with the options a resumed run may change
+    (``RESUMABLE``: how long it runs, how it reports) taken from the command line; any other option
+    typed with a different value is an error, never silently ignored. On another number of
+    processes ``--grad-accum`` is rescaled to keep the global batch."""
+    from mmpo.training.checkpoint import newest_intact
+    run = cfg.resume
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {run}: no config.json there, nothing to resume")
+    with open(path) as f:
+        fields = json.load(f)
+    # options renamed since a run may have been written: old name -> new name
+    for old, new in {"corruption": "m_prime", "redraw_corruption": "redraw_m_prime"}.items():
+        if old in fields:
+            fields[new] = fields.pop(old)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(Config)})
+    if unknown:
+        raise UserError(f"--resume {run}: config.json has options this version does not know ({', '.join(unknown)})")
+    saved = Config(**{**fields, "resume": run, "out": run})
+    if "out" in typed and os.path.abspath(cfg.out) != os.path.abspath(run):
+        raise UserError(f"--resume {run} continues in its own folder: leave --out out (got --out {cfg.out})")
+    for name in sorted(typed - {"resume", "out", "overwrite"}):
+        new, old = getattr(cfg, name), getattr(saved, name)
+        if name in RESUMABLE:
+            setattr(saved, name, new)
+        elif new != old:
+            raise UserError(f"--resume {run}: --{name.replace('_', '-')} {new} differs from the run's {old}; a resumed run "
+                            f"may change only {', '.join('--' + n.replace('_', '-') for n in sorted(RESUMABLE))}")
+    ckpt = newest_intact(run)[0]
+    if ckpt:  # none intact: checkpoint.resume says so
+        with open(os.path.join(ckpt, "trainer_state.json")) as f:
+            saved_world = json.load(f)["world_size"]
+        if saved_world != world:  # keep the global batch
+            if (saved.grad_accum * saved_world) % world:
+                raise UserError(f"--resume {run}: a global batch of {saved.batch_size * saved.grad_accum * saved_world}"
+                                f" cannot be split over {world} processes of batch {saved.batch_size}")
+            saved.grad_accum = saved.grad_accum * saved_world // world
+    return saved

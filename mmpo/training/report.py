@@ -11,20 +11,9 @@ import os
 import torch
 
 from mmpo import distributed
-from mmpo.cli import UserError
 from mmpo.data import collate
 from mmpo.logps import sequence_logps
-from mmpo.recipes import Objective, loss
-
-
-def check_report_to(report_to: str):
-    """tensorboard is optional: say how to get it, before any model work."""
-    if report_to != "tensorboard":
-        return
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+from mmpo.recipes import Objective
 
 
 class MetricsLog:
@@ -33,8 +22,7 @@ class MetricsLog:
     def __init__(self, out: str, report_to: str = "none", main: bool = True):
         self.file = open(os.path.join(out, "metrics.jsonl"), "a") if main else None
         self.tb = None
-        if main and report_to == "tensorboard":
-            check_report_to(report_to)
+        if main and report_to == "tensorboard":  # optional: resolve checked that it is installed
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(os.path.join(out, "tensorboard"))
 
@@ -62,22 +50,17 @@ def evaluate(model, eval_set, ref_logps, objective: Objective, options: dict, ba
     """Held-out figures of the current policy: the objective's loss and metrics over the whole set,
     and the conditional accuracy, the fraction with logp(y_w | m) > logp(y_w | m') (the image matters
     to the chosen answer). ``ref_logps(batch)`` gives the reference's ``(N,)``."""
-    was_training = model.training
-    model.eval()
-    # an own generator: evaluating mid-run must not draw from the training's RNG (exact resume)
-    loader = distributed.share_loader(eval_set, batch_size, d, lambda ex: collate(ex, eval_set.views, pad),
-                                      generator=torch.Generator())
-    scores = {}  # (id, view) -> (policy logp, reference logp, length)
-    for batch in loader:
-        if not distributed.all_ranks_have(len(batch), d):
-            continue
+    def score(batch):  # {(id, view): (policy logp, reference logp, length)}
         with autocast or torch.autocast("cpu", enabled=False):
             logps, lengths = sequence_logps(model, batch, None, share_prefix, chunk)
             ref = ref_logps(batch)
         pol, ref, n = (batch.split(t.float().cpu()) for t in (logps, ref, lengths))  # each {view: (n_examples,)}
-        for v in batch.views:
-            scores.update({(i, v): x for i, x in zip(batch.ids, zip(pol[v].tolist(), ref[v].tolist(), n[v].tolist()))})
-    scores = distributed.merge_dicts(scores, d)
+        return {(i, v): x for v in batch.views for i, x in zip(batch.ids, zip(pol[v].tolist(), ref[v].tolist(), n[v].tolist()))}
+    was_training = model.training
+    model.eval()
+    # an own generator: evaluating mid-run must not draw from the training's RNG (exact resume)
+    scores = distributed.score_all(eval_set, batch_size, d, lambda ex: collate(ex, eval_set.views, pad), score,
+                                   generator=torch.Generator())
     model.train(was_training)
     ids = sorted({i for i, _ in scores})
     if not ids:
@@ -85,7 +68,7 @@ def evaluate(model, eval_set, ref_logps, objective: Objective, options: dict, ba
     # {view: (n_examples,)} each, in id order
     policy, reference, lengths = ({v: torch.tensor([scores[(i, v)][k] for i in ids]) for v in eval_set.views}
                                   for k in range(3))
-    value, metrics = loss(objective, policy, reference, lengths, options)
+    value, metrics = objective.loss(policy, reference, lengths, options)
     out = {"eval/loss": value.mean().item(), **{f"eval/{k}": float(v) for k, v in metrics.items()}}
     out["eval/cond_acc"] = (policy["chosen"] > policy["chosen_on_corrupt"]).float().mean().item()
     out["eval/examples"] = len(ids)
