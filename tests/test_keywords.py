@@ -273,7 +273,7 @@ def test_rules_stand_in_when_no_tagger_is_installed(monkeypatch):
     monkeypatch.setattr(tagging, "nltk_tagger", lambda: None)
     for caption in [*CAPTIONS, "A chef slices an onion while a cat naps on the counter."]:
         assert noun_flags(caption) == noun_flags(caption, "rules")
-        for graph in ("multipartite", "words"):
+        for graph in ("multipartite", "boudin", "words"):
             assert rank_keywords(caption, k=10, graph=graph) == rank_keywords(caption, k=10, tagger="rules", graph=graph)
     with pytest.raises(RuntimeError, match="nltk"):
         rank_keywords("A dog.", tagger="nltk")

@@ -53,9 +53,10 @@ def build_parser() -> cli.Parser:
                    help="diffusion step t of the noise (of 1000); mfpo records it, training adds the noise to the processed "
                         "pixels; symmpo --contrast noise bakes it into the contrast image")
     p.add_argument("--k", type=int, default=3, help="mfpo: keyphrases per answer")
-    p.add_argument("--keywords", choices=("multipartite", "words"), default="multipartite",
-                   help="mfpo: Boudin's multipartite graph of keyphrases, as the paper cites it (multi-word objects stay "
-                        "whole: 'traffic light'), or a graph of single words, as its text reads ('nodes represent words'; "
+    p.add_argument("--keywords", choices=("multipartite", "boudin", "words"), default="multipartite",
+                   help="mfpo: Boudin's multipartite graph of keyphrases in MFPO's weights, as the paper cites it "
+                        "(multi-word objects stay whole: 'traffic light'); boudin: pke's MultipartiteRank exactly, given "
+                        "the same tags and stems; or a graph of single words, as its text reads ('nodes represent words'; "
                         "kept to compare: it asks the detector for 'traffic')")
     p.add_argument("--tagger", choices=("auto", "rules", "nltk"), default="auto",
                    help="mfpo: nouns and adjectives by nltk's tagger (stems by Porter's) when installed (auto), or the "
