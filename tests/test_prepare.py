@@ -412,3 +412,19 @@ def test_a_run_that_writes_no_row_is_an_error(plain_data, tmp_path, monkeypatch,
     assert build.run(["napo", "--data", plain_data, "--out", str(tmp_path / "o"), *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith(f"error: no row written to {tmp_path / 'o' / 'data.jsonl'}: every one of the 6 rows was skipped")
+
+
+def test_mfpo_rows_of_an_earlier_keyphrase_ranking_are_not_continued(plain_data, tmp_path, capsys):
+    """prepare.json records the keyphrase ranking's version with mfpo's rows: rows ranked by an
+    earlier one (a record without it) are refused, never mixed with this one's."""
+    out = str(tmp_path / "out")
+    args = ["mfpo", "--data", plain_data, "--out", out, "--regions", "global"]
+    assert build.run(args) == 0
+    record = os.path.join(out, "prepare.json")
+    settings = json.load(open(record))
+    assert settings["keyphrases"] == 2
+    del settings["keyphrases"]
+    json.dump(settings, open(record, "w"))
+    capsys.readouterr()
+    assert build.run(args) == 2
+    assert "made with other settings: mmpo's keyphrase ranking not used (now 2)" in capsys.readouterr().err

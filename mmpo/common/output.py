@@ -57,7 +57,8 @@ def differences(old: dict, new: dict, names: dict | None = None) -> list[str]:
     for key in list(new) + [k for k in old if k not in new]:
         a, b = old.get(key, missing), new.get(key, missing)
         if a != b:
-            name = (names or {"method": "the method", "data_sha256": "--data's content"}).get(key, "--" + key.replace("_", "-"))
+            name = (names or {"method": "the method", "data_sha256": "--data's content",
+                              "keyphrases": "mmpo's keyphrase ranking"}).get(key, "--" + key.replace("_", "-"))
             out.append(f"{name} {show(key, a)} (now {show(key, b)})")
     return out
 

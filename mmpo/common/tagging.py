@@ -11,8 +11,9 @@ a an the this that these those there here it its it's they them their he him his
 me my is are was were be been being am do does did doing have has had having will would can could should may might
 must shall of in on at to from by with without for about above below over under into onto out up down off near next
 beside besides behind between among through across along around against toward towards before after during while
+past beneath underneath atop
 within upon via than then and or but nor so yet if because as not no also too very just only quite rather really
-some any each every all both either neither many much more most few several other another such what which who whom
+some any each every all both either neither many much more most few several other others another such what which who whom
 whose where when why how one two three four five six seven eight nine ten first second third image picture photo
 shows show showing seen see appears appear looks look visible left right top bottom middle center front back side
 """.split())
@@ -21,7 +22,7 @@ shows show showing seen see appears appear looks look visible left right top bot
 ADJECTIVES = set("""
 big small large little tiny huge tall short long wide narrow old new young bright dark light heavy empty full open
 closed round flat wooden metal plastic red green blue yellow orange purple pink brown black white gray grey
-silver golden gold beige colorful striped patterned clear cloudy sunny several various nearby together alive
+silver golden gold beige colorful striped patterned clear cloudy sunny various nearby together alive
 """.split())
 
 # Adjectives that are also object nouns: which one, ``pos_tags`` decides from the phrase.
@@ -39,6 +40,16 @@ glances reaches reach sips enjoys enjoy prepares serves crosses opens closes use
 relaxes remains overlooks travels approaches appears goes comes come takes take makes make gives give puts put gets
 get has talks talk reads writes dances kicks tries try wants want
 """.split())
+
+# Two-word object names whose second (or first) word a rule below would reject on its own ("can" is a
+# modal, "lift" a verb, "living" an -ing form): the rules tag both words nouns where they stand together.
+COMPOUND_NOUNS = {tuple(p.split()) for p in """
+living room, dining room, dining table, waiting room, swimming pool, washing machine, sewing machine,
+frying pan, ski lift, chair lift, trash can, garbage can, watering can, soda can, paint can, tin can,
+fruit flies
+""".replace("\n", " ").split(", ")}
+# Nouns shorter than the 3 letters ``is_noun`` asks of a word
+SHORT_NOUNS = set("tv ox pc".split())
 
 # Verb or object ("a bird flies" / "fruit flies"): a verb unless a determiner, number,
 # preposition or possessive comes right before it.
@@ -98,6 +109,8 @@ def words(text: str) -> list[str]:
 def is_noun(word: str) -> bool:
     """Could ``word`` be an object noun, judged from the word alone (no context)? Stopwords,
     listed verbs and adjectives, and words with a verb or adjective ending are not."""
+    if word in SHORT_NOUNS:
+        return True
     if word in STOPWORDS or word in ADJECTIVES or word in VERBS or len(word) < 3 or "'" in word:
         return False
     if word in SUFFIX_NOUNS or word.endswith(("fish", "eed")):
@@ -161,17 +174,20 @@ def pos_tags(text: str, tagger: str = "auto") -> list[str]:
             where.append(len(seq))
             seq += [w, "'s"] if t in poss else [w]
         got = [p for _, p in tag(seq + list(seps[-1]))]
-        out = ["N" if got[where[t]].startswith("NN") and is_noun(w) else
-               "A" if is_adjective(w) or (got[where[t]].startswith("JJ") and w not in STOPWORDS) else ""
-               for t, w in enumerate(toks)]
-    else:
-        out = ["N" if _rule_noun(toks, seps, poss, t) else "A" if is_adjective(w) else "" for t, w in enumerate(toks)]
+        # the tagger's nouns stand (only a stop word is never one); its adjectives, and listed ones
+        return ["N" if got[where[t]].startswith("NN") and w not in STOPWORDS else
+                "A" if is_adjective(w) or (got[where[t]].startswith("JJ") and w not in STOPWORDS) else ""
+                for t, w in enumerate(toks)]
+    out = ["N" if _rule_noun(toks, seps, poss, t) else "A" if is_adjective(w) else "" for t, w in enumerate(toks)]
     for t, w in enumerate(toks):
         if w in NOUN_ADJECTIVES:
             before = toks[t - 1] if t > 0 and not seps[t] else None
             opened = before is not None and (before in DETERMINERS or before in PREPOSITIONS or t - 1 in poss or out[t - 1])
             closes = t + 1 == len(toks) or seps[t + 1] or not out[t + 1]
             out[t] = "N" if opened and closes else "A"
+    for t in range(1, len(toks)):  # "trash can", "ski lift": one object
+        if (toks[t - 1], toks[t]) in COMPOUND_NOUNS and not seps[t] and t - 1 not in poss:
+            out[t - 1] = out[t] = "N"
     return out
 
 

@@ -250,7 +250,7 @@ def lemma(word: str, vocabulary) -> str:
 
 def rule_nouns(text: str, vocabulary) -> list[str]:
     """The nouns of ``text`` that are words of ``vocabulary``, without nltk: its words as
-    mmpo.prepare's tagging splits them (letters only, a possessive 's dropped, case kept), each
+    mmpo.common.tagging splits them (letters only, a possessive 's dropped, case kept), each
     a noun where those rules tag it one (``tagging.pos_tags(text, "rules")``, made to agree with
     nltk's tagger; a word of capitals such as "TV" is a noun too), lemmatized as WordNet does
     for AMBER's words (``lemma``). Known misses: hyphenated words ("e-book": the rules read "book"), and wherever

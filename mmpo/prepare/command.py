@@ -19,6 +19,8 @@ from mmpo.cli import UserError, first_line
 from mmpo.constants import M_PRIMES, NOISE_STEPS, TINY_MODELS
 from mmpo.common.util import check_model_path
 
+# mfpo's keyphrase ranking (mmpo/prepare/keywords.py), recorded with its rows; 2: Boudin's graph as pke builds it
+KEYPHRASES = 2
 # what to say after "cannot load": the way around it
 HINTS = {"--detector": "; what needs no download: a local model directory for --detector/--segmenter, --segmenter '' "
                        "(boxes only), or --regions random|global",
@@ -191,7 +193,7 @@ def row_settings(args) -> dict:
     or beam choice at a near tie. mfpo's rows are made one by one: its batch size changes nothing."""
     names = ["model", "seed"]
     if args.method == "mfpo":
-        names += ["k", "keywords", "tagger", "noise_step", "regions"]
+        names += ["k", "keywords", "tagger", "noise_step", "regions", "keyphrases"]
         if args.regions == "grounded":
             names += ["detector", "segmenter", "threshold"]
     else:
@@ -200,7 +202,8 @@ def row_settings(args) -> dict:
             names += ["napo_prompt", "lang_image"]
         else:
             names += ["contrast"] + {"neighbor": ["pool", "embedder"], "noise": ["noise_step"]}.get(args.contrast, [])
-    values = {n: getattr(args, n) for n in names}
+    # the ranking's version: rows ranked by an earlier one are not continued with this one
+    values = {n: KEYPHRASES if n == "keyphrases" else getattr(args, n) for n in names}
     for n in ("model", "detector", "segmenter", "embedder", "pool"):
         if values.get(n) and os.path.exists(values[n]):
             values[n] = os.path.realpath(values[n])  # one folder, however it is spelled
