@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpo.toy import __main__ as toy, results as R, stats, world as W
+from mmpo.toy import __main__ as toy, claims as C, results as R, stats, world as W
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,6 +202,9 @@ def test_smoke_run_end_to_end(tmp_path):
             assert r["figures"]["dpo"][k][0] == pytest.approx(report["dpo-" + w + "-0"][e]), (w, k)
     table = (out / "results.md").read_text()
     assert "### The colour world" in table and "### The captions world" in table and "| DPO |" in table
+    # the reading as code: every claim of a world this run has, with its verdict (smoke: dpo and mdpo only)
+    claims_md = table[table.index("## Claims"):]
+    assert claims_md.count("\n- **") == len(C.CLAIMS) and "**not run** (captions) SymMPO's coverage" in claims_md
     # a second call finds every stage done and only rebuilds the table
     r2 = subprocess.run([sys.executable, "-m", "mmpo.toy", "--smoke", "--out", str(out)], capture_output=True,
                         text=True, cwd=ROOT)
@@ -226,3 +229,33 @@ def test_stages_run_in_order_and_a_failure_names_its_log(tmp_path):
     (tmp_path / "logs/a.done").unlink()
     toy.run_jobs([job("a", []), job("b", ["a"]), job("c", ["b"]), job("d", [])], str(tmp_path), workers=1)
     assert order.read_text() in ("abbcabcd", "abbcdabc")
+
+
+# the default run's recorded figures (mmpo/toy/RESULTS.md, commit 364a886, 3 seeds): what each claim reads
+RECORDED = {"worlds": {
+    "colour": {"labels": {"dpo": "DPO", "dpo-noimage": "DPO (no image)", "symmpo": "SymMPO"},
+               "figures": {"dpo": {"heldout_reward_acc": [0.875, 0.719, 0.974]},
+                           "dpo-noimage": {"heldout_reward_acc": [0.401, 0.141, 0.570]}},
+               "differences": {"symmpo - base": {"acc_counter": [0.008, -0.016, 0.032]}}},
+    "captions": {"labels": {"dpo": "DPO", "dpo-noimage": "DPO (no image)", "napo": "NaPO", "symmpo": "SymMPO"},
+                 "figures": {"dpo": {"heldout_reward_acc": [0.526, 0.440, 0.607]}},
+                 "differences": {"dpo - base": {"coverage": [-0.720, -0.772, -0.668], "chair_i": [-0.017, -0.064, 0.055]},
+                                 "dpo-noimage - base": {"chair_i": [0.102, 0.055, 0.131]},
+                                 "napo - base": {"chair_i": [0.089, 0.053, 0.133]},
+                                 "symmpo - base": {"coverage": [-0.074, -0.097, -0.050], "chair_i": [-0.005, -0.023, 0.012]}}},
+}}
+
+
+def test_claims_read_the_recorded_default_as_its_tables_say():
+    """On the default run's figures: DPO's reward accuracy beats blind DPO's in the colour world and
+    is at chance in the captions world; it loses coverage; SymMPO loses coverage beyond the noise
+    (-0.074 [-0.097, -0.050]); blind DPO and NaPO raise CHAIR_i beyond it; SymMPO keeps the base's
+    counter-prior accuracy."""
+    got = [(c.world, c.text.split(" ")[0], v) for c, _, v in C.verdicts(RECORDED)]
+    assert [v for _, _, v in got] == ["held", "held", "held", "failed", "failed", "held"]
+    no_chair_rise = next(figs for c, figs, _ in C.verdicts(RECORDED) if "CHAIR_i" in c.text)
+    assert {k for k, x in no_chair_rise.items() if C.above(x)} == {"DPO (no image) − base", "NaPO − base"}
+    # a claim about a method the run did not train is not run, never held
+    smoke = {"worlds": {"captions": {**RECORDED["worlds"]["captions"], "differences": {}}}}
+    assert [v for c, _, v in C.verdicts(smoke) if c.world == "captions" and "DPO's held" not in c.text] == \
+        ["not run"] * 3

@@ -29,7 +29,8 @@ For each world and each seed:
 
 Every figure gets a 95% interval, a bootstrap over seeds and test examples, and each method's
 difference from the base and from DPO its own (``mmpo/toy/results.py``, ``stats.py``). Writes
-``OUT/results.json``, ``OUT/results.md`` and, with matplotlib, ``OUT/results.png``. Every stage
+``OUT/results.json``, ``OUT/results.md`` (ending with each claim of ``claims.py`` and its verdict)
+and, with matplotlib, ``OUT/results.png``. Every stage
 runs ``train.py``, ``prepare`` or ``eval.py`` as a separate process with one CPU thread, as many
 at once as there are cores; its log is under ``OUT/logs/``. Killed and re-run with the same
 options, it continues: finished stages are kept.

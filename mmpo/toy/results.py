@@ -13,7 +13,7 @@ from dataclasses import asdict
 import torch
 
 from mmpo.common.util import markdown_table
-from mmpo.toy import stats
+from mmpo.toy import claims, stats
 
 # what each world's table shows: (key, header, the figure from sums over examples: S[source][quantity])
 HELD_OUT = [
@@ -161,7 +161,8 @@ def fmt(x: list[float]) -> str:
 
 def markdown(results: dict) -> str:
     """Per world: the figures with their 95% intervals, then the differences on the headline
-    figures, marked * where the interval excludes 0 (outside the noise)."""
+    figures, marked * where the interval excludes 0 (outside the noise); last, the claims
+    (mmpo/toy/claims.py) with the figures they read and whether they held."""
     s = results["settings"]
     parts = []
     for w, r in results["worlds"].items():
@@ -175,7 +176,8 @@ def markdown(results: dict) -> str:
     return ("\n".join(parts) + f"\nFigures [95% interval]: a bootstrap over {s['seeds']} seed(s) (each its own SFT base and "
             f"preference runs) and the test examples; * marks a difference whose interval excludes 0. "
             f"{s['steps']} steps of batch {s['batch']}; learning rates: "
-            + ", ".join(f"{results['labels'][m]} {v:g}" for m, v in results["lr"].items()) + ".\n")
+            + ", ".join(f"{results['labels'][m]} {v:g}" for m, v in results["lr"].items()) + ".\n\n"
+            + claims.markdown(results))
 
 
 def plot(results: dict, path: str) -> str | None:
