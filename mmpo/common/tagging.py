@@ -155,13 +155,15 @@ def pos_tags(text: str, tagger: str = "auto") -> list[str]:
 
     tagger: "auto" (nltk's tagger when installed with its data, else the rules), "nltk" (error
     without it) or "rules" (always the built-in rules, the same on every machine).
-    Either way a word that ``is_noun`` rejects is never a noun. The rules, per occurrence:
+    A tagger's nouns stand (only a stop word is never one). Under the rules a word that ``is_noun``
+    rejects is never a noun, except in a listed two-word object (COMPOUND_NOUNS: "trash can",
+    "ski lift"), whose words are both nouns where they stand together. The rules, per occurrence:
     a VERBISH word (flies, swings) is a verb unless a determiner, number, preposition or possessive
     comes right before it; any other word is a verb in "subject WORD object" shape (the subject a
     pronoun, "to", or a noun opening its clause or after a determiner; the object opening with
     a/an/the/his/her/its/their/some/two..: "a man strums a guitar"), or, ending in -s, after a
     singular subject and before a preposition or the clause's end ("a cat naps on", "she waves.").
-    The one exception, on both paths: a NOUN_ADJECTIVES word, which ``is_noun`` rejects as an
+    The one exception under the rules: a NOUN_ADJECTIVES word, which ``is_noun`` rejects as an
     adjective, is a noun where it closes a noun phrase ("a traffic light", "made of metal") and an
     adjective elsewhere ("a light blue car", "it is light").
     """
