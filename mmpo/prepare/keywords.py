@@ -21,7 +21,7 @@ MultipartiteRank, pke/unsupervised/graph_based/multipartiterank.py, commit 69871
               k != f} mu_kj (pke's weight_adjustment, alpha = 1.1; l: first offset).
   ranking     PageRank, a = 0.85.
 
-``graph="boudin"`` is that graph exactly as pke ranks it (``BOUDIN``): theta = 1 / gap, networkx's
+``graph="boudin"`` is that graph exactly as pke ranks it (``boudin_rank``): theta = 1 / gap, networkx's
 PageRank (``pagerank(norm="column")``); given the same tokens, tags and stems it gives pke's scores
 (tests/test_keywords_boudin.py, on pke's own numbers). ``graph="multipartite"`` (the default) is
 the paper's form on the same graph, each of its terms an argument of ``rank_keywords``:
@@ -283,22 +283,17 @@ def pagerank(omega: torch.Tensor, *, a: float = 0.85, norm: str = "paper", iters
     return r
 
 
-# Boudin's MultipartiteRank as pke computes it: MFPO's terms switched off
-BOUDIN = dict(theta="boudin", vectors=None, lam=0.0, norm="column", noun_ending=False, compounds=False)
-
-
 def rank_keywords(text: str, k: int = 3, *, graph: str = "multipartite", vectors=None, theta: str = "mfpo",
                   phi: float = 1.0, gamma: float = 0.5, lam: float = 0.05, alpha: float = 1.1, threshold: float = 0.74,
                   a: float = 0.85, norm: str = "paper", noun_ending: bool = True, compounds: bool = True,
                   tagger: str = "auto") -> list[str]:
     """The top-k keyphrases of ``text`` (deterministic; ties: the earlier first). graph:
     "multipartite" (Boudin's graph in MFPO's weights, each term an argument: module docstring),
-    "boudin" (pke's MultipartiteRank exactly: ``BOUDIN``'s settings, the others as given) or
+    "boudin" (pke's MultipartiteRank exactly, ``boudin_rank``; only alpha and threshold apply) or
     "words" (nouns of the word graph); vectors: an optional text -> 1-D tensor (embeddings) for the
     semantic term; norm: see ``pagerank``; tagger: see ``pos_tags``."""
     if graph == "boudin":
-        graph, vectors, theta, lam, norm, noun_ending, compounds = ("multipartite", *(BOUDIN[n] for n in (
-            "vectors", "theta", "lam", "norm", "noun_ending", "compounds")))
+        return [p for p, _ in boudin_rank(tagged_sentences(text, tagger), alpha=alpha, threshold=threshold)][:k]
     weights = dict(vectors=vectors, phi=phi, gamma=gamma, lam=lam)
     if graph == "multipartite":
         cands, _, omega = multipartite_graph(text, tagger=tagger, threshold=threshold, noun_ending=noun_ending,
