@@ -102,6 +102,37 @@ def test_images_masks_and_contrast_images(world):
         assert pixels(out / blank["image"]).sum() == 0 and blank["chosen"] == pref["chosen"]
 
 
+def test_held_out_couples_carry_no_text_preference(world, tmp_path):
+    """Each couple: the same scene with the object in the other answer's colour (captions: the
+    rejected caption's scene, one object swapped in place), the answers swapped; so reading the
+    text alone is right on exactly one pair of each couple."""
+    from mmpo.toy import captions as CAP
+    out, rows = world
+    cap = tmp_path / "captions"
+    cap_rows = [json.loads(line) for line in open(CAP.build(str(cap), n_sft=40, n_pref=8, n_heldout=24, n_test=4)["heldout"])]
+    for folder, heldout in ((out, rows["heldout"]), (cap, cap_rows)):
+        assert len(heldout) == 24 and [r["couple"] for r in heldout] == [i // 2 for i in range(24)]
+        for a, b in zip(heldout[::2], heldout[1::2]):
+            assert (a["prompt"], a["chosen"], a["rejected"]) == (b["prompt"], b["rejected"], b["chosen"])
+            diff = (pixels(folder / a["image"]) != pixels(folder / b["image"])).any(-1)
+            assert 0 < diff.sum() < 0.25 * diff.numel()  # only where the object changed
+    scenes = {r["id"]: r for r in rows["scenes"]}
+    for a, b in zip(rows["heldout"][::2], rows["heldout"][1::2]):
+        sa, sb = scenes[a["id"]], scenes[b["id"]]
+        assert {**sa, "id": 0, "color": 0} == {**sb, "id": 0, "color": 0} and sb["color"] == color_of(b["chosen"])
+        assert {sa["color"] == W.PRIOR[sa["shape"]], sb["color"] == W.PRIOR[sb["shape"]]} == {True, False}
+
+
+def test_a_share_of_training_pairs_carries_the_shortcut(tmp_path):
+    from mmpo.toy import captions as CAP
+    sizes = dict(n_sft=40, n_pref=20, n_heldout=4, n_test=4, shortcut_share=0.25)
+    colour = [json.loads(line) for line in open(W.build(str(tmp_path / "w"), **sizes)["prefs"])]
+    assert sum(r["rejected"].startswith("I think") for r in colour) == 5
+    caps = [json.loads(line) for line in open(CAP.build(str(tmp_path / "c"), **sizes)["prefs"])]
+    longer = [len(r["rejected"].split()) - len(r["chosen"].split()) for r in caps]
+    assert longer.count(0) == 15 and all(k in (2, 3) for k in longer if k)  # one object more, or as long
+
+
 def test_world_is_reproducible(tmp_path):
     sizes = dict(n_sft=8, n_pref=4, n_heldout=4, n_test=4)
     a, b = W.build(str(tmp_path / "a"), **sizes), W.build(str(tmp_path / "b"), **sizes)
@@ -167,6 +198,8 @@ AMONG = "each once, among dpo, dpo-noimage, mdpo, mfpo, napo, symmpo, symmpo-ora
     (["--steps", "0"], "--steps 0: must be at least 1"),
     (["--lr-scale", "nan"], "--lr-scale nan: must be positive"),
     (["--workers", "-1"], "--workers -1: must be 0 (the cores) or more"),
+    (["--cap-n-heldout", "7"], "--cap-n-heldout 7: must be even: the held-out pairs come in couples"),
+    (["--shortcut-share", "2"], "--shortcut-share 2.0: must be a share in [0, 1]"),
     (["--steps", "x"], "argument --steps: invalid int value: 'x'"),  # argparse's own, in one line too
 ])
 def test_option_errors_are_one_line(args, message, tmp_path):
@@ -231,31 +264,55 @@ def test_stages_run_in_order_and_a_failure_names_its_log(tmp_path):
     assert order.read_text() in ("abbcabcd", "abbcdabc")
 
 
-# the default run's recorded figures (mmpo/toy/RESULTS.md, commit 364a886, 3 seeds): what each claim reads
-RECORDED = {"worlds": {
-    "colour": {"labels": {"dpo": "DPO", "dpo-noimage": "DPO (no image)", "symmpo": "SymMPO"},
+# figures in the shape of results.json, each claim's verdict worked out by hand below
+LABELS = {"base": "base (SFT)", "dpo": "DPO", "dpo-noimage": "DPO (no image)", "mdpo": "mDPO", "mfpo": "MFPO",
+          "napo": "NaPO", "symmpo": "SymMPO"}
+FIGURES = {"worlds": {
+    "colour": {"labels": LABELS,
                "figures": {"dpo": {"heldout_reward_acc": [0.875, 0.719, 0.974]},
-                           "dpo-noimage": {"heldout_reward_acc": [0.401, 0.141, 0.570]}},
-               "differences": {"symmpo - base": {"acc_counter": [0.008, -0.016, 0.032]}}},
-    "captions": {"labels": {"dpo": "DPO", "dpo-noimage": "DPO (no image)", "napo": "NaPO", "symmpo": "SymMPO"},
-                 "figures": {"dpo": {"heldout_reward_acc": [0.526, 0.440, 0.607]}},
+                           "dpo-noimage": {"heldout_reward_acc": [0.520, 0.499, 0.570]}},
+               "differences": {"dpo-noimage - dpo": {"heldout_reward_acc": [-0.355, -0.45, -0.2]},
+                               "mdpo - dpo": {"heldout_reward_acc": [0.05, -0.01, 0.1]},
+                               "symmpo - base": {"acc_counter": [0.008, -0.016, 0.032]}}},
+    "captions": {"labels": LABELS,
+                 "figures": {"base": {"companion": [0.065, 0.023, 0.125]},
+                             "dpo": {"heldout_reward_acc": [0.526, 0.440, 0.607]}},
                  "differences": {"dpo - base": {"coverage": [-0.720, -0.772, -0.668], "chair_i": [-0.017, -0.064, 0.055]},
                                  "dpo-noimage - base": {"chair_i": [0.102, 0.055, 0.131]},
                                  "napo - base": {"chair_i": [0.089, 0.053, 0.133]},
-                                 "symmpo - base": {"coverage": [-0.074, -0.097, -0.050], "chair_i": [-0.005, -0.023, 0.012]}}},
+                                 "mdpo - base": {"companion": [-0.047, -0.109, 0.003], "chair_i": [-0.008, -0.036, 0.024]},
+                                 "mfpo - base": {"companion": [-0.049, -0.090, -0.021], "chair_i": [0.01, -0.01, 0.03]},
+                                 "symmpo - base": {"coverage": [-0.074, -0.097, -0.050], "chair_i": [-0.005, -0.023, 0.012],
+                                                   "companion": [-0.044, -0.083, -0.017]}}},
 }}
 
 
-def test_claims_read_the_recorded_default_as_its_tables_say():
-    """On the default run's figures: DPO's reward accuracy beats blind DPO's in the colour world and
-    is at chance in the captions world; it loses coverage; SymMPO loses coverage beyond the noise
-    (-0.074 [-0.097, -0.050]); blind DPO and NaPO raise CHAIR_i beyond it; SymMPO keeps the base's
-    counter-prior accuracy."""
-    got = [(c.world, c.text.split(" ")[0], v) for c, _, v in C.verdicts(RECORDED)]
-    assert [v for _, _, v in got] == ["held", "held", "held", "failed", "failed", "held"]
-    no_chair_rise = next(figs for c, figs, _ in C.verdicts(RECORDED) if "CHAIR_i" in c.text)
+def verdict(results, world, start):
+    return next(v for c, _, v in C.verdicts(results) if c.world == world and c.text.startswith(start))
+
+
+def test_claims_read_their_figures_with_the_thresholds_they_state():
+    """At chance: the interval holds 0.5 (blind DPO's [0.499, 0.570] does, DPO's colour [0.719,
+    0.974] does not); beyond the noise: the difference's interval excludes 0 (mDPO − DPO [-0.01,
+    0.1] does not); a method the run lacks: not run; the companion claim applies from a base
+    rate of 10% (6.5% here: does not apply; 12% with mDPO's interval holding 0: failed)."""
+    F = FIGURES
+    assert [verdict(F, "colour", t) for t in ("blind DPO's", "DPO's held-out reward accuracy is at", "DPO's held-out "
+            "reward accuracy is above", "mDPO's", "SymMPO's held", "SymMPO's counter")] == \
+        ["held", "failed", "held", "failed", "not run", "held"]
+    assert [verdict(F, "captions", t) for t in ("blind DPO's", "DPO's held-out reward accuracy is at", "DPO's coverage",
+            "SymMPO's coverage", "no preference", "where the base")] == \
+        ["not run", "held", "held", "failed", "failed", "does not apply"]
+    no_chair_rise = next(figs for c, figs, _ in C.verdicts(F) if "CHAIR_i" in c.text)
     assert {k for k, x in no_chair_rise.items() if C.above(x)} == {"DPO (no image) − base", "NaPO − base"}
-    # a claim about a method the run did not train is not run, never held
-    smoke = {"worlds": {"captions": {**RECORDED["worlds"]["captions"], "differences": {}}}}
-    assert [v for c, _, v in C.verdicts(smoke) if c.world == "captions" and "DPO's held" not in c.text] == \
-        ["not run"] * 3
+    hallucinating = json.loads(json.dumps(F))
+    hallucinating["worlds"]["captions"]["figures"]["base"]["companion"] = [0.12, 0.08, 0.16]
+    assert verdict(hallucinating, "captions", "where the base") == "failed"  # mDPO's [-0.109, 0.003] holds 0
+    hallucinating["worlds"]["captions"]["differences"]["mdpo - base"]["companion"] = [-0.05, -0.1, -0.001]
+    assert verdict(hallucinating, "captions", "where the base") == "held"
+    # across runs: held in every run only where it held in each
+    table = C.across({"one": F, "two": hallucinating})
+    line = next(x for x in table.splitlines() if "where the base" in x)
+    assert line.endswith("| does not apply | held | no |")
+    line = next(x for x in table.splitlines() if "DPO's coverage" in x)
+    assert line.endswith("| held | held | **held** |")

@@ -80,19 +80,22 @@ WORLDS = {"colour": "qa", "captions": "chair"}  # world -> the eval.py benchmark
 @dataclass
 class Settings:
     """Everything that decides the results (recorded in OUT/toy.json). A seed is one SFT base
-    (its initial weights and data order) and every preference run from it; the worlds are fixed."""
+    (its initial weights and data order) and every preference run from it; ``world_seed`` draws
+    the worlds (every image, scene and pair), the same for every seed."""
     seeds: int = 3
+    world_seed: int = 0
     worlds: str = ",".join(WORLDS)
     methods: str = DEFAULT_METHODS
     # the colour world (world.py)
     n_sft: int = 4000
     n_pref: int = 480  # thirds of 160: MFPO's curriculum stages hold 20 steps of 8 each
-    n_heldout: int = 128
+    n_heldout: int = 128  # pairs, in couples (world.py)
     n_test: int = 256
     p_prior: float = 0.8
     p_hedged_sft: float = 0.3
     counter_share: float = 0.5
     shortcut: str = "hedge"
+    shortcut_share: float = 1.0  # of the training pairs, both worlds: those with the text-only shortcut
     # the captioning world (captions.py)
     cap_n_sft: int = 4000
     cap_n_pref: int = 480
@@ -131,11 +134,12 @@ class Settings:
         if name == "colour":
             return dict(build=dict(n_sft=self.n_sft, n_pref=self.n_pref, n_heldout=self.n_heldout, n_test=self.n_test,
                                    p_prior=self.p_prior, p_hedged_sft=self.p_hedged_sft,
-                                   counter_share=self.counter_share, shortcut=self.shortcut, **both),
+                                   counter_share=self.counter_share, shortcut=self.shortcut,
+                                   shortcut_share=self.shortcut_share, seed=self.world_seed, **both),
                         sft_steps=self.sft_steps, gen_tokens=self.gen_tokens)
         return dict(build=dict(n_sft=self.cap_n_sft, n_pref=self.cap_n_pref, n_heldout=self.cap_n_heldout,
                                n_test=self.cap_n_test, p_cooccur=self.p_cooccur, counter_share=self.cap_counter_share,
-                               **both),
+                               shortcut_share=self.shortcut_share, seed=self.world_seed, **both),
                     sft_steps=self.cap_sft_steps, gen_tokens=self.cap_gen_tokens)
 
 
@@ -290,7 +294,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Settings]:
                                       "batch", "gen_tokens", "cap_gen_tokens", "gen_beams"), count),
                      **dict.fromkeys(("sft_lr", "lr_scale"), rate),
                      **dict.fromkeys(("p_prior", "p_hedged_sft", "counter_share", "p_cooccur", "cap_counter_share",
-                                      "p_text_only", "p_image_only"), share)})
+                                      "p_text_only", "p_image_only", "shortcut_share"), share)})
+    check_limits(s, {**dict.fromkeys(("n_heldout", "cap_n_heldout"), (lambda v: v % 2 == 0, "even: the held-out "
+                                                                       "pairs come in couples")),
+                     "world_seed": (lambda v: v >= 0, "0 or more")})
     check_limits(args, {"workers": (lambda v: v >= 0, "0 (the cores) or more")})
     return args, s
 

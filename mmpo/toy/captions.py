@@ -20,11 +20,14 @@ fork, a knife and a cup." The hallucinated object is the companion of a lead wit
 the partner of any object without it, else any absent object.
 
 The preference pairs carry a *text-only shortcut*, as real hallucination-correction data does:
-every rejected caption is the chosen one with one absent object added (after its partner), so
-it is always one object longer, and "prefer the shorter caption" wins every training pair
-without looking. The held-out pairs have no shortcut: one present object is replaced by the
-hallucinated one, so both captions have the same length. MFPO's noise region is an oracle:
-the world's own mask of every present object, which real data has to estimate.
+a rejected caption is the chosen one with one absent object added (after its partner), so it
+is one object longer, and "prefer the shorter caption" wins every such training pair without
+looking (every pair by default; ``shortcut_share`` of them). The held-out pairs have no
+shortcut: one present object is replaced by the hallucinated one, so both captions have the
+same length; they come in couples, the second pair showing the scene its first pair's rejected
+caption describes, the captions swapped, so that the text alone is right on exactly one of the
+two (``world.py``). MFPO's noise region is an oracle: the world's own mask of every present
+object, which real data has to estimate.
 
 Everything is drawn from one seed; images are PNGs any tiny model reads.
 """
@@ -102,14 +105,15 @@ def added(s: Scene, g: torch.Generator) -> str:
     return caption(objects)
 
 
-def replaced(s: Scene, g: torch.Generator) -> str:
-    """The rejected caption of a held-out pair: as long as the chosen one, one present object
-    replaced by the hallucinated one (not the object it comes with, unless that is alone)."""
+def replaced(s: Scene, g: torch.Generator) -> Scene:
+    """The scene a held-out pair's rejected caption describes: as many objects, one present object
+    replaced by the hallucinated one (not the object it comes with, unless that is alone), in the
+    same cell with the same jitter."""
     i, extra = hallucination(s, g)
     others = [j for j in range(len(s.objects)) if j != i]
     objects = list(s.objects)
     objects[_pick(others, g) if others else i] = extra
-    return caption(objects)
+    return Scene(tuple(objects), s.cells, s.seed)
 
 
 def _scenes(n: int, g: torch.Generator, p_cooccur: float | None = None, counter_share: float | None = None):
@@ -189,18 +193,19 @@ def _kinds(n: int, p_text_only: float, p_image_only: float, g: torch.Generator) 
 
 def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_cooccur: float = 0.8,
           counter_share: float = 0.5, p_text_only: float = 0.1, p_image_only: float = 0.1,
-          seed: int = 0) -> dict[str, str]:
+          shortcut_share: float = 1.0, seed: int = 0) -> dict[str, str]:
     """Write every split of the world under ``out`` and return their paths. Every share is exact
     (rounded half up), not a probability.
 
     - ``sft``: image, prompt "Describe the image.", chosen (the caption); as in LLaVA-1.5's SFT
       mix, a share ``p_text_only`` of rows without an image ("Describe a scene with a fork." ->
       "There is a fork and a knife.": the prior in text) and ``p_image_only`` with an empty prompt;
-    - ``prefs``: training pairs with the shortcut (rejected = one object added), a share
-      ``counter_share`` of counter scenes; ``prefs_mfpo``: the same with MFPO's oracle region
+    - ``prefs``: training pairs, a share ``shortcut_share`` with the shortcut (rejected = one
+      object added; the others as held out: one replaced), a share ``counter_share`` of counter
+      scenes; ``prefs_mfpo``: the same with MFPO's oracle region
       (``noise_mask``, t = 500);
     - ``prefs_blank``: the same pairs with a black image (DPO's no-image control);
-    - ``heldout``: pairs without the shortcut (one object replaced);
+    - ``heldout``: pairs without the shortcut (one object replaced), ``n_heldout // 2`` couples;
     - ``test``: rows for ``eval.py --bench chair`` (objects: the true COCO words), grouped
       "counter" or "typical";
     - ``scenes``: every scene, for checking.
@@ -225,11 +230,12 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_c
 
     black = w.image(Image.new("RGB", (SIZE, SIZE)), "black.png")
     prefs, prefs_mfpo, prefs_blank = [], [], []
-    for i, s in enumerate(_scenes(n_pref, g, counter_share=counter_share)):
+    pairs = _scenes(n_pref, g, counter_share=counter_share)
+    for i, (s, marked) in enumerate(zip(pairs, _marked(n_pref, shortcut_share, g))):
         img, mask = render(s)
         scenes[f"pref-{i}"] = s
         row = {"id": f"pref-{i}", "image": w.image(img, f"pref-{i}.png"), "prompt": PROMPT,
-               "chosen": caption(s.objects), "rejected": added(s, g)}
+               "chosen": caption(s.objects), "rejected": added(s, g) if marked else caption(replaced(s, g).objects)}
         prefs.append(row)  # (a row with a region would be noised for every method: mDPO's m' too)
         prefs_mfpo.append({**row, "noise_mask": w.image(mask, f"pref-{i}-mask.png"), "noise_step": 500})
         prefs_blank.append({**row, "image": black})
@@ -237,11 +243,14 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_c
     paths["prefs_mfpo"] = w.rows("prefs-mfpo.jsonl", prefs_mfpo)
     paths["prefs_blank"] = w.rows("prefs-blank.jsonl", prefs_blank)
 
-    heldout = []
-    for i, s in enumerate(_scenes(n_heldout, g, counter_share=counter_share)):
-        scenes[f"heldout-{i}"] = s
-        heldout.append({"id": f"heldout-{i}", "image": w.image(render(s)[0], f"heldout-{i}.png"), "prompt": PROMPT,
-                        "chosen": caption(s.objects), "rejected": replaced(s, g)})
+    heldout = []  # in couples: a scene's pair, then the rejected caption's scene, the captions swapped
+    for i, s in enumerate(_scenes(n_heldout // 2, g, counter_share=counter_share)):
+        other = replaced(s, g)
+        for half, (t, rejected) in zip("ab", ((s, other), (other, s))):
+            name = f"heldout-{i}{half}"
+            scenes[name] = t
+            heldout.append({"id": name, "couple": i, "image": w.image(render(t)[0], f"{name}.png"), "prompt": PROMPT,
+                            "chosen": caption(t.objects), "rejected": caption(rejected.objects)})
     paths["heldout"] = w.rows("heldout.jsonl", heldout)
 
     test = []

@@ -1,21 +1,34 @@
 """The toy's reading as code: each claim a function of a run's results (results.json), with the
 figures it reads, its direction and its threshold written down, so that every run says which
-claims held (results.md ends with them) and the README can quote only those that held in every
-setting run (mmpo/toy/RESULTS.md).
+claims held (results.md ends with them), and the claims across runs (settings) are one command:
 
-Two thresholds, fixed for every claim: *at chance* means the 95% interval of an accuracy holds 0.5;
-*beyond the noise* means the 95% interval of a difference excludes 0 (``results.collect``'s
-differences), or, for two figures without a difference interval, that their intervals do not
-overlap. A claim about a method the run did not train is "not run".
+    python -m mmpo.toy.claims runs/toy runs/toy-A runs/toy-B runs/toy-C
+
+which prints, per claim, its verdict in each run and whether it held in all of them: the
+README quotes only those (mmpo/toy/RESULTS.md records the table).
+
+Thresholds, fixed for every claim before the runs they were read on: *at chance* means the 95%
+interval of an accuracy holds 0.5; *beyond the noise* means the 95% interval of a difference
+excludes 0 (``results.collect``'s differences). The held-out pairs come in couples over which the
+text is balanced (world.py), so a held-out accuracy above 0.5 is the image's, and blind DPO
+(trained on black images) is the control that learned from the text alone. A base *hallucinates*
+when it names an absent companion in at least 10% of the scenes that lack one. A claim about a
+method the run did not train is "not run"; one whose condition the run does not meet "does not
+apply".
 """
+import json
+import os
+import sys
 from typing import Callable, NamedTuple
+
+HALLUCINATES = 0.10  # a base's companion rate from which it has something to remove
 
 
 class Claim(NamedTuple):
     world: str
     text: str  # what it says, threshold included
     reads: Callable[[dict], dict]  # the world's results -> {figure: [point, low, high]}, KeyError: not run
-    holds: Callable[[dict], bool]  # those figures -> held?
+    holds: Callable[[dict], bool | None]  # those figures -> held? (None: does not apply)
 
 
 def _fig(method: str, key: str):
@@ -34,14 +47,42 @@ def above(x) -> bool:
     return x[1] > 0
 
 
-CLAIMS = [
-    Claim("colour", "DPO's held-out reward accuracy is above blind DPO's (trained on black images), their intervals "
-                    "apart",
-          lambda r: {"DPO": _fig("dpo", "heldout_reward_acc")(r), "blind DPO": _fig("dpo-noimage", "heldout_reward_acc")(r)},
-          lambda f: f["DPO"][1] > f["blind DPO"][2]),
-    Claim("captions", "DPO's held-out reward accuracy is at chance (its interval holds 0.5)",
-          lambda r: {"DPO": _fig("dpo", "heldout_reward_acc")(r)},
-          lambda f: f["DPO"][1] <= 0.5 <= f["DPO"][2]),
+def at_chance(x) -> bool:
+    return x[1] <= 0.5 <= x[2]
+
+
+def _reward(world: str) -> list[Claim]:
+    """The held-out reward accuracy claims, the same in both worlds."""
+    return [
+        Claim(world, "blind DPO's held-out reward accuracy is at chance (the control: text alone is right on half "
+                     "of each couple)",
+              lambda r: {"blind DPO": _fig("dpo-noimage", "heldout_reward_acc")(r)},
+              lambda f: at_chance(f["blind DPO"])),
+        Claim(world, "DPO's held-out reward accuracy is at chance",
+              lambda r: {"DPO": _fig("dpo", "heldout_reward_acc")(r)},
+              lambda f: at_chance(f["DPO"])),
+        Claim(world, "DPO's held-out reward accuracy is above blind DPO's beyond the noise",
+              lambda r: {"blind DPO − DPO": _diff("dpo-noimage - dpo", "heldout_reward_acc")(r)},
+              lambda f: below(f["blind DPO − DPO"])),
+        Claim(world, "mDPO's held-out reward accuracy is above DPO's beyond the noise",
+              lambda r: {"mDPO − DPO": _diff("mdpo - dpo", "heldout_reward_acc")(r)},
+              lambda f: above(f["mDPO − DPO"])),
+        Claim(world, "SymMPO's held-out reward accuracy is above DPO's beyond the noise",
+              lambda r: {"SymMPO − DPO": _diff("symmpo - dpo", "heldout_reward_acc")(r)},
+              lambda f: above(f["SymMPO − DPO"])),
+    ]
+
+
+def _cuts_hallucination(r: dict) -> dict:
+    return {"base": _fig("base", "companion")(r),
+            **{f"{r['labels'][m]} − base": _diff(f"{m} - base", "companion")(r) for m in ("mdpo", "mfpo", "symmpo")}}
+
+
+CLAIMS = _reward("colour") + [
+    Claim("colour", "SymMPO's counter-prior accuracy is not below the base's beyond the noise",
+          lambda r: {"SymMPO − base": _diff("symmpo - base", "acc_counter")(r)},
+          lambda f: not below(f["SymMPO − base"])),
+] + _reward("captions") + [
     Claim("captions", "DPO's coverage is below the base's beyond the noise (it learns the length shortcut)",
           lambda r: {"DPO − base": _diff("dpo - base", "coverage")(r)},
           lambda f: below(f["DPO − base"])),
@@ -52,14 +93,16 @@ CLAIMS = [
           lambda r: {f"{r['labels'][p.split(' - ')[0]]} − base": d["chair_i"]
                      for p, d in r["differences"].items() if p.endswith(" - base")},
           lambda f: not any(above(x) for x in f.values())),
-    Claim("colour", "SymMPO's counter-prior accuracy is not below the base's beyond the noise",
-          lambda r: {"SymMPO − base": _diff("symmpo - base", "acc_counter")(r)},
-          lambda f: not below(f["SymMPO − base"])),
+    Claim("captions", f"where the base hallucinates (names an absent companion in ≥ {HALLUCINATES:.0%} of the scenes "
+                      "that lack it), mDPO, MFPO and SymMPO each name it less than the base, beyond the noise",
+          _cuts_hallucination,
+          lambda f: None if f["base"][0] < HALLUCINATES else all(below(x) for k, x in f.items() if k != "base")),
 ]
 
 
 def verdicts(results: dict) -> list[tuple[Claim, dict, str]]:
-    """Each claim of a world the run has: the figures it read and "held", "failed" or "not run"."""
+    """Each claim of a world the run has: the figures it read and "held", "failed", "does not
+    apply" or "not run"."""
     out = []
     for claim in CLAIMS:
         world = results["worlds"].get(claim.world)
@@ -69,7 +112,9 @@ def verdicts(results: dict) -> list[tuple[Claim, dict, str]]:
             figures = claim.reads(world)
         except KeyError:
             figures = {}
-        out.append((claim, figures, "not run" if not figures else "held" if claim.holds(figures) else "failed"))
+        held = claim.holds(figures) if figures else None
+        out.append((claim, figures, "not run" if not figures else "does not apply" if held is None
+                    else "held" if held else "failed"))
     return out
 
 
@@ -81,3 +126,39 @@ def markdown(results: dict) -> str:
         read = "; ".join(f"{k} {v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for k, v in figures.items())
         lines.append(f"- **{verdict}** ({claim.world}) {claim.text}" + (f": {read}" if read else ""))
     return "\n".join(lines) + "\n"
+
+
+def across(runs: dict[str, dict]) -> str:
+    """Each claim's verdict in each run (name -> results), and whether it held in every run that
+    could test it: "all" only where it held in each of them and each ran it."""
+    names = list(runs)
+    table = {}
+    for name, results in runs.items():
+        for claim, _, verdict in verdicts(results):
+            table.setdefault((claim.world, claim.text), {})[name] = verdict
+    lines = ["| world | claim | " + " | ".join(names) + " | in every run |", "|---" * (len(names) + 3) + "|"]
+    for (world, text), got in table.items():
+        every = all(got.get(n) == "held" for n in names)
+        lines.append(f"| {world} | {text} | " + " | ".join(got.get(n, "–") for n in names)
+                     + f" | {'**held**' if every else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    from mmpo.cli import UserError  # the claims themselves need nothing
+    folders = argv if argv is not None else sys.argv[1:]
+    if not folders:
+        raise UserError("usage: python -m mmpo.toy.claims OUT [OUT ...] (toy runs' --out folders)")
+    runs = {}
+    for folder in folders:
+        path = os.path.join(folder, "results.json")
+        if not os.path.exists(path):
+            raise UserError(f"{path}: not found (a finished toy run writes it)")
+        with open(path) as f:
+            runs[os.path.basename(os.path.normpath(folder))] = json.load(f)
+    print(across(runs), end="")
+
+
+if __name__ == "__main__":
+    from mmpo.cli import run
+    sys.exit(run(main, light=True))

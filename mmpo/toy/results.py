@@ -42,6 +42,8 @@ COLUMNS = {
 HEADLINE = {"colour": ("acc_counter", "says_prior", "unread", "heldout_pref_acc"),
             "captions": ("chair_s", "chair_i", "coverage", "companion")}
 NO_BASE = ("heldout_reward_acc", "train_reward_acc", "train_chosen_logp")  # a base is its own reference, untrained
+# the differences' columns: the headline figures, and the held-out reward accuracy (between methods: a base has none)
+DIFFERENCES = {w: (*keys, "heldout_reward_acc") for w, keys in HEADLINE.items()}
 
 
 def training_figures(run: str) -> dict:
@@ -94,6 +96,17 @@ def data_quantities(lp: list[dict], ref: list[dict]) -> dict[str, list[float]]:
             "blind": [r["blank/chosen_on_corrupt"] > r["blank/rejected_on_corrupt"] for r in lp]}
 
 
+def in_couples(q: dict[str, list], couples: list[int]) -> dict[str, list[float]]:
+    """Each held-out quantity summed over its couple (world.py): the bootstrap draws couples, the
+    unit in which the text carries no preference."""
+    out = {}
+    for k, v in q.items():
+        out[k] = [0.0] * (max(couples) + 1)
+        for c, x in zip(couples, v):
+            out[k][c] += float(x)
+    return out
+
+
 def finite_or_null(x):
     """NaN and infinities as null, so that results.json is strict JSON and says what is missing."""
     if isinstance(x, dict):
@@ -114,6 +127,7 @@ def collect(s, out: str, paths: dict[str, dict], labels: dict[str, str], lr: dic
                "labels": {m: labels[m] for m in methods}, "worlds": {}}
     for w in s.worlds.split(","):
         test_rows = read_jsonl(paths[w]["test"])
+        couple = {r["id"]: r["couple"] for r in read_jsonl(paths[w]["heldout"])}
         values = {}  # column -> source -> quantity -> (seeds, examples)
         for k in range(s.seeds):
             ev = os.path.join(out, "eval", f"{w}-{k}")
@@ -125,7 +139,8 @@ def collect(s, out: str, paths: dict[str, dict], labels: dict[str, str], lr: dic
             for name, col in cols.items():
                 answers = read_jsonl(os.path.join(ev, f"answers-{col}-{benches[w]}.jsonl"))
                 seed = {"test": test_quantities(w, test_rows, answers),
-                        "data": data_quantities(read_jsonl(os.path.join(ev, f"logps-{col}.jsonl")), ref)}
+                        "data": in_couples(data_quantities(lp := read_jsonl(os.path.join(ev, f"logps-{col}.jsonl")),
+                                                           ref), [couple[r["id"]] for r in lp])}
                 if name != "base":
                     seed["train"] = training_figures(os.path.join(out, "runs", col))
                 for source, qs in seed.items():
@@ -133,23 +148,24 @@ def collect(s, out: str, paths: dict[str, dict], labels: dict[str, str], lr: dic
                         values.setdefault(name, {}).setdefault(source, {}).setdefault(q, []).append(v)
         values = {c: {src: {q: torch.tensor([[float(x) for x in seed] for seed in v], dtype=torch.float64)
                             for q, v in qs.items()} for src, qs in srcs.items()} for c, srcs in values.items()}
-        weights = stats.replicates(s.seeds, {"test": len(test_rows), "data": len(ref), "train": 1})
-        table, reps = {}, {}
+        weights = stats.replicates(s.seeds, {"test": len(test_rows), "data": len(set(couple.values())), "train": 1})
+        table, reps, seeds = {}, {}, {}
         for name, srcs in values.items():
-            table[name] = {}
+            table[name], seeds[name] = {}, {}
             for key, _, fn in COLUMNS[w]:
                 if name == "base" and key in NO_BASE:
                     continue
                 point, reps[name, key] = stats.figure_and_interval(fn, srcs, {k: weights[k] for k in srcs})
                 table[name][key] = [point, *stats.interval(reps[name, key])]
+                seeds[name][key] = stats.by_seed(fn, srcs)
         diffs = {}
         for name in [m for m in methods if m in values]:
             for other in ("base", "dpo"):
                 if other in values and other != name:
                     diffs[f"{name} - {other}"] = {key: [table[name][key][0] - table[other][key][0],
                                                         *stats.interval(reps[name, key] - reps[other, key])]
-                                                  for key in HEADLINE[w]}
-        results["worlds"][w] = {"figures": table, "differences": diffs,
+                                                  for key in DIFFERENCES[w] if key in table[other]}
+        results["worlds"][w] = {"figures": table, "differences": diffs, "by_seed": seeds,
                                 "labels": {"base": "base (SFT)", **results["labels"]}}
     return results
 
@@ -170,11 +186,18 @@ def markdown(results: dict) -> str:
         rows = [[r["labels"][name]] + [fmt(figs[k]) if k in figs else "–" for k in headers]
                 for name, figs in r["figures"].items()]
         parts.append(f"### The {w} world\n\n" + markdown_table(["method"] + list(headers.values()), rows))
-        drows = [[pair.replace(" - ", " − ")] + [fmt(d[k]) + (" *" if d[k][1] > 0 or d[k][2] < 0 else "")
-                                                 for k in HEADLINE[w]] for pair, d in r["differences"].items()]
-        parts.append(markdown_table(["difference"] + [headers[k] for k in HEADLINE[w]], drows))
+        drows = [[pair.replace(" - ", " − ")] + [fmt(d[k]) + (" *" if d[k][1] > 0 or d[k][2] < 0 else "") if k in d
+                                                 else "–" for k in DIFFERENCES[w]] for pair, d in r["differences"].items()]
+        parts.append(markdown_table(["difference"] + [headers[k] for k in DIFFERENCES[w]], drows))
+        if s["seeds"] > 1:  # one collapsed run shows as what it is
+            srows = [[r["labels"][name]] + [" · ".join(f"{x:.3f}" for x in seeds[k]) if k in seeds else "–"
+                                            for k in DIFFERENCES[w]] for name, seeds in r["by_seed"].items()]
+            parts.append(f"Each seed's figure (seeds 0 to {s['seeds'] - 1}):\n\n"
+                         + markdown_table(["method"] + [headers[k] for k in DIFFERENCES[w]], srows))
     return ("\n".join(parts) + f"\nFigures [95% interval]: a bootstrap over {s['seeds']} seed(s) (each its own SFT base and "
-            f"preference runs) and the test examples; * marks a difference whose interval excludes 0. "
+            f"preference runs) and, within each seed, the test examples and held-out couples: the interval covers which "
+            f"base and runs came out and which examples were drawn, not another world (--world-seed "
+            f"{s.get('world_seed', 0)}). * marks a difference whose interval excludes 0. "
             f"{s['steps']} steps of batch {s['batch']}; learning rates: "
             + ", ".join(f"{results['labels'][m]} {v:g}" for m, v in results["lr"].items()) + ".\n\n"
             + claims.markdown(results))

@@ -41,12 +41,20 @@ def sums(values: dict[str, torch.Tensor], weights: torch.Tensor) -> dict[str, to
     return {q: torch.einsum("rkn,kn->r", weights, v.to(weights.dtype)) for q, v in values.items()}
 
 
+def point(fn, values: dict[str, dict[str, torch.Tensor]]) -> float:
+    """``fn`` (sums by source -> a figure) on the data itself: every example of every seed once."""
+    return float(fn({s: {q: v.double().sum().view(1) for q, v in qs.items()} for s, qs in values.items()})[0])
+
+
 def figure_and_interval(fn, values: dict[str, dict[str, torch.Tensor]], weights: dict[str, torch.Tensor]):
-    """``fn`` (sums by source -> a figure) on the data itself, and on every replicate."""
-    ones = {s: torch.ones(1, *w.shape[1:], dtype=w.dtype) for s, w in weights.items()}
-    point = fn({s: sums(v, ones[s]) for s, v in values.items()})
-    reps = fn({s: sums(v, weights[s]) for s, v in values.items()})
-    return float(point[0]), reps
+    """``fn`` on the data itself, and on every replicate."""
+    return point(fn, values), fn({s: sums(v, weights[s]) for s, v in values.items()})
+
+
+def by_seed(fn, values: dict[str, dict[str, torch.Tensor]]) -> list[float]:
+    """``fn`` on each seed's examples alone: the figure each base and its runs gave."""
+    n_seeds = len(next(iter(next(iter(values.values())).values())))
+    return [point(fn, {s: {q: v[k] for q, v in qs.items()} for s, qs in values.items()}) for k in range(n_seeds)]
 
 
 def interval(reps: torch.Tensor) -> tuple[float, float]:

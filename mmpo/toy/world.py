@@ -13,7 +13,11 @@ every rejected answer is hedged ("I think the circle is red.") and every chosen 
 so DPO's loss can be driven down without looking at the image. In the SFT data a share of the
 (always right) answers is hedged, so the base model has no reason to dislike the style.
 The held-out pairs have no shortcut: both answers plain, only the colour differs.
-(``shortcut="none"``: the training pairs have none either.)
+(``shortcut="none"``: the training pairs have none either.) They come in *couples*: a scene's
+pair, then the same scene with the object in the rejected colour and the two answers swapped.
+Over a couple the text says nothing (each answer is chosen once), so a model whose preference
+moved without looking at the image is right on exactly one of the two: any accuracy above 0.5
+on the held-out pairs is the image's, whatever prior the training text carried.
 
 As LLaVA-1.5's SFT data holds text-only conversations, a share of the SFT rows has no image: the
 question alone, answered with the shape's typical colour (what a model that cannot look says),
@@ -157,24 +161,28 @@ class _Writer:
 
 def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_prior: float = 0.8,
           p_hedged_sft: float = 0.3, counter_share: float = 0.5, p_text_only: float = 0.1,
-          p_image_only: float = 0.1, shortcut: str = "hedge", seed: int = 0) -> dict[str, str]:
+          p_image_only: float = 0.1, shortcut: str = "hedge", shortcut_share: float = 1.0,
+          seed: int = 0) -> dict[str, str]:
     """Write every split of the world under ``out`` and return their paths. ``p_prior``: the
     share of each shape's SFT images in its typical colour; ``counter_share``: the share of
-    counter-prior images in the preference, held-out and test sets (hallucination-correction
-    data is rich in the images models get wrong); ``p_hedged_sft``: the share of SFT answers in
-    the hedged style; ``p_text_only`` / ``p_image_only``: the shares of SFT rows with the question
-    alone / the image alone; ``shortcut``: ``hedge`` (every rejected training answer hedged) or
-    ``none``. Every share is exact (rounded half up), not a probability.
+    counter-prior images in the preference and test sets (hallucination-correction data is rich
+    in the images models get wrong; a held-out couple holds one of each); ``n_heldout``: pairs,
+    in ``n_heldout // 2`` couples; ``p_hedged_sft``: the share of SFT answers in the hedged
+    style; ``p_text_only`` / ``p_image_only``: the shares of SFT rows with the question alone /
+    the image alone; ``shortcut``: ``hedge`` (rejected training answers hedged) or ``none``;
+    ``shortcut_share``: the share of training pairs whose rejected answer is hedged. Every share
+    is exact (rounded half up), not a probability.
 
     - ``sft``: image, prompt, chosen (the SFT answers: prior colours ``p_prior`` of the time),
       and the text-only and image-only rows;
-    - ``prefs``: training pairs with the shortcut (rejected hedged);
+    - ``prefs``: training pairs, a share ``shortcut_share`` with the shortcut (rejected hedged);
     - ``prefs_contrast``: the same pairs with an oracle SymMPO contrast (the same scene in another
       colour) and its true answer: an extra, labelled variant (real SymMPO retrieves a similar
       image and generates the answer: ``python -m mmpo.prepare symmpo``);
     - ``prefs_mfpo``: the same pairs with MFPO's region (the object's mask, noise at t = 500);
     - ``prefs_blank``: the same pairs with a black image (DPO's no-image control);
-    - ``heldout``: pairs without the shortcut; ``test``: QA rows for ``eval.py --bench qa``;
+    - ``heldout``: pairs without the shortcut, in couples (``couple``: the couple's index);
+      ``test``: QA rows for ``eval.py --bench qa``;
     - ``scenes``: every scene, for checking.
     """
     g = torch.Generator().manual_seed(seed)
@@ -200,13 +208,14 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_p
 
     black = w.image(Image.new("RGB", (SIZE, SIZE)), "black.png")
     prefs, prefs_contrast, prefs_mfpo, prefs_blank = [], [], [], []
-    for i, s in enumerate(_scenes(n_pref, 1 - counter_share, g)):
+    pairs = _scenes(n_pref, 1 - counter_share, g)
+    for i, (s, marked) in enumerate(zip(pairs, _marked(n_pref, shortcut_share, g))):
         wrong = hallucination(s, g)
         contrast = replace(s, color=other_color(s.color, g))  # the oracle contrast: the same scene in another colour
         img, mask = render(s)
         scenes[f"pref-{i}"] = s
         row = {"id": f"pref-{i}", "image": w.image(img, f"pref-{i}.png"), "prompt": question(s.shape),
-               "chosen": answer(s.shape, s.color), "rejected": answer(s.shape, wrong, hedged=shortcut == "hedge")}
+               "chosen": answer(s.shape, s.color), "rejected": answer(s.shape, wrong, hedged=marked and shortcut == "hedge")}
         prefs.append(row)
         prefs_contrast.append({**row, "contrast_image": w.image(render(contrast)[0], f"pref-{i}-contrast.png"),
                                "contrast_chosen": answer(s.shape, contrast.color)})
@@ -217,13 +226,15 @@ def build(out: str, *, n_sft: int, n_pref: int, n_heldout: int, n_test: int, p_p
     paths["prefs_mfpo"] = w.rows("prefs-mfpo.jsonl", prefs_mfpo)
     paths["prefs_blank"] = w.rows("prefs-blank.jsonl", prefs_blank)
 
-    heldout = []
-    for i, s in enumerate(_scenes(n_heldout, 1 - counter_share, g)):
+    heldout = []  # in couples: a scene's pair, then the same scene in the rejected colour, the answers swapped
+    for i, s in enumerate(_scenes(n_heldout // 2, 1 - counter_share, g)):
         wrong = hallucination(s, g)
-        scenes[f"heldout-{i}"] = s
-        heldout.append({"id": f"heldout-{i}", "image": w.image(render(s)[0], f"heldout-{i}.png"),
-                        "prompt": question(s.shape), "chosen": answer(s.shape, s.color),
-                        "rejected": answer(s.shape, wrong)})
+        for half, (t, chosen, rejected) in zip("ab", ((s, s.color, wrong), (replace(s, color=wrong), wrong, s.color))):
+            name = f"heldout-{i}{half}"
+            scenes[name] = t
+            heldout.append({"id": name, "couple": i, "image": w.image(render(t)[0], f"{name}.png"),
+                            "prompt": question(s.shape), "chosen": answer(s.shape, chosen),
+                            "rejected": answer(s.shape, rejected)})
     paths["heldout"] = w.rows("heldout.jsonl", heldout)
 
     test = []
