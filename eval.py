@@ -41,11 +41,13 @@ import sys
 from mmpo.evaluation.columns import Base, Column, load_column, resolve_columns
 from mmpo import cli
 from mmpo.cli import UserError
+from mmpo.common.lock import check_free, locked
 from mmpo.common.util import markdown_table
 from mmpo.constants import LOGPS_CHUNK, SHARE_PREFIX
 from mmpo.evaluation import amber
 from mmpo.common.chair import CHAIR_VARIANTS, opera_unavailable
 from mmpo.evaluation.metrics import POPE_PARSERS
+from mmpo.rows import DataError, check_file, read_rows
 
 # Everything down to the __main__ check is light (no torch): the command line is read and
 # checked, every checkpoint and base model identified, before the heavy imports.
@@ -181,6 +183,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     elif args.amber_folder or args.amber_images:
         raise UserError(f"{'--amber-folder' if args.amber_folder else '--amber-images'}: only with --bench amber")
     check_out(args.out)
+    if os.path.isdir(args.out):
+        check_free(args.out)
+    if args.data:
+        check_file(args.data, "--data")
+    for kind, path in args.bench:
+        if not os.path.exists(path):
+            raise UserError(f"--bench {kind} {path}: no such file")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UserError("--plot needs matplotlib, which is not installed: pip install matplotlib")
     if args.chair_variant == "opera" and (missing := opera_unavailable()):
@@ -197,13 +206,11 @@ import torch
 from tqdm import tqdm
 
 from mmpo.common import chair
-from mmpo.common.lock import locked
 from mmpo.evaluation import metrics
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.generate import generate
 from mmpo.logps import sequence_logps
 from mmpo.images import load_image
-from mmpo.rows import DataError, read_rows
 
 EXTRA_NEGATIVES = {"lang_biased": "lang_biased", "vision_biased": "vision_biased", "contrast_on_image": "contrast_chosen"}
 

@@ -14,10 +14,10 @@ train.py's own parts (settings, run folder, checkpoints, curriculum, reports) ar
 """
 import sys
 
-if __name__ == "__main__":  # --help and option errors answer at once, before torch is imported
+if __name__ == "__main__":  # --help, option errors and every refusal that needs no model: at once, before torch
     from mmpo import cli, cpu_bf16
     from mmpo.training import config
-    if cli.run(config.parse_args, sys.argv[1:], light=True):
+    if cli.run(lambda argv: config.precheck(config.parse_args(argv)), sys.argv[1:], light=True):
         sys.exit(2)
     cpu_bf16.guard()  # before torch runs a bf16 kernel: on some CPUs one dies with SIGILL (mmpo/cpu_bf16.py)
 
@@ -63,7 +63,8 @@ def configure(cfg: Config, typed: set[str], d, held: contextlib.ExitStack) -> Co
     # last, once every check has passed: one run per folder (a second one stops here, in one line), then claim it
     held.enter_context(locked(cfg.out, "train.py", d.main, "--resume" if cfg.resume else "--out"))
     if not cfg.resume:
-        folder.claim_out(cfg.out, cfg.overwrite, d)
+        folder.claim_out(cfg.out, cfg.overwrite, d.main)
+        distributed.barrier(d)
     return cfg
 
 

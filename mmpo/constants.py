@@ -18,6 +18,10 @@ IMAGE_FIELDS = ("image", "corrupt_image", "contrast_image", "noise_mask")
 # fields that no annotator writes: the pipeline of ``python -m mmpo.prepare`` that makes them
 GENERATED_BY = {"lang_biased": "napo", "vision_biased": "napo", "contrast_image": "symmpo", "contrast_chosen": "symmpo"}
 
+# the objectives train.py knows (mmpo/recipes.py's OBJECTIVES, one entry each): named here so that a
+# misspelt --objective is refused before torch loads
+OBJECTIVE_NAMES = ("dpo", "mdpo", "mfpo", "napo", "symmpo", "sft")
+
 # the second image m': a perturbation of m by name (mmpo.perturb.corrupt), or a real similar image
 M_PRIMES = ("crop", "noise", "blank", "contrast")
 NOISE_STEPS = 1000  # length of the diffusion schedule (VCD's): t is one of its steps

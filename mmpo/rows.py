@@ -99,8 +99,25 @@ def read_rows(path: str, required: set[str]) -> list[dict]:
     return rows
 
 
-def _read_lines(path: str) -> list[bytes]:
-    """The file's lines as bytes, each decoded on its own so that one bad byte spoils one line."""
+# a released dataset's file, known by the columns of its parquet schema or the keys of its JSON
+# array's first object: the ``python -m mmpo.convert`` format that reads it (mmpo/convert/papers.py)
+PARQUET_FORMATS = (("symmpo", (b"resp_1_w", b"image_2")), ("napo", (b"question_only", b"image_only")),
+                   ("rlaif-v", (b"ds_name", b"question")), ("rlhf-v", (b"ds_name", b"text")), ("trl", (b"images", b"chosen")))
+ARRAY_FORMATS = (("mdpo", {"img_path", "prompt", "chosen", "rejected"}), ("llava", {"conversations"}))
+
+
+def check_file(path: str, flag: str = ""):
+    """What the file is, from its first bytes, before any row is read (train.py, eval.py and
+    prepare ask before torch loads): a folder, no file, UTF-16, gzip, an empty file, or a released
+    dataset's parquet or JSON array, each refused in one line (after ``flag``, the option that
+    named the file); a released file's names the ``python -m mmpo.convert`` format that reads it."""
+    try:
+        _check_file(path)
+    except DataError as e:
+        raise DataError([f"{flag} {m}" if flag else m for m in e.messages]) from None
+
+
+def _check_file(path: str):
     if os.path.isdir(path):
         inside = sorted(f for f in os.listdir(path) if f.endswith(".jsonl"))
         hint = f" (did you mean {os.path.join(path, inside[0])}?)" if len(inside) == 1 else ""
@@ -108,13 +125,38 @@ def _read_lines(path: str) -> list[bytes]:
     if not os.path.isfile(path):
         raise DataError([f"{path}: no such file"])
     with open(path, "rb") as f:
-        data = f.read().removeprefix(b"\xef\xbb\xbf")  # the UTF-8 BOM that Windows editors write
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        head = f.read(1 << 20).removeprefix(b"\xef\xbb\xbf")  # the UTF-8 BOM that Windows editors write
+        if head.startswith(b"PAR1") and os.path.getsize(path) >= 12:
+            f.seek(-8, os.SEEK_END)
+            size = int.from_bytes(f.read(4), "little")  # the footer, which holds the schema, ends the file
+            f.seek(max(0, os.path.getsize(path) - 8 - min(size, 1 << 24)))
+            footer = f.read(min(size, 1 << 24))
+            known = next((name for name, columns in PARQUET_FORMATS if all(c in footer for c in columns)), None)
+            raise DataError([f"{path}: a parquet file, expected JSON Lines; convert it first: "
+                             + (f"python -m mmpo.convert {known} {path} OUT" if known else
+                                f"python -m mmpo.convert FORMAT {path} OUT (FORMAT: trl, rlaif-v, rlhf-v, napo or symmpo)")])
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError([f"{path}: UTF-16 text, expected UTF-8 (save the file as UTF-8)"])
-    if data.startswith(b"\x1f\x8b"):
+    if head.startswith(b"\x1f\x8b"):
         raise DataError([f"{path}: gzip-compressed, expected JSONL text (decompress it with gunzip first)"])
-    if not data.strip():
-        raise DataError([f"{path}: {'only blank lines' if data else 'empty file'}, expected one JSON object per line"])
+    if not head.strip() and os.path.getsize(path) <= 1 << 20:
+        raise DataError([f"{path}: {'only blank lines' if head else 'empty file'}, expected one JSON object per line"])
+    if head.lstrip().startswith(b"["):
+        try:  # the first object of the array, when it is in the first MiB
+            first, _ = json.JSONDecoder().raw_decode(head.lstrip()[1:].decode("utf-8", "ignore").lstrip())
+        except json.JSONDecodeError:
+            first = None
+        keys = set(first) if isinstance(first, dict) else set()
+        known = next((name for name, needed in ARRAY_FORMATS if needed <= keys), None)
+        raise DataError([f"{path}: a JSON array, expected JSON Lines (one JSON object per line)"
+                         + (f"; convert it first: python -m mmpo.convert {known} {path} OUT" if known else "")])
+
+
+def _read_lines(path: str) -> list[bytes]:
+    """The file's lines as bytes, each decoded on its own so that one bad byte spoils one line."""
+    check_file(path)
+    with open(path, "rb") as f:
+        data = f.read().removeprefix(b"\xef\xbb\xbf")
     return data.splitlines()  # \n, \r\n or \r; never inside a JSON string, where they must be escaped
 
 
@@ -179,14 +221,12 @@ def _shown(value) -> str:
 
 
 def _whole_file_json(lines: list[bytes]) -> str | None:
-    """What the file is when it is one JSON document (an array, as many datasets ship, or a
-    pretty-printed object) rather than JSON Lines."""
+    """What the file is when it is one pretty-printed JSON object rather than JSON Lines (an
+    array: ``check_file``)."""
     try:
         doc = json.loads(b"\n".join(lines).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if isinstance(doc, list):
-        return "a JSON array"
     n = sum(1 for ln in lines if ln.strip())
     return f"one JSON object over {n} lines" if isinstance(doc, dict) and n > 1 else None
 

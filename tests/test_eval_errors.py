@@ -158,12 +158,12 @@ def test_a_folder_in_use_is_refused_before_any_model_loads(ws):
 
 # (arguments, the error line): found when the data is read or a model is loaded
 DATA = [
-    ([*TINY, "--data", "{ws}/jsonl-folder"], "{ws}/jsonl-folder: is a folder, expected a JSONL file (did you mean "
-                                             "{ws}/jsonl-folder/data.jsonl?)"),
+    ([*TINY, "--data", "{ws}/jsonl-folder"], "--data {ws}/jsonl-folder: is a folder, expected a JSONL file (did you "
+                                             "mean {ws}/jsonl-folder/data.jsonl?)"),
     ([*TINY, "--data", "{ws}/latin1.jsonl"], "{ws}/latin1.jsonl:1: not UTF-8 text (byte 0xE9 at column 54)"),
     ([*TINY, "--bench", "pope", "{ws}/jsonl-folder"], "{ws}/jsonl-folder: is a folder, expected a JSONL file (did you "
                                                       "mean {ws}/jsonl-folder/data.jsonl?)"),
-    ([*TINY, "--bench", "chair", "{ws}/chair.jsonl"], "{ws}/chair.jsonl: no such file"),
+    ([*TINY, "--bench", "chair", "{ws}/chair.jsonl"], "--bench chair {ws}/chair.jsonl: no such file"),
     # an example whose prompt and image alone fill --max-length cannot be scored (nor left out of one column only)
     ([*TINY, *D, "--max-length", "20"], "{ws}/data.jsonl:1: prompt and image take ..."),
 ]

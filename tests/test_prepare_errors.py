@@ -49,6 +49,8 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
     script = ("import runpy, sys; sys.argv = ['prepare', *sys.argv[1:]]\n"
               "try:\n    runpy.run_module('mmpo.prepare', run_name='__main__')\n"
               "except SystemExit as e:\n    print('torch' in sys.modules, 'transformers' in sys.modules, e.code)\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{,}\n")
     for args, want, line in (
             (["--help"], "False False 0", None),
             (["nope"], "False False 2", "error: argument method: invalid choice: 'nope'"),
@@ -57,9 +59,12 @@ def test_help_and_option_errors_answer_before_torch_loads(tmp_path):
              "error: --batch-size 0: must be at least 1"),
             (["napo", "--data", "x", "--out", "y", "--batch-size", "two"], "False False 2",
              "error: argument --batch-size: invalid int value: 'two'"),
-            # good options: then the heavy imports, and the data's own error, still one line
-            (["napo", "--data", str(tmp_path / "none.jsonl"), "--out", "y", "--model", "tiny-llava"], "True True 2",
-             f"error: {tmp_path / 'none.jsonl'}: no such file")):
+            # a refusal that needs no model: before torch too
+            (["napo", "--data", str(tmp_path / "none.jsonl"), "--out", "y", "--model", "tiny-llava"], "False False 2",
+             f"error: --data {tmp_path / 'none.jsonl'}: no such file"),
+            # good options: then the heavy imports, and the rows' own error, still one line
+            (["napo", "--data", str(bad), "--out", "y", "--model", "tiny-llava"], "True True 2",
+             f"error: {bad}:1: invalid JSON (Expecting property name enclosed in double quotes, column 2)")):
         r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.stdout.strip().splitlines()[-1] == want, r.stdout + r.stderr
         if line is None:

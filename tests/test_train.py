@@ -216,7 +216,7 @@ def test_bad_data_a_row_without_an_image_is_for_sft_only(tmp_path, image_dir, ca
 
 @pytest.mark.parametrize("args,message", [
     (["--objective", "ppo"], "error: --objective ppo: unknown; choose one of dpo, mdpo, mfpo, napo, symmpo, sft"),
-    (["--data", "/nonexistent/d.jsonl"], "error: /nonexistent/d.jsonl: no such file"),
+    (["--data", "/nonexistent/d.jsonl"], "error: --data /nonexistent/d.jsonl: no such file"),
     (["--model", "/nonexistent/model"], "error: --model /nonexistent/model: no such directory"),
     (["--model", "./no-such-dir"], "error: --model ./no-such-dir: no such directory"),
     (["--resume", "/nonexistent/run"], "error: --resume /nonexistent/run: no config.json there"),

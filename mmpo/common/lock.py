@@ -33,6 +33,14 @@ def holder(folder: str) -> dict | None:
     return None if age > STALE_S else who
 
 
+def check_free(folder: str, me: dict | None = None):
+    """Refuse ``folder`` while another program holds it (``me``: this process, which may hold it)."""
+    who = holder(folder)
+    if who is not None and who != me:
+        raise UserError(f"{folder} is in use by {who.get('program')} (pid {who.get('pid')} on "
+                        f"{who.get('host')}): one run per folder; wait for it, or choose another folder")
+
+
 @contextlib.contextmanager
 def locked(folder: str, program: str, active: bool = True, flag: str = "--out"):
     """Hold ``folder`` for this run: a second program writing there stops with one line naming the
@@ -55,10 +63,7 @@ def locked(folder: str, program: str, active: bool = True, flag: str = "--out"):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            who = holder(folder)
-            if who is not None and who != me:
-                raise UserError(f"{folder} is in use by {who.get('program')} (pid {who.get('pid')} on "
-                                f"{who.get('host')}): one run per folder; wait for it, or choose another folder") from None
+            check_free(folder, me)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # a dead holder's: taken over
     else:

@@ -93,7 +93,8 @@ LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
 
 
 def check_options(args) -> None:
-    """The options' ranges, before the data is read or a model loaded."""
+    """The options' ranges, the input file's kind, the output folder's lock and a model path: before
+    torch is imported, the data read or a model loaded."""
     cli.check_limits(args, LIMITS)
     if not 0 <= args.noise_step < NOISE_STEPS:
         raise UserError(f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
@@ -105,6 +106,13 @@ def check_options(args) -> None:
         from mmpo.common.tagging import NLTK_INSTALL, nltk_tagger
         if nltk_tagger() is None:
             raise UserError(f"--tagger nltk needs nltk and its tagger data ({NLTK_INSTALL}), or --tagger rules")
+    from mmpo.common.lock import check_free
+    from mmpo.rows import check_file  # light: the file's first bytes
+    if os.path.isdir(args.out):
+        check_free(args.out)
+    check_file(args.data, "--data")
+    if args.model:
+        check_model_path("--model", args.model, TINY_MODELS)
 
 
 def models_to_load(args) -> list[tuple[str, str]]:

@@ -1,8 +1,8 @@
 """train.py's settings: the one place where the command line becomes a checked Config.
 
 ``Config``: one dataclass, each field a flag (``batch_size`` -> ``--batch-size``); ``LIMITS``: the
-ranges; ``RESUMABLE``: what a resumed run may change. ``parse_args`` is light (no torch), so --help
-and option errors answer at once; ``resolve`` fills in --recipe paper and the objective's defaults
+ranges; ``RESUMABLE``: what a resumed run may change. ``parse_args`` and ``precheck`` are light (no
+torch), so --help, option errors and every refusal that needs no model answer at once; ``resolve`` fills in --recipe paper and the objective's defaults
 (``mmpo/recipes.py``), ``resume_config`` a resumed run's own; ``resolve`` refuses options that cannot
 work together.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mmpo.cli import Parser, UserError, check_limits
 from mmpo.common.util import check_model_path
-from mmpo.constants import LOGPS_CHUNK, M_PRIMES, NOISE_STEP, NOISE_STEPS, SHARE_PREFIX, TINY_MODELS
+from mmpo.constants import LOGPS_CHUNK, M_PRIMES, NOISE_STEP, NOISE_STEPS, OBJECTIVE_NAMES, SHARE_PREFIX, TINY_MODELS
 
 
 def opt(default, help: str, **kw):
@@ -25,7 +25,8 @@ def opt(default, help: str, **kw):
 @dataclass
 class Config:
     objective: str = opt("mdpo", "dpo | mdpo | mfpo | napo | symmpo | sft (supervised fine-tuning on the chosen "
-                                 "answers, no reference), or any other name in mmpo.recipes.OBJECTIVES")
+                                 "answers, no reference); one of your own: an entry in mmpo/recipes.py's OBJECTIVES "
+                                 "(and, for this command line, its name in mmpo/constants.py's OBJECTIVE_NAMES)")
     data: str = opt("", "preference JSONL; empty = the built-in synthetic dataset, written to OUT/synthetic")
     model: str = opt("tiny-llava", "hub id, local directory, or tiny-llava / tiny-qwen2vl / tiny-idefics3 (random, built from config)")
     out: str = opt("runs/default", "output directory: metrics.jsonl, config.json, checkpoints, final model")
@@ -214,6 +215,38 @@ def resolve(cfg: Config, typed: set[str] = frozenset()) -> Config:
     return cfg
 
 
+def precheck(cfg: Config) -> Config:
+    """The refusals that need no model, made before torch is imported (train.py's first lines) so
+    that each comes at once: a new run's --out that holds a run, a --resume folder without one, a
+    folder another program holds, a data file that is missing or not JSON Lines, a model path that
+    is not there. The rest: ``resolve``, ``resume_config``."""
+    from mmpo.common.lock import check_free
+    from mmpo.rows import check_file
+    from mmpo.training.folder import check_out
+    if cfg.objective not in OBJECTIVE_NAMES:  # train.run, in a process that added one to OBJECTIVES: resolve checks
+        raise UserError(f"--objective {cfg.objective}: unknown; choose one of {', '.join(OBJECTIVE_NAMES)}")
+    if cfg.resume:  # the run's own settings: resume_config compares the options given with them
+        check_free(cfg.resume)
+        run_config(cfg.resume)
+        return cfg
+    check_out(cfg.out, cfg.overwrite)
+    if os.path.isdir(cfg.out):
+        check_free(cfg.out)
+    for flag, path in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
+        if path:
+            check_file(path, flag)
+    check_model_path("--model", cfg.model, TINY_MODELS)
+    return cfg
+
+
+def run_config(run: str) -> str:
+    """The config.json of the run in ``run`` (--resume), or a one-line refusal."""
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {run}: no config.json there, nothing to resume")
+    return path
+
+
 def recipe_line(cfg: Config) -> str:
     """What --recipe paper set, for the start of a run."""
     from mmpo.recipes import OBJECTIVES
@@ -228,10 +261,7 @@ def resume_config(cfg: Config, typed: set[str], world: int) -> Config:
     processes ``--grad-accum`` is rescaled to keep the global batch."""
     from mmpo.training.checkpoint import newest_intact
     run = cfg.resume
-    path = os.path.join(run, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"--resume {run}: no config.json there, nothing to resume")
-    with open(path) as f:
+    with open(run_config(run)) as f:
         fields = json.load(f)
     # options renamed since a run may have been written: old name -> new name
     for old, new in {"corruption": "m_prime", "redraw_corruption": "redraw_m_prime"}.items():

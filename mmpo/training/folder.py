@@ -7,7 +7,6 @@ import os
 import shutil
 
 from mmpo.cli import UserError
-from mmpo.distributed import Dist, barrier
 from mmpo.files import write_atomic
 
 # what a run may leave in OUT: nothing else there is ever touched
@@ -17,9 +16,9 @@ RUN_PREFIXES = ("checkpoint-", "reference-", ".checkpoint-")
 STARTED = ("config.json", "metrics.jsonl", "latest", "final")
 
 
-def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
-    """Make ``out`` ready for a new run: refuse one that holds a run unless ``overwrite``; the
-    files of that run, or of one that stopped before training (only those), are removed first."""
+def check_out(out: str, overwrite: bool):
+    """Refuse an ``out`` that is not a folder, or that holds a run unless ``overwrite`` (also
+    called before torch is imported: ``config.precheck``)."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out}: not a folder")
     old = sorted(n for n in os.listdir(out) if n in RUN_NAMES or n.startswith(RUN_PREFIXES)) if os.path.isdir(out) else []
@@ -27,7 +26,14 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
         shown = ", ".join(old[:4]) + (", ..." if len(old) > 4 else "")
         raise UserError(f"--out {out} already holds a run ({shown}): --resume {out} to continue it, "
                         f"--overwrite to replace it, or choose another --out")
-    if d.main:
+
+
+def claim_out(out: str, overwrite: bool, main: bool = True):
+    """Make ``out`` ready for a new run (``check_out``); the files of the run there (with
+    ``overwrite``), or of one that stopped before training (only those), are removed first. Every
+    rank checks; the main one writes (the caller waits for it)."""
+    check_out(out, overwrite)
+    if main:
         try:
             remove_run_files(out)
             os.makedirs(out, exist_ok=True)
@@ -35,7 +41,6 @@ def claim_out(out: str, overwrite: bool, d: Dist = Dist()):
             os.remove(os.path.join(out, ".write-test"))
         except OSError as e:
             raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    barrier(d)
 
 
 def remove(path: str):
