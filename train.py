@@ -117,8 +117,9 @@ def load_policy(cfg: Config, d):
     if cfg.model in TINY_MODELS:  # save it, so the adapter has a base anyone can load
         base_model = os.path.abspath(os.path.join(cfg.out, "base_model"))
         if d.main and not os.path.isdir(base_model):
-            model.save_pretrained(base_model)
-            processor.save_pretrained(base_model)
+            with checkpoint.saving(base_model, base_model):
+                model.save_pretrained(base_model)
+                processor.save_pretrained(base_model)
     model_fp = fingerprint.model_fingerprint(cfg.model, model) if cfg.ref_cache or cfg.curriculum != "none" else ""
     freeze_vision_tower(model)
     if cfg.lora_rank > 0:
@@ -374,23 +375,24 @@ class GracefulStop:
 def save_final(model, processor, cfg: Config, base_model: str, d) -> str:
     """OUT/final for use elsewhere (checkpoints are for resuming): the adapter under LoRA, else the
     whole model; with --merge also OUT/merged, the adapters folded into a full model."""
-    final = os.path.join(cfg.out, "final")
-    if cfg.lora_rank > 0:
-        weights = distributed.full_state(model, trainable_only=True)  # every rank takes part in the gather
+    final, merged = os.path.join(cfg.out, "final"), os.path.join(cfg.out, "merged")
+    with checkpoint.saving(final, final):  # a full disk: one line, and no half-written final
+        if cfg.lora_rank > 0:
+            weights = distributed.full_state(model, trainable_only=True)  # every rank takes part in the gather
+            if d.main:
+                checkpoint.save_weights(model, final, weights, base_model)
+        else:
+            full = distributed.full_state(model)
+            if d.main:
+                plain = model
+                if d.enabled:  # a sharded model cannot save_pretrained itself: load the gathered weights into a plain copy
+                    plain = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)[0]
+                    plain.load_state_dict(full)
+                plain.save_pretrained(final)
         if d.main:
-            checkpoint.save_weights(model, final, weights, base_model)
-    else:
-        full = distributed.full_state(model)
-        if d.main:
-            plain = model
-            if d.enabled:  # a sharded model cannot save_pretrained itself: load the gathered weights into a plain copy
-                plain = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)[0]
-                plain.load_state_dict(full)
-            plain.save_pretrained(final)
-    if d.main:
-        processor.save_pretrained(final)
-        if cfg.merge and cfg.lora_rank > 0:
-            merged = os.path.join(cfg.out, "merged")
+            processor.save_pretrained(final)
+    if d.main and cfg.merge and cfg.lora_rank > 0:
+        with checkpoint.saving(merged, merged):
             fresh = load_model(base_model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)[0]
             lora.merge(lora.load_adapter(fresh, final)).save_pretrained(merged)
             processor.save_pretrained(merged)
@@ -443,7 +445,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
     bar = tqdm(total=len(steps), initial=step, desc=cfg.objective, dynamic_ncols=True, disable=not d.main)
     batches = iter(micro_batches(dataset, steps[step:], cfg, pad, d))
     t0, samples, tokens, last, evals = time.perf_counter(), 0, 0, {}, []
-    with GracefulStop() as stop:  # SIGINT, SIGTERM: finish this step, checkpoint, exit 130 / 143
+    with GracefulStop() as stop, bar:  # SIGINT, SIGTERM: finish this step, checkpoint, exit 130 / 143
         while step < len(steps):
             if step in ref.refresh_at:
                 ref.refresh(step)
@@ -480,7 +482,6 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
                 checkpoint.save(cfg.out, step, model, optimizer, scheduler, {"nonfinite": nonfinite, "base_model": base_model}, d)
             if stopping:
                 break
-    bar.close()
     log.close()
     if stop.signum is not None and step < len(steps):
         if d.main:

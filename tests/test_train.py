@@ -1,5 +1,6 @@
 """train.py end to end on tiny models: every objective learns, resume is exact, the reference
 cache matches live passes, a saved model trains through --model DIR, bad input fails cleanly."""
+import errno
 import json
 import math
 import os
@@ -649,3 +650,43 @@ def test_one_run_per_folder(easy_data, tmp_path):
     (tmp_path / "taken" / files.LOCK).write_text(json.dumps({"program": "eval.py", "host": "elsewhere", "pid": 1}))
     r = cli("--data", easy_data, "--out", tmp_path / "taken", "--max-steps", 1, "--overwrite", *FAST)
     assert r.returncode == 2 and "is in use by eval.py (pid 1 on elsewhere)" in r.stderr  # refreshed: alive
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_checkpoint(easy_data, tmp_path, monkeypatch, capsys):
+    """ENOSPC from a writer: one line naming the checkpoint and the errno, exit 2, the temporary
+    folder removed; the checkpoint before it stays."""
+    real = checkpoint.save_file
+
+    def full_at_step_2(tensors, path, *a, **k):
+        if ".checkpoint-2.tmp" in path:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(tensors, path, *a, **k)
+    monkeypatch.setattr(checkpoint, "save_file", full_at_step_2)
+    out = tmp_path / "o"
+    assert train.run([*FAST, "--data", easy_data, "--out", str(out), "--max-steps", "3", "--save-every", "1"]) == 2
+    err = capsys.readouterr().err  # the progress bar, then one line
+    assert err.endswith(f"\nerror: cannot save {out}/checkpoint-2: No space left on device (ENOSPC); "
+                        f"what was written of it is removed\n") and "Traceback" not in err
+    assert sorted(n for n in os.listdir(out) if "checkpoint" in n) == ["checkpoint-1"]
+
+
+def test_a_file_size_limit_hit_inside_pytorchs_writer_is_one_line(tmp_path):
+    """A real limit (RLIMIT_FSIZE, as a full disk would): torch.save inside DCP fails with
+    "unexpected pos" and no errno; the probe of the folder finds why. Nothing half-written stays."""
+    import resource
+    model = tmp_path / "model"  # saved first: a tiny model's own copy is larger than the limit
+    m, processor = tiny_model("tiny-llava")
+    m.save_pretrained(model)
+    processor.save_pretrained(model)
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512 << 10, 512 << 10))
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *FAST, "--model", str(model), "--out", str(out),
+                        "--max-steps", "2", "--save-every", "1", "--lora-rank", "1"],
+                       preexec_fn=limit, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"error: cannot save {out}/checkpoint-1: File too large (EFBIG); what was written of it is removed"), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert not [n for n in os.listdir(out) if "checkpoint" in n]

@@ -19,6 +19,8 @@ The data order depends only on (seed, epoch) (``mmpo.training.curriculum.plan``)
 bit for bit). On another number of processes ``--grad-accum`` is rescaled to keep the global
 batch, and only dropout's random stream starts afresh.
 """
+import contextlib
+import errno
 import json
 import os
 import re
@@ -49,29 +51,69 @@ def save_weights(model, path: str, state: dict, base_model: str):
         save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, "trainable.safetensors"))
 
 
+@contextlib.contextmanager
+def saving(target: str, partial: str = ""):
+    """Writing ``target`` (into ``partial``, a folder that a failure removes, if given). An OSError,
+    or any failure once the disk takes no more (PyTorch's writer says "unexpected pos" for a full
+    disk), is one line naming the target and the errno (exit 2)."""
+    try:
+        yield
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if partial:
+            shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        code = re.search(r"\(os error (\d+)\)", str(e))  # safetensors' (Rust's) I/O errors
+        err = e if isinstance(e, OSError) else OSError(int(code[1]), "") if code else \
+            cannot_write(os.path.dirname(os.path.abspath(target)))
+        if err is None or err.errno is None:
+            raise
+        raise UserError(f"cannot save {target}: {os.strerror(err.errno)} ({errno.errorcode.get(err.errno, err.errno)})"
+                        + ("; what was written of it is removed" if partial else "")) from None
+
+
+def cannot_write(folder: str, size: int = 1 << 20) -> OSError | None:
+    """Why ``folder`` takes no ``size`` bytes more (a full disk, a file size limit), or None."""
+    probe = os.path.join(folder, ".mmpo-space-probe")
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(size))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+    return None
+
+
 def save(out: str, step: int, model, optimizer, scheduler, state: dict, d: Dist = Dist(), keep: int = 2):
     """Write OUT/checkpoint-<step> atomically (every rank calls this) and point OUT/latest at it."""
     name = f"checkpoint-{step}"
     final, tmp = os.path.join(out, name), os.path.join(out, f".{name}.tmp")
+    with saving(final, tmp):
+        if d.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        barrier(d)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(tmp, "dcp"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, os.path.join(tmp, f"rng-{d.rank}.safetensors"))
+        full = full_state(model, trainable_only=True)
+        if d.main:
+            save_weights(model, tmp, full, state.get("base_model", ""))
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+                json.dump(dict(state, step=step, world_size=d.world, scheduler=scheduler.state_dict()), f, indent=1)
+            write_atomic(os.path.join(tmp, MANIFEST), json.dumps(files_in(tmp), indent=1))  # last: vouches for the rest
     if d.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    barrier(d)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=TRAINABLE)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(tmp, "dcp"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, os.path.join(tmp, f"rng-{d.rank}.safetensors"))
-    full = full_state(model, trainable_only=True)
-    if d.main:
-        save_weights(model, tmp, full, state.get("base_model", ""))
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(dict(state, step=step, world_size=d.world, scheduler=scheduler.state_dict()), f, indent=1)
-        write_atomic(os.path.join(tmp, MANIFEST), json.dumps(files_in(tmp), indent=1))  # last: it vouches for the rest
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        write_atomic(os.path.join(out, "latest"), name)
+        with saving(os.path.join(out, "latest")):
+            write_atomic(os.path.join(out, "latest"), name)
         # only once this one is complete, and only checkpoints of earlier steps
         old = [x for x in checkpoints(out) if step_of(x) < step]
         for x in old[keep - 1:]:
