@@ -43,7 +43,7 @@ from mmpo import cli
 from mmpo.cli import UserError
 from mmpo.common.lock import check_free, locked
 from mmpo.common.util import markdown_table
-from mmpo.constants import LOGPS_CHUNK, SHARE_PREFIX
+from mmpo.constants import LOGPS_CHUNK, PAPER_NEW_TOKENS, SHARE_PREFIX, TINY_MODELS, TINY_NEW_TOKENS
 from mmpo.evaluation import amber
 from mmpo.common.chair import CHAIR_VARIANTS, opera_unavailable
 from mmpo.evaluation.metrics import POPE_PARSERS
@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score each image + prompt prefix of --data once for all the views on it, as in train.py "
                         "(exact); --no-prefix-sharing: every view as a full sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the corrupted images m' (crop, noise)")
-    p.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="longest answer, in tokens; generation also stops at end-of-sequence (published CHAIR "
-                        "evaluations let descriptions run long: VCD and SymMPO allow 1024)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"longest answer, in tokens; generation also stops at end-of-sequence (default: "
+                        f"{PAPER_NEW_TOKENS}, as published CHAIR evaluations let descriptions run long: VCD and SymMPO "
+                        f"allow 1024; {TINY_NEW_TOKENS} when every model is a tiny-* one)")
     p.add_argument("--num-beams", type=int, default=1,
                    help="beam search width of the benchmarks' answers (1: greedy); never sampled. SymMPO's Object "
                         "HalBench evaluation used 3 beams without sampling and 1024 new tokens")
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 LIMITS = {
     "batch_size": (lambda v: v >= 1, "at least 1"),
     "max_length": (lambda v: v >= 2, "at least 2"),
-    "max_new_tokens": (lambda v: v >= 1, "at least 1"),
+    "max_new_tokens": (lambda v: v is None or v >= 1, "at least 1"),
     "num_beams": (lambda v: v >= 1, "at least 1 (1: greedy)"),
     "beta": (lambda v: 0 < v < math.inf, "a positive number"),
     "logps_chunk": (lambda v: v >= 0, "0 (off) or more"),
@@ -195,6 +196,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.chair_variant == "opera" and (missing := opera_unavailable()):
         raise UserError(missing)
     args.columns = resolve_columns(args)
+    if args.max_new_tokens is None:  # the papers' length, or a quick look at random tiny models
+        tiny = all(c.base and c.base.key.split(" (seed")[0] in TINY_MODELS for c in args.columns)
+        args.max_new_tokens = TINY_NEW_TOKENS if tiny else PAPER_NEW_TOKENS
+        if tiny and args.bench:
+            print(f"tiny models: answers of at most {TINY_NEW_TOKENS} tokens (published evaluations allow "
+                  f"{PAPER_NEW_TOKENS}, for real models: --max-new-tokens)")
     return args
 
 

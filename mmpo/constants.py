@@ -29,6 +29,11 @@ NOISE_STEP = 500  # VCD's and MFPO's t
 
 # random models built from config (mmpo/tiny.py): nothing is downloaded
 TINY_MODELS = ("tiny-llava", "tiny-qwen2vl", "tiny-idefics3")
+# generation when no length or width is given: the papers' (NaPO's released 1024 tokens and 3 beams;
+# 1024 in published CHAIR evaluations) for real models, and a quick look for the random tiny ones
+# (on a CPU, 1024 tokens of 3 beams take minutes a batch even there)
+PAPER_NEW_TOKENS, PAPER_BEAMS = 1024, 3
+TINY_NEW_TOKENS, TINY_BEAMS = 32, 1
 
 # how log-probs are scored by default (mmpo/logps.py): prefix sharing on, 256 response positions a chunk
 SHARE_PREFIX = True

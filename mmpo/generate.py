@@ -6,6 +6,7 @@ answer is cut mid-sentence, and training must not append an end-of-sequence toke
 """
 import torch
 from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from mmpo.data import chat_prompt, pad_id
 
@@ -33,6 +34,19 @@ def eos_ids(model, tokenizer) -> set[int]:
     return set(ids) if isinstance(ids, (list, tuple)) else {ids} - {None}
 
 
+class Progress(StoppingCriteria):
+    """Moves a progress bar one step for each token generated (each step of the search, every beam
+    at once), so that a long generation shows it is running; it never stops one."""
+
+    def __init__(self, bar):
+        self.bar, self.steps = bar, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.steps += 1
+        self.bar.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(model, processor, prompts: list[str], images: list | None, *, max_new_tokens: int = 1024,
              num_beams: int = 1, do_sample: bool = False, temperature: float = 1.0, batch_size: int = 8,
@@ -48,19 +62,27 @@ def generate(model, processor, prompts: list[str], images: list | None, *, max_n
     pad, stop = pad_id(tok), eos_ids(model, tok)
     texts_out, lengths = [], []
     sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
+    n_batches = -(-len(prompts) // batch_size)
+    # in tokens: batch k of n fills its max_new_tokens steps (the steps an early end saves, at once)
+    bar = tqdm(total=n_batches * max_new_tokens, desc="generate", unit="tok", disable=not show, dynamic_ncols=True)
     try:
-        for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not show):
+        for k, i in enumerate(range(0, len(prompts), batch_size)):
+            bar.set_postfix_str(f"batch {k + 1}/{n_batches} of {batch_size}, {num_beams} beam{'s' * (num_beams > 1)}")
+            progress = Progress(bar)
             with_image = images is not None
             texts = [llava_v1_prompt(p, with_image, getattr(processor, "image_token", "<image>")) if llava_v1
                      else chat_prompt(processor, p, with_image=with_image) for p in prompts[i:i + batch_size]]
             kwargs = {"images": images[i:i + batch_size]} if images is not None else {}
             inputs = processor(text=texts, return_tensors="pt", padding=True, **kwargs).to(model.device)
             ids = model.generate(**inputs, **sampling, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                 min_new_tokens=1, pad_token_id=pad)
+                                 min_new_tokens=1, pad_token_id=pad,
+                                 stopping_criteria=StoppingCriteriaList([progress] if show else []))
+            bar.update(max_new_tokens - progress.steps)
             new = ids[:, inputs["input_ids"].shape[1]:]  # (b, new tokens)
             # a finished row is padded after its end-of-sequence token; an unfinished one ran to the limit
             lengths += [next((k for k, t in enumerate(row) if t in stop), len(row)) for row in new.tolist()]
             texts_out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     finally:
+        bar.close()
         tok.padding_side = side
     return texts_out, lengths

@@ -223,3 +223,15 @@ def test_a_hub_model_that_cannot_be_had(ws):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network: answer at once
     r = eval_py("eval.py", "--model", "no-such-org/no-such-model", "--data", ws / "data.jsonl", "--out", ws / "out", env=env)
     assert error_line(r).startswith("error: --model: cannot load no-such-org/no-such-model (")
+
+
+def test_answers_are_short_by_default_only_when_every_model_is_tiny(tmp_path, capsys):
+    eval_py = __import__("importlib").import_module("eval")
+    bench = write_jsonl(tmp_path / "chair.jsonl", [{"image": "a.png", "prompt": "Describe.", "objects": ["dog"]}])
+    args = eval_py.parse_args(["--model", "tiny-llava", "--bench", "chair", str(bench), "--out", str(tmp_path / "o")])
+    assert args.max_new_tokens == 32 and capsys.readouterr().out.startswith("tiny models: answers of at most 32 tokens")
+    args = eval_py.parse_args(["--model", "tiny-llava", "--bench", "chair", str(bench), "--out", str(tmp_path / "o"),
+                               "--max-new-tokens", "100"])
+    assert args.max_new_tokens == 100 and capsys.readouterr().out == ""
+    args = eval_py.parse_args(["--model", "some-org/a-real-vlm", "--bench", "chair", str(bench), "--out", str(tmp_path / "o")])
+    assert args.max_new_tokens == 1024

@@ -261,3 +261,18 @@ def test_the_nltk_tagger_when_nltk_is_missing(data, tmp_path, capsys, no_model_l
     assert build.run(["mfpo", "--data", data, "--out", str(tmp_path / "o"), "--regions", "global", "--tagger", "nltk"]) == 2
     assert error_line(capsys) == ("error: --tagger nltk needs nltk and its tagger data (pip install nltk; "
                                   "python -m nltk.downloader averaged_perceptron_tagger_eng), or --tagger rules")
+
+
+def test_generation_defaults_are_the_papers_and_a_quick_look_for_tiny_models(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"image": "a.png", "prompt": "Q?", "chosen": "a", "rejected": "b"}])
+
+    def options(*extra):
+        args = command.build_parser().parse_args(["napo", "--data", str(data), "--out", str(tmp_path / "o"), *extra])
+        command.check_options(args)
+        return args.max_new_tokens, args.num_beams, capsys.readouterr().out
+    assert options("--model", "some-org/a-real-vlm") == (1024, 3, "")  # NaPO's released generation
+    tokens, beams, said = options("--model", "tiny-llava")
+    assert (tokens, beams) == (32, 1) and said.startswith("tiny-llava (random, tiny): generating at most 32 tokens with 1")
+    tokens, beams, said = options("--model", "tiny-llava", "--num-beams", "3")  # what is given stays
+    assert (tokens, beams) == (32, 3) and "at most 32 tokens with 3 beam(s)" in said
+    assert options("--model", "tiny-llava", "--num-beams", "2", "--max-new-tokens", "8") == (8, 2, "")

@@ -16,7 +16,8 @@ import os
 
 from mmpo import cli
 from mmpo.cli import UserError, first_line
-from mmpo.constants import M_PRIMES, NOISE_STEPS, TINY_MODELS
+from mmpo.constants import (M_PRIMES, NOISE_STEPS, PAPER_BEAMS, PAPER_NEW_TOKENS, TINY_BEAMS, TINY_MODELS,
+                            TINY_NEW_TOKENS)
 from mmpo.common.util import check_model_path
 
 # mfpo's keyphrase ranking (mmpo/prepare/keywords.py), recorded with its rows; 2: Boudin's graph as pke builds it
@@ -43,9 +44,12 @@ def build_parser() -> cli.Parser:
                    help="the base VLM: it answers (napo, symmpo) and lends its word vectors (mfpo, optional); tiny-llava to try")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="napo, symmpo: generation limit (NaPO's released 1024); an answer cut there gets no end-of-sequence token")
-    p.add_argument("--num-beams", type=int, default=3, help="napo, symmpo: beam search width (NaPO's released 3; 1 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"napo, symmpo: generation limit (default: NaPO's released {PAPER_NEW_TOKENS}; {TINY_NEW_TOKENS} for "
+                        f"tiny-* models); an answer cut there gets no end-of-sequence token")
+    p.add_argument("--num-beams", type=int, default=None,
+                   help=f"napo, symmpo: beam search width (default: NaPO's released {PAPER_BEAMS}; {TINY_BEAMS} for tiny-* "
+                        f"models; 1 = greedy)")
     p.add_argument("--do-sample", action="store_true",
                    help="napo, symmpo: sample within the beams (off: deterministic, as NaPO's gen_bias_data.sh runs its "
                         "script, with --temperature 0; the script's own default is sampling at 0.2)")
@@ -94,7 +98,18 @@ LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
 
 def check_options(args) -> None:
     """The options' ranges, the input file's kind, the output folder's lock and a model path: before
-    torch is imported, the data read or a model loaded."""
+    torch is imported, the data read or a model loaded. Generation's defaults: the papers', or for
+    a tiny model a quick look (said in one line)."""
+    tiny = args.model in TINY_MODELS
+    defaulted = args.max_new_tokens is None or args.num_beams is None
+    if args.max_new_tokens is None:
+        args.max_new_tokens = TINY_NEW_TOKENS if tiny else PAPER_NEW_TOKENS
+    if args.num_beams is None:
+        args.num_beams = TINY_BEAMS if tiny else PAPER_BEAMS
+    if tiny and defaulted and args.method != "mfpo":
+        print(f"{args.model} (random, tiny): generating at most {args.max_new_tokens} tokens with {args.num_beams} "
+              f"beam(s); the papers' {PAPER_NEW_TOKENS} and {PAPER_BEAMS} are for real models (--max-new-tokens, "
+              f"--num-beams)")
     cli.check_limits(args, LIMITS)
     if not 0 <= args.noise_step < NOISE_STEPS:
         raise UserError(f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
