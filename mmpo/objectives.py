@@ -1,14 +1,15 @@
 """The five preference objectives and plain SFT, each a function of per-view log-probabilities.
 
-Every loss takes ``policy`` and ``ref``: dicts mapping a view name (METHODS.md) to the *summed*
+Every loss takes ``policy`` and ``ref``: dicts mapping a view name (``mmpo/constants.py``'s VIEWS) to the *summed*
 response log-probability of each example, shape ``(batch,)``, and its hyperparameters as keyword
 arguments. It returns ``(loss, metrics)``: the unreduced per-example loss ``(batch,)`` and a dict
 of the detached scalars that are its own.
 
-    logratio(v) = policy[v] - ref[v]      (METHODS.md's lr(v)); the implicit reward is beta * logratio(v)
+    logratio(v) = policy[v] - ref[v]      the implicit reward is beta * logratio(v)
 
-This file imports torch and nothing else: copy any one function (``napo`` names the helpers it
-needs) into your own project. Which views and options each objective takes in a run, its defaults
+This file imports torch and nothing else: copy any one function into your own project; its
+docstring's "Lifting it" names everything the copy needs (tests/test_objectives.py lifts each
+with exactly those names). Which views and options each objective takes in a run, its defaults
 and its released configuration are in ``mmpo/recipes.py``; ``shared_metrics`` (below) is what every
 objective logs alike.
 """
@@ -28,6 +29,8 @@ def dpo(policy: dict, ref: dict, *, beta: float = 0.1):
         beta: inverse temperature of the implicit reward.
     Returns:
         loss ``(batch,)``, and no metrics of its own (``shared_metrics`` has rewards/* and logps/*).
+
+    Lifting it: ``F`` (torch.nn.functional) is all it needs.
     """
     # the reference is a constant of the objective: no gradient may flow into it
     logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected")}  # each (batch,)
@@ -57,6 +60,8 @@ def mdpo(policy: dict, ref: dict, *, beta: float = 0.1, delta: float = 0.0,
     Returns:
         loss ``(batch,)`` and the conditional pair's ``rewards/image_margins``,
         ``rewards/image_accuracies``.
+
+    Lifting it: ``torch`` and ``F`` (torch.nn.functional) are all it needs.
     """
     # the reference is a constant of the objective: no gradient may flow into it
     logratio = {v: policy[v] - ref[v].detach() for v in ("chosen", "rejected", "chosen_on_corrupt")}
@@ -98,6 +103,8 @@ def mfpo(policy: dict, ref: dict, *, beta: float = 0.1, eta: float = 0.0,
     Returns:
         loss ``(batch,)``, the conditional pair's ``rewards/image_margins`` and
         ``rewards/image_accuracies``, and each term's mean ``mfpo/loss_{text,image,margin}``.
+
+    Lifting it: ``F`` (torch.nn.functional) is all it needs.
     """
     w_text, w_image, w_margin = weights
     # the reference is a constant of the objective: no gradient may flow into it
@@ -162,7 +169,8 @@ def napo(policy: dict, ref: dict, lengths: dict, *, beta: float = 0.1,
         L = g_l * L_DPO(chosen, rejected) + g_lb * L_q(chosen, lang_biased)
             + g_vb * L_q(chosen, vision_biased)
 
-    To copy it, copy ``box_cox_loss`` and ``dynamic_q`` (above) with it: torch is all they need.
+    Lifting it: copy ``box_cox_loss`` and ``dynamic_q`` (above) with it; it needs ``torch`` and ``F``
+    (torch.nn.functional).
 
     Args:
         policy, ref: views ``chosen``, ``rejected``, ``lang_biased``, ``vision_biased`` ``(batch,)``.
@@ -244,6 +252,8 @@ def symmpo(policy: dict, ref: dict, *, beta: float = 0.1, lam: float = 0.5,
         loss ``(batch,)``; ``rewards/image_accuracies`` (h1 > 0: on m, y_w beats y_w'),
         ``rewards/corrupt_accuracies`` (h2 > 0), ``symmpo/margin_gap`` (mean |h1 - h2|) and each
         term's mean ``symmpo/loss_{pair,margin,anchor}``.
+
+    Lifting it: ``F`` (torch.nn.functional) is all it needs.
     """
     if margin_form not in ("code", "paper"):
         raise ValueError(f"unknown SymMPO margin_form {margin_form!r}: expected 'code' or 'paper'")
@@ -281,6 +291,8 @@ def sft(policy: dict, ref: dict, lengths: dict):
     Returns:
         loss ``(batch,)`` whose mean is the per-token loss of the batch, and no metrics of its
         own (``shared_metrics`` has ``logps/chosen``, the mean summed log-prob of an answer).
+
+    Lifting it: it needs nothing but its arguments (tensors).
     """
     n = lengths["chosen"]
     return -policy["chosen"] * (n.numel() / n.sum()), {}

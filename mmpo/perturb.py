@@ -5,7 +5,8 @@ and device, and draws its randomness from an explicit ``torch.Generator`` so tha
 reproduced exactly (the policy and the reference must see the same m' in a step). ``corrupt`` is
 the one entry point by name (``crop``, ``noise``, ``blank``: the words of ``train.py --m-prime``
 and ``prepare symmpo --contrast``), for training's m' and for prepared images alike; the
-functions below it are the perturbations themselves, needing torch and the schedule's length.
+functions below it are the perturbations themselves. Each public one's "Lifting it" names
+everything a copy needs (tests/test_perturb.py lifts each with exactly those names).
 """
 import hashlib
 import math
@@ -38,7 +39,8 @@ def corrupt(x: torch.Tensor, kind: str, generator=None, *, t: int = NOISE_STEP, 
 
     The result can leave [0, 1] (noise); whoever turns it into an 8-bit image clamps it.
     Lifting it: copy ``NOISE_STEPS`` and ``NOISE_STEP`` (mmpo/constants.py), ``random_crop``,
-    ``crop_box``, ``_batched``, ``_uniform``, ``diffusion_noise``, ``alpha_bar`` and ``blank`` with it.
+    ``crop_box``, ``_batched``, ``_uniform``, ``diffusion_noise``, ``alpha_bar`` and ``blank`` with it;
+    it needs ``math``, ``torch`` and ``F`` (torch.nn.functional).
     """
     if kind == "crop":
         return random_crop(x, generator=generator)
@@ -91,7 +93,11 @@ def random_crop(img: torch.Tensor, area=(0.01, 0.2), ratio=(3 / 4, 4 / 3), gener
     """mDPO's corrupted image: keep a random crop of ``area`` (fraction of the image) and resize
     it back to the input size, so the answer y_w is no longer fully supported by the image.
     The released code uses RandomResizedCrop(scale=(0.01, 0.2)); Table 3 also tries (0.2, 0.5).
-    A batch gets one independent box per image."""
+    A batch gets one independent box per image.
+
+    Lifting it: copy ``crop_box``, ``_batched`` and ``_uniform`` with it; it needs ``math``, ``torch``
+    and ``F`` (torch.nn.functional).
+    """
     x, unbatch = _batched(img)
     _, _, h, w = x.shape
     out = []
@@ -123,6 +129,9 @@ def diffusion_noise(img: torch.Tensor, t: int = NOISE_STEP, mask=None, generator
     x): a mask of the same shape as ``img``, an (H, W) mask, or one (H, W) mask per image of a
     (B, C, H, W) batch. No mask is global noise (its fallback, and the ablation of Table 8). t
     indexes the schedule from 0 as in VCD; t=500 of 1000 is the best setting, sqrt(abar) ~ 0.86.
+
+    Lifting it: copy ``alpha_bar``, ``NOISE_STEPS`` and ``NOISE_STEP`` (mmpo/constants.py) with it;
+    it needs ``math`` and ``torch``.
     """
     if not 0 <= t < steps:
         raise ValueError(f"diffusion step t={t} is outside [0, {steps})")
@@ -143,7 +152,10 @@ def diffusion_noise(img: torch.Tensor, t: int = NOISE_STEP, mask=None, generator
 def random_region_mask(h: int, w: int, fraction: float = 0.2, generator=None) -> torch.Tensor:
     """A rectangle covering ``fraction`` of an h x w image at a random place and aspect ratio
     in [1/2, 2]: MFPO's "random 20%" ablation (Table 8), noising a region that is not the
-    key object. Returns a float mask (H, W) of 0 and 1."""
+    key object. Returns a float mask (H, W) of 0 and 1.
+
+    Lifting it: copy ``_uniform`` with it; it needs ``math`` and ``torch``.
+    """
     area = fraction * h * w
     r = math.exp(_uniform(math.log(0.5), math.log(2.0), generator))
     cw = max(1, min(w, round(math.sqrt(area * r))))
@@ -157,5 +169,8 @@ def random_region_mask(h: int, w: int, fraction: float = 0.2, generator=None) ->
 
 def blank(img: torch.Tensor, value: float = 0.0) -> torch.Tensor:
     """An image of the same shape filled with ``value`` (0 black, 1 white for [0, 1] images):
-    NaPO's image-free generation of language-biased answers, SymMPO's blank-image ablation."""
+    NaPO's image-free generation of language-biased answers, SymMPO's blank-image ablation.
+
+    Lifting it: ``torch`` is all it needs.
+    """
     return torch.full_like(img, value)

@@ -15,7 +15,7 @@ from mmpo.distributed import Dist, global_mean
 
 class Objective(NamedTuple):
     fn: Callable  # (policy, ref[, lengths], **options) -> (loss (batch,), its own metrics)
-    views: tuple[str, ...]  # what the model scores for each example (METHODS.md's views)
+    views: tuple[str, ...]  # what the model scores for each example (``mmpo/constants.py``'s VIEWS)
     options: Callable[[object, Dist], dict]  # the loss's keyword arguments, from the run's settings
     lr: float  # the paper's learning rate (its model: a 7B one); tiny-* models take 1e-3
     weight_decay: float = 0.0

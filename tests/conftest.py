@@ -1,5 +1,7 @@
+import inspect
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,3 +81,32 @@ def assert_identical_runs(straight, resumed, steps):
     timing = ("samples_per_s", "tokens_per_s", "elapsed_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
            [{k: v for k, v in r.items() if k not in timing} for r in b]
+
+
+def lift_names(fn) -> list[str]:
+    """What ``fn``'s docstring says a copy of it needs: the ``names`` of its "Lifting it" paragraph."""
+    doc = inspect.getdoc(fn)
+    assert "Lifting it:" in doc, f"{fn.__name__}: no 'Lifting it:' in its docstring"
+    return re.findall(r"``(\w+)``", doc[doc.index("Lifting it:"):].split("\n\n")[0])
+
+
+def lifted(fn, names):
+    """``fn`` re-created from source text in a namespace holding only ``names`` (modules and
+    constants as they are, functions from their source): what a reader gets by copying it."""
+    module = sys.modules[fn.__module__]
+    space = {n: getattr(module, n) for n in names if not inspect.isfunction(getattr(module, n))}
+    for obj in [getattr(module, n) for n in names if inspect.isfunction(getattr(module, n))] + [fn]:
+        exec(compile(inspect.getsource(obj), f"<copied {obj.__name__}>", "exec"), space)
+    return space[fn.__name__]
+
+
+def check_lift(fn, exercise):
+    """A copy with exactly the names of its docstring computes what ``fn`` does (``exercise``: the
+    function -> a list of results), and a copy without any one of them fails: the list is complete
+    and holds nothing a copy does not need."""
+    names = lift_names(fn)
+    for got, want in zip(exercise(lifted(fn, names)), exercise(fn), strict=True):
+        assert torch.equal(torch.as_tensor(got), torch.as_tensor(want))
+    for name in names:
+        with pytest.raises(NameError):
+            exercise(lifted(fn, [n for n in names if n != name]))

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import check_lift
 from mmpo import perturb as P
 
 
@@ -190,3 +191,25 @@ def test_corrupt_copied_alone_runs_with_nothing_but_torch():
     x = torch.rand(2, 3, 16, 16)
     for kind, kw in [("crop", {}), ("noise", {"t": 300}), ("noise", {"normalized": True}), ("blank", {"value": 1.0})]:
         assert torch.equal(space["corrupt"](x, kind, gen(3), **kw), P.corrupt(x, kind, gen(3), **kw)), kind
+
+
+# ---- each perturbation lifted alone: its source, run with exactly the names its docstring lists --
+
+def test_each_perturbation_copied_alone_runs_with_exactly_the_names_it_lists():
+    x = torch.rand(3, 20, 30)
+    mask = P.random_region_mask(20, 30, generator=gen(5))
+
+    def calls(fn):
+        name = fn.__name__
+        if name == "corrupt":  # every kind, batched and not, with and without a region
+            return [fn(x, "crop", gen(1)), fn(x[None], "crop", gen(1)), fn(x, "noise", gen(2), mask=mask),
+                    fn(x, "noise", gen(2), normalized=True), fn(x, "blank", value=1.0)]
+        if name == "random_crop":
+            return [fn(x, generator=gen(1)), fn(x[None], generator=gen(1))]
+        if name == "diffusion_noise":
+            return [fn(x, generator=gen(2)), fn(x, t=100, mask=mask, generator=gen(2))]
+        if name == "random_region_mask":
+            return [fn(20, 30, generator=gen(3))]
+        return [fn(x, 0.5)]
+    for fn in (P.corrupt, P.random_crop, P.diffusion_noise, P.random_region_mask, P.blank):
+        check_lift(fn, calls)

@@ -124,7 +124,7 @@ class Settings:
         (1e-5) for every method, so that only the objective differs; ``paper``: each method's own
         (NaPO's 5e-7 and SymMPO's 5e-6 are smaller). The default scale, 5, is a tenth of the
         toy's SFT rate over LLaVA-1.5's (1e-3 / 2e-5 = 50): at 50 DPO's chosen answers
-        collapsed on the training pairs (RESULTS.md)."""
+        collapsed on the training pairs (mmpo/toy/RESULTS.md)."""
         from mmpo.recipes import OBJECTIVES  # torch: only asked once the options are checked
         return OBJECTIVES["mdpo" if self.lr_rule == "shared" else objective].lr * self.lr_scale
 

@@ -46,7 +46,7 @@ class Config:
     adam_beta2: float = opt(0.999, "AdamW beta2 (mDPO's released configuration: 0.98)")
     max_grad_norm: float = opt(1.0, "gradient clipping (0: off)")
     max_length: int = opt(1024, "prompt + image + response tokens; responses are truncated, prompts never")
-    # objective options (METHODS.md)
+    # objective options (which objective reads which: mmpo/recipes.py)
     beta: float = opt(0.1, "inverse temperature of the implicit reward")
     mdpo_delta: float = opt(0.0, "mDPO anchor value delta")
     mdpo_response: bool = opt(True, "mDPO response (DPO) term (--no-mdpo-response to ablate)")

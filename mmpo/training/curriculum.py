@@ -12,7 +12,7 @@ by a fingerprint of the model and the data, like the reference cache.
 The score stands in for the paper's "semantic entropy". MFPO cites Farquhar et al. (Nature 2024),
 whose semantic entropy samples several answers, clusters them by bidirectional entailment under
 an NLI model and takes the entropy over the clusters; but the equation MFPO writes (sec. 3.3) is a
-token entropy, H = -sum_i p_i log p_i, and that is what is computed here (METHODS.md): the entropy
+token entropy, H = -sum_i p_i log p_i, and that is what is computed here: the entropy
 of the full next-token distribution at each token of the chosen answer, teacher-forced, averaged
 over the answer. It was chosen because it takes one no-grad pass of the model being trained, with
 no sampling and no second model, and it is deterministic, so its cache stays valid. Farquhar's
