@@ -20,6 +20,36 @@ from mmpo.synthetic import make_synthetic  # noqa: E402
 
 torch.set_num_threads(2)
 
+import signal  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sends_signals: the test signals its own process (not a Ctrl-C)")
+
+
+@pytest.fixture(autouse=True)
+def stop_at_the_first_ctrl_c(request, monkeypatch):
+    """Ctrl-C stops the suite at the first press. A training run inside the test process
+    (train.run) takes SIGINT as "stop after this step" and returns 130, so the test would merely
+    fail and the suite go on: every SIGINT handler a test installs is wrapped to note the signal,
+    and a noted one ends the session after this test."""
+    if request.node.get_closest_marker("sends_signals"):
+        yield
+        return
+    noted, real = [], signal.signal
+
+    def noting(signum, handler):
+        if signum == signal.SIGINT and callable(handler) and handler is not signal.default_int_handler:
+            inner = handler
+            def handler(s, frame):  # noqa: E306
+                noted.append(s)
+                return inner(s, frame)
+        return real(signum, handler)
+    monkeypatch.setattr(signal, "signal", noting)
+    yield
+    if noted:
+        pytest.exit("interrupted (Ctrl-C)", returncode=130)
+
 
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):

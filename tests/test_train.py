@@ -579,6 +579,7 @@ def test_a_run_that_fails_before_training_takes_back_what_it_wrote(easy_data, tm
     assert r.returncode == 2 and sorted(os.listdir(mine)) == ["notes.txt"]  # synthetic/ written, then taken back
 
 
+@pytest.mark.sends_signals
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact(easy_data, tmp_path, monkeypatch,
                                                                                  capsys, signum):
@@ -605,6 +606,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
     assert_identical_runs(straight, stopped, 6)
 
 
+@pytest.mark.sends_signals
 def test_a_second_signal_stops_at_once_in_one_line(easy_data, tmp_path, monkeypatch, capsys):
     real = train.train_step
 
