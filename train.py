@@ -436,6 +436,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
                   f"starts at 0): the model will not change; give --warmup 0 or more steps")
         state = checkpoint.resume(cfg, model, optimizer, scheduler, lr_at, len(steps), ref, d)  # step 0 when new
         step, nonfinite = state["step"], state["nonfinite"]
+        start = step
 
         if d.main:  # written once everything checked out: from now on this folder holds a run
             folder.write_config(cfg)
@@ -492,7 +493,7 @@ def train(cfg: Config, typed: set[str], d, created: str | None, held: contextlib
 
     final = save_final(model, processor, cfg, base_model, d)
     if d.main:
-        print(report.summary(step, samples, time.perf_counter() - t0, last, evals, cfg.out, final))
+        print(report.summary(step, samples, time.perf_counter() - t0, last, evals, cfg.out, final, start))
     distributed.barrier(d)
 
 

@@ -17,6 +17,7 @@ lm_head).
 - Metrics are means over ranks; only rank 0 logs and writes files.
 """
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,11 @@ def shard(model, d: Dist, bf16: bool = False):
     # image features are computed outside forward (once per step): let FSDP gather for it too
     if hasattr(model, "get_image_features"):
         register_fsdp_forward_method(model, "get_image_features")
+    # FSDP2 warns whenever a wrapped module returns a view (as image features can be): an in-place
+    # op on one would skip its pre-backward hook. Nothing in mmpo changes a module's output in
+    # place, and tests/test_distributed.py checks two processes' weights against one's for every
+    # objective (SymMPO's four images included): here the warning is noise.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor")
     return model
 
 

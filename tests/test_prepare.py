@@ -294,6 +294,8 @@ def test_napo_records_truncated_generations(plain_data, tmp_path, capsys):
     assert all(r["truncated"] == ["lang_biased", "vision_biased"] for r in rows)
     # the summary: one line per outcome, then where the rows are
     assert capsys.readouterr().out.splitlines() == [
+        "tiny-llava (random, tiny): generating at most 4 tokens with 1 beam(s); the papers' 1024 and 3 are for real "
+        "models (--max-new-tokens, --num-beams)",
         "prepare napo:",
         "  rows written: 6",
         "  rows already there: 0",

@@ -603,6 +603,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
     monkeypatch.setattr(train, "train_step", real)
     run_ok("--resume", stopped)
+    assert "done: step 6, resumed at step 3: 3 steps, 12 samples in " in capsys.readouterr().out  # this process's
     assert_identical_runs(straight, stopped, 6)
 
 

@@ -75,9 +75,13 @@ def evaluate(model, eval_set, ref_logps, objective: Objective, options: dict, ba
     return out
 
 
-def summary(step: int, samples: int, seconds: float, last: dict, evals: list[dict], out: str, final: str) -> str:
-    """The closing lines of a run: how much it trained, its last figures, the best held-out ones."""
-    lines = [f"done: {step} steps, {samples} samples in {seconds:.0f} s"]
+def summary(step: int, samples: int, seconds: float, last: dict, evals: list[dict], out: str, final: str,
+            start: int = 0) -> str:
+    """The closing lines of a run: how much it trained (a resumed run: from ``start``, in this
+    process), its last figures, the best held-out ones."""
+    done = f"{step} steps, {samples} samples in {seconds:.0f} s" if not start else \
+        f"step {step}, resumed at step {start}: {step - start} steps, {samples} samples in {seconds:.0f} s"
+    lines = [f"done: {done}"]
     if last:
         rewards = (f", reward accuracy {last['rewards/accuracies']:.3f}, margin {last['rewards/margins']:.4f}"
                    if "rewards/accuracies" in last else "")  # SFT has no rewards
