@@ -64,13 +64,10 @@ def _reward(world: str) -> list[Claim]:
         Claim(world, "DPO's held-out reward accuracy is above blind DPO's beyond the noise",
               lambda r: {"blind DPO − DPO": _diff("dpo-noimage - dpo", "heldout_reward_acc")(r)},
               lambda f: below(f["blind DPO − DPO"])),
-        Claim(world, "mDPO's held-out reward accuracy is above DPO's beyond the noise",
-              lambda r: {"mDPO − DPO": _diff("mdpo - dpo", "heldout_reward_acc")(r)},
-              lambda f: above(f["mDPO − DPO"])),
-        Claim(world, "SymMPO's held-out reward accuracy is above DPO's beyond the noise",
-              lambda r: {"SymMPO − DPO": _diff("symmpo - dpo", "heldout_reward_acc")(r)},
-              lambda f: above(f["SymMPO − DPO"])),
-    ]
+    ] + [Claim(world, f"{label}'s held-out reward accuracy is above DPO's beyond the noise",
+               lambda r, m=method, k=f"{label} − DPO": {k: _diff(f"{m} - dpo", "heldout_reward_acc")(r)},
+               lambda f: above(*f.values()))
+         for method, label in (("mdpo", "mDPO"), ("symmpo", "SymMPO"))]
 
 
 def _cuts_hallucination(r: dict) -> dict:
