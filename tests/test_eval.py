@@ -328,7 +328,7 @@ def test_bad_benchmark_rows_are_one_line_errors(tmp_path, image_dir, capsys):
 
 def test_generation_options_and_their_defaults():
     args = evaluate.build_parser().parse_args([])
-    assert args.max_new_tokens == 1024  # long descriptions, as published CHAIR evaluations allow
+    assert args.max_new_tokens is None  # parse_args makes it 1024 (published CHAIR evaluations), 32 for tiny models
     assert args.num_beams == 1  # greedy; SymMPO's Object HalBench used 3
     assert args.pope_parse == "standard"
     # --data is scored as train.py scores it, by default too
@@ -364,8 +364,8 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
         # CHAIR: dog, dog (true) | cat, couch (true, the couch from the caption): 4 mentions, none hallucinated
         assert (m["chair/chair_s"], m["chair/chair_i"], m["chair/coverage"], m["chair/mentions"]) == (0, 0, 1, 4)
         assert (m["chair/examples"], m["chair/truncated"], m["pope/truncated"]) == (2, 1, 0)
-        # "A dog and a dog." 5 words, "A cat on a sofa." 5 words; 3 and 1024 generated tokens (not the text's 16)
-        assert m["chair/mean_answer_words"] == 5 and m["chair/mean_answer_tokens"] == (3 + 1024) / 2
+        # "A dog and a dog." 5 words, "A cat on a sofa." 5 words; 3 and 32 generated tokens (not the text's 16)
+        assert m["chair/mean_answer_words"] == 5 and m["chair/mean_answer_tokens"] == (3 + 32) / 2
         # 7 and 7 words; 3 and 5 tokens
         assert m["pope/mean_answer_words"] == 7 and m["pope/mean_answer_tokens"] == 4
         saved = [json.loads(line) for line in open(out / "answers-base-pope.jsonl")]
@@ -380,10 +380,10 @@ def test_benchmarks_read_hand_made_answers(tmp_path, image_dir, monkeypatch):
             assert [s["parsed"] for s in saved] == [None, None]
             assert (m["pope/accuracy"], m["pope/precision"], m["pope/recall"], m["pope/f1"]) == (0, 0, 0, 0)
             assert (m["pope/yes_ratio"], m["pope/unparsed"]) == (0, 2)
-    assert asked == [(1024, 1)] * 4  # the defaults reach the generation: 1024 new tokens, greedy
+    assert asked == [(32, 1)] * 4  # the defaults reach the generation: a tiny model's 32 new tokens, greedy
     saved = [json.loads(line) for line in open(tmp_path / "strict" / "answers-base-chair.jsonl")]
     # no id in the data: the line number, as training names the row
-    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "tokens": 1024, "truncated": True, "objects": ["cat", "couch"],
+    assert saved[1] == {"id": "2", "answer": "A cat on a sofa.", "tokens": 32, "truncated": True, "objects": ["cat", "couch"],
                         "hallucinated": []}
 
     # POPE's splits side by side, each named by its file; a shorter generation with beams on request

@@ -351,7 +351,7 @@ def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch
     settings = json.load(open(os.path.join(killed, "prepare.json")))
     # what decides the rows; generation pads each batch, so the batch size is one of them
     assert {k: v for k, v in settings.items() if k != "data_sha256"} == {
-        "method": "napo", "model": "tiny-llava", "seed": 0, "max_new_tokens": 4, "num_beams": 3, "do_sample": False,
+        "method": "napo", "model": "tiny-llava", "seed": 0, "max_new_tokens": 4, "num_beams": 1, "do_sample": False,
         "batch_size": 2, "napo_prompt": "released", "lang_image": "none"}
     assert settings["data_sha256"] == digest(plain_data)
     with open(os.path.join(killed, "data.jsonl"), "a") as f:
@@ -359,9 +359,9 @@ def test_resume_with_other_settings_is_refused(plain_data, tmp_path, monkeypatch
     before = digest(os.path.join(killed, "data.jsonl"))
     monkeypatch.setattr(models, "load_model", None)  # refused before any model loads
     capsys.readouterr()
-    assert build.run([*white, "--out", killed, "--num-beams", "1"]) == 2
+    assert build.run([*white, "--out", killed, "--num-beams", "2"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: {killed}/data.jsonl holds 2 rows made with other settings: --num-beams 3 (now 1); --lang-image none "
+        f"error: {killed}/data.jsonl holds 2 rows made with other settings: --num-beams 1 (now 2); --lang-image none "
         f"(now white). Run with the old settings to continue, or use another --out, or add --overwrite to start "
         f"afresh (it deletes {killed}/data.jsonl, {killed}/images/ and {killed}/prepare.json)"]
     assert digest(os.path.join(killed, "data.jsonl")) == before  # untouched, even the half-written line
