@@ -83,3 +83,22 @@ def test_refusals_come_before_torch_in_under_a_second(ws, args, message):
 
 def test_the_objective_names_checked_before_torch_are_the_recipes():
     assert constants.OBJECTIVE_NAMES == tuple(recipes.OBJECTIVES)
+
+
+def test_a_parquet_file_written_by_pyarrow_is_known_by_its_columns(tmp_path):
+    """The schema as pyarrow writes it (the footer the check reads), for each released layout."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from mmpo.rows import DataError, check_file
+    layouts = {"rlaif-v": ["ds_name", "image", "question", "chosen", "rejected", "idx"],
+               "rlhf-v": ["ds_name", "image", "text", "idx"],
+               "napo": ["ds_name", "image", "question", "chosen", "rejected", "question_only", "image_only"],
+               "symmpo": ["question", "image_1", "image_2", "resp_1_w", "resp_1_l", "resp_2_w"],
+               "trl": ["images", "prompt", "chosen", "rejected"]}
+    for name, columns in layouts.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({c: ["x"] for c in columns}), path)
+        with pytest.raises(DataError) as e:
+            check_file(str(path), "--data")
+        assert str(e.value).endswith(f"convert it first: python -m mmpo.convert {name} {path} OUT"), name
