@@ -587,7 +587,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
             "--save-every", "0"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run_ok(*args, "--out", straight)
-    real, calls = train.train_step, []
+    real, calls, handler = train.train_step, [], signal.getsignal(signal.SIGINT)
 
     def signalled_during_step_3(*a, **k):
         calls.append(1)
@@ -600,7 +600,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
     assert f"stopped at step 3 ({signal.Signals(signum).name}); continue with: python train.py --resume {stopped}" \
         in capsys.readouterr().out
     assert checkpoint.newest_intact(str(stopped))[0].endswith("checkpoint-3") and not os.path.exists(stopped / "final")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert signal.getsignal(signal.SIGINT) is handler  # the handlers are put back
     monkeypatch.setattr(train, "train_step", real)
     run_ok("--resume", stopped)
     assert "done: step 6, resumed at step 3: 3 steps, 12 samples in " in capsys.readouterr().out  # this process's
