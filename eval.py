@@ -196,12 +196,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.chair_variant == "opera" and (missing := opera_unavailable()):
         raise UserError(missing)
     args.columns = resolve_columns(args)
+    args.generation_note = ""  # said once the run starts
     if args.max_new_tokens is None:  # the papers' length, or a quick look at random tiny models
         tiny = all(c.base and c.base.key.split(" (seed")[0] in TINY_MODELS for c in args.columns)
         args.max_new_tokens = TINY_NEW_TOKENS if tiny else PAPER_NEW_TOKENS
         if tiny and args.bench:
-            print(f"tiny models: answers of at most {TINY_NEW_TOKENS} tokens (published evaluations allow "
-                  f"{PAPER_NEW_TOKENS}, for real models: --max-new-tokens)")
+            args.generation_note = (f"tiny models: answers of at most {TINY_NEW_TOKENS} tokens (published evaluations "
+                                    f"allow {PAPER_NEW_TOKENS}, for real models: --max-new-tokens)")
     return args
 
 
@@ -473,6 +474,8 @@ def open_out(out: str):
 def main(args) -> dict:
     """Every column's metrics (``args`` from parse_args); writes eval.json, eval.md, the answers."""
     columns = args.columns
+    if args.generation_note:
+        print(args.generation_note)
     benches = [(kind, name, read_bench(kind, path, args)) for (kind, path), name in zip(args.bench, args.bench_names)]
     negatives = data_negatives(args.data) if args.data else []
     with locked(args.out, "eval.py"):  # one run per folder: a second eval.py (or train.py) there stops

@@ -64,7 +64,8 @@ def generate(model, processor, prompts: list[str], images: list | None, *, max_n
     sampling = dict(do_sample=True, temperature=temperature) if do_sample else dict(do_sample=False)
     n_batches = -(-len(prompts) // batch_size)
     # in tokens: batch k of n fills its max_new_tokens steps (the steps an early end saves, at once)
-    bar = tqdm(total=n_batches * max_new_tokens, desc="generate", unit="tok", disable=not show, dynamic_ncols=True)
+    bar = tqdm(total=n_batches * max_new_tokens, desc="generate", unit="tok", disable=not show, dynamic_ncols=True,
+               leave=False)  # under a caller's own bar (prepare's rows): gone once done
     try:
         for k, i in enumerate(range(0, len(prompts), batch_size)):
             bar.set_postfix_str(f"batch {k + 1}/{n_batches} of {batch_size}, {num_beams} beam{'s' * (num_beams > 1)}")

@@ -225,13 +225,13 @@ def test_a_hub_model_that_cannot_be_had(ws):
     assert error_line(r).startswith("error: --model: cannot load no-such-org/no-such-model (")
 
 
-def test_answers_are_short_by_default_only_when_every_model_is_tiny(tmp_path, capsys):
+def test_answers_are_short_by_default_only_when_every_model_is_tiny(tmp_path):
     eval_py = __import__("importlib").import_module("eval")
     bench = write_jsonl(tmp_path / "chair.jsonl", [{"image": "a.png", "prompt": "Describe.", "objects": ["dog"]}])
     args = eval_py.parse_args(["--model", "tiny-llava", "--bench", "chair", str(bench), "--out", str(tmp_path / "o")])
-    assert args.max_new_tokens == 32 and capsys.readouterr().out.startswith("tiny models: answers of at most 32 tokens")
+    assert args.max_new_tokens == 32 and args.generation_note.startswith("tiny models: answers of at most 32 tokens")
     args = eval_py.parse_args(["--model", "tiny-llava", "--bench", "chair", str(bench), "--out", str(tmp_path / "o"),
                                "--max-new-tokens", "100"])
-    assert args.max_new_tokens == 100 and capsys.readouterr().out == ""
+    assert args.max_new_tokens == 100 and args.generation_note == ""
     args = eval_py.parse_args(["--model", "some-org/a-real-vlm", "--bench", "chair", str(bench), "--out", str(tmp_path / "o")])
     assert args.max_new_tokens == 1024

@@ -263,13 +263,13 @@ def test_the_nltk_tagger_when_nltk_is_missing(data, tmp_path, capsys, no_model_l
                                   "python -m nltk.downloader averaged_perceptron_tagger_eng), or --tagger rules")
 
 
-def test_generation_defaults_are_the_papers_and_a_quick_look_for_tiny_models(tmp_path, capsys):
+def test_generation_defaults_are_the_papers_and_a_quick_look_for_tiny_models(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"image": "a.png", "prompt": "Q?", "chosen": "a", "rejected": "b"}])
 
     def options(*extra):
         args = command.build_parser().parse_args(["napo", "--data", str(data), "--out", str(tmp_path / "o"), *extra])
         command.check_options(args)
-        return args.max_new_tokens, args.num_beams, capsys.readouterr().out
+        return args.max_new_tokens, args.num_beams, args.generation_note
     assert options("--model", "some-org/a-real-vlm") == (1024, 3, "")  # NaPO's released generation
     tokens, beams, said = options("--model", "tiny-llava")
     assert (tokens, beams) == (32, 1) and said.startswith("tiny-llava (random, tiny): generating at most 32 tokens with 1")

@@ -114,7 +114,7 @@ def answer(rows, field: str, prompts, images, args, ctx, stats, llava_v1: bool =
     training appends no end-of-sequence token to it."""
     texts, lengths = generate(ctx["model"], ctx["processor"], prompts, images, max_new_tokens=args.max_new_tokens,
                               num_beams=args.num_beams, do_sample=args.do_sample, temperature=args.temperature,
-                              batch_size=args.batch_size, llava_v1=llava_v1)
+                              batch_size=args.batch_size, llava_v1=llava_v1, show=True)
     for r, text, n in zip(rows, texts, lengths):
         r[field] = text
         if n >= args.max_new_tokens:
@@ -228,6 +228,8 @@ def open_image(path: str, flag: str):
 def main(args) -> dict:
     """Check everything that can be checked, record the settings, then build the rows not yet written."""
     check_options(args)
+    if args.generation_note:
+        print(args.generation_note)
     rows = read_rows(args.data, BASE_FIELDS)
     out_path = os.path.join(args.out, "data.jsonl")
     if os.path.realpath(out_path) == os.path.realpath(args.data):

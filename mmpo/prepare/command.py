@@ -99,17 +99,16 @@ LIMITS = {"batch_size": AT_LEAST_1, "k": AT_LEAST_1,
 def check_options(args) -> None:
     """The options' ranges, the input file's kind, the output folder's lock and a model path: before
     torch is imported, the data read or a model loaded. Generation's defaults: the papers', or for
-    a tiny model a quick look (said in one line)."""
+    a tiny model a quick look (``args.generation_note``, said once the run starts)."""
     tiny = args.model in TINY_MODELS
     defaulted = args.max_new_tokens is None or args.num_beams is None
     if args.max_new_tokens is None:
         args.max_new_tokens = TINY_NEW_TOKENS if tiny else PAPER_NEW_TOKENS
     if args.num_beams is None:
         args.num_beams = TINY_BEAMS if tiny else PAPER_BEAMS
-    if tiny and defaulted and args.method != "mfpo":
-        print(f"{args.model} (random, tiny): generating at most {args.max_new_tokens} tokens with {args.num_beams} "
-              f"beam(s); the papers' {PAPER_NEW_TOKENS} and {PAPER_BEAMS} are for real models (--max-new-tokens, "
-              f"--num-beams)")
+    args.generation_note = (f"{args.model} (random, tiny): generating at most {args.max_new_tokens} tokens with "
+                            f"{args.num_beams} beam(s); the papers' {PAPER_NEW_TOKENS} and {PAPER_BEAMS} are for real "
+                            f"models (--max-new-tokens, --num-beams)") if tiny and defaulted and args.method != "mfpo" else ""
     cli.check_limits(args, LIMITS)
     if not 0 <= args.noise_step < NOISE_STEPS:
         raise UserError(f"--noise-step {args.noise_step}: must be a diffusion step in [0, {NOISE_STEPS})")
