@@ -12,10 +12,10 @@ Four savings over scoring each view on its own, all exact (the same log-probs an
   under a block attention mask (``block_mask``), each response keeping the positions it has as a
   full sequence: every log-prob and gradient is the unshared one. The prefix is long (LLaVA-1.5:
   576 + ~50 tokens, answers ~100-250): per example DPO runs P + 2R positions instead of 2(P + R),
-  NaPO P + 4R vs 4(P + R), mDPO/MFPO 2P + 4R vs 3(P + R), SymMPO 2P + 6R vs 5(P + R) (the packed
-  sequences of a batch share K: m''s carries one masked filler response, never projected). A mask,
-  not a key-value cache: one ordinary forward, so activation checkpointing, FSDP and autocast work
-  unchanged. Wang & Hegde 2024 (https://arxiv.org/abs/2410.20305) do this for text DPO. It needs
+  NaPO P + 4R vs 4(P + R), mDPO/MFPO 2P + 3R vs 3(P + R), SymMPO 2P + 5R vs 5(P + R): the groups
+  with as many views run as one forward (m''s groups apart: two forwards for mDPO, MFPO and
+  SymMPO), so no sequence carries a filler response. A mask, not a key-value cache: ordinary
+  forwards, so activation checkpointing, FSDP and autocast work unchanged. Wang & Hegde 2024 (https://arxiv.org/abs/2410.20305) do this for text DPO. It needs
   sdpa or eager attention (transformers' defaults; under flash attention views are scored unshared);
 - chunked log-probs (``chunk``; ``--logps-chunk``, 256 by default, 0 off): at V = 32000 the
   response logits and their log-softmax are a step's largest tensors (N * R * V floats, three times
@@ -207,19 +207,39 @@ def block_mask(prefix_mask: torch.Tensor, k: int, R: int) -> torch.Tensor:
 
 
 def _shared_prefix_scored(model, batch: Batch, image_features, head):
+    """Prefix sharing: the groups with k views each run as one packed forward of k response blocks
+    (mDPO's image groups with 2, its m' groups with 1), so no group carries a filler block. Rows
+    come back in ``batch``'s order, ``(N, R, ...)``."""
+    device = model.device
+    positions = _positions(model, batch, device)
+    if image_features is None and supports_fused_images(model):  # once for every forward below
+        image_features = encode_images(model, batch)
+    by_size: dict[int, list[list[int]]] = {}
+    for rows in prefix_groups(batch):
+        by_size.setdefault(len(rows), []).append(rows)
+    order, parts = [], []
+    for groups in by_size.values():
+        parts.append(_packed_scored(model, batch, groups, positions, image_features, head))
+        order += [row for rows in groups for row in rows]
+    where = torch.empty(len(order), dtype=torch.long)
+    where[torch.tensor(order)] = torch.arange(len(order))  # row i of the batch is row where[i] of the parts
+    return torch.cat(parts)[where.to(device)]
+
+
+def _packed_scored(model, batch: Batch, groups: list[list[int]], positions, image_features, head):
+    """One forward over ``groups`` (each of the same K rows of ``batch``), packed as the module
+    docstring lays out: their rows' outputs, ``(G * K, R, ...)``, group by group."""
     device = model.device
     P, R = batch.prompt_len, batch.response_mask.shape[1]
-    groups = prefix_groups(batch)
-    G, K = len(groups), max(map(len, groups))
-    # which row each packed column comes from: the group's first for the prefix, the j-th view for
-    # block j (a group with fewer views repeats its last: masked out, never read) ...
-    views = torch.tensor([rows + rows[-1:] * (K - len(rows)) for rows in groups])  # (G, K)
+    G, K = len(groups), len(groups[0])
+    # which row each packed column comes from: the group's first for the prefix, the j-th view for block j ...
+    views = torch.tensor(groups)  # (G, K)
     src_row = torch.cat([views[:, :1].expand(G, P), views.repeat_interleave(R, 1)], 1).to(device)  # (G, T)
     # ... and which of its columns
     src_col = torch.cat([torch.arange(P), torch.arange(P, P + R).repeat(K)]).expand(G, -1).to(device)  # (G, T)
     packed = batch.input_ids.to(device)[src_row, src_col]  # (G, T)
     kwargs = {k: v.to(device)[src_row, src_col] for k, v in batch.extra.items()}
-    kwargs["position_ids"] = _positions(model, batch, device)[..., src_row, src_col]  # (G, T), or (3, G, T)
+    kwargs["position_ids"] = positions[..., src_row, src_col]  # (G, T), or (3, G, T)
     first = views[:, 0]
     kwargs.update(_image_inputs(model, batch, batch.image_index[first].tolist(), image_features, device))
     mask = block_mask(batch.attention_mask[first, :P].to(device), K, R)
@@ -229,16 +249,10 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     # the prefix's last column (kept once per block), not by the block before it
     o = torch.arange(K * R, device=device)
     keep = torch.where(o % R == 0, P - 1, P + o - 1)  # (K * R,)
-    group_of, block_of = torch.zeros(2, len(batch.image_index), dtype=torch.long)  # each row's group, its block there
-    for gi, rows in enumerate(groups):
-        group_of[rows], block_of[rows] = gi, torch.arange(len(rows))
-    group_of, block_of = group_of.to(device), block_of.to(device)
-    cols = block_of[:, None] * R + torch.arange(R, device=device)  # (N, R) each row's outputs in its group's
-    needed = torch.zeros(G, K * R, dtype=torch.bool, device=device)  # filler blocks and padding: False
-    needed[group_of[:, None], cols] = batch.response_mask.to(device).bool()
+    needed = batch.response_mask[views.reshape(-1)].to(device).bool().reshape(G, K * R)  # padding: False
     with head(packed[:, P:], needed):  # under logps_head the output layer is replaced for this forward only
         out = model(input_ids=packed, attention_mask=mask, logits_to_keep=keep, use_cache=False, **kwargs).logits
-    return out[group_of[:, None], cols]  # (N, R, ...)
+    return out.reshape(G * K, R, *out.shape[2:])
 
 
 def sequence_logps(model, batch: Batch, image_features=None, share_prefix: bool = SHARE_PREFIX,

@@ -225,6 +225,27 @@ def test_a_dpo_step_processes_p_plus_2r_positions_per_example(synthetic):
         assert seen == [per_pass, per_pass] and lm_positions(batch, share) == per_pass
 
 
+@pytest.mark.parametrize("views,m_prime,per_example", [
+    (("chosen", "rejected", "chosen_on_corrupt"), "crop", (2, 3)),  # mDPO, MFPO: 2P + 3R, no filler block
+    (("chosen", "rejected", "contrast_on_image", "chosen_on_corrupt", "contrast_on_corrupt"), "contrast", (2, 5)),  # SymMPO
+])
+def test_views_of_two_images_process_no_filler(synthetic, views, m_prime, per_example):
+    """Counted at the language model's input embeddings: one forward per group size, together
+    a P for each image and an R for each view, as ``lm_positions`` says; the log-probs those of
+    the unshared forward."""
+    model, proc = tiny_model("tiny-llava")
+    model.eval()
+    ds = PreferenceDataset(synthetic, proc, views, m_prime=m_prime)
+    batch = collate([ds[i] for i in range(3)], views, proc.tokenizer.pad_token_id)
+    P, R = batch.prompt_len, batch.response_mask.shape[1]
+    seen = []
+    model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    with torch.no_grad():
+        shared = sequence_logps(model, batch, share_prefix=True)[0]
+        assert sum(seen) == 3 * (per_example[0] * P + per_example[1] * R) == lm_positions(batch, True)
+        torch.testing.assert_close(shared, sequence_logps(model, batch, share_prefix=False)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_block_mask_by_hand():
     """One packed sequence: a prefix of 3 columns (the first is padding) and 2 responses of 2."""
     mask = L.block_mask(torch.tensor([[0, 1, 1]]), k=2, R=2)[0, 0].int()

@@ -81,5 +81,4 @@ def lm_positions(batch, share_prefix: bool) -> int:
     P, R = batch.prompt_len, batch.response_mask.shape[1]
     if not share_prefix:
         return len(batch.image_index) * (P + R)
-    groups = prefix_groups(batch)
-    return len(groups) * (P + max(map(len, groups)) * R)
+    return sum(P + len(rows) * R for rows in prefix_groups(batch))  # each group as many blocks as views
