@@ -39,8 +39,14 @@ class Reference:
         self.table = None  # {(id, view): logp} once a cache is loaded
 
     def place(self, bf16: bool):
-        """The frozen copy on the policy's device, sharded the same way (same structure, same shards)."""
+        """The frozen copy on the policy's device, sharded the same way (same structure, same shards).
+        Under FSDP's bf16 policy its weights are stored in bf16: FSDP casts every weight to bf16 for
+        compute, and a copy that never trains needs no fp32 master, so it takes half the memory
+        for the same numbers (its buffers, such as rotary frequencies, stay as they are)."""
         if self.frozen is not None:
+            if bf16 and self.d.enabled:
+                for p in self.frozen.parameters():
+                    p.data = p.data.to(torch.bfloat16)
             self.frozen.to(self.d.device)
             if self.d.enabled:
                 distributed.shard(self.frozen, self.d, bf16=bf16)

@@ -7,6 +7,7 @@ ranks together), ``{"kind": "train_killed", "args": [...], "at": 3}`` (the run d
 after its step-3 checkpoint), ``{"kind": "napo_q"}`` or ``{"kind": "bf16"}``. Results that the
 test reads are written as JSON to OUT/<job index>-<rank>.json.
 """
+import copy
 import json
 import os
 import sys
@@ -32,10 +33,19 @@ def napo_q(d):
 
 def bf16(d):
     """Shard a tiny LLaVA with the bf16 policy: blocks compute in bf16, the optimizer holds fp32."""
+    from mmpo.reference import Reference
     from mmpo.tiny import tiny_model
     model, _ = tiny_model("tiny-llava")
+    # the frozen reference copy: stored in fp32 or, as Reference.place stores it, in bf16
+    stored32, stored16 = (copy.deepcopy(model).eval().requires_grad_(False) for _ in range(2))
+    distributed.shard(stored32, d, bf16=True)
+    Reference(model, stored16, d=d).place(bf16=True)
     distributed.shard(model, d, bf16=True)
-    seen = {}
+
+    def local_bytes(module):  # this rank's shards, read before a forward leaves the root's gathered
+        return sum(p.to_local().nbytes for p in module.parameters())
+    seen = {"frozen copy: bytes 16 / 32": local_bytes(stored16) / local_bytes(stored32),
+            "frozen copy: stored": sorted({str(p.dtype) for p in stored16.parameters()})}
     q_proj = model.model.language_model.layers[0].self_attn.q_proj  # inside a block: gathered while it runs
     q_proj.register_forward_hook(lambda m, i, o: seen.update(
         input=str(i[0].dtype), output=str(o.dtype), weight=str(m.weight.dtype)))
@@ -47,6 +57,8 @@ def bf16(d):
     seen["master"] = sorted({str(p.dtype) for p in model.parameters()})
     seen["grads"] = sorted({str(p.grad.dtype) for p in model.parameters() if p.grad is not None})
     seen["logits"] = str(out.dtype)
+    with torch.no_grad():
+        seen["frozen copy: same logits"] = torch.equal(stored32(input_ids=ids).logits, stored16(input_ids=ids).logits)
     return seen
 
 

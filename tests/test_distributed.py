@@ -61,7 +61,8 @@ def parity(tmp_path_factory, easy_data):
             for o, extra in OBJECTIVES.items()]
     jobs += [{"kind": "napo_q"}, {"kind": "bf16"}]
     cached = ["--objective", "symmpo", "--data", easy_data, *COMMON, "--lora-rank", "0"]
-    bf16 = ["--objective", "mdpo", "--data", easy_data, *COMMON, "--dtype", "bf16", "--activation-checkpointing"]
+    bf16 = ["--objective", "mdpo", "--data", easy_data, *COMMON, "--dtype", "bf16", "--activation-checkpointing",
+            "--lora-rank", "0"]  # a frozen copy: sharded, it is stored in bf16
     jobs += [{"kind": "train", "args": [*cached, "--batch-size", "2", "--out", os.path.join(tmp, "cached-2"),
                                         "--ref-cache", os.path.join(tmp, "ref-2.safetensors")]},
              {"kind": "train", "args": [*bf16, "--batch-size", "2", "--out", os.path.join(tmp, "bf16-2")]}]
@@ -126,6 +127,9 @@ def test_bf16_policy_computes_in_bf16_and_keeps_fp32_masters(parity):
         seen = result(len(OBJECTIVES) + 1, rank)
         assert seen["input"] == seen["output"] == seen["weight"] == "torch.bfloat16"
         assert seen["master"] == ["torch.float32"] and seen["grads"] == ["torch.float32"]
+        # the frozen reference copy stored in bf16: half the bytes, the very logits of an fp32-stored one
+        assert seen["frozen copy: stored"] == ["torch.bfloat16"] and seen["frozen copy: bytes 16 / 32"] == 0.5
+        assert seen["frozen copy: same logits"] is True
 
 
 @pytest.fixture(scope="module")
