@@ -313,6 +313,14 @@ def test_claims_read_their_figures_with_the_thresholds_they_state():
     # across runs: held in every run only where it held in each
     table = C.across({"one": F, "two": hallucinating})
     line = next(x for x in table.splitlines() if "where the base" in x)
-    assert line.endswith("| does not apply | held | no |")
+    assert line.endswith("| does not apply | held | held where it applies (1 of 2) |")
+    assert C.across({"one": F}).count("where it applies") == 0  # never where it applies nowhere
+    assert next(x for x in C.across({"one": hallucinating, "two": F, "three": F}).splitlines()
+                if "where the base" in x).endswith("| held | does not apply | does not apply | held where it applies (1 of 3) |")
+    failed = json.loads(json.dumps(hallucinating))
+    failed["worlds"]["captions"]["figures"]["base"]["companion"] = [0.12, 0.08, 0.16]
+    failed["worlds"]["captions"]["differences"]["mdpo - base"]["companion"] = [-0.047, -0.109, 0.003]
+    assert next(x for x in C.across({"one": F, "two": failed}).splitlines()
+                if "where the base" in x).endswith("| does not apply | failed | no |")
     line = next(x for x in table.splitlines() if "DPO's coverage" in x)
     assert line.endswith("| held | held | **held** |")

@@ -126,8 +126,9 @@ def markdown(results: dict) -> str:
 
 
 def across(runs: dict[str, dict]) -> str:
-    """Each claim's verdict in each run (name -> results), and whether it held in every run that
-    could test it: "all" only where it held in each of them and each ran it."""
+    """Each claim's verdict in each run (name -> results), and whether it held in every run:
+    **held** only where it held in each of them; "where it applies" where it held in each run
+    whose figures it applies to and did not apply in the others (at least one held)."""
     names = list(runs)
     table = {}
     for name, results in runs.items():
@@ -135,9 +136,12 @@ def across(runs: dict[str, dict]) -> str:
             table.setdefault((claim.world, claim.text), {})[name] = verdict
     lines = ["| world | claim | " + " | ".join(names) + " | in every run |", "|---" * (len(names) + 3) + "|"]
     for (world, text), got in table.items():
-        every = all(got.get(n) == "held" for n in names)
-        lines.append(f"| {world} | {text} | " + " | ".join(got.get(n, "–") for n in names)
-                     + f" | {'**held**' if every else 'no'} |")
+        verdicts_ = [got.get(n) for n in names]
+        applies = [v for v in verdicts_ if v != "does not apply"]
+        every = ("**held**" if all(v == "held" for v in verdicts_) else
+                 f"held where it applies ({len(applies)} of {len(names)})" if applies and all(v == "held" for v in applies)
+                 else "no")
+        lines.append(f"| {world} | {text} | " + " | ".join(v or "–" for v in verdicts_) + f" | {every} |")
     return "\n".join(lines) + "\n"
 
 
