@@ -6,14 +6,16 @@ own, when TRL happens to be installed, and it measures as the bench does (mmpo/b
 builds the same policy as the bench (tiny LLaVA at the same shape, vision tower frozen, fully
 fine-tuned), a frozen copy as TRL's reference, the bench's first ``batch_size`` examples as TRL's
 conversational records, and trains ``steps + 1`` steps of that one batch with TRL's defaults except
-where mmpo's run differs: fp32, no activation checkpointing (TRL's default is on; mmpo's off), no
+where mmpo's run differs: fp32, no activation checkpointing unless the spec asks for it
+(``"checkpointing": true``, as mmpo's --activation-checkpointing; TRL's default is on, mmpo's off), no
 truncation, mmpo's learning rate, weight decay, Adam betas and clipping. The first step is the
 warm-up; each step is timed from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already
 collated, as in the bench), with the memory it adds at its peak measured as the bench measures it.
 
     python compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
-prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb, positions_per_example.
+prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb (added by a step),
+process_peak_mb (the process's RSS at its peak), positions_per_example.
 
 Trl is not a dependency (`pip install trl` beside
 mmpo); without it the bench says so in one line and goes on. In the recorded run trl 1.16.0 was
@@ -76,7 +78,7 @@ def main(spec: dict) -> dict:
     n = spec["batch_size"]
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=n, max_steps=spec["steps"] + 1,
                      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta2=cfg.adam_beta2, beta=cfg.beta,
-                     max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=False, max_length=None, bf16=False,
+                     max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=spec.get("checkpointing", False), max_length=None, bf16=False,
                      use_cpu=device.type == "cpu", report_to=[], save_strategy="no", logging_steps=10**6,
                      dataloader_num_workers=0, disable_tqdm=True)
     times, peaks, positions = [], [], []
@@ -91,7 +93,8 @@ def main(spec: dict) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - self.t)
-            peaks.append(self.peak.stop())
+            added = self.peak.stop()
+            peaks.append(None if added is None else (added, self.peak.base + added))
 
     def count(module, args, kwargs):  # the language model's positions (padding included), each policy pass
         if torch.is_grad_enabled():
@@ -101,10 +104,13 @@ def main(spec: dict) -> dict:
                          train_dataset=dataset(records(spec["data"], n), spec["steps"] + 1), callbacks=[Clock()])
     trainer.train()
     step = statistics.median(times[1:])
-    peak = None if peaks[1] is None else statistics.median(peaks[1:])
-    return {"shape": spec["shape"], "model": "tiny-llava", "objective": "dpo", "variant": "TRL DPOTrainer",
+    peak = None if peaks[1] is None else statistics.median(p[0] for p in peaks[1:])
+    total = None if peaks[1] is None else statistics.median(p[1] for p in peaks[1:])
+    return {"shape": spec["shape"], "model": "tiny-llava", "objective": "dpo",
+            "variant": "TRL DPOTrainer" + (", activation checkpointing" if args.gradient_checkpointing else ""),
             "trl": __import__("trl").__version__, "batch_size": n, "step_ms": step * 1e3, "samples_per_s": n / step,
             "step_ms_each": [t * 1e3 for t in times[1:]], "peak_mb": None if peak is None else peak / 2**20,
+            "process_peak_mb": None if total is None else total / 2**20, "checkpointing": args.gradient_checkpointing,
             "positions_per_example": positions[-1] / n}
 
 

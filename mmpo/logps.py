@@ -179,6 +179,15 @@ def prefix_groups(batch: Batch) -> list[list[int]]:
 _warned: set[str] = set()
 
 
+def packed_forwards(batch: Batch) -> list[list[list[int]]]:
+    """``prefix_groups`` split by size: the groups each packed forward takes (one per number of
+    views), in order of first appearance."""
+    by_size: dict[int, list[list[int]]] = {}
+    for rows in prefix_groups(batch):
+        by_size.setdefault(len(rows), []).append(rows)
+    return list(by_size.values())
+
+
 def prefix_sharing_supported(model) -> bool:
     """Whether a block attention mask reaches this model's attention as given: sdpa and eager take
     any 4D mask, flash attention none (prefix sharing is then off, said once)."""
@@ -214,11 +223,8 @@ def _shared_prefix_scored(model, batch: Batch, image_features, head):
     positions = _positions(model, batch, device)
     if image_features is None and supports_fused_images(model):  # once for every forward below
         image_features = encode_images(model, batch)
-    by_size: dict[int, list[list[int]]] = {}
-    for rows in prefix_groups(batch):
-        by_size.setdefault(len(rows), []).append(rows)
     order, parts = [], []
-    for groups in by_size.values():
+    for groups in packed_forwards(batch):
         parts.append(_packed_scored(model, batch, groups, positions, image_features, head))
         order += [row for rows in groups for row in rows]
     where = torch.empty(len(order), dtype=torch.long)

@@ -46,16 +46,17 @@ TINY_TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, nu
                  num_key_value_heads=4, tie_word_embeddings=False)
 
 
-def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | None = None):
+def tiny_llava(seed: int = 0, size: int = 32, patch: int = 8, vocab_size: int | None = None, text: dict | None = None):
     """A ~3M-parameter LLaVA: CLIP vision tower + Llama. ``size``/``patch``/``vocab_size`` give
-    it a real model's proportions for benchmarks (LLaVA-1.5: 336, 14, 32000)."""
+    it a real model's proportions for benchmarks (LLaVA-1.5: 336, 14, 32000); ``text`` replaces
+    entries of the language model's config (``TINY_TEXT``: its width and depth)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
     processor = tiny_llava_processor(size, patch)
     tok = processor.tokenizer
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                               image_size=size, patch_size=patch, projection_dim=64)
     text = LlamaConfig(vocab_size=vocab_size or len(tok), max_position_embeddings=512, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TINY_TEXT)
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **{**TINY_TEXT, **(text or {})})
     # feature layer -2 as in LLaVA-1.5 (with -1 CLIP's post-layernorm would get no gradient)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                          image_seq_length=(size // patch) ** 2, vision_feature_select_strategy="default",

@@ -4,7 +4,16 @@ finite, and the one thing that is exact: the language model's token positions pe
 import json
 import math
 
+import pytest
+import torch
+
 from mmpo.bench import __main__ as bench
+from mmpo.bench.measure import SavedForBackward, lm_positions
+from mmpo.data import PreferenceDataset, collate, pad_id
+from mmpo.logps import sequence_logps
+from mmpo.models import freeze_vision_tower
+from mmpo.recipes import OBJECTIVES
+from mmpo.tiny import tiny_model
 
 
 def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
@@ -26,6 +35,11 @@ def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert r["positions_unshared_per_example"] == 2 * (P + R)
     assert r["positions_shared_per_example"] < r["positions_unshared_per_example"]
     assert {r["variant"]: r["positions_per_example"] for r in rows} == {"all on": P + 2 * R, "no prefix sharing": 2 * (P + R)}
+    # what lives through the step: AdamW keeps two moments per trained weight; the frozen copy is all of them
+    lives = rows[0]["memory_mb"]
+    assert lives["AdamW moments"] == pytest.approx(2 * lives["gradients"]) and lives["frozen copy"] == lives["weights"]
+    assert 0 < lives["gradients"] < lives["weights"]  # the vision tower is frozen
+    assert rows[0]["activations_mb"] > 0 and rows[0]["process_peak_mb"] > lives["weights"] + lives["AdamW moments"]
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny | dpo | 2 |" in table and "no prefix sharing" in table
     out = capsys.readouterr().out
@@ -42,9 +56,53 @@ def _row(objective, variant, step_ms, peak_mb, **extra):
 
 
 def test_trl_table_divides_trls_step_by_mmpos_and_mmpos_peak_by_trls():
-    rows = [_row("dpo", "all on", 2000, 1000), _row("symmpo", "all on", 5000, 2000),
-            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642)]
+    rows = [_row("dpo", "all on", 2000, 1000, process_peak_mb=3000), _row("dpo", "ref cache", 1700, 900),
+            _row("dpo", "activation checkpointing", 2500, 500, process_peak_mb=2500),
+            _row("symmpo", "all on", 5000, 2000, process_peak_mb=4000),
+            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642, process_peak_mb=8000),
+            _row("dpo", "TRL DPOTrainer, activation checkpointing", 20000, 2000, positions_per_example=1642,
+                 process_peak_mb=6000, checkpointing=True)]
     table = bench.markdown(rows, "caption")
-    assert "| llava-1.5 | 17000 | 4000 | 1642 | dpo | 8.5 | 0.25 |" in table
-    assert "| llava-1.5 | 17000 | 4000 | 1642 | symmpo | 3.4 | 0.50 |" in table
-    assert table.count("| llava-1.5 | dpo |") == 1  # TRL's row is not one of mmpo's
+    trl = "| llava-1.5 | TRL DPOTrainer | 17000 | 4000 | 8000 | 1642 |"
+    assert f"{trl} dpo | all on | 8.50 | 10.00 | 0.25 | 0.38 |" in table
+    assert f"{trl} symmpo | all on | 3.40 |  | 0.50 | 0.50 |" in table
+    # with activation checkpointing, against mmpo's run with it
+    assert ("| llava-1.5 | TRL DPOTrainer, activation checkpointing | 20000 | 2000 | 6000 | 1642 | dpo | "
+            "activation checkpointing | 8.00 |  | 0.25 | 0.42 |") in table
+    assert table.count("TRL DPOTrainer |") == 2  # one row per mmpo objective measured alike
+    assert table.count("| llava-1.5 | dpo |") == 2  # TRL's rows are none of mmpo's (all on; the variants' table)
+
+
+@pytest.mark.parametrize("objective", ["mdpo", "symmpo"])
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_the_floor_runs_every_forward_the_step_needs(synthetic, objective, share_prefix):
+    """mDPO and SymMPO score their views in two packed forwards (one per group size): the floor
+    runs both, its positions at the language model's embeddings are ``lm_positions``, and its
+    loss is the sum of the step's log-probs over every row."""
+    model, proc = tiny_model("tiny-llava")
+    freeze_vision_tower(model)
+    views = OBJECTIVES[objective].views
+    ds = PreferenceDataset(synthetic, proc, views, m_prime="crop")
+    batch = collate([ds[i] for i in range(3)], views, pad_id(proc.tokenizer))
+    params = [p for p in model.parameters() if p.requires_grad]
+    floor = bench.make_floor(model, batch, params, share_prefix, bf16=False, chunk=16)
+    seen = []
+    model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    loss = floor()
+    assert sum(seen) == lm_positions(batch, share_prefix)
+    assert len(seen) == (2 if share_prefix else 1)
+    with torch.no_grad():
+        want = sequence_logps(model, batch, share_prefix=False)[0].sum()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-4)
+    assert all(p.grad is None for p in params)
+
+
+def test_saved_for_backward_counts_each_kept_storage_once_and_leaves_out_the_weights():
+    w = torch.nn.Parameter(torch.ones(1000))
+    x = torch.randn(1000, requires_grad=True)
+    with SavedForBackward([w]) as saved:
+        y = x * w  # keeps x and w
+        z = (y * y).sum()  # keeps y (twice: one storage)
+        v = x[:10] * 3.0  # a view of x: nothing new (its storage is x's; a constant factor keeps nothing)
+    assert saved.bytes == 2 * 1000 * 4
+    (z + v.sum()).backward()

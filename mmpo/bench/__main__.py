@@ -1,6 +1,8 @@
 """Where every millisecond of a training step goes: ``python -m mmpo.bench``.
 
     python -m mmpo.bench                       # every objective, tiny and LLaVA-1.5 shapes (~10 min, 2-core CPU)
+    python -m mmpo.bench --shapes body --objectives dpo,symmpo --variants "ref cache,activation checkpointing" \
+        --compare-trl --steps 2                # where the model's body dominates (~20 min)
     python -m mmpo.bench --smoke               # the smallest run (what tests/test_bench.py runs)
     python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
     python -m mmpo.bench --lora --bf16 --out runs/bench-lora
@@ -12,16 +14,20 @@ forward + backward of the policy over exactly the token positions that step need
 per image, then the model called on the very inputs ``sequence_logps`` builds (packed sequences, or
 full ones without prefix sharing), the log-probs of the response tokens computed as the step
 computes them (chunk by chunk, or all at once where chunking is off) and summed: no objective, no
-reference, no optimizer. step / floor is what mmpo adds; with a reference cache only the objective
-and the optimizer are left. Each optimisation is then switched off alone (the cache and bf16: on), a
-row each, against its own floor.
+reference, no optimizer; under activation checkpointing, with it. step / floor is what mmpo adds;
+with a reference cache only the objective and the optimizer are left. Each optimisation is then
+switched off alone (the cache, bf16 and activation checkpointing: on), a row each, against its own floor.
 
 Every step and floor is called once first: its warm-up, during which its peak memory is taken;
 then all take turns --steps times on one fixed batch (a slow spell of a shared machine falls on
 all alike), and the median is reported. Peak memory is what a call adds to what lives before it
 (weights, AdamW's moments, a frozen reference): CUDA's ``max_memory_allocated``; on Linux CPUs
 the peak RSS (VmHWM), reset through ``/proc/self/clear_refs`` once freed memory is handed back
-(``malloc_trim``); elsewhere, none. Each (shape, objective) runs in a process of its own.
+(``malloc_trim``); elsewhere, none. Beside it: the process's peak (what lived before included),
+and where the memory goes: the weights, the frozen copy, AdamW's moments and the gradients (their
+sizes), the activations the step's graph keeps for the backward (``SavedForBackward``: the bytes
+saved for backward, weights left out) and the logits at their largest (computed: one chunk's).
+Each (shape, objective) runs in a process of its own.
 Timings on shared CPUs vary by +-20% between runs: compare the ratios within one run.
 
 
@@ -48,13 +54,13 @@ import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmpo import cpu_bf16
-from mmpo.bench.measure import SHAPES, interleaved_times, lm_positions, peak_memory
+from mmpo.bench.measure import ANSWER_TOKENS, SHAPES, SavedForBackward, interleaved_times, lm_positions, peak_memory
 from mmpo.cli import Parser, UserError, run
 from mmpo.common.util import markdown_table
 from mmpo.constants import LOGPS_CHUNK
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.distributed import Dist
-from mmpo.logps import encode_images, logps_head, prefix_groups, scored, supports_fused_images
+from mmpo.logps import encode_images, logps_head, packed_forwards, prefix_sharing_supported, scored, supports_fused_images
 from mmpo.lora import add_lora
 from mmpo.models import freeze_vision_tower, image_path_frozen, load_model
 from mmpo.recipes import OBJECTIVES
@@ -74,9 +80,11 @@ VARIANTS = {
     "full logits": {"chunk": 0, "response_only": False},
     "ref cache": {"ref_cache": True},
     "bf16": {"bf16": True},
+    "activation checkpointing": {"checkpointing": True},
 }
 ALL_ON = dict(share_prefix=True, share_features=True, chunk=LOGPS_CHUNK, response_only=True, ref_cache=False,
-              bf16=False)
+              bf16=False, checkpointing=False)
+OPT_IN = ("bf16", "activation checkpointing")  # measured only when --variants names them (bf16: or --bf16)
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -126,6 +134,20 @@ def full_logits(*models):
             h.remove()
 
 
+@contextlib.contextmanager
+def checkpointing(model, on: bool):
+    """--activation-checkpointing for what runs inside: each decoder layer's activations recomputed
+    in the backward pass, as train.py's ``place`` sets it for a whole run."""
+    if not on:
+        yield
+        return
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
 def train_script():
     """The checkout's train.py as a module (importing it runs nothing: its command is behind
     ``__name__ == "__main__"``), for its ``train_step`` and the settings it makes (its Config)."""
@@ -149,49 +171,58 @@ def step_with(train, model, ref: Reference, batch, objective, options: dict, opt
     models = [m for m in (model, ref.frozen) if m is not None]
 
     def step():
-        with contextlib.nullcontext() if s["response_only"] else full_logits(*models):
+        with contextlib.nullcontext() if s["response_only"] else full_logits(*models), \
+                checkpointing(model, s["checkpointing"]):
             return train.train_step(model, ref, [batch], objective, options, optimizer, params, cfg, autocast,
                                     share_features, d)
     return step
 
 
-def make_floor(model, batch, params, share_prefix: bool, bf16: bool, chunk: int):
+def make_floor(model, batch, params, share_prefix: bool, bf16: bool, chunk: int, recompute: bool = False):
     """One bare forward + backward of the policy over the token positions the step needs: the
-    model called on the inputs ``sequence_logps`` builds for it (captured once), after one vision
-    pass per distinct image, its response log-probs computed as the step's are (``chunk``) and
-    summed: no objective, no reference, no optimizer."""
-    captured = {}
+    model called on the inputs ``sequence_logps`` builds for it (captured once: one call, or one
+    per packed forward), after one vision pass per distinct image, its response log-probs computed
+    as the step's are (``chunk``) and summed: no objective, no reference, no optimizer; with
+    ``recompute``, under activation checkpointing."""
+    calls = []  # per call of the model: its inputs, and the targets of its kept outputs and which are real
 
     @contextlib.contextmanager
-    def capture_head(targets, needed):  # the targets of the kept outputs, and which are real response tokens
-        captured.update(targets=targets, needed=needed)
+    def capture_head(targets, needed):
+        calls.append({"targets": targets, "needed": needed})
         yield
-    hook = model.register_forward_pre_hook(lambda module, args, kwargs: captured.update(kwargs=kwargs), with_kwargs=True)
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls[-1].update(kwargs=kwargs), with_kwargs=True)
     with torch.no_grad():
         scored(model, batch, None, share_prefix, capture_head)
     hook.remove()
-    # the image of each row the model is called on: one per prefix group, or one per view
-    index = [batch.image_index[g[0]].item() for g in prefix_groups(batch)] if share_prefix else batch.image_index.tolist()
-    fused = "mm_encoder_outputs" in captured["kwargs"]
+    # the image of each row each call takes: one per prefix group, or one per view
+    shared = share_prefix and prefix_sharing_supported(model)
+    rows = [[g[0] for g in groups] for groups in packed_forwards(batch)] if shared else [range(len(batch.image_index))]
+    index = [batch.image_index[list(r)].tolist() for r in rows]
+    assert len(index) == len(calls)
+    fused = "mm_encoder_outputs" in calls[0]["kwargs"]
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
-    targets, needed = captured["targets"], captured["needed"]
 
     def floor():
-        kwargs = dict(captured["kwargs"])
-        with autocast:
+        with autocast, checkpointing(model, recompute):
             if fused:  # the frozen vision tower, once per distinct image (as the step needs at least)
                 with torch.no_grad():
                     features = encode_images(model, batch)
-                kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=[features[i] for i in index])}
-            if chunk:  # the step's output layer: the real response tokens' log-probs, chunk by chunk
-                with logps_head(model, chunk)(targets, needed):
-                    loss = model(**kwargs).logits.sum()
-            else:  # every kept output's logits at once
-                logits = model(**kwargs).logits
-                loss = F.log_softmax(logits.float(), -1).gather(2, targets[..., None])[..., 0][needed].sum()
+            loss = 0
+            for call, images in zip(calls, index):
+                kwargs = dict(call["kwargs"])
+                if fused:
+                    kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=[features[i] for i in images])}
+                if chunk:  # the step's output layer: the real response tokens' log-probs, chunk by chunk
+                    with logps_head(model, chunk)(call["targets"], call["needed"]):
+                        loss = loss + model(**kwargs).logits.sum()
+                else:  # every kept output's logits at once
+                    logits = model(**kwargs).logits
+                    logps = F.log_softmax(logits.float(), -1).gather(2, call["targets"][..., None])[..., 0]
+                    loss = loss + logps[call["needed"]].sum()
         loss.backward()
         for p in params:
             p.grad = None
+        return loss.detach()  # the summed log-probs of every real response token
     return floor
 
 
@@ -230,19 +261,26 @@ def run_one(spec: dict) -> list[dict]:
         logps = batch.split(ref.logps(batch).float().cpu())
         table = {(i, v): x for v in batch.views for i, x in zip(batch.ids, logps[v].tolist())}
     fns = {}
+
+    def floor_of(s):  # the positions the step needs, its precision, head and recomputation
+        return "floor", s["share_prefix"], s["bf16"], s["chunk"], s["checkpointing"]
     for name, s in settings.items():
-        floor = ("floor", s["share_prefix"], s["bf16"], s["chunk"])  # the positions the step needs, its precision and head
-        if floor not in fns:
-            fns[floor] = make_floor(model, batch, params, s["share_prefix"], s["bf16"], s["chunk"])
+        if floor_of(s) not in fns:
+            fns[floor_of(s)] = make_floor(model, batch, params, *floor_of(s)[1:])
         fns[name] = step_with(train, model, ref, batch, objective, options, optimizer, params, cfg, s, table, d)
     fns["all on"]()  # AdamW's moments are made in the first step: they belong to the steady state
-    memory = {k: peak_memory(fn, d.device) for k, fn in fns.items()}  # each one's warm-up too
+    live = list(model.parameters()) + (list(ref.frozen.parameters()) if ref.frozen is not None else [])
+    memory, kept = {}, {}
+    for k, fn in fns.items():  # each one's warm-up: its peak, and what its graph keeps for the backward
+        with SavedForBackward(live) as saved:
+            memory[k] = peak_memory(fn, d.device)
+        kept[k] = saved.bytes
     times = interleaved_times(fns, d.device, spec["steps"])
     rows = []
     for name, s in settings.items():
-        floor = ("floor", s["share_prefix"], s["bf16"], s["chunk"])
+        floor = floor_of(s)
         t, t_floor = statistics.median(times[name]), statistics.median(times[floor])
-        mem, mem_floor = memory[name], memory[floor]
+        (mem, total), mem_floor = memory[name], memory[floor][0]
         rows.append({
             "shape": spec["shape"], "model": spec["model"], "objective": spec["objective"], "variant": name,
             "views": len(batch.views), "reference": "cache" if s["ref_cache"] else ("lora" if spec["lora"] else "frozen"),
@@ -252,6 +290,9 @@ def run_one(spec: dict) -> list[dict]:
             "peak_mb": None if mem is None else mem / 2**20,
             "floor_peak_mb": None if mem_floor is None else mem_floor / 2**20,
             "peak_over_floor": None if mem is None or not mem_floor else mem / mem_floor,
+            "process_peak_mb": None if total is None else total / 2**20,
+            "activations_mb": None if s["checkpointing"] else kept[name] / 2**20,
+            **({"memory_mb": lives(model, ref, optimizer, params, batch, cfg.logps_chunk)} if name == "all on" else {}),
             "positions_per_example": lm_positions(batch, s["share_prefix"]) / n,
             "positions_shared_per_example": lm_positions(batch, True) / n,
             "positions_unshared_per_example": lm_positions(batch, False) / n,
@@ -259,10 +300,27 @@ def run_one(spec: dict) -> list[dict]:
     return rows
 
 
+def lives(model, ref, optimizer, params, batch, chunk: int) -> dict:
+    """What lives through a step, MiB: the policy's weights, the frozen copy, AdamW's moments, the
+    gradients at the end of the backward; and, computed, the logits at their largest: one chunk's
+    (fp32), or every response position's where chunking is off, which exist only while scored."""
+    def mib(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+    vocab = model.get_output_embeddings().weight.shape[0]
+    positions = min(chunk, int(batch.response_mask.sum())) if chunk else batch.response_mask.numel()
+    return {"weights": mib(model.parameters()), "frozen copy": mib(ref.frozen.parameters()) if ref.frozen is not None else 0.0,
+            "AdamW moments": mib(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.dim()),
+            "gradients": mib(params), "logits": positions * vocab * 4 / 2**20}
+
+
 # ---- the report ------------------------------------------------------------------------------
 
 def _f(x, fmt: str) -> str:
     return "n/a" if x is None else format(x, fmt)
+
+
+def _ratio(a, b) -> str:
+    return "n/a" if a is None or not b else f"{a / b:.2f}"
 
 
 def markdown(rows: list[dict], caption: str) -> str:
@@ -279,6 +337,16 @@ def markdown(rows: list[dict], caption: str) -> str:
           _f(r["peak_mb"], ".0f"), _f(r["peak_over_floor"], ".2f"),
           f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}"]
          for key, r in base.items()])
+    parts = [r for r in base.values() if r.get("memory_mb")]
+    if parts:
+        names = list(parts[0]["memory_mb"])
+        out += ("\nwhere the memory goes (MiB, all on): what lives through the step, the activations its graph keeps "
+                "for the backward, the logits at their largest (computed), the step's peak over what lives before "
+                "it, and the process's peak:\n\n" + markdown_table(
+                    ["shape", "objective", *names, "activations", "step's peak", "process peak"],
+                    [[r["shape"], r["objective"], *(f"{r['memory_mb'][k]:.0f}" for k in names),
+                      _f(r["activations_mb"], ".0f"), _f(r["peak_mb"], ".0f"), _f(r["process_peak_mb"], ".0f")]
+                     for r in parts]))
     variants = [v for v in VARIANTS if v != "all on" and any(r["variant"] == v for r in rows)]
     if variants:
         cells = []
@@ -289,19 +357,23 @@ def markdown(rows: list[dict], caption: str) -> str:
                 mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
                 cells[-1].append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
         out += "\nstep time x / peak memory x against all on:\n\n" + markdown_table(["shape", "objective"] + variants, cells)
-    trl = {r["shape"]: r for r in rows if r["variant"] == "TRL DPOTrainer"}
+    trl = [r for r in rows if r["variant"].startswith("TRL DPOTrainer")]
     if trl:
         cells = []
-        for (shape, objective), b in base.items():
-            t = trl.get(shape)
-            if t:
-                mem = None if t["peak_mb"] is None or b["peak_mb"] is None else b["peak_mb"] / t["peak_mb"]
-                cells.append([shape, f"{t['step_ms']:.0f}", _f(t["peak_mb"], ".0f"), f"{t['positions_per_example']:.0f}",
-                              objective, f"{t['step_ms'] / b['step_ms']:.1f}", _f(mem, ".2f")])
-        out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; all on, live frozen reference): "
-                "TRL step / mmpo step, and mmpo peak / TRL peak:\n\n"
-                + markdown_table(["shape", "TRL DPO step ms", "TRL peak MB", "TRL LM positions/example", "objective",
-                                  "x faster", "peak x"], cells))
+        for t in trl:  # against mmpo's rows with activation checkpointing alike
+            own = "activation checkpointing" if t.get("checkpointing") else "all on"
+            for b in (r for r in rows if r["shape"] == t["shape"] and r["variant"] == own):
+                c = cached.get((b["shape"], b["objective"]))
+                cells.append([t["shape"], t["variant"], f"{t['step_ms']:.0f}", _f(t["peak_mb"], ".0f"),
+                              _f(t.get("process_peak_mb"), ".0f"), f"{t['positions_per_example']:.0f}", b["objective"],
+                              own, f"{t['step_ms'] / b['step_ms']:.2f}",
+                              "" if c is None or own != "all on" else f"{t['step_ms'] / c['step_ms']:.2f}",
+                              _ratio(b["peak_mb"], t["peak_mb"]), _ratio(b["process_peak_mb"], t.get("process_peak_mb"))])
+        out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; live frozen reference): TRL step / "
+                "mmpo step (and with mmpo's reference cache), mmpo peak / TRL peak (the step's, and the process's):\n\n"
+                + markdown_table(["shape", "TRL", "TRL step ms", "TRL step's peak MB", "TRL process peak MB",
+                                  "TRL LM positions/example", "objective", "mmpo", "x faster", "x faster, ref cache",
+                                  "step's peak x", "process peak x"], cells))
     return out
 
 
@@ -342,14 +414,16 @@ def main(argv=None):
     cpu_bf16.guard()  # before torch runs a bf16 kernel (the bf16 variant; every process this one starts)
     p = Parser(prog="python -m mmpo.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-llava", help="a tiny model, hub id or local directory")
-    p.add_argument("--shapes", default=",".join(SHAPES), help="tiny-llava only: at its own shape (tiny), at LLaVA-1.5's")
+    p.add_argument("--shapes", default="tiny,llava-1.5",
+                   help="tiny-llava only, of: tiny (its own), llava-1.5 (LLaVA-1.5's proportions at hidden 256), "
+                        "body (and hidden 1024, MLP 2752)")
     p.add_argument("--objectives", default=",".join(o for o in OBJECTIVES if OBJECTIVES[o].reference))
-    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "bf16"),
+    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v not in OPT_IN),
                    help="comma-separated, of: " + ", ".join(VARIANTS) + " (all on is always measured)")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--answer-length", type=int, default=64,
-                   help="characters of every answer at the LLaVA-1.5 shape and on --model (tiny models: one token "
-                        "each); 0 or the tiny shape: the synthetic data's own (~20)")
+    p.add_argument("--answer-length", type=int,
+                   help="tokens of every answer (tiny models: one per character; default: 64 at llava-1.5 and "
+                        "on --model, 200 at body, the synthetic data's own ~20 at tiny; 0: those)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement (the median is reported)")
     p.add_argument("--lora", action="store_true", help="LoRA r64 with the adapters-off reference (default: full "
                                                        "fine-tuning, a frozen copy as the reference)")
@@ -401,11 +475,14 @@ def main(argv=None):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for shape in shapes:
-            data = bench_data(tmp, max(2 * args.batch_size, 8), 0 if shape == "tiny" else args.answer_length)
+            answers = ANSWER_TOKENS.get(shape, 64) if args.answer_length is None else args.answer_length
+            data = bench_data(tmp, max(2 * args.batch_size, 8), answers)
             if args.compare_trl:
-                rows.append(compare_trl({"shape": shape, "data": data, "batch_size": args.batch_size,
-                                         "steps": args.steps, "device": device}))
-                print(f"  {shape} TRL DPOTrainer: {rows[-1]['step_ms']:.0f} ms ({time.perf_counter() - t0:.0f} s)", flush=True)
+                for recompute in [False] + ([True] if "activation checkpointing" in variants else []):
+                    rows.append(compare_trl({"shape": shape, "data": data, "batch_size": args.batch_size,
+                                             "steps": args.steps, "device": device, "checkpointing": recompute}))
+                    print(f"  {shape} {rows[-1]['variant']}: {rows[-1]['step_ms']:.0f} ms "
+                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
             for objective in objectives:
                 spec = {"shape": shape, "model": "tiny-llava" if shape in SHAPES else shape, "objective": objective,
                         "variants": variants, "batch_size": args.batch_size, "steps": args.steps,

@@ -1,6 +1,7 @@
 """What the bench and compare_trl.py measure alike: the built-in shapes, and the memory a call adds
-at its peak; the bench's clock, which lets every measurement take turns; and the token positions a
+at its peak; what a step's graph keeps for the backward (``SavedForBackward``); the bench's clock, which lets every measurement take turns; and the token positions a
 batch costs the language model (``lm_positions``)."""
+import contextlib
 import ctypes
 import gc
 import time
@@ -9,9 +10,15 @@ import torch
 
 from mmpo.logps import prefix_groups
 
-# the shapes benchmarked without --model: the tiny model as the tests build it, and the same
-# model with LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words)
-SHAPES = {"tiny": {}, "llava-1.5": dict(size=336, patch=14, vocab_size=32000)}
+# the shapes benchmarked without --model: the tiny model as the tests build it; the same model with
+# LLaVA-1.5's proportions (336 px / 14 px patches = 576 image tokens, 32000 words), where the output
+# layer outweighs the toy-width body; and "body", LLaVA-1.5-7B's language model at a quarter of its
+# width (hidden 1024, MLP 2752, head size 128) and 4 layers, where the body outweighs it as at 7B
+SHAPES = {"tiny": {}, "llava-1.5": dict(size=336, patch=14, vocab_size=32000),
+          "body": dict(size=336, patch=14, vocab_size=32000,
+                       text=dict(hidden_size=1024, intermediate_size=2752, num_attention_heads=8, num_key_value_heads=8))}
+# each shape's answers, in tokens (the tiny models' tokenizer: one per character); 0: the synthetic data's own
+ANSWER_TOKENS = {"tiny": 0, "llava-1.5": 64, "body": 200}
 
 
 def _status_kb(field: str) -> int:
@@ -53,12 +60,40 @@ class AddedPeak:
         return self.bytes
 
 
-def peak_memory(fn, device) -> float | None:
-    """What one call of ``fn`` adds at its peak to the memory that lives before it (``AddedPeak``)."""
+def peak_memory(fn, device) -> tuple[int | None, int | None]:
+    """What one call of ``fn`` adds at its peak to the memory that lives before it (``AddedPeak``),
+    and the peak itself, what lived before included (the process's RSS; CUDA: allocated); bytes."""
     peak = AddedPeak(device)
     peak.start()
     fn()
-    return peak.stop()
+    added = peak.stop()
+    return added, None if added is None else peak.base + added
+
+
+class SavedForBackward(contextlib.AbstractContextManager):
+    """The bytes the autograd graph keeps for the backward pass of what runs inside (``.bytes``):
+    every distinct storage a tensor saved for backward lives in, counted once, the storages of
+    ``exclude`` (the parameters, which live anyway) left out. Read through saved-tensor hooks, so
+    what an activation-checkpointed region keeps is not seen."""
+
+    def __init__(self, exclude):
+        self.exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self.seen, self.bytes = set(), 0
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda x: x)
+
+    def pack(self, x):
+        storage = x.untyped_storage()
+        if storage.data_ptr() not in self.exclude and storage.data_ptr() not in self.seen:
+            self.seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return x
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.hooks.__exit__(*exc)
 
 
 def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
