@@ -78,7 +78,8 @@ def main(spec: dict) -> dict:
     n = spec["batch_size"]
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=n, max_steps=spec["steps"] + 1,
                      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta2=cfg.adam_beta2, beta=cfg.beta,
-                     max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=spec.get("checkpointing", False), max_length=None, bf16=False,
+                     max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=spec.get("checkpointing", False),
+                     max_length=None, bf16=False,
                      use_cpu=device.type == "cpu", report_to=[], save_strategy="no", logging_steps=10**6,
                      dataloader_num_workers=0, disable_tqdm=True)
     times, peaks, positions = [], [], []
