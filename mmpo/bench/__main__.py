@@ -55,8 +55,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmpo import cpu_bf16
 from mmpo.bench.measure import ANSWER_TOKENS, SHAPES, SavedForBackward, interleaved_times, lm_positions, peak_memory
+from mmpo.bench.report import markdown
 from mmpo.cli import Parser, UserError, run
-from mmpo.common.util import markdown_table
 from mmpo.constants import LOGPS_CHUNK
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.distributed import Dist
@@ -311,70 +311,6 @@ def lives(model, ref, optimizer, params, batch, chunk: int) -> dict:
     return {"weights": mib(model.parameters()), "frozen copy": mib(ref.frozen.parameters()) if ref.frozen is not None else 0.0,
             "AdamW moments": mib(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t) and t.dim()),
             "gradients": mib(params), "logits": positions * vocab * 4 / 2**20}
-
-
-# ---- the report ------------------------------------------------------------------------------
-
-def _f(x, fmt: str) -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
-def _ratio(a, b) -> str:
-    return "n/a" if a is None or not b else f"{a / b:.2f}"
-
-
-def markdown(rows: list[dict], caption: str) -> str:
-    """Two tables: every objective with all optimisations on, then what switching each one off
-    (the cache and bf16: on) does to the step's time and peak memory, against "all on"; and
-    TRL's step against each objective's, where it was measured."""
-    base = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "all on"}
-    cached = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "ref cache"}
-    out = caption + "\n\n" + markdown_table(
-        ["shape", "objective", "views", "step ms", "samples/s", "floor ms", "step/floor", "step/floor, ref cache",
-         "peak MB", "peak/floor", "LM positions/example, shared / unshared"],
-        [[r["shape"], r["objective"], r["views"], f"{r['step_ms']:.0f}", f"{r['samples_per_s']:.1f}",
-          f"{r['floor_ms']:.0f}", f"{r['step_over_floor']:.2f}", _f(cached.get(key, {}).get("step_over_floor"), ".2f"),
-          _f(r["peak_mb"], ".0f"), _f(r["peak_over_floor"], ".2f"),
-          f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}"]
-         for key, r in base.items()])
-    parts = [r for r in base.values() if r.get("memory_mb")]
-    if parts:
-        names = list(parts[0]["memory_mb"])
-        out += ("\nwhere the memory goes (MiB, all on): what lives through the step, the activations its graph keeps "
-                "for the backward, the logits at their largest (computed), the step's peak over what lives before "
-                "it, and the process's peak:\n\n" + markdown_table(
-                    ["shape", "objective", *names, "activations", "step's peak", "process peak"],
-                    [[r["shape"], r["objective"], *(f"{r['memory_mb'][k]:.0f}" for k in names),
-                      _f(r["activations_mb"], ".0f"), _f(r["peak_mb"], ".0f"), _f(r["process_peak_mb"], ".0f")]
-                     for r in parts]))
-    variants = [v for v in VARIANTS if v != "all on" and any(r["variant"] == v for r in rows)]
-    if variants:
-        cells = []
-        for (shape, objective), b in base.items():
-            cells.append([shape, objective])
-            for v in variants:
-                r = next((r for r in rows if (r["shape"], r["objective"], r["variant"]) == (shape, objective, v)), None)
-                mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
-                cells[-1].append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
-        out += "\nstep time x / peak memory x against all on:\n\n" + markdown_table(["shape", "objective"] + variants, cells)
-    trl = [r for r in rows if r["variant"].startswith("TRL DPOTrainer")]
-    if trl:
-        cells = []
-        for t in trl:  # against mmpo's rows with activation checkpointing alike
-            own = "activation checkpointing" if t.get("checkpointing") else "all on"
-            for b in (r for r in rows if r["shape"] == t["shape"] and r["variant"] == own):
-                c = cached.get((b["shape"], b["objective"]))
-                cells.append([t["shape"], t["variant"], f"{t['step_ms']:.0f}", _f(t["peak_mb"], ".0f"),
-                              _f(t.get("process_peak_mb"), ".0f"), f"{t['positions_per_example']:.0f}", b["objective"],
-                              own, f"{t['step_ms'] / b['step_ms']:.2f}",
-                              "" if c is None or own != "all on" else f"{t['step_ms'] / c['step_ms']:.2f}",
-                              _ratio(b["peak_mb"], t["peak_mb"]), _ratio(b["process_peak_mb"], t.get("process_peak_mb"))])
-        out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; live frozen reference): TRL step / "
-                "mmpo step (and with mmpo's reference cache), mmpo peak / TRL peak (the step's, and the process's):\n\n"
-                + markdown_table(["shape", "TRL", "TRL step ms", "TRL step's peak MB", "TRL process peak MB",
-                                  "TRL LM positions/example", "objective", "mmpo", "x faster", "x faster, ref cache",
-                                  "step's peak x", "process peak x"], cells))
-    return out
 
 
 def compare_trl(spec: dict) -> dict:
