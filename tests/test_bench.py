@@ -106,3 +106,17 @@ def test_saved_for_backward_counts_each_kept_storage_once_and_leaves_out_the_wei
         v = x[:10] * 3.0  # a view of x: nothing new (its storage is x's; a constant factor keeps nothing)
     assert saved.bytes == 2 * 1000 * 4
     (z + v.sum()).backward()
+
+
+def test_checkpointing_for_one_call_leaves_the_model_as_it_was():
+    """The bench switches activation checkpointing on around one call: afterwards no layer
+    recomputes and no hook is left on the input embeddings (transformers' disable keeps the one
+    its enable adds, which would make every later call's embeddings require grad)."""
+    model, _ = tiny_model("tiny-llava")
+    embeddings = model.get_input_embeddings()
+    before = len(embeddings._forward_hooks)
+    for _ in range(2):
+        with bench.checkpointing(model, True):
+            assert model.model.language_model.layers[0].gradient_checkpointing
+    assert len(embeddings._forward_hooks) == before
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())

@@ -141,11 +141,14 @@ def checkpointing(model, on: bool):
     if not on:
         yield
         return
+    had_hooks = bool(getattr(model, "_require_grads_hooks", None))
     model.activation_checkpointing_enable({"use_reentrant": False})
     try:
         yield
     finally:
         model.activation_checkpointing_disable()
+        if not had_hooks:  # enabling added a hook that makes the input embeddings require grad; disabling keeps it
+            model.disable_input_require_grads()
 
 
 def train_script():
