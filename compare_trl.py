@@ -15,7 +15,8 @@ collated, as in the bench), with the memory it adds at its peak measured as the 
     python compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
 prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb (added by a step),
-process_peak_mb (the process's RSS at its peak), positions_per_example.
+process_peak_mb (the process's RSS at its peak), positions_per_example, gflop (the warm-up step's
+matrix products and attentions, counted as the bench counts its own).
 
 Trl is not a dependency (`pip install trl` beside
 mmpo); without it the bench says so in one line and goes on. In the recorded run trl 1.16.0 was
@@ -34,7 +35,7 @@ import uuid
 import torch
 import transformers
 
-from mmpo.bench.measure import SHAPES, AddedPeak
+from mmpo.bench.measure import SHAPES, AddedPeak, Flops
 from mmpo.models import freeze_vision_tower
 from mmpo.tiny import tiny_llava
 
@@ -82,10 +83,12 @@ def main(spec: dict) -> dict:
                      max_length=None, bf16=False,
                      use_cpu=device.type == "cpu", report_to=[], save_strategy="no", logging_steps=10**6,
                      dataloader_num_workers=0, disable_tqdm=True)
-    times, peaks, positions = [], [], []
+    times, peaks, positions, flops = [], [], [], Flops()
 
     class Clock(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
+            if not times:  # the warm-up's FLOPs, as the bench counts its own
+                flops.__enter__()
             self.peak = AddedPeak(device)
             self.peak.start()
             self.t = time.perf_counter()
@@ -95,6 +98,8 @@ def main(spec: dict) -> dict:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - self.t)
             added = self.peak.stop()
+            if len(times) == 1:
+                flops.__exit__(None, None, None)
             peaks.append(None if added is None else (added, self.peak.base + added))
 
     def count(module, args, kwargs):  # the language model's positions (padding included), each policy pass
@@ -110,7 +115,7 @@ def main(spec: dict) -> dict:
     return {"shape": spec["shape"], "model": "tiny-llava", "objective": "dpo",
             "variant": "TRL DPOTrainer" + (", activation checkpointing" if args.gradient_checkpointing else ""),
             "trl": __import__("trl").__version__, "batch_size": n, "step_ms": step * 1e3, "samples_per_s": n / step,
-            "step_ms_each": [t * 1e3 for t in times[1:]], "peak_mb": None if peak is None else peak / 2**20,
+            "step_ms_each": [t * 1e3 for t in times[1:]], "gflop": flops.total / 1e9, "peak_mb": None if peak is None else peak / 2**20,
             "process_peak_mb": None if total is None else total / 2**20, "checkpointing": args.gradient_checkpointing,
             "positions_per_example": positions[-1] / n}
 

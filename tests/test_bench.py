@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmpo.bench import __main__ as bench
-from mmpo.bench.measure import SavedForBackward, lm_positions
+from mmpo.bench.measure import Flops, SavedForBackward, lm_positions
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.logps import sequence_logps
 from mmpo.models import freeze_vision_tower
@@ -40,6 +40,9 @@ def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert lives["AdamW moments"] == pytest.approx(2 * lives["gradients"]) and lives["frozen copy"] == lives["weights"]
     assert 0 < lives["gradients"] < lives["weights"]  # the vision tower is frozen
     assert rows[0]["activations_mb"] > 0 and rows[0]["process_peak_mb"] > lives["weights"] + lives["AdamW moments"]
+    # the step adds the reference's forward to the floor's work; sharing the prefix runs fewer positions
+    assert {r["variant"]: r["gflop"] > r["floor_gflop"] > 0 for r in rows} == {"all on": True, "no prefix sharing": True}
+    assert rows[0]["floor_gflop"] < rows[1]["floor_gflop"]
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny | dpo | 2 |" in table and "no prefix sharing" in table
     out = capsys.readouterr().out
@@ -56,15 +59,17 @@ def _row(objective, variant, step_ms, peak_mb, **extra):
 
 
 def test_trl_table_divides_trls_step_by_mmpos_and_mmpos_peak_by_trls():
-    rows = [_row("dpo", "all on", 2000, 1000, process_peak_mb=3000), _row("dpo", "ref cache", 1700, 900),
+    rows = [_row("dpo", "all on", 2000, 1000, process_peak_mb=3000, gflop=40, floor_gflop=30), _row("dpo", "ref cache", 1700, 900),
             _row("dpo", "activation checkpointing", 2500, 500, process_peak_mb=2500),
             _row("symmpo", "all on", 5000, 2000, process_peak_mb=4000),
-            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642, process_peak_mb=8000),
+            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642, process_peak_mb=8000, gflop=170),
             _row("dpo", "TRL DPOTrainer, activation checkpointing", 20000, 2000, positions_per_example=1642,
                  process_peak_mb=6000, checkpointing=True)]
     table = bench.markdown(rows, "caption")
     trl = "| llava-1.5 | TRL DPOTrainer | 17000 | 4000 | 8000 | 1642 |"
-    assert f"{trl} dpo | all on | 8.50 | 10.00 | 0.25 | 0.38 |" in table
+    # 170 GFLOP in 17 s against 40 in 2 s: 4.25x fewer FLOPs at twice the rate
+    assert f"{trl} dpo | all on | 8.50 | 10.00 | 0.25 | 0.38 | 4.25 | 10 / 20 |" in table
+    assert "| llava-1.5 | dpo | 2 | 2000 | 2.0 | 1000 | 2.00 | 2.00 | 1000 | 1.00 | 1000 / 1600 | 40 / 30 | 20 |" in table
     assert f"{trl} symmpo | all on | 3.40 |  | 0.50 | 0.50 |" in table
     # with activation checkpointing, against mmpo's run with it
     assert ("| llava-1.5 | TRL DPOTrainer, activation checkpointing | 20000 | 2000 | 6000 | 1642 | dpo | "
@@ -120,3 +125,20 @@ def test_checkpointing_for_one_call_leaves_the_model_as_it_was():
             assert model.model.language_model.layers[0].gradient_checkpointing
     assert len(embeddings._forward_hooks) == before
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_flops_are_counted_by_hand_including_the_cpus_attention_kernel():
+    """Attention over 2 x 4 heads x 10 queries x 10 keys x 8 dims: 4 b h s^2 d forward (QK' and PV,
+    2 per multiply-add), 2.5 times that backward, masked or not; a (5, 6) x (6, 7) product with
+    only the left operand trained: 2 * 5 * 6 * 7 forward, as much backward."""
+    q, k, v = (torch.randn(2, 4, 10, 8, requires_grad=True) for _ in range(3))
+    with Flops() as f:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(10, 10, dtype=torch.bool).tril())
+    assert f.total == 4 * 2 * 4 * 10 * 10 * 8 == 25600
+    with Flops() as f:
+        out.sum().backward()
+    assert f.total == 64000
+    a = torch.randn(5, 6, requires_grad=True)
+    with Flops() as f:
+        (a @ torch.randn(6, 7)).sum().backward()
+    assert f.total == 2 * (2 * 5 * 6 * 7)

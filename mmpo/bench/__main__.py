@@ -54,7 +54,8 @@ import transformers
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mmpo import cpu_bf16
-from mmpo.bench.measure import ANSWER_TOKENS, SHAPES, SavedForBackward, interleaved_times, lm_positions, peak_memory
+from mmpo.bench.measure import (ANSWER_TOKENS, SHAPES, Flops, SavedForBackward, interleaved_times, lm_positions,
+                                peak_memory)
 from mmpo.bench.report import markdown
 from mmpo.cli import Parser, UserError, run
 from mmpo.constants import LOGPS_CHUNK
@@ -273,11 +274,11 @@ def run_one(spec: dict) -> list[dict]:
         fns[name] = step_with(train, model, ref, batch, objective, options, optimizer, params, cfg, s, table, d)
     fns["all on"]()  # AdamW's moments are made in the first step: they belong to the steady state
     live = list(model.parameters()) + (list(ref.frozen.parameters()) if ref.frozen is not None else [])
-    memory, kept = {}, {}
-    for k, fn in fns.items():  # each one's warm-up: its peak, and what its graph keeps for the backward
-        with SavedForBackward(live) as saved:
+    memory, kept, flops = {}, {}, {}
+    for k, fn in fns.items():  # each one's warm-up: its peak, what its graph keeps for the backward, its FLOPs
+        with SavedForBackward(live) as saved, Flops() as counted:
             memory[k] = peak_memory(fn, d.device)
-        kept[k] = saved.bytes
+        kept[k], flops[k] = saved.bytes, counted.total
     times = interleaved_times(fns, d.device, spec["steps"])
     rows = []
     for name, s in settings.items():
@@ -290,6 +291,7 @@ def run_one(spec: dict) -> list[dict]:
             "batch_size": n, "prompt_len": batch.prompt_len, "response_len": batch.response_mask.shape[1],
             "step_ms": t * 1e3, "samples_per_s": n / t, "floor_ms": t_floor * 1e3, "step_over_floor": t / t_floor,
             "step_ms_each": [x * 1e3 for x in times[name]], "floor_ms_each": [x * 1e3 for x in times[floor]],
+            "gflop": flops[name] / 1e9, "floor_gflop": flops[floor] / 1e9,
             "peak_mb": None if mem is None else mem / 2**20,
             "floor_peak_mb": None if mem_floor is None else mem_floor / 2**20,
             "peak_over_floor": None if mem is None or not mem_floor else mem / mem_floor,

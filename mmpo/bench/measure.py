@@ -96,6 +96,33 @@ class SavedForBackward(contextlib.AbstractContextManager):
         return self.hooks.__exit__(*exc)
 
 
+class Flops(contextlib.AbstractContextManager):
+    """The floating-point operations of the matrix products and attentions run inside (``.total``),
+    as torch's ``FlopCounterMode`` counts them: 2 per multiply-add, an attention over all its
+    query x key pairs whatever its mask (what a masked kernel computes; a causal one skips about
+    half). Its formulas are extended here to the CPU's flash-attention kernels, which it lacks."""
+
+    def __init__(self):
+        from torch.utils import flop_counter as fc
+        cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        if cpu not in fc.flop_registry:
+            fc.register_flop_formula(cpu)(lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
+            fc.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)(
+                lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v))
+        self.mode = fc.FlopCounterMode(display=False)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return self.mode.get_total_flops()
+
+
 def interleaved_times(fns: dict, device, steps: int) -> dict[str, list[float]]:
     """``steps`` timings (seconds) of each of ``fns``, taking turns: a slow spell of a shared
     machine, or what one leaves behind in the allocator, falls on every one of them alike."""

@@ -11,6 +11,14 @@ def _ratio(a, b) -> str:
     return "n/a" if a is None or not b else f"{a / b:.2f}"
 
 
+def _gflop(r: dict) -> str:
+    return f"{r['gflop']:.0f} / {r['floor_gflop']:.0f}" if "gflop" in r else "n/a"  # rows of older runs: none
+
+
+def _rate(r: dict) -> str:
+    return f"{r['gflop'] / r['step_ms'] * 1e3:.0f}" if "gflop" in r else "n/a"
+
+
 def markdown(rows: list[dict], caption: str) -> str:
     """Two tables: every objective with all optimisations on, then what switching each one off
     (the cache and bf16: on) does to the step's time and peak memory, against "all on"; and
@@ -19,11 +27,12 @@ def markdown(rows: list[dict], caption: str) -> str:
     cached = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "ref cache"}
     out = caption + "\n\n" + markdown_table(
         ["shape", "objective", "views", "step ms", "samples/s", "floor ms", "step/floor", "step/floor, ref cache",
-         "peak MB", "peak/floor", "LM positions/example, shared / unshared"],
+         "peak MB", "peak/floor", "LM positions/example, shared / unshared", "GFLOP, step / floor", "step GFLOP/s"],
         [[r["shape"], r["objective"], r["views"], f"{r['step_ms']:.0f}", f"{r['samples_per_s']:.1f}",
           f"{r['floor_ms']:.0f}", f"{r['step_over_floor']:.2f}", _f(cached.get(key, {}).get("step_over_floor"), ".2f"),
           _f(r["peak_mb"], ".0f"), _f(r["peak_over_floor"], ".2f"),
-          f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}"]
+          f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}",
+          _gflop(r), _rate(r)]
          for key, r in base.items()])
     parts = [r for r in base.values() if r.get("memory_mb")]
     if parts:
@@ -57,10 +66,13 @@ def markdown(rows: list[dict], caption: str) -> str:
                               _f(t.get("process_peak_mb"), ".0f"), f"{t['positions_per_example']:.0f}", b["objective"],
                               own, f"{t['step_ms'] / b['step_ms']:.2f}",
                               "" if c is None or own != "all on" else f"{t['step_ms'] / c['step_ms']:.2f}",
-                              _ratio(b["peak_mb"], t["peak_mb"]), _ratio(b["process_peak_mb"], t.get("process_peak_mb"))])
+                              _ratio(b["peak_mb"], t["peak_mb"]), _ratio(b["process_peak_mb"], t.get("process_peak_mb")),
+                              _ratio(t.get("gflop"), b.get("gflop")), f"{_rate(t)} / {_rate(b)}"])
         out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; live frozen reference): TRL step / "
-                "mmpo step (and with mmpo's reference cache), mmpo peak / TRL peak (the step's, and the process's):\n\n"
+                "mmpo step (and with mmpo's reference cache), mmpo peak / TRL peak (the step's, and the process's), "
+                "TRL's FLOPs / mmpo's, and the rate each step ran at (matrix products and attentions, GFLOP/s): x faster "
+                "is x fewer FLOPs times the rates' ratio:\n\n"
                 + markdown_table(["shape", "TRL", "TRL step ms", "TRL step's peak MB", "TRL process peak MB",
                                   "TRL LM positions/example", "objective", "mmpo", "x faster", "x faster, ref cache",
-                                  "step's peak x", "process peak x"], cells))
+                                  "step's peak x", "process peak x", "x fewer FLOPs", "GFLOP/s, TRL / mmpo"], cells))
     return out
