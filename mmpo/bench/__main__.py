@@ -27,6 +27,8 @@ the peak RSS (VmHWM), reset through ``/proc/self/clear_refs`` once freed memory 
 and where the memory goes: the weights, the frozen copy, AdamW's moments and the gradients (their
 sizes), the activations the step's graph keeps for the backward (``SavedForBackward``: the bytes
 saved for backward, weights left out) and the logits at their largest (computed: one chunk's).
+One more call each, after the clock, counts its work (``Flops``: its matrix products' and
+attentions' FLOPs), so a time splits into work and the rate it ran at (TRL's step counted alike).
 Each (shape, objective) runs in a process of its own.
 Timings on shared CPUs vary by +-20% between runs: compare the ratios within one run.
 
@@ -275,11 +277,15 @@ def run_one(spec: dict) -> list[dict]:
     fns["all on"]()  # AdamW's moments are made in the first step: they belong to the steady state
     live = list(model.parameters()) + (list(ref.frozen.parameters()) if ref.frozen is not None else [])
     memory, kept, flops = {}, {}, {}
-    for k, fn in fns.items():  # each one's warm-up: its peak, what its graph keeps for the backward, its FLOPs
-        with SavedForBackward(live) as saved, Flops() as counted:
+    for k, fn in fns.items():  # each one's warm-up: its peak, and what its graph keeps for the backward
+        with SavedForBackward(live) as saved:
             memory[k] = peak_memory(fn, d.device)
-        kept[k], flops[k] = saved.bytes, counted.total
+        kept[k] = saved.bytes
     times = interleaved_times(fns, d.device, spec["steps"])
+    for k, fn in fns.items():  # last: counting undoes what activation checkpointing saves of memory
+        with Flops() as counted:
+            fn()
+        flops[k] = counted.total
     rows = []
     for name, s in settings.items():
         floor = floor_of(s)
