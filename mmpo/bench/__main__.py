@@ -2,7 +2,7 @@
 
     python -m mmpo.bench                       # every objective, tiny and LLaVA-1.5 shapes (~10 min, 2-core CPU)
     python -m mmpo.bench --shapes body --objectives dpo,symmpo --variants "ref cache,activation checkpointing" \
-        --compare-trl --steps 2                # where the model's body dominates (~20 min)
+        --compare-trl --steps 2                # where the model's body dominates (~25 min)
     python -m mmpo.bench --smoke               # the smallest run (what tests/test_bench.py runs)
     python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
     python -m mmpo.bench --lora --bf16 --out runs/bench-lora
