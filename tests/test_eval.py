@@ -211,9 +211,12 @@ def test_data_figures_do_not_depend_on_how_the_log_probs_are_computed(runs, synt
     first = figures[7, "--prefix-sharing"]
     assert "pref/rejected/reward_margin" in first and "reliance/blank/logp_gap" in first
     assert first["pref/rejected/reward_margin"] != 0  # a real comparison: the checkpoint moved away from its base
+    # each figure is a mean of differences of summed fp32 log-probs near -120 (22 tokens at ~-5.5):
+    # another summation order moves such a sum by ~1e-5 (the blank gap here: 1.0e-5, with fused AdamW's
+    # checkpoint), within the tolerance test_logps.py gives the sums themselves (rtol 1e-5)
     for other in figures.values():
         assert other.keys() == first.keys()
-        assert other == {k: pytest.approx(v, abs=1e-5) for k, v in first.items()}
+        assert other == {k: pytest.approx(v, abs=1e-4) for k, v in first.items()}
 
 
 def test_model_names_the_base_and_must_be_each_checkpoints(runs, inputs, together, tmp_path):
