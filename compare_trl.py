@@ -9,8 +9,9 @@ conversational records, and trains ``steps + 2`` steps of that one batch with TR
 where mmpo's run differs: fp32, no activation checkpointing unless the spec asks for it
 (``"checkpointing": true``, as mmpo's --activation-checkpointing; TRL's default is on, mmpo's off), no
 truncation, mmpo's learning rate, weight decay, Adam betas and clipping. The first step is the
-warm-up, the last is counted (its FLOPs, as the bench counts its own); each step between is timed from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already
-collated, as in the bench), with the memory it adds at its peak measured as the bench measures it.
+warm-up, the last is counted (its FLOPs, as the bench counts its own); each step between is timed
+from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already collated, as in the bench), with
+the memory it adds at its peak measured as the bench measures it.
 
     python compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
@@ -87,8 +88,8 @@ def main(spec: dict) -> dict:
 
     class Clock(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
-            if len(times) == spec["steps"] + 1:  # the last step's FLOPs, after the clock: counting undoes
-                flops.__enter__()  # what activation checkpointing saves of memory
+            if len(times) == spec["steps"] + 1:  # the last step's FLOPs, apart: counting moves the memory
+                flops.__enter__()  # a checkpointed step keeps (measure.Flops)
             self.peak = AddedPeak(device)
             self.peak.start()
             self.t = time.perf_counter()
@@ -116,7 +117,8 @@ def main(spec: dict) -> dict:
     return {"shape": spec["shape"], "model": "tiny-llava", "objective": "dpo",
             "variant": "TRL DPOTrainer" + (", activation checkpointing" if args.gradient_checkpointing else ""),
             "trl": __import__("trl").__version__, "batch_size": n, "step_ms": step * 1e3, "samples_per_s": n / step,
-            "step_ms_each": [t * 1e3 for t in times], "gflop": flops.total / 1e9, "peak_mb": None if peak is None else peak / 2**20,
+            "step_ms_each": [t * 1e3 for t in times], "gflop": flops.total / 1e9,
+            "peak_mb": None if peak is None else peak / 2**20,
             "process_peak_mb": None if total is None else total / 2**20, "checkpointing": args.gradient_checkpointing,
             "positions_per_example": positions[-1] / n}
 

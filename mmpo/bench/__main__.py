@@ -282,7 +282,7 @@ def run_one(spec: dict) -> list[dict]:
             memory[k] = peak_memory(fn, d.device)
         kept[k] = saved.bytes
     times = interleaved_times(fns, d.device, spec["steps"])
-    for k, fn in fns.items():  # last: counting undoes what activation checkpointing saves of memory
+    for k, fn in fns.items():  # apart, last: counting moves the memory a checkpointed call keeps (Flops)
         with Flops() as counted:
             fn()
         flops[k] = counted.total
