@@ -9,6 +9,7 @@ import torch
 
 from mmpo.bench import __main__ as bench
 from mmpo.bench.measure import Flops, SavedForBackward, lm_positions
+from mmpo.bench.timed import checkpointing
 from mmpo.data import PreferenceDataset, collate, pad_id
 from mmpo.logps import sequence_logps
 from mmpo.models import freeze_vision_tower
@@ -121,7 +122,7 @@ def test_checkpointing_for_one_call_leaves_the_model_as_it_was():
     embeddings = model.get_input_embeddings()
     before = len(embeddings._forward_hooks)
     for _ in range(2):
-        with bench.checkpointing(model, True):
+        with checkpointing(model, True):
             assert model.model.language_model.layers[0].gradient_checkpointing
     assert len(embeddings._forward_hooks) == before
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
