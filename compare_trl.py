@@ -5,18 +5,18 @@ framework in the package): nothing imports it; the bench runs it by its path, in
 own, when TRL happens to be installed, and it measures as the bench does (mmpo/bench/measure.py). It
 builds the same policy as the bench (tiny LLaVA at the same shape, vision tower frozen, fully
 fine-tuned), a frozen copy as TRL's reference, the bench's first ``batch_size`` examples as TRL's
-conversational records, and trains ``steps + 2`` steps of that one batch with TRL's defaults except
+conversational records, and trains ``steps + 1`` steps of that one batch with TRL's defaults except
 where mmpo's run differs: fp32, no activation checkpointing unless the spec asks for it
 (``"checkpointing": true``, as mmpo's --activation-checkpointing; TRL's default is on, mmpo's off), no
 truncation, mmpo's learning rate, weight decay, Adam betas and clipping. The first step is the
-warm-up, the last is counted (its FLOPs, as the bench counts its own); each step between is timed
-from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already collated, as in the bench), with
-the memory it adds at its peak measured as the bench measures it.
+warm-up, and counted (its FLOPs, as the bench counts its own: the same in every step of one batch);
+each later step is timed from TRL's ``on_step_begin`` to ``on_step_end`` (the batch already
+collated, as in the bench), with the memory it adds at its peak measured as the bench measures it.
 
     python compare_trl.py '{"shape": "llava-1.5", "data": ".../answers-200.jsonl", "batch_size": 4, "steps": 3, "device": "cpu"}'
 
-prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mb (added by a step),
-process_peak_mb (the process's RSS at its peak), positions_per_example, gflop (a step's matrix
+prints one JSON row: step_ms_each, step_ms (median), samples_per_s, peak_mib (added by a step),
+process_peak_mib (the process's RSS at its peak), positions_per_example, gflop (a step's matrix
 products and attentions).
 
 Trl is not a dependency (`pip install trl` beside
@@ -78,7 +78,7 @@ def main(spec: dict) -> dict:
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     device = torch.device(spec["device"])
     n = spec["batch_size"]
-    args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=n, max_steps=spec["steps"] + 2,
+    args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=n, max_steps=spec["steps"] + 1,
                      learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta2=cfg.adam_beta2, beta=cfg.beta,
                      max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=spec.get("checkpointing", False),
                      max_length=None, bf16=False,
@@ -88,8 +88,8 @@ def main(spec: dict) -> dict:
 
     class Clock(transformers.TrainerCallback):
         def on_step_begin(self, *a, **k):
-            if len(times) == spec["steps"] + 1:  # the last step's FLOPs, apart: counting moves the memory
-                flops.__enter__()  # a checkpointed step keeps (measure.Flops)
+            if not times:  # the warm-up's FLOPs: counting moves the memory a checkpointed step keeps
+                flops.__enter__()  # (measure.Flops), so the timed steps and their peaks run uncounted
             self.peak = AddedPeak(device)
             self.peak.start()
             self.t = time.perf_counter()
@@ -99,7 +99,7 @@ def main(spec: dict) -> dict:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - self.t)
             added = self.peak.stop()
-            if len(times) == spec["steps"] + 2:
+            if len(times) == 1:
                 flops.__exit__(None, None, None)
             peaks.append(None if added is None else (added, self.peak.base + added))
 
@@ -108,9 +108,9 @@ def main(spec: dict) -> dict:
             positions.append(kwargs["inputs_embeds"].shape[0] * kwargs["inputs_embeds"].shape[1])
     model.model.language_model.register_forward_pre_hook(count, with_kwargs=True)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, processing_class=processor,
-                         train_dataset=dataset(records(spec["data"], n), spec["steps"] + 2), callbacks=[Clock()])
+                         train_dataset=dataset(records(spec["data"], n), spec["steps"] + 1), callbacks=[Clock()])
     trainer.train()
-    times, peaks = times[1:-1], peaks[1:-1]  # neither the warm-up nor the counted step
+    times, peaks = times[1:], peaks[1:]  # not the warm-up
     step = statistics.median(times)
     peak = None if peaks[0] is None else statistics.median(p[0] for p in peaks)
     total = None if peaks[0] is None else statistics.median(p[1] for p in peaks)
@@ -118,8 +118,8 @@ def main(spec: dict) -> dict:
             "variant": "TRL DPOTrainer" + (", activation checkpointing" if args.gradient_checkpointing else ""),
             "trl": __import__("trl").__version__, "batch_size": n, "step_ms": step * 1e3, "samples_per_s": n / step,
             "step_ms_each": [t * 1e3 for t in times], "gflop": flops.total / 1e9,
-            "peak_mb": None if peak is None else peak / 2**20,
-            "process_peak_mb": None if total is None else total / 2**20, "checkpointing": args.gradient_checkpointing,
+            "peak_mib": None if peak is None else peak / 2**20,
+            "process_peak_mib": None if total is None else total / 2**20, "checkpointing": args.gradient_checkpointing,
             "positions_per_example": positions[-1] / n}
 
 

@@ -27,8 +27,8 @@ def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
     for r in rows:
         for k in ("step_ms", "floor_ms", "samples_per_s", "step_over_floor"):
             assert math.isfinite(r[k]) and r[k] > 0, (k, r)
-        if r["peak_mb"] is not None:  # Linux CPU or CUDA
-            assert math.isfinite(r["peak_mb"])
+        if r["peak_mib"] is not None:  # Linux CPU or CUDA
+            assert math.isfinite(r["peak_mib"])
     # DPO's two views share one image + prompt prefix: P + 2R positions instead of 2(P + R)
     r = rows[0]
     P, R = r["prompt_len"], r["response_len"]
@@ -37,10 +37,10 @@ def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert r["positions_shared_per_example"] < r["positions_unshared_per_example"]
     assert {r["variant"]: r["positions_per_example"] for r in rows} == {"all on": P + 2 * R, "no prefix sharing": 2 * (P + R)}
     # what lives through the step: AdamW keeps two moments per trained weight; the frozen copy is all of them
-    lives = rows[0]["memory_mb"]
+    lives = rows[0]["memory_mib"]
     assert lives["AdamW moments"] == pytest.approx(2 * lives["gradients"]) and lives["frozen copy"] == lives["weights"]
     assert 0 < lives["gradients"] < lives["weights"]  # the vision tower is frozen
-    assert rows[0]["activations_mb"] > 0 and rows[0]["process_peak_mb"] > lives["weights"] + lives["AdamW moments"]
+    assert rows[0]["activations_mib"] > 0 and rows[0]["process_peak_mib"] > lives["weights"] + lives["AdamW moments"]
     # the step adds the reference's forward to the floor's work; sharing the prefix runs fewer positions
     assert {r["variant"]: r["gflop"] > r["floor_gflop"] > 0 for r in rows} == {"all on": True, "no prefix sharing": True}
     assert rows[0]["floor_gflop"] < rows[1]["floor_gflop"]
@@ -53,19 +53,19 @@ def test_bench_smoke_writes_every_figure(tmp_path, capsys, monkeypatch):
     assert report["notes"] == [skipped] and out.count(skipped) == 2 and "TRL DPOTrainer" not in table
 
 
-def _row(objective, variant, step_ms, peak_mb, **extra):
+def _row(objective, variant, step_ms, peak_mib, **extra):
     return {"shape": "llava-1.5", "objective": objective, "variant": variant, "views": 2, "step_ms": step_ms,
-            "samples_per_s": 4000 / step_ms, "floor_ms": step_ms / 2, "step_over_floor": 2.0, "peak_mb": peak_mb,
+            "samples_per_s": 4000 / step_ms, "floor_ms": step_ms / 2, "step_over_floor": 2.0, "peak_mib": peak_mib,
             "peak_over_floor": 1.0, "positions_shared_per_example": 1000, "positions_unshared_per_example": 1600, **extra}
 
 
 def test_trl_table_divides_trls_step_by_mmpos_and_mmpos_peak_by_trls():
-    rows = [_row("dpo", "all on", 2000, 1000, process_peak_mb=3000, gflop=40, floor_gflop=30), _row("dpo", "ref cache", 1700, 900),
-            _row("dpo", "activation checkpointing", 2500, 500, process_peak_mb=2500),
-            _row("symmpo", "all on", 5000, 2000, process_peak_mb=4000),
-            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642, process_peak_mb=8000, gflop=170),
+    rows = [_row("dpo", "all on", 2000, 1000, process_peak_mib=3000, gflop=40, floor_gflop=30), _row("dpo", "ref cache", 1700, 900),
+            _row("dpo", "activation checkpointing", 2500, 500, process_peak_mib=2500),
+            _row("symmpo", "all on", 5000, 2000, process_peak_mib=4000),
+            _row("dpo", "TRL DPOTrainer", 17000, 4000, positions_per_example=1642, process_peak_mib=8000, gflop=170),
             _row("dpo", "TRL DPOTrainer, activation checkpointing", 20000, 2000, positions_per_example=1642,
-                 process_peak_mb=6000, checkpointing=True)]
+                 process_peak_mib=6000, checkpointing=True)]
     table = bench.markdown(rows, "caption")
     trl = "| llava-1.5 | TRL DPOTrainer | 17000 | 4000 | 8000 | 1642 |"
     # 170 GFLOP in 17 s against 40 in 2 s: 4.25x fewer FLOPs at twice the rate

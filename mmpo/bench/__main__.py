@@ -1,8 +1,10 @@
 """Where every millisecond of a training step goes: ``python -m mmpo.bench``.
 
     python -m mmpo.bench                       # every objective, tiny and LLaVA-1.5 shapes (~10 min, 2-core CPU)
-    python -m mmpo.bench --shapes body --objectives dpo,symmpo --variants "ref cache,activation checkpointing" \
-        --compare-trl --steps 2                # where the model's body dominates (~25 min)
+    python -m mmpo.bench --shapes body --objectives dpo,symmpo --variants "ref cache" --compare-trl --steps 2
+                                               # where the model's body dominates (~15 min)
+    python -m mmpo.bench --shapes body --objectives dpo --variants "activation checkpointing" --compare-trl --steps 2
+                                               # ... both sides with activation checkpointing (~10 min)
     python -m mmpo.bench --smoke               # the smallest run (what tests/test_bench.py runs)
     python -m mmpo.bench --model llava-hf/llava-1.5-7b-hf --objectives dpo,symmpo   # a real VLM, on a GPU
     python -m mmpo.bench --lora --bf16 --out runs/bench-lora
@@ -29,7 +31,7 @@ and where the memory goes: the weights, the frozen copy, AdamW's moments and the
 sizes), the activations the step's graph keeps for the backward (``SavedForBackward``: the bytes
 saved for backward, weights left out) and the logits at their largest (computed: one chunk's).
 One more call each, after the clock, counts its work (``Flops``: its matrix products' and
-attentions' FLOPs), so a time splits into work and the rate it ran at (TRL's step counted alike).
+attentions' FLOPs), so a time splits into work and the rate it ran at (TRL's: its warm-up step).
 Each (shape, objective) runs in a process of its own.
 Timings on shared CPUs vary by +-20% between runs: compare the ratios within one run.
 
@@ -185,12 +187,12 @@ def run_one(spec: dict) -> list[dict]:
             "step_ms": t * 1e3, "samples_per_s": n / t, "floor_ms": t_floor * 1e3, "step_over_floor": t / t_floor,
             "step_ms_each": [x * 1e3 for x in times[name]], "floor_ms_each": [x * 1e3 for x in times[floor]],
             "gflop": flops[name] / 1e9, "floor_gflop": flops[floor] / 1e9,
-            "peak_mb": None if mem is None else mem / 2**20,
-            "floor_peak_mb": None if mem_floor is None else mem_floor / 2**20,
+            "peak_mib": None if mem is None else mem / 2**20,
+            "floor_peak_mib": None if mem_floor is None else mem_floor / 2**20,
             "peak_over_floor": None if mem is None or not mem_floor else mem / mem_floor,
-            "process_peak_mb": None if total is None else total / 2**20,
-            "activations_mb": None if s["checkpointing"] else kept[name] / 2**20,
-            **({"memory_mb": lives(model, ref, optimizer, params, batch, cfg.logps_chunk)} if name == "all on" else {}),
+            "process_peak_mib": None if total is None else total / 2**20,
+            "activations_mib": None if s["checkpointing"] else kept[name] / 2**20,
+            **({"memory_mib": lives(model, ref, optimizer, params, batch, cfg.logps_chunk)} if name == "all on" else {}),
             "positions_per_example": lm_positions(batch, s["share_prefix"]) / n,
             "positions_shared_per_example": lm_positions(batch, True) / n,
             "positions_unshared_per_example": lm_positions(batch, False) / n,

@@ -27,22 +27,22 @@ def markdown(rows: list[dict], caption: str) -> str:
     cached = {(r["shape"], r["objective"]): r for r in rows if r["variant"] == "ref cache"}
     out = caption + "\n\n" + markdown_table(
         ["shape", "objective", "views", "step ms", "samples/s", "floor ms", "step/floor", "step/floor, ref cache",
-         "peak MB", "peak/floor", "LM positions/example, shared / unshared", "GFLOP, step / floor", "step GFLOP/s"],
+         "peak MiB", "peak/floor", "LM positions/example, shared / unshared", "GFLOP, step / floor", "step GFLOP/s"],
         [[r["shape"], r["objective"], r["views"], f"{r['step_ms']:.0f}", f"{r['samples_per_s']:.1f}",
           f"{r['floor_ms']:.0f}", f"{r['step_over_floor']:.2f}", _f(cached.get(key, {}).get("step_over_floor"), ".2f"),
-          _f(r["peak_mb"], ".0f"), _f(r["peak_over_floor"], ".2f"),
+          _f(r["peak_mib"], ".0f"), _f(r["peak_over_floor"], ".2f"),
           f"{r['positions_shared_per_example']:.0f} / {r['positions_unshared_per_example']:.0f}",
           _gflop(r), _rate(r)]
          for key, r in base.items()])
-    parts = [r for r in base.values() if r.get("memory_mb")]
+    parts = [r for r in base.values() if r.get("memory_mib")]
     if parts:
-        names = list(parts[0]["memory_mb"])
+        names = list(parts[0]["memory_mib"])
         out += ("\nwhere the memory goes (MiB, all on): what lives through the step, the activations its graph keeps "
                 "for the backward, the logits at their largest (computed), the step's peak over what lives before "
                 "it, and the process's peak:\n\n" + markdown_table(
                     ["shape", "objective", *names, "activations", "step's peak", "process peak"],
-                    [[r["shape"], r["objective"], *(f"{r['memory_mb'][k]:.0f}" for k in names),
-                      _f(r["activations_mb"], ".0f"), _f(r["peak_mb"], ".0f"), _f(r["process_peak_mb"], ".0f")]
+                    [[r["shape"], r["objective"], *(f"{r['memory_mib'][k]:.0f}" for k in names),
+                      _f(r["activations_mib"], ".0f"), _f(r["peak_mib"], ".0f"), _f(r["process_peak_mib"], ".0f")]
                      for r in parts]))
     variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] != "all on"
                                   and not r["variant"].startswith("TRL")))  # in the order measured
@@ -52,7 +52,7 @@ def markdown(rows: list[dict], caption: str) -> str:
             cells.append([shape, objective])
             for v in variants:
                 r = next((r for r in rows if (r["shape"], r["objective"], r["variant"]) == (shape, objective, v)), None)
-                mem = None if r is None or r["peak_mb"] is None or not b["peak_mb"] else r["peak_mb"] / b["peak_mb"]
+                mem = None if r is None or r["peak_mib"] is None or not b["peak_mib"] else r["peak_mib"] / b["peak_mib"]
                 cells[-1].append("" if r is None else f"{r['step_ms'] / b['step_ms']:.2f} / {_f(mem, '.2f')}")
         out += "\nstep time x / peak memory x against all on:\n\n" + markdown_table(["shape", "objective"] + variants, cells)
     trl = [r for r in rows if r["variant"].startswith("TRL DPOTrainer")]
@@ -62,17 +62,17 @@ def markdown(rows: list[dict], caption: str) -> str:
             own = "activation checkpointing" if t.get("checkpointing") else "all on"
             for b in (r for r in rows if r["shape"] == t["shape"] and r["variant"] == own):
                 c = cached.get((b["shape"], b["objective"]))
-                cells.append([t["shape"], t["variant"], f"{t['step_ms']:.0f}", _f(t["peak_mb"], ".0f"),
-                              _f(t.get("process_peak_mb"), ".0f"), f"{t['positions_per_example']:.0f}", b["objective"],
+                cells.append([t["shape"], t["variant"], f"{t['step_ms']:.0f}", _f(t["peak_mib"], ".0f"),
+                              _f(t.get("process_peak_mib"), ".0f"), f"{t['positions_per_example']:.0f}", b["objective"],
                               own, f"{t['step_ms'] / b['step_ms']:.2f}",
                               "" if c is None or own != "all on" else f"{t['step_ms'] / c['step_ms']:.2f}",
-                              _ratio(b["peak_mb"], t["peak_mb"]), _ratio(b["process_peak_mb"], t.get("process_peak_mb")),
+                              _ratio(b["peak_mib"], t["peak_mib"]), _ratio(b["process_peak_mib"], t.get("process_peak_mib")),
                               _ratio(t.get("gflop"), b.get("gflop")), f"{_rate(t)} / {_rate(b)}"])
         out += ("\nagainst TRL's DPOTrainer (same model, data and batch, this run; live frozen reference): TRL step / "
                 "mmpo step (and with mmpo's reference cache), mmpo peak / TRL peak (the step's, and the process's), "
                 "TRL's FLOPs / mmpo's, and the rate each step ran at (matrix products and attentions, GFLOP/s): x faster "
                 "is x fewer FLOPs times the rates' ratio:\n\n"
-                + markdown_table(["shape", "TRL", "TRL step ms", "TRL step's peak MB", "TRL process peak MB",
+                + markdown_table(["shape", "TRL", "TRL step ms", "TRL step's peak MiB", "TRL process peak MiB",
                                   "TRL LM positions/example", "objective", "mmpo", "x faster", "x faster, ref cache",
                                   "step's peak x", "process peak x", "x fewer FLOPs", "GFLOP/s, TRL / mmpo"], cells))
     return out
