@@ -104,9 +104,9 @@ class Flops(TorchDispatchMode):
     all its query x key pairs whatever its mask (what a masked kernel computes; a causal one skips
     about half). Extended here to the CPU's flash-attention kernels, which they lack. A bare
     dispatch mode: torch's FlopCounterMode also tracks modules, and its hooks undo what activation
-    checkpointing saves of memory (the body shape's checkpointed floor peaked at 2414-2473 MB
+    checkpointing saves of memory (the body shape's checkpointed floor peaked at 2414-2473 MiB
     counted by it, 1441-1514 by this, 1352-1443 uncounted), so the bench counts after its clock
-    and its peaks, in calls of their own."""
+    and its peaks, in calls of their own (compare_trl.py: in TRL's warm-up step)."""
 
     def __init__(self):
         super().__init__()
